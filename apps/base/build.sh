@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build the registry-free base image swarmpool/base:bookworm (Debian minbase + python3 + pip) with debootstrap.
+# Usage: apps/base/build.sh [--force]    (skips when the image already exists)
+set -euo pipefail
+
+IMAGE="${SWARMPOOL_BASE_IMAGE:-swarmpool/base:bookworm}"
+SUITE="${SWARMPOOL_BASE_SUITE:-bookworm}"
+# python3-pip: wheels with .data/ (jupyter, voila templates) need a real installer, not unzip.
+PACKAGES="python3,python3-pip,ca-certificates"
+
+if [[ "${1:-}" != "--force" ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    echo "base: $IMAGE exists, skipping (use --force to rebuild)"
+    exit 0
+fi
+
+mirror() {
+    # First deb.debian.org-style URI from the host's apt sources, else the public default.
+    local uri=""
+    if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
+        uri=$(awk '/^URIs:/ && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources)
+    fi
+    if [[ -z "$uri" && -f /etc/apt/sources.list ]]; then
+        uri=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' /etc/apt/sources.list)
+    fi
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+command -v debootstrap >/dev/null || { echo "base: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
+MIRROR=$(mirror)
+ROOTFS=$(mktemp -d /tmp/swarmpool-base.XXXXXX)
+trap 'rm -rf "$ROOTFS"' EXIT
+
+start=$(date +%s)
+echo "base: debootstrap $SUITE minbase (+$PACKAGES) from $MIRROR into $ROOTFS"
+debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR" \
+    | sed -u 's/^/base:   /'
+# Slim the image: apt lists and caches are not needed at runtime.
+rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/*
+echo "base: importing into docker as $IMAGE"
+tar -C "$ROOTFS" -c . | docker import \
+    --change 'ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1' \
+    --change 'CMD ["python3"]' \
+    - "$IMAGE" >/dev/null
+echo "base: built $IMAGE in $(( $(date +%s) - start ))s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MiB", $1/1048576}'))"

@@ -1,0 +1,1 @@
+"""All NATS wiring: subjects, messages, KV state and the handler runtime."""

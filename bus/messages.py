@@ -1,0 +1,164 @@
+"""Every message on the bus and every KV record, declared once as msgspec Structs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+InstanceState = Literal["starting", "ready", "claimed", "retiring", "failed"]
+
+# allowed transitions; anything else is a bug and is refused by bus.state
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "starting": frozenset({"starting", "ready", "failed", "retiring"}),
+    "ready": frozenset({"claimed", "retiring", "failed"}),
+    "claimed": frozenset({"claimed", "retiring"}),
+    "failed": frozenset({"retiring"}),
+    "retiring": frozenset({"retiring"}),
+}
+
+
+class Instance(msgspec.Struct, frozen=True, kw_only=True):
+    """KV record of one instance, key ``<app>.<id>``. Times are UNIX seconds."""
+
+    id: str
+    app: str
+    state: InstanceState = "starting"
+    service_id: str = ""
+    endpoint: str = ""  # host:port the gateway and prober reach it on
+    created_at: float
+    ready_at: float | None = None
+    claimed_at: float | None = None
+    last_activity: float | None = None  # last client traffic seen by a gateway
+    connections: int = 0  # open client connections (WebSockets, streams)
+    disconnected_at: float | None = None  # when connections last dropped to 0
+    used: bool = False  # any client traffic ever arrived
+    reason: str = ""  # why it failed or is retiring
+    retiring_at: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}.{self.id}"
+
+    @property
+    def short(self) -> str:
+        """Log-safe name: the id is a capability, so only a prefix is ever logged."""
+        return f"{self.app}.{self.id[:4]}"
+
+
+def short_id(app: str, instance_id: str) -> str:
+    """Log-safe name of an instance."""
+    return f"{app}.{instance_id[:4]}"
+
+
+# ---- claims (sp.claim.<app>, request/reply) ----
+
+
+class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    app: str
+    wait: float = 2.0  # seconds the claimer may wait for a ready instance
+
+
+class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed"):
+    id: str
+    app: str
+    endpoint: str
+    deep_link: str = ""
+    strip_prefix: bool = False
+
+
+class ClaimRefused(msgspec.Struct, frozen=True, kw_only=True, tag="refused"):
+    app: str
+    reason: Literal["empty", "unknown_app", "paused"]
+    retry_after: float = 3.0
+
+
+ClaimReply = Claimed | ClaimRefused
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True, tag="error"):
+    """What the runtime's error boundary answers when a handler fails or a request is malformed."""
+
+    error: str
+    detail: str = ""
+
+
+# ---- activity (sp.activity.<app>.<id>, publish) ----
+
+
+class Activity(msgspec.Struct, frozen=True, kw_only=True):
+    app: str
+    id: str
+    at: float
+    connections: int = 0  # open connections right now, as seen by this gateway
+    traffic: bool = False  # client traffic since the last heartbeat
+    gateway: str = ""
+
+
+# ---- instance events (sp.instance.<app>.<id>.<event>, kept in a stream) ----
+
+
+class InstanceEvent(msgspec.Struct, frozen=True, kw_only=True):
+    app: str
+    id: str
+    event: str  # created, ready, claimed, failed, retiring, removed
+    state: str
+    at: float
+    reason: str = ""
+
+
+# ---- docker events (sp.docker.<type>.<action>, publish) ----
+
+
+class DockerEvent(msgspec.Struct, frozen=True, kw_only=True):
+    type: str  # container, service
+    action: str  # die, oom, kill, destroy, remove, ...
+    at: float
+    app: str = ""
+    id: str = ""  # instance id from our labels
+    service_id: str = ""
+    container_id: str = ""
+    exit_code: int | None = None
+
+
+# ---- clock (sp.tick.<period>, publish) ----
+
+
+class Tick(msgspec.Struct, frozen=True, kw_only=True):
+    period: str
+    at: float
+    seq: int = 0
+
+
+# ---- admin (sp.admin.<verb>, request/reply) ----
+
+
+class AdminRequest(msgspec.Struct, frozen=True, kw_only=True):
+    app: str | None = None  # None: every app
+    size: int | None = None  # for scale
+    id: str | None = None  # for retire: one instance
+
+
+class AppStatus(msgspec.Struct, frozen=True, kw_only=True):
+    app: str
+    target: int
+    paused: bool
+    starting: int
+    ready: int
+    claimed: int
+    retiring: int
+    failed: int
+
+
+class AdminReply(msgspec.Struct, frozen=True, kw_only=True, tag="ok"):
+    detail: str = ""
+    apps: list[AppStatus] = []
+
+
+# ---- pool overrides (admin scale/pause/drain), KV key ``pool.<app>`` in the leases bucket ----
+
+
+class PoolOverride(msgspec.Struct, frozen=True, kw_only=True):
+    app: str
+    size: int | None = None
+    paused: bool = False

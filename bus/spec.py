@@ -1,0 +1,141 @@
+"""The app spec: what the catalogue says about one app, shared by every part over the bus."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+class Duration(float):
+    """Seconds; the catalogue also accepts strings like "90s", "10m", "4h"."""
+
+
+class ByteSize(int):
+    """Bytes; the catalogue also accepts strings like "512m", "2g", "1.5GiB"."""
+
+
+def parse_duration(value: object) -> Duration:
+    """Seconds from a number or a string like "90s", "10m", "4h"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration: seconds or a string like '90s', '10m', '4h'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration must not be negative")
+        return Duration(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return Duration(float(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError(f"expected a duration: seconds or a string like '90s', '10m', '4h', got {value!r}")
+
+
+def parse_size(value: object) -> ByteSize:
+    """Bytes from a number or a string like "512m", "2g"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return ByteSize(value)
+    if isinstance(value, str) and (m := _SIZE.match(value)):
+        unit = (m.group(2) or "").lower()[:1]
+        return ByteSize(int(float(m.group(1)) * _SIZE_UNITS[unit]))
+    raise ValueError(f"expected a memory size: bytes or a string like '512m', '2g', got {value!r}")
+
+
+def dec_hook(type_: type, obj: Any) -> Any:
+    """msgspec decode hook for the custom scalar types above."""
+    if type_ is Duration:
+        return parse_duration(obj)
+    if type_ is ByteSize:
+        return parse_size(obj)
+    raise NotImplementedError(f"no decoder for {type_}")
+
+
+def enc_hook(obj: Any) -> Any:
+    """msgspec encode hook: the custom scalars travel as plain numbers."""
+    if isinstance(obj, Duration):
+        return float(obj)
+    if isinstance(obj, ByteSize):
+        return int(obj)
+    raise NotImplementedError(f"cannot encode {type(obj)}")
+
+
+AppName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,23}$")]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class Probe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Readiness: an instance is ready only when every given check passes."""
+
+    path: str | None = "/"  # HTTP GET relative to the instance root must answer 2xx
+    log_marker: str | None = None  # this text must have appeared in the container log
+    timeout: Duration = Duration(120)  # from creation; past it the instance has failed
+    interval: Duration = Duration(0.25)
+
+
+class Pool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How many instances to keep warm."""
+
+    size: Annotated[int, msgspec.Meta(ge=0)] = 1  # ready instances to keep
+    max: Annotated[int, msgspec.Meta(ge=0)] | None = None  # ready + starting + claimed; default size * 3
+    max_warm_age: Duration | None = None  # recycle ready instances older than this
+    max_parallel_starts: Annotated[int, msgspec.Meta(ge=1)] = 8
+
+    @property
+    def limit(self) -> int:
+        return self.max if self.max is not None else max(self.size * 3, self.size + 1)
+
+
+class Session(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When a claimed instance is retired. None disables a rule."""
+
+    idle_timeout: Duration | None = Duration(600)  # no client traffic for this long
+    disconnect_grace: Duration | None = Duration(120)  # no open connection for this long
+    max_lifetime: Duration | None = Duration(4 * 3600)  # claimed for this long, whatever happens
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Resources of one instance."""
+
+    cpus: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    memory: ByteSize | None = None
+
+
+class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One app of the catalogue."""
+
+    name: AppName = ""  # filled from the catalogue key
+    title: str = ""
+    description: str = ""
+    image: str
+    port: Port
+    command: list[str] | None = None  # "{prefix}" in any item becomes /i/<id>/
+    env: dict[str, str] = {}
+    prefix_env: str | None = None  # extra env var that also receives the prefix
+    deep_link: str = ""  # path after the prefix where the student lands
+    strip_prefix: bool = False  # gateway removes /i/<id> before forwarding
+    constraints: list[str] = []  # swarm placement constraints
+    probe: Probe = Probe()
+    pool: Pool = Pool()
+    session: Session = Session()
+    limits: Limits = Limits()
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Global settings of one swarmpool."""
+
+    max_instances: Annotated[int, msgspec.Meta(ge=1)] = 200  # global capacity, all apps
+    claim_wait: Duration = Duration(2.0)  # a click waits this long for a ready instance
+    heartbeat_interval: Duration = Duration(5.0)  # gateway throttles activity per instance
+    reconcile_interval: Duration = Duration(5.0)  # keeper/reaper full reconcile period
+    publish_ports: bool = True  # local: host-mode port on 127.0.0.1; cluster: overlay by name
+    network: str | None = None  # overlay network instances join (cluster mode)
+
+
+class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole catalogue file."""
+
+    settings: Settings = Settings()
+    apps: dict[str, AppSpec] = {}

@@ -1,0 +1,324 @@
+"""Instance records in JetStream KV: an in-memory mirror fed by a watch, writes by compare-and-set.
+
+Every write is a CAS on the record's revision, so two claimers can never both win the same
+ready instance, on one host or many, before or after a crash. Every state change is also
+published as an ``InstanceEvent`` on ``sp.instance.<app>.<id>.<event>`` (kept in a stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from bus.messages import TRANSITIONS, Instance, InstanceEvent, PoolOverride
+from bus.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+_decode_instance = msgspec.json.Decoder(Instance).decode
+_decode_override = msgspec.json.Decoder(PoolOverride).decode
+
+
+def new_instance_id() -> str:
+    """128 random bits, lowercase base32 (26 chars): a capability and a valid service name part."""
+    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+
+
+class Conflict(Exception):
+    """The record changed (or vanished) since it was read: someone else won the CAS."""
+
+
+class InvalidTransition(Exception):
+    """A state change that the lifecycle does not allow."""
+
+
+class Versioned(msgspec.Struct, frozen=True):
+    """A record and the KV revision it was read at."""
+
+    instance: Instance
+    revision: int
+
+
+async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create the buckets and the event stream if missing (idempotent)."""
+    await js.create_key_value(bucket=subjects.instances_bucket, history=1)
+    await js.create_key_value(bucket=subjects.config_bucket, history=1)
+    await js.create_key_value(bucket=subjects.leases_bucket, history=1, ttl=15)
+    await js.add_stream(
+        name=subjects.events_stream,
+        subjects=[subjects.instance_events_all()],
+        max_age=7 * 86400,
+        storage=api.StorageType.FILE,
+    )
+
+
+class InstanceStore:
+    """The instance bucket plus a live in-memory mirror of it."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, kv: KeyValue, subjects: Subjects,
+                 clock: Callable[[], float]) -> None:
+        self._nc = nc
+        self._js = js
+        self._kv = kv
+        self._subjects = subjects
+        self._clock = clock
+        self._records: dict[str, Versioned] = {}
+        self._changed = asyncio.Condition()
+        self._synced = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watcher: Any = None
+        self._listeners: list[Callable[[Instance | None, Instance | None], None]] = []
+
+    @classmethod
+    async def open(cls, nc: NATS, subjects: Subjects, clock: Callable[[], float]) -> "InstanceStore":
+        js = nc.jetstream()
+        await ensure_streams(js, subjects)
+        kv = await js.key_value(subjects.instances_bucket)
+        store = cls(nc, js, kv, subjects, clock)
+        await store._start()
+        return store
+
+    async def __aenter__(self) -> "InstanceStore":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- the mirror ----
+
+    async def _start(self) -> None:
+        self._watcher = await self._kv.watchall()
+        self._watch_task = asyncio.create_task(self._follow(), name="instance-mirror")
+        await asyncio.wait_for(self._synced.wait(), timeout=10)
+
+    async def _follow(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # end of the initial values
+                self._synced.set()
+                continue
+            try:
+                self._apply(entry)
+            except Exception:  # one bad record must not stop the mirror
+                log.exception("bad record under key %s", entry.key.split(".")[0])
+
+    def _apply(self, entry: Any) -> None:
+        key = entry.key
+        old = self._records.get(key)
+        if old is not None and old.revision >= entry.revision:
+            return
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            if old is None:
+                return
+            del self._records[key]
+            self._notify(old.instance, None)
+            return
+        new = Versioned(_decode_instance(entry.value), entry.revision)
+        self._records[key] = new
+        self._notify(old.instance if old else None, new.instance)
+
+    def _remember(self, key: str, versioned: Versioned | None, revision: int) -> None:
+        """Read-your-writes: apply our own successful write to the mirror at once."""
+        old = self._records.get(key)
+        if old is not None and old.revision >= revision:
+            return
+        if versioned is None:
+            if old is not None:
+                del self._records[key]
+                self._notify(old.instance, None)
+            return
+        self._records[key] = versioned
+        self._notify(old.instance if old else None, versioned.instance)
+
+    def _notify(self, old: Instance | None, new: Instance | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(old, new)
+            except Exception:
+                log.exception("instance listener failed")
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def on_change(self, listener: Callable[[Instance | None, Instance | None], None]) -> None:
+        """Call `listener(old, new)` synchronously for every change the mirror sees."""
+        self._listeners.append(listener)
+
+    async def wait_changed(self, timeout: float) -> bool:
+        """Wait until the mirror changes, or the timeout passes (False)."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+                return True
+            except TimeoutError:
+                return False
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:
+                pass
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+
+    # ---- reads (from the mirror) ----
+
+    def all(self, app: str | None = None) -> list[Instance]:
+        return [v.instance for v in self._records.values() if app is None or v.instance.app == app]
+
+    def versioned(self, app: str | None = None) -> list[Versioned]:
+        return [v for v in self._records.values() if app is None or v.instance.app == app]
+
+    def get(self, app: str, instance_id: str) -> Versioned | None:
+        return self._records.get(f"{app}.{instance_id}")
+
+    def find(self, instance_id: str) -> Instance | None:
+        """The record of an id, whatever its app (gateway routes know only the id)."""
+        for v in self._records.values():
+            if v.instance.id == instance_id:
+                return v.instance
+        return None
+
+    async def fetch(self, app: str, instance_id: str) -> Versioned | None:
+        """Read one record from KV itself, bypassing the mirror."""
+        try:
+            entry = await self._kv.get(f"{app}.{instance_id}")
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if not entry.value:
+            return None
+        return Versioned(_decode_instance(entry.value), entry.revision or 0)
+
+    # ---- writes (CAS) ----
+
+    async def create(self, instance: Instance) -> Versioned:
+        """Add a new record; fails with Conflict if the key exists."""
+        try:
+            revision = await self._kv.create(instance.key, _encode(instance))
+        except nats.js.errors.KeyWrongLastSequenceError as err:
+            raise Conflict(instance.key) from err
+        versioned = Versioned(instance, revision)
+        self._remember(instance.key, versioned, revision)
+        await self._event(instance, "created")
+        return versioned
+
+    async def cas(self, current: Versioned, new: Instance, event: str | None = None) -> Versioned:
+        """Replace `current` by `new` iff the record is still at `current.revision`."""
+        old = current.instance
+        if new.state not in TRANSITIONS[old.state]:
+            raise InvalidTransition(f"{old.short}: {old.state} -> {new.state}")
+        try:
+            revision = await self._kv.update(new.key, _encode(new), last=current.revision)
+        except nats.js.errors.KeyWrongLastSequenceError as err:
+            raise Conflict(new.key) from err
+        versioned = Versioned(new, revision)
+        self._remember(new.key, versioned, revision)
+        if new.state != old.state:
+            await self._event(new, event or new.state)
+        return versioned
+
+    async def update(self, app: str, instance_id: str,
+                     change: Callable[[Instance], Instance | None],
+                     event: str | None = None, attempts: int = 8) -> Versioned | None:
+        """Read-modify-CAS with retries; `change` returns None to leave the record alone."""
+        for _ in range(attempts):
+            current = self.get(app, instance_id) or await self.fetch(app, instance_id)
+            if current is None:
+                return None
+            new = change(current.instance)
+            if new is None:
+                return current
+            try:
+                return await self.cas(current, new, event)
+            except Conflict:
+                fresh = await self.fetch(app, instance_id)
+                if fresh is None:
+                    return None
+                self._remember(fresh.instance.key, fresh, fresh.revision)
+        raise Conflict(f"{app}.{instance_id[:4]}: gave up after {attempts} attempts")
+
+    async def delete(self, instance: Instance, reason: str = "") -> None:
+        """Remove a record for good (after its service is gone)."""
+        await self._kv.delete(instance.key)
+        self._remember(instance.key, None, 1 << 62)
+        await self._event(instance, "removed", reason or instance.reason)
+
+    async def _event(self, instance: Instance, event: str, reason: str | None = None) -> None:
+        message = InstanceEvent(app=instance.app, id=instance.id, event=event, state=instance.state,
+                                at=self._clock(), reason=instance.reason if reason is None else reason)
+        await self._nc.publish(self._subjects.instance_event(instance.app, instance.id, event),
+                               _encode(message))
+
+
+class ConfigStore:
+    """Operator overrides of the catalogue (admin scale/pause/drain), one KV key per app."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._overrides: dict[str, PoolOverride] = {}
+
+    @classmethod
+    async def open(cls, nc: NATS, subjects: Subjects) -> "ConfigStore":
+        js = nc.jetstream()
+        await ensure_streams(js, subjects)
+        return cls(await js.key_value(subjects.config_bucket))
+
+    async def get(self, app: str) -> PoolOverride:
+        try:
+            entry = await self._kv.get(f"pool.{app}")
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return PoolOverride(app=app)
+        return _decode_override(entry.value) if entry.value else PoolOverride(app=app)
+
+    async def put(self, override: PoolOverride) -> None:
+        await self._kv.put(f"pool.{override.app}", _encode(override))
+
+
+class Lease:
+    """A singleton lease in the leases bucket (keys expire after 15 s unless renewed)."""
+
+    def __init__(self, kv: KeyValue, name: str, holder: str) -> None:
+        self._kv = kv
+        self.name = name
+        self.holder = holder
+        self._revision: int | None = None
+
+    @classmethod
+    async def open(cls, nc: NATS, subjects: Subjects, name: str, holder: str) -> "Lease":
+        js = nc.jetstream()
+        await ensure_streams(js, subjects)
+        return cls(await js.key_value(subjects.leases_bucket), name, holder)
+
+    async def acquire_or_renew(self) -> bool:
+        """True while we hold the lease."""
+        try:
+            if self._revision is None:
+                self._revision = await self._kv.create(self.name, self.holder.encode())
+            else:
+                self._revision = await self._kv.update(self.name, self.holder.encode(), last=self._revision)
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            self._revision = None
+            return False
+
+    async def release(self) -> None:
+        if self._revision is not None:
+            try:
+                await self._kv.delete(self.name, last=self._revision)
+            except Exception:
+                pass
+            self._revision = None

@@ -1,0 +1,88 @@
+"""Every NATS subject swarmpool uses, in one place.
+
+Subjects are namespaced by a prefix (default ``sp``) so that several swarmpools, or a
+test run beside a live one, can share a NATS server without seeing each other.
+"""
+
+from __future__ import annotations
+
+DEFAULT_PREFIX = "sp"
+
+# queue groups: several function hosts share the work of one subject
+QUEUE_FUNCTIONS = "swarmpool-functions"
+
+
+class Subjects:
+    """Builders for the subjects of one swarmpool namespace."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def claim(self, app: str) -> str:
+        """Request/reply: a gateway asks the claimers for one ready instance of `app`."""
+        return f"{self.prefix}.claim.{app}"
+
+    def claim_all(self) -> str:
+        """Wildcard the claimers subscribe to."""
+        return f"{self.prefix}.claim.*"
+
+    def activity(self, app: str, instance_id: str) -> str:
+        """Publish: a gateway reports client traffic and open connections of one instance."""
+        return f"{self.prefix}.activity.{app}.{instance_id}"
+
+    def activity_all(self) -> str:
+        """Wildcard the activity handler subscribes to."""
+        return f"{self.prefix}.activity.*.*"
+
+    def instance_event(self, app: str, instance_id: str, event: str) -> str:
+        """Publish (kept in the event stream): one lifecycle transition of one instance."""
+        return f"{self.prefix}.instance.{app}.{instance_id}.{event}"
+
+    def instance_events_all(self) -> str:
+        """Wildcard for every instance event (the event stream's subject)."""
+        return f"{self.prefix}.instance.>"
+
+    def docker(self, type_: str, action: str) -> str:
+        """Publish: one Docker engine event about a container or service of ours."""
+        return f"{self.prefix}.docker.{type_}.{action}"
+
+    def docker_all(self) -> str:
+        """Wildcard the docker_events handler subscribes to."""
+        return f"{self.prefix}.docker.>"
+
+    def tick(self, period: str) -> str:
+        """Publish: the clock's periodic tick, e.g. ``tick("1s")``."""
+        return f"{self.prefix}.tick.{period}"
+
+    def admin(self, verb: str) -> str:
+        """Request/reply: an operator command (scale, drain, pause, resume, retire, status)."""
+        return f"{self.prefix}.admin.{verb}"
+
+    def admin_all(self) -> str:
+        """Wildcard the admin handler subscribes to."""
+        return f"{self.prefix}.admin.*"
+
+    # JetStream names (streams and buckets allow only [A-Za-z0-9_-])
+    @property
+    def instances_bucket(self) -> str:
+        """KV bucket holding one record per instance, key ``<app>.<id>``."""
+        return f"{self._name}_instances"
+
+    @property
+    def config_bucket(self) -> str:
+        """KV bucket holding operator overrides (scale, pause), key ``pool.<app>``."""
+        return f"{self._name}_config"
+
+    @property
+    def leases_bucket(self) -> str:
+        """KV bucket holding singleton leases (clock, swarm watcher); keys expire."""
+        return f"{self._name}_leases"
+
+    @property
+    def events_stream(self) -> str:
+        """Stream keeping every instance event: the event log."""
+        return f"{self._name}_events"
+
+    @property
+    def _name(self) -> str:
+        return self.prefix.replace(".", "_").replace("-", "_")

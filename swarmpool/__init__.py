@@ -1,0 +1,1 @@
+"""swarmpool: instant, pre-executed notebook web apps from a warm pool on Docker Swarm."""

@@ -1,0 +1,57 @@
+"""Shared fixtures: a real nats-server per test session, a fresh namespace per test."""
+
+from __future__ import annotations
+
+import random
+import string
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from bus.state import InstanceStore
+from bus.subjects import Subjects
+from swarmpool.natsd import EmbeddedNats
+
+
+def random_namespace(prefix: str = "t") -> str:
+    return prefix + "".join(random.choices(string.ascii_lowercase, k=6))
+
+
+@pytest.fixture(scope="session")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedNats]:
+    """A real nats-server with JetStream, for the whole session."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    async with server:
+        yield server
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.drain()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return random_namespace()
+
+
+@pytest.fixture
+def subjects(namespace: str) -> Subjects:
+    return Subjects(namespace)
+
+
+@pytest.fixture
+async def store(nc: NATS, subjects: Subjects) -> AsyncIterator[InstanceStore]:
+    async with await InstanceStore.open(nc, subjects, time.time) as s:
+        yield s
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

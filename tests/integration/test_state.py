@@ -1,0 +1,56 @@
+"""Instance records: CAS transitions on a real nats-server's JetStream KV."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import pytest
+
+from bus.messages import Instance
+from bus.state import Conflict, InstanceStore, InvalidTransition, new_instance_id
+
+
+def make(app: str = "echo", state: str = "starting") -> Instance:
+    return Instance(id=new_instance_id(), app=app, state=state, created_at=time.time())  # type: ignore[arg-type]
+
+
+async def test_ids_are_128_bit_base32() -> None:
+    ids = {new_instance_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 26 and i.isalnum() and i == i.lower() for i in ids)
+
+
+async def test_cas_lets_exactly_one_of_two_writers_win(store: InstanceStore) -> None:
+    created = await store.create(make(state="starting"))
+    ready = await store.cas(created, msgspec.structs.replace(created.instance, state="ready"))
+    claim = msgspec.structs.replace(ready.instance, state="claimed", claimed_at=time.time())
+    results = await asyncio.gather(store.cas(ready, claim), store.cas(ready, claim), return_exceptions=True)
+    assert sum(isinstance(r, Conflict) for r in results) == 1
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+
+
+async def test_illegal_transition_is_refused(store: InstanceStore) -> None:
+    created = await store.create(make(state="starting"))
+    with pytest.raises(InvalidTransition):
+        await store.cas(created, msgspec.structs.replace(created.instance, state="claimed"))
+
+
+async def test_second_store_mirrors_the_first(store: InstanceStore, nc, subjects) -> None:  # type: ignore[no-untyped-def]
+    other = await InstanceStore.open(nc, subjects, time.time)
+    try:
+        created = await store.create(make())
+        for _ in range(100):
+            if other.get("echo", created.instance.id):
+                break
+            await other.wait_changed(0.1)
+        assert other.get("echo", created.instance.id) is not None
+        await store.delete(created.instance)
+        for _ in range(100):
+            if other.get("echo", created.instance.id) is None:
+                break
+            await other.wait_changed(0.1)
+        assert other.get("echo", created.instance.id) is None
+    finally:
+        await other.close()
