@@ -35,6 +35,7 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     used: bool = False  # any client traffic ever arrived
     reason: str = ""  # why it failed or is retiring
     retiring_at: float | None = None
+    heartbeat_at: float | None = None  # time of the newest heartbeat applied (older ones are stale)
 
     @property
     def key(self) -> str:

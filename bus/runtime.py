@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bus.messages import ErrorReply
-from bus.spec import AppSpec, Catalogue, enc_hook
+from bus.spec import AppSpec, Catalogue, Settings, enc_hook
 from bus.state import ConfigStore, InstanceStore
 from bus.subjects import QUEUE_FUNCTIONS, Subjects
 
@@ -65,12 +65,21 @@ class Context:
     host: str = "local"
     counters: Counters = field(default_factory=Counters)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    probing: set[str] = field(default_factory=set)  # instance keys this host is probing
+    claiming: set[str] = field(default_factory=set)  # instance keys a local claim is trying
+    failures: dict[str, int] = field(default_factory=dict)  # app -> consecutive failed starts
+    hold_starts_until: dict[str, float] = field(default_factory=dict)  # app -> backoff end
+    start_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
     async def publish(self, subject: str, message: Any) -> None:
         await self.nc.publish(subject, encode(message))
 
     def app(self, name: str) -> AppSpec | None:
         return self.catalogue.apps.get(name)
+
+    @property
+    def settings(self) -> Settings:
+        return self.catalogue.settings
 
     def lock(self, name: str) -> asyncio.Lock:
         """A per-process lock so that reconcile passes never overlap."""

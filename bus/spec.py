@@ -110,6 +110,7 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     title: str = ""
     description: str = ""
     image: str
+    build: str | None = None  # shell command (run in the catalogue's folder) that builds `image`
     port: Port
     command: list[str] | None = None  # "{prefix}" in any item becomes /i/<id>/
     env: dict[str, str] = {}
@@ -129,7 +130,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_instances: Annotated[int, msgspec.Meta(ge=1)] = 200  # global capacity, all apps
     claim_wait: Duration = Duration(2.0)  # a click waits this long for a ready instance
     heartbeat_interval: Duration = Duration(5.0)  # gateway throttles activity per instance
-    reconcile_interval: Duration = Duration(5.0)  # keeper/reaper full reconcile period
+    reconcile_interval: Duration = Duration(5.0)  # keeper's full reconcile period (swarm vs records)
+    tick_interval: Duration = Duration(1.0)  # reaper and prober backstop period
     publish_ports: bool = True  # local: host-mode port on 127.0.0.1; cluster: overlay by name
     network: str | None = None  # overlay network instances join (cluster mode)
 

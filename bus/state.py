@@ -265,27 +265,56 @@ class InstanceStore:
 
 
 class ConfigStore:
-    """Operator overrides of the catalogue (admin scale/pause/drain), one KV key per app."""
+    """Operator overrides of the catalogue (admin scale/pause), one KV key per app, mirrored."""
 
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
         self._overrides: dict[str, PoolOverride] = {}
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, nc: NATS, subjects: Subjects) -> "ConfigStore":
         js = nc.jetstream()
         await ensure_streams(js, subjects)
-        return cls(await js.key_value(subjects.config_bucket))
+        store = cls(await js.key_value(subjects.config_bucket))
+        store._watcher = await store._kv.watch("pool.*")
+        synced = asyncio.Event()
+        store._task = asyncio.create_task(store._follow(synced), name="config-mirror")
+        await asyncio.wait_for(synced.wait(), 10)
+        return store
 
-    async def get(self, app: str) -> PoolOverride:
-        try:
-            entry = await self._kv.get(f"pool.{app}")
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return PoolOverride(app=app)
-        return _decode_override(entry.value) if entry.value else PoolOverride(app=app)
+    async def _follow(self, synced: asyncio.Event) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                synced.set()
+                continue
+            app = entry.key.split(".", 1)[1]
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._overrides.pop(app, None)
+                continue
+            try:
+                self._overrides[app] = _decode_override(entry.value)
+            except msgspec.DecodeError:
+                log.warning("ignoring malformed pool override for %s", app)
+
+    def cached(self, app: str) -> PoolOverride:
+        """The override for `app` as last seen (no round trip)."""
+        return self._overrides.get(app) or PoolOverride(app=app)
 
     async def put(self, override: PoolOverride) -> None:
         await self._kv.put(f"pool.{override.app}", _encode(override))
+        self._overrides[override.app] = override
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:
+                pass
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 class Lease:

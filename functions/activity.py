@@ -1,0 +1,14 @@
+"""activity: gateway heartbeats -> the instance record (last traffic, open connections)."""
+
+from __future__ import annotations
+
+from bus.messages import Activity
+from bus.runtime import Context, Handlers
+from functions.policy import apply_activity
+
+handlers = Handlers()
+
+
+@handlers.on(lambda s: s.activity_all(), Activity)
+async def heartbeat(ctx: Context, hb: Activity, subject: str) -> None:
+    await ctx.store.update(hb.app, hb.id, lambda r: apply_activity(r, hb))

@@ -1,0 +1,70 @@
+"""admin: operator commands on sp.admin.<verb> (status, scale, pause, resume, drain, retire)."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from bus.messages import AdminReply, AdminRequest, AppStatus, ErrorReply
+from bus.runtime import Context, Handlers
+from functions import keeper, lifecycle
+from functions.policy import counts
+
+log = logging.getLogger(__name__)
+handlers = Handlers()
+
+Reply = AdminReply | ErrorReply
+
+
+def status_of(ctx: Context, app: str) -> AppStatus:
+    spec = ctx.app(app)
+    override = ctx.config.cached(app)
+    c = counts(ctx.store.all(app))
+    target = override.size if override.size is not None else (spec.pool.size if spec else 0)
+    return AppStatus(app=app, target=0 if override.paused else target, paused=override.paused,
+                     starting=c["starting"], ready=c["ready"], claimed=c["claimed"],
+                     retiring=c["retiring"], failed=c["failed"])
+
+
+def _apps(ctx: Context, request: AdminRequest) -> list[str] | ErrorReply:
+    if request.app is None:
+        return list(ctx.catalogue.apps)
+    if request.app not in ctx.catalogue.apps:
+        return ErrorReply(error="unknown_app", detail=request.app)
+    return [request.app]
+
+
+@handlers.on(lambda s: s.admin_all(), AdminRequest, reply=True)
+async def admin(ctx: Context, request: AdminRequest, subject: str) -> Reply:
+    verb = subject.rsplit(".", 1)[-1]
+    apps = _apps(ctx, request)
+    if isinstance(apps, ErrorReply):
+        return apps
+    if verb == "status":
+        return AdminReply(apps=[status_of(ctx, a) for a in apps])
+    if verb in ("scale", "pause", "resume", "drain"):
+        if verb == "scale" and (request.size is None or request.size < 0):
+            return ErrorReply(error="bad_request", detail="scale needs size >= 0")
+        for app in apps:
+            o = ctx.config.cached(app)
+            if verb == "scale":
+                o = msgspec.structs.replace(o, size=request.size)
+            else:
+                o = msgspec.structs.replace(o, paused=verb in ("pause", "drain"))
+            await ctx.config.put(o)
+            log.info("admin %s %s", verb, app)
+            if verb == "drain":  # retire the warm pool; claimed sessions run to their end
+                for r in ctx.store.all(app):
+                    if r.state in ("ready", "starting"):
+                        await lifecycle.retire(ctx, app, r.id, "drained by operator")
+            await keeper.top_up(ctx, app)
+        return AdminReply(detail=f"{verb}: {', '.join(apps)}", apps=[status_of(ctx, a) for a in apps])
+    if verb == "retire":
+        if not request.id or request.app is None:
+            return ErrorReply(error="bad_request", detail="retire needs app and id")
+        if ctx.store.get(request.app, request.id) is None:
+            return ErrorReply(error="unknown_instance")
+        await lifecycle.retire(ctx, request.app, request.id, "retired by operator")
+        return AdminReply(detail="retired")
+    return ErrorReply(error="unknown_verb", detail=verb)

@@ -1,0 +1,61 @@
+"""claimer: hands out the oldest ready instance, exactly once, by CAS ready -> claimed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claimed
+from bus.runtime import Context, Handlers
+from bus.state import Conflict
+from functions.policy import pick_claim_order
+
+log = logging.getLogger(__name__)
+handlers = Handlers()
+
+MAX_WAIT = 10.0
+
+
+async def try_claim(ctx: Context, app: str) -> Claimed | None:
+    """One pass over the ready instances; None when none could be won."""
+    for record in pick_claim_order(ctx.store.all(app), skip=ctx.claiming):
+        current = ctx.store.get(app, record.id)
+        if current is None or current.instance.state != "ready":
+            continue
+        ctx.claiming.add(record.key)  # concurrent local claims try different instances
+        try:
+            now = ctx.clock()
+            won = await ctx.store.cas(current, msgspec.structs.replace(
+                current.instance, state="claimed", claimed_at=now, last_activity=now))
+        except Conflict:
+            continue  # another claimer (or host) was faster: try the next one
+        finally:
+            ctx.claiming.discard(record.key)
+        spec = ctx.app(app)
+        assert spec is not None
+        log.info("claimed %s", won.instance.short)
+        return Claimed(id=won.instance.id, app=app, endpoint=won.instance.endpoint,
+                       deep_link=spec.deep_link, strip_prefix=spec.strip_prefix)
+    return None
+
+
+@handlers.on(lambda s: s.claim_all(), ClaimRequest, reply=True, concurrency=1024)
+async def claim(ctx: Context, request: ClaimRequest, subject: str) -> ClaimReply:
+    app = subject.rsplit(".", 1)[-1]
+    if ctx.app(app) is None:
+        return ClaimRefused(app=app, reason="unknown_app")
+    if ctx.config.cached(app).paused:
+        return ClaimRefused(app=app, reason="paused", retry_after=10)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(max(request.wait, 0.0), MAX_WAIT)
+    while True:
+        claimed = await try_claim(ctx, app)
+        if claimed is not None:
+            return claimed
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            ctx.counters.inc("claims_refused_total", app)
+            return ClaimRefused(app=app, reason="empty", retry_after=3)
+        await ctx.store.wait_changed(remaining)

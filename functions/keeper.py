@@ -1,0 +1,78 @@
+"""keeper: keeps ready + starting at each app's target; reconciles swarm services with records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bus.messages import InstanceEvent, Tick
+from bus.runtime import Context, Handlers
+from functions import lifecycle
+from functions.policy import backoff_delay, counts, ghost_records, leaked_services, starts_needed
+
+log = logging.getLogger(__name__)
+handlers = Handlers()
+
+GRACE = 30.0  # a record is written before its service; give Docker this long to show it
+
+
+async def top_up(ctx: Context, app: str) -> int:
+    """Start as many instances of `app` as its pool needs now; returns how many."""
+    spec = ctx.app(app)
+    if spec is None:
+        return 0
+    async with ctx.lock(f"top-up.{app}"):
+        now = ctx.clock()
+        if now < ctx.hold_starts_until.get(app, 0.0):
+            return 0
+        override = ctx.config.cached(app)
+        target = 0 if override.paused else (override.size if override.size is not None else spec.pool.size)
+        n = starts_needed(
+            records=ctx.store.all(app), target=target, limit=max(spec.pool.limit, target),
+            max_parallel=spec.pool.max_parallel_starts,
+            global_free=ctx.settings.max_instances - len(ctx.store.all()),
+        )
+        failures = ctx.failures.get(app, 0)
+        delay = backoff_delay(failures)
+        if n and delay:
+            ctx.hold_starts_until[app] = now + delay
+            log.warning("%s: %d failed starts in a row; next start in %.0f s", app, failures, delay)
+        starts = [asyncio.create_task(lifecycle.start(ctx, spec)) for _ in range(n)]
+    if starts:
+        results = await asyncio.gather(*starts, return_exceptions=True)
+        for err in results:
+            if isinstance(err, Exception):
+                log.warning("%s: start failed: %s", app, err)
+    return n
+
+
+@handlers.on(lambda s: s.instance_events_all(), InstanceEvent)
+async def on_instance_event(ctx: Context, event: InstanceEvent, subject: str) -> None:
+    """Refill at once when an instance leaves the warm pool; learn from failures and successes."""
+    if event.event == "ready":
+        ctx.failures[event.app] = 0
+    if event.event in ("claimed", "failed", "removed", "retiring"):
+        await top_up(ctx, event.app)
+
+
+@handlers.on(lambda s: s.tick("reconcile"), Tick, concurrency=1)
+async def reconcile(ctx: Context, tick: Tick, subject: str) -> None:
+    """Compare swarm services with records: remove leaks, retire ghosts, top every pool up."""
+    lock = ctx.lock("reconcile")
+    if lock.locked():
+        return
+    async with lock:
+        records = ctx.store.all()
+        services = await ctx.swarm.list_ours()
+        now = ctx.clock()
+        by_key = {f"{s.app}.{s.id}": s for s in services}
+        for key in leaked_services({k: s.created_at for k, s in by_key.items()},
+                                   {r.key for r in ctx.store.all()}, now, GRACE):
+            log.warning("removing leaked service %s (no record)", key[: key.index(".") + 5])
+            await ctx.swarm.remove(by_key[key].service_id)
+        for ghost in ghost_records(records, {s.service_id for s in services}, now, GRACE):
+            await lifecycle.fail(ctx, ghost.app, ghost.id, "service vanished")
+        for app in ctx.catalogue.apps:
+            await top_up(ctx, app)
+        c = counts(records)
+        log.debug("reconciled: %s", dict(c))

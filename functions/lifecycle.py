@@ -1,0 +1,100 @@
+"""Shared steps of an instance's life that several handlers take: start, fail, retire."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from bus.messages import Instance
+from bus.runtime import Context
+from bus.spec import AppSpec
+from bus.state import Conflict, InvalidTransition, new_instance_id
+from swarm.adapter import InstanceSpec
+
+log = logging.getLogger(__name__)
+
+
+def instance_spec(ctx: Context, spec: AppSpec, instance_id: str) -> InstanceSpec:
+    """What Docker must run for one instance of `spec`."""
+    prefix = f"/i/{instance_id}/"
+    command = [part.replace("{prefix}", prefix) for part in spec.command] if spec.command else None
+    env = {**spec.env, "SWARMPOOL_PREFIX": prefix}
+    if spec.prefix_env:
+        env[spec.prefix_env] = prefix
+    return InstanceSpec(
+        app=spec.name, id=instance_id, image=spec.image, port=spec.port, command=command, env=env,
+        cpus=spec.limits.cpus, memory=int(spec.limits.memory) if spec.limits.memory else None,
+        constraints=list(spec.constraints), publish=ctx.settings.publish_ports,
+        network=ctx.settings.network,
+    )
+
+
+async def start(ctx: Context, spec: AppSpec) -> None:
+    """Write a `starting` record first (so it counts at once everywhere), then create the service."""
+    record = Instance(id=new_instance_id(), app=spec.name, state="starting", created_at=ctx.clock())
+    await ctx.store.create(record)
+    slots = ctx.start_slots.setdefault(spec.name, asyncio.Semaphore(spec.pool.max_parallel_starts))
+    async with slots:
+        try:
+            service_id = await ctx.swarm.create(instance_spec(ctx, spec, record.id))
+        except Exception as err:
+            log.warning("could not start %s: %s", record.short, err)
+            await fail(ctx, record.app, record.id, f"service not created: {err}")
+            return
+    updated = await ctx.store.update(
+        record.app, record.id,
+        lambda r: msgspec.structs.replace(r, service_id=service_id) if r.state == "starting" else None,
+    )
+    if updated is None or updated.instance.service_id != service_id:
+        # retired while Docker was creating it: do not leak the service
+        await ctx.swarm.remove(service_id)
+    else:
+        log.info("starting %s", record.short)
+
+
+async def fail(ctx: Context, app: str, instance_id: str, reason: str) -> None:
+    """starting/ready -> failed; a claimed instance goes straight to retiring (session ended)."""
+
+    def change(r: Instance) -> Instance | None:
+        if r.state in ("starting", "ready"):
+            return msgspec.structs.replace(r, state="failed", reason=reason)
+        if r.state == "claimed":
+            return msgspec.structs.replace(r, state="retiring", reason=reason, retiring_at=ctx.clock())
+        return None
+
+    try:
+        result = await ctx.store.update(app, instance_id, change)
+    except (Conflict, InvalidTransition) as err:
+        log.warning("could not mark %s failed: %s", f"{app}.{instance_id[:4]}", err)
+        return
+    if result is None:
+        return
+    if result.instance.state == "failed":
+        ctx.failures[app] = ctx.failures.get(app, 0) + 1
+        log.warning("%s failed: %s", result.instance.short, reason)
+    await retire(ctx, app, instance_id, reason)
+
+
+async def retire(ctx: Context, app: str, instance_id: str, reason: str) -> None:
+    """Mark retiring (CAS), remove the service, delete the record. Safe to repeat after a crash."""
+
+    def change(r: Instance) -> Instance | None:
+        if r.state == "retiring":
+            return None
+        return msgspec.structs.replace(r, state="retiring", reason=reason, retiring_at=ctx.clock())
+
+    try:
+        result = await ctx.store.update(app, instance_id, change)
+    except (Conflict, InvalidTransition) as err:
+        log.warning("could not retire %s: %s", f"{app}.{instance_id[:4]}", err)
+        return
+    if result is None:
+        return
+    record = result.instance
+    if record.reason == reason:
+        log.info("retiring %s (%s)", record.short, reason)
+    if record.service_id:
+        await ctx.swarm.remove(record.service_id)
+    await ctx.store.delete(record, record.reason)

@@ -1,0 +1,112 @@
+"""Pure decisions of the pool: functions of records, the app spec and `now`. No I/O here."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import msgspec
+
+from bus.messages import Activity, Instance
+from bus.spec import AppSpec
+
+
+def counts(records: Iterable[Instance]) -> Counter[str]:
+    """How many instances are in each state."""
+    return Counter(r.state for r in records)
+
+
+def starts_needed(*, records: list[Instance], target: int, limit: int, max_parallel: int,
+                  global_free: int) -> int:
+    """How many new instances to start now so that ready + starting reaches `target`.
+
+    Bounded by the app's max (ready + starting + claimed), by parallel starts, and by
+    the global capacity left across all apps.
+    """
+    c = counts(records)
+    warm = c["ready"] + c["starting"]
+    alive = warm + c["claimed"]
+    want = target - warm
+    return max(0, min(want, limit - alive, max_parallel - c["starting"], global_free))
+
+
+def backoff_delay(consecutive_failures: int) -> float:
+    """Seconds to wait before starting again after repeated failures (0 for the first few)."""
+    if consecutive_failures < 3:
+        return 0.0
+    return float(min(60, 2 ** (consecutive_failures - 2)))
+
+
+def retire_reason(r: Instance, spec: AppSpec | None, now: float) -> str | None:
+    """Why this instance should be retired now, or None. The reason is logged as is."""
+    if spec is None:
+        return "app no longer in the catalogue" if r.state in ("ready", "starting", "failed") else None
+    if r.state == "failed":
+        return r.reason or "failed"
+    if r.state == "starting":
+        age = now - r.created_at
+        if age > spec.probe.timeout:
+            return f"not ready after {age:.0f} s > {spec.probe.timeout:.0f} s"
+        return None
+    if r.state == "ready":
+        warm = spec.pool.max_warm_age
+        if warm is not None and r.ready_at is not None and now - r.ready_at > warm:
+            return f"recycled: warm {now - r.ready_at:.0f} s > {warm:.0f} s"
+        return None
+    if r.state != "claimed":
+        return None
+    s = spec.session
+    claimed_at = r.claimed_at if r.claimed_at is not None else r.created_at
+    if s.max_lifetime is not None and now - claimed_at > s.max_lifetime:
+        return f"max lifetime {now - claimed_at:.0f} s > {s.max_lifetime:.0f} s"
+    last = max(claimed_at, r.last_activity or 0.0)
+    if s.idle_timeout is not None and now - last > s.idle_timeout:
+        return f"idle {now - last:.0f} s > {s.idle_timeout:.0f} s"
+    if s.disconnect_grace is not None and r.connections == 0:
+        since = max(claimed_at, r.disconnected_at or 0.0, r.last_activity or 0.0)
+        if now - since > s.disconnect_grace:
+            return f"disconnected {now - since:.0f} s > {s.disconnect_grace:.0f} s"
+    return None
+
+
+def apply_activity(r: Instance, hb: Activity) -> Instance | None:
+    """The record after one gateway heartbeat, or None when nothing changes (or it is stale)."""
+    if r.state != "claimed":
+        return None
+    if r.heartbeat_at is not None and hb.at < r.heartbeat_at:
+        return None  # an older heartbeat processed late
+    last = max(r.last_activity or 0.0, hb.at) if hb.traffic else r.last_activity
+    disconnected_at = r.disconnected_at
+    if hb.connections == 0 and r.connections > 0:
+        disconnected_at = hb.at
+    elif hb.connections > 0:
+        disconnected_at = None
+    return msgspec.structs.replace(
+        r, last_activity=last, connections=hb.connections, disconnected_at=disconnected_at,
+        used=r.used or hb.traffic, heartbeat_at=hb.at,
+    )
+
+
+def pick_claim_order(records: Iterable[Instance], skip: set[str]) -> list[Instance]:
+    """Ready instances, oldest first (the longest-warm one goes out first), minus `skip`."""
+    ready = [r for r in records if r.state == "ready" and r.key not in skip]
+    return sorted(ready, key=lambda r: (r.ready_at or r.created_at, r.id))
+
+
+def leaked_services(service_keys: dict[str, float], record_keys: set[str], now: float,
+                    grace: float) -> list[str]:
+    """Services of ours with no record, older than `grace` (a record is always written first)."""
+    return [k for k, created in service_keys.items() if k not in record_keys and now - created > grace]
+
+
+def ghost_records(records: Iterable[Instance], service_ids: set[str], now: float,
+                  grace: float) -> list[Instance]:
+    """Records whose service is gone (or never appeared within `grace`)."""
+    ghosts = []
+    for r in records:
+        if r.state == "retiring":
+            continue
+        # young records may have a service created after the listing was taken
+        if now - r.created_at > grace and (not r.service_id or r.service_id not in service_ids):
+            ghosts.append(r)
+    return ghosts

@@ -1,0 +1,45 @@
+"""reaper: retires idle, disconnected, expired, failed and stale-warm instances on every tick."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bus.messages import Instance, Tick
+from bus.runtime import Context, Handlers
+from functions import lifecycle
+from functions.policy import retire_reason
+
+log = logging.getLogger(__name__)
+handlers = Handlers()
+
+STUCK_RETIRING = 30.0  # a retiring record this old lost its retirer (crash): finish the job
+
+
+@handlers.on(lambda s: s.tick("fast"), Tick, concurrency=1)
+async def sweep(ctx: Context, tick: Tick, subject: str) -> None:
+    lock = ctx.lock("reaper")
+    if lock.locked():
+        return
+    async with lock:
+        now = ctx.clock()
+        jobs = []
+        for r in ctx.store.all():
+            if r.state == "retiring":
+                if now - (r.retiring_at or r.created_at) > STUCK_RETIRING:
+                    jobs.append(_finish(ctx, r))
+                continue
+            if r.state == "starting" and r.key in ctx.probing:
+                continue  # the prober owns its timeout
+            reason = retire_reason(r, ctx.app(r.app), now)
+            if reason is not None:
+                jobs.append(lifecycle.retire(ctx, r.app, r.id, reason))
+        await asyncio.gather(*jobs)
+
+
+async def _finish(ctx: Context, record: Instance) -> None:
+    """Complete a retirement whose retirer died between the CAS and the removal."""
+    log.info("finishing retirement of %s (%s)", record.short, record.reason)
+    if record.service_id:
+        await ctx.swarm.remove(record.service_id)
+    await ctx.store.delete(record, record.reason)

@@ -1,0 +1,154 @@
+"""Per-instance client activity and open connections, published as throttled heartbeats.
+
+Recording is O(1) and never touches NATS; one background task publishes. An instance's
+heartbeat goes out at most once per heartbeat interval when something changed, and at once
+when its open connections go 0 -> 1 or 1 -> 0 (the reaper's disconnect rule depends on it).
+Only traffic FROM the client counts: a tab whose kernel only sends keep-alives is not active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+
+from bus.messages import Activity
+from bus.runtime import encode
+from bus.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+
+class _Entry:
+    __slots__ = ("app", "traffic", "connections", "last_sent", "dirty")
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+        self.traffic = False
+        self.connections = 0
+        self.last_sent = float("-inf")  # monotonic
+        self.dirty = False
+
+
+class ActivityTracker:
+    """Remembers traffic and connections per instance; `run()` publishes the heartbeats."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, interval: float, gateway: str,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._interval = interval
+        self._gateway = gateway
+        self._clock = clock
+        self._monotonic = monotonic
+        self._entries: dict[str, _Entry] = {}
+        self._dirty: set[str] = set()
+        self._urgent: set[str] = set()
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    # ---- recording (O(1), no I/O) ----
+
+    def seen(self, instance_id: str, app: str) -> None:
+        """A client request for a routed instance: client traffic."""
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            entry = self._entries[instance_id] = _Entry(app)
+        entry.traffic = True
+        self._mark(instance_id, entry)
+
+    def touch(self, instance_id: str) -> None:
+        """A message from the client on an open connection (ignored once the route is gone)."""
+        entry = self._entries.get(instance_id)
+        if entry is not None:
+            entry.traffic = True
+            self._mark(instance_id, entry)
+
+    def opened(self, instance_id: str, app: str) -> None:
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            entry = self._entries[instance_id] = _Entry(app)
+        entry.connections += 1
+        if entry.connections == 1:
+            self._urgent.add(instance_id)
+            self._wake.set()
+        else:
+            self._mark(instance_id, entry)
+
+    def closed(self, instance_id: str) -> None:
+        entry = self._entries.get(instance_id)
+        if entry is None or entry.connections <= 0:
+            return
+        entry.connections -= 1
+        if entry.connections == 0:
+            self._urgent.add(instance_id)
+            self._wake.set()
+        else:
+            self._mark(instance_id, entry)
+
+    def forget(self, instance_id: str) -> None:
+        """The route is gone: stop reporting on this instance."""
+        self._entries.pop(instance_id, None)
+        self._dirty.discard(instance_id)
+        self._urgent.discard(instance_id)
+
+    def connections(self, instance_id: str) -> int:
+        entry = self._entries.get(instance_id)
+        return entry.connections if entry else 0
+
+    def _mark(self, instance_id: str, entry: _Entry) -> None:
+        if not entry.dirty:
+            entry.dirty = True
+            self._dirty.add(instance_id)
+            self._wake.set()
+
+    # ---- publishing ----
+
+    async def run(self) -> None:
+        """Publish heartbeats until cancelled."""
+        while True:
+            self._wake.clear()  # before flushing, so a change during the flush is not lost
+            delay = await self.flush()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def flush(self, force: bool = False) -> float | None:
+        """Publish what is due; return seconds until the next throttled heartbeat is due."""
+        now = self._monotonic()
+        for instance_id in list(self._urgent):
+            self._urgent.discard(instance_id)
+            await self._publish(instance_id, now)
+        next_due: float | None = None
+        for instance_id in list(self._dirty):
+            entry = self._entries.get(instance_id)
+            if entry is None:
+                self._dirty.discard(instance_id)
+                continue
+            due = entry.last_sent + self._interval
+            if force or due <= now:
+                await self._publish(instance_id, now)
+            else:
+                next_due = due - now if next_due is None else min(next_due, due - now)
+        return next_due
+
+    async def _publish(self, instance_id: str, now: float) -> None:
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            return
+        message = Activity(app=entry.app, id=instance_id, at=self._clock(),
+                           connections=entry.connections, traffic=entry.traffic, gateway=self._gateway)
+        entry.traffic = False
+        entry.dirty = False
+        entry.last_sent = now
+        self._dirty.discard(instance_id)
+        try:
+            await self._nc.publish(self._subjects.activity(entry.app, instance_id), encode(message))
+            self.published += 1
+        except Exception as err:  # NATS down: the next change publishes again
+            log.warning("heartbeat for %s.%s not published: %s", entry.app, instance_id[:4], err)

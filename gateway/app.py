@@ -1,0 +1,102 @@
+"""The gateway's aiohttp application: routes, typed state and the lifecycle of its resources."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from bus.spec import Catalogue
+from bus.state import InstanceStore
+from bus.subjects import Subjects
+from gateway import launch, proxy
+from gateway.activity import ActivityTracker
+from gateway.context import GATEWAY, UPSTREAM, Gateway
+from gateway.metrics import GatewayMetrics
+from gateway.routing import RouteTable
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+SHUTDOWN_CLOSE_CODE = 1001  # going away
+
+
+def make_app(*, nc: NATS, subjects: Subjects, store: InstanceStore, catalogue: Catalogue,
+             host_label: str = "gw") -> web.Application:
+    """The gateway app; its cleanup context owns the heartbeat task and the upstream session."""
+    routes = RouteTable(catalogue)
+    activity = ActivityTracker(nc, subjects, float(catalogue.settings.heartbeat_interval), host_label)
+    gw = Gateway(nc=nc, subjects=subjects, store=store, catalogue=catalogue, host_label=host_label,
+                 routes=routes, activity=activity, metrics=GatewayMetrics())
+    routes.on_removed(activity.forget)
+    routes.on_removed(lambda instance_id: _close_sockets(gw, instance_id))
+
+    app = web.Application()
+    app[GATEWAY] = gw
+    app.router.add_get("/", launch.index)
+    app.router.add_get("/launch/{app}", launch.launch, allow_head=False)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/i/{id}", proxy.proxy)
+    app.router.add_route("*", "/i/{id}/{tail:.*}", proxy.proxy)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_close_all_sockets)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=UPSTREAM_TIMEOUT,
+        auto_decompress=False,  # bytes pass through as the app encoded them
+        cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every student: never keep cookies
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+    )
+    app[UPSTREAM] = session
+    gw.store.on_change(gw.routes.on_change)
+    gw.routes.fill(gw.store.all())  # no await since subscribing: no change can slip between
+    heartbeats = asyncio.create_task(gw.activity.run(), name="gateway-heartbeats")
+    log.info("gateway %s up with %d routes", gw.host_label, len(gw.routes))
+    try:
+        yield
+    finally:
+        gw.routes.closed = True
+        heartbeats.cancel()
+        await asyncio.gather(heartbeats, return_exceptions=True)
+        if gw.nc.is_connected:
+            try:
+                await asyncio.wait_for(gw.activity.flush(force=True), 2)
+            except Exception:
+                log.warning("last heartbeats not published", exc_info=True)
+        await session.close()
+
+
+def _close_sockets(gw: Gateway, instance_id: str) -> None:
+    """A route is gone: its open WebSockets end too (only claimed instances are reachable)."""
+    for ws in list(gw.open_sockets.get(instance_id, ())):
+        asyncio.get_running_loop().create_task(ws.close(code=SHUTDOWN_CLOSE_CODE, message=b"session ended"))
+
+
+async def _close_all_sockets(app: web.Application) -> None:
+    gw = app[GATEWAY]
+    sockets = [ws for group in gw.open_sockets.values() for ws in group]
+    await asyncio.gather(*(ws.close(code=SHUTDOWN_CLOSE_CODE, message=b"gateway shutting down")
+                           for ws in sockets), return_exceptions=True)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    if not gw.nc.is_connected:
+        return web.json_response({"status": "nats disconnected", "routes": len(gw.routes)}, status=503)
+    return web.json_response({"status": "ok", "routes": len(gw.routes)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.Response(body=gw.metrics.render(), headers={"Content-Type": gw.metrics.content_type})

@@ -1,0 +1,45 @@
+"""Typed application state shared by the gateway's handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from bus.messages import Claimed, ClaimRefused, ErrorReply
+from bus.spec import Catalogue
+from bus.state import InstanceStore
+from bus.subjects import Subjects
+from gateway.activity import ActivityTracker
+from gateway.metrics import GatewayMetrics
+from gateway.routing import RouteTable
+
+
+@dataclass
+class Gateway:
+    """Everything a gateway handler may touch."""
+
+    nc: NATS
+    subjects: Subjects
+    store: InstanceStore
+    catalogue: Catalogue
+    host_label: str
+    routes: RouteTable
+    activity: ActivityTracker
+    metrics: GatewayMetrics
+    claim_decoder: msgspec.json.Decoder[Claimed | ClaimRefused | ErrorReply] = field(
+        default_factory=lambda: msgspec.json.Decoder(Claimed | ClaimRefused | ErrorReply))
+    open_sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)  # id -> client sockets
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+UPSTREAM = web.AppKey("upstream_session", aiohttp.ClientSession)
+
+
+def wants_json(request: web.Request) -> bool:
+    """API clients ask for JSON; browsers send text/html first."""
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept

@@ -1,0 +1,295 @@
+"""The reverse proxy `/i/<id>/...` to claimed instances: streamed HTTP and WebSocket.
+
+Only ids in the route table (claimed instances) reach an upstream; anything else gets the
+"session ended" page without any upstream being contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, istr
+from yarl import URL
+
+from gateway import pages
+from gateway.context import GATEWAY, UPSTREAM, Gateway, wants_json
+from gateway.launch import app_spec
+from gateway.routing import Route, valid_id
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(istr(h) for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+    "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+))
+WS_HANDSHAKE = frozenset(istr(h) for h in (
+    "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+    "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept",
+))
+FORWARDED = frozenset(istr(h) for h in (
+    "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix",
+))
+STREAM_GRACE = 1.0  # an HTTP response still streaming after this long counts as an open connection
+CHUNK = 64 * 1024
+
+
+# ---- pure helpers ----
+
+
+def trusted_peer(remote: str | None) -> bool:
+    """Forwarding headers are believed only from loopback (nginx) or a unix socket."""
+    if remote is None:
+        return True
+    try:
+        return ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def without_hop_by_hop(headers: "CIMultiDict[str] | aiohttp.typedefs.LooseHeaders") -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers, including those the Connection header names."""
+    source: CIMultiDict[str] = CIMultiDict(headers)  # type: ignore[arg-type]
+    named = {istr(h.strip()) for h in source.get("Connection", "").split(",") if h.strip()}
+    return CIMultiDict((k, v) for k, v in source.items() if k not in HOP_BY_HOP and k not in named)
+
+
+def forwarding(client: CIMultiDict[str], *, remote: str | None, scheme: str, host: str,
+               prefix: str | None) -> CIMultiDict[str]:
+    """The X-Forwarded-* headers for the upstream, given the client's request headers."""
+    trusted = trusted_peer(remote)
+    out: CIMultiDict[str] = CIMultiDict()
+    peer = remote or "unix"
+    earlier = (client.get("X-Forwarded-For") or client.get("X-Real-IP")) if trusted else None
+    out["X-Forwarded-For"] = f"{earlier}, {peer}" if earlier else peer
+    if trusted and "X-Real-IP" in client:
+        out["X-Real-IP"] = client["X-Real-IP"]
+    out["X-Forwarded-Proto"] = (client.get("X-Forwarded-Proto") if trusted else None) or scheme
+    out["X-Forwarded-Host"] = (client.get("X-Forwarded-Host") if trusted else None) or host
+    if prefix:
+        out["X-Forwarded-Prefix"] = prefix
+    return out
+
+
+def upstream_path(raw_path: str, instance_id: str, strip_prefix: bool) -> str:
+    """Instances serve under their prefix `/i/<id>/`, unless the app asks for it to be stripped."""
+    if not strip_prefix:
+        return raw_path
+    return raw_path[len(f"/i/{instance_id}"):] or "/"
+
+
+def upstream_url(scheme: str, route: Route, path: str, raw_query: str) -> URL:
+    text = f"{scheme}://{route.endpoint}{path}" + (f"?{raw_query}" if raw_query else "")
+    return URL(text, encoded=True)
+
+
+def is_websocket(request: web.Request) -> bool:
+    return (request.method == "GET"
+            and request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower())
+
+
+def _upstream_headers(request: web.Request, instance_id: str, route: Route) -> CIMultiDict[str]:
+    headers = without_hop_by_hop(request.headers)
+    for name in FORWARDED:
+        headers.popall(name, None)
+    headers.extend(forwarding(CIMultiDict(request.headers), remote=request.remote, scheme=request.scheme,
+                              host=request.host, prefix=f"/i/{instance_id}" if route.strip_prefix else None))
+    return headers
+
+
+# ---- handlers ----
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    instance_id = request.match_info["id"]
+    route = gw.routes.get(instance_id) if valid_id(instance_id) else None
+    if route is None:
+        return _ended(request, gw, instance_id)
+    if "tail" not in request.match_info:  # /i/<id> -> /i/<id>/
+        raise web.HTTPTemporaryRedirect(request.rel_url.with_path(f"/i/{instance_id}/"))
+    gw.activity.seen(instance_id, route.app)
+    path = upstream_path(request.rel_url.raw_path, instance_id, route.strip_prefix)
+    if is_websocket(request):
+        gw.metrics.proxied.labels(route.app, "websocket").inc()
+        return await _websocket(request, gw, instance_id, route, path)
+    gw.metrics.proxied.labels(route.app, "http").inc()
+    return await _http(request, gw, instance_id, route, path)
+
+
+def _ended(request: web.Request, gw: Gateway, instance_id: str) -> web.Response:
+    app = gw.routes.ended_app(instance_id) if valid_id(instance_id) else None
+    spec = app_spec(gw, app) if app else None
+    if wants_json(request):
+        return web.json_response({"status": "ended", "app": spec.name if spec else None}, status=404)
+    return web.Response(text=pages.session_ended_page(spec), content_type="text/html", status=404,
+                        headers={"Cache-Control": "no-store"})
+
+
+def _not_answering(request: web.Request, gw: Gateway, route: Route, err: BaseException) -> web.Response:
+    gw.metrics.upstream_errors.labels(route.app).inc()
+    log.warning("upstream of %s not answering: %s", route.app, type(err).__name__)
+    if wants_json(request):
+        return web.json_response({"status": "not_answering", "app": route.app}, status=502)
+    return web.Response(text=pages.not_answering_page(app_spec(gw, route.app)), content_type="text/html",
+                        status=502, headers={"Cache-Control": "no-store"})
+
+
+async def _http(request: web.Request, gw: Gateway, instance_id: str, route: Route,
+                path: str) -> web.StreamResponse:
+    session = request.app[UPSTREAM]
+    url = upstream_url("http", route, path, request.rel_url.raw_query_string)
+    headers = _upstream_headers(request, instance_id, route)
+    data = request.content if request.body_exists else None
+    try:
+        upstream = await session.request(request.method, url, headers=headers, data=data,
+                                         allow_redirects=False)
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+        return _not_answering(request, gw, route, err)
+
+    counted = False
+
+    def long_lived() -> None:
+        nonlocal counted
+        counted = True
+        gw.activity.opened(instance_id, route.app)
+
+    timer = asyncio.get_running_loop().call_later(STREAM_GRACE, long_lived)
+    try:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.headers.items():
+            if name not in HOP_BY_HOP:
+                response.headers.add(name, value)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        except ConnectionResetError:  # the client went away
+            return response
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            # headers are sent: the only honest signal left is to cut the connection
+            log.warning("upstream of %s broke mid-response: %s", route.app, type(err).__name__)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        timer.cancel()
+        upstream.release()
+        if counted:
+            gw.activity.closed(instance_id)
+
+
+_CLOSE_UNSENDABLE = {1005, 1006, 1015}
+
+
+def _close_code(code: object) -> int:
+    if isinstance(code, int) and 1000 <= code <= 4999 and code not in _CLOSE_UNSENDABLE:
+        return code
+    return 1000
+
+
+async def _websocket(request: web.Request, gw: Gateway, instance_id: str, route: Route,
+                     path: str) -> web.StreamResponse:
+    session = request.app[UPSTREAM]
+    url = upstream_url("ws", route, path, request.rel_url.raw_query_string)
+    headers = _upstream_headers(request, instance_id, route)
+    for name in WS_HANDSHAKE:
+        headers.popall(name, None)
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    try:
+        upstream = await session.ws_connect(url, protocols=protocols, headers=headers, autoping=False,
+                                            autoclose=False, max_msg_size=0, compress=0)
+    except aiohttp.WSServerHandshakeError as err:
+        status = err.status if 400 <= err.status < 600 else 502
+        log.info("upstream of %s refused a websocket: %s", route.app, err.status)
+        return web.Response(status=status, text="websocket refused by the app")
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+        return _not_answering(request, gw, route, err)
+
+    client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
+                                   autoping=False, autoclose=False, max_msg_size=0, compress=False)
+    try:
+        await client.prepare(request)
+    except Exception:
+        await upstream.close()
+        raise
+    sockets = gw.open_sockets.setdefault(instance_id, set())
+    sockets.add(client)
+    gw.activity.opened(instance_id, route.app)
+    gw.metrics.ws_open.labels(route.app).inc()
+    try:
+        await _pump_both(client, upstream, on_client_message=lambda: gw.activity.touch(instance_id))
+    finally:
+        gw.metrics.ws_open.labels(route.app).dec()
+        gw.activity.closed(instance_id)
+        sockets.discard(client)
+        if not sockets:
+            gw.open_sockets.pop(instance_id, None)
+    return client
+
+
+Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump(src: Socket, dst: Socket, on_message: Callable[[], None] | None) -> tuple[int, bytes]:
+    """Copy frames from src to dst until src closes; return the close code and reason."""
+    while True:
+        msg = await src.receive()
+        try:
+            if msg.type is WSMsgType.TEXT:
+                if on_message is not None:
+                    on_message()
+                await dst.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                if on_message is not None:
+                    on_message()
+                await dst.send_bytes(msg.data)
+            elif msg.type is WSMsgType.PING:
+                await dst.ping(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                await dst.pong(msg.data)
+            elif msg.type is WSMsgType.CLOSE:
+                reason = msg.extra.encode() if isinstance(msg.extra, str) else b""
+                return _close_code(msg.data), reason
+            else:  # CLOSING, CLOSED, ERROR
+                return (1011 if msg.type is WSMsgType.ERROR else 1000), b""
+        except ConnectionResetError:  # dst is gone
+            return 1001, b""
+
+
+async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse,
+                     on_client_message: Callable[[], None]) -> None:
+    """Both directions at once; when either side closes, close the other with the same code."""
+    up = asyncio.create_task(_pump(client, upstream, on_client_message), name="ws-client-to-app")
+    down = asyncio.create_task(_pump(upstream, client, None), name="ws-app-to-client")
+    try:
+        done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        code, reason = first.result() if not first.cancelled() and first.exception() is None else (1011, b"")
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    except asyncio.CancelledError:
+        up.cancel()
+        down.cancel()
+        code, reason = 1001, b""
+        await asyncio.gather(up, down, return_exceptions=True)
+        await _close_quietly(upstream, code, reason)
+        await _close_quietly(client, code, reason)
+        raise
+    await _close_quietly(upstream, code, reason)
+    await _close_quietly(client, code, reason)
+
+
+async def _close_quietly(ws: Socket, code: int, reason: bytes) -> None:
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=reason), 5)
+    except Exception:
+        pass

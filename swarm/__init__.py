@@ -1,0 +1,33 @@
+"""The only package that touches Docker: instance services on a swarm, found by label, watched by events."""
+
+from swarm.adapter import (
+    LABEL_APP,
+    LABEL_ID,
+    LABEL_IMAGE,
+    LABEL_OWNER,
+    LABEL_PORT,
+    EngineEvent,
+    InstanceSpec,
+    ServiceInfo,
+    Swarm,
+    SwarmError,
+    SwarmUnavailable,
+    TaskStatus,
+    service_name,
+)
+
+__all__ = [
+    "LABEL_APP",
+    "LABEL_ID",
+    "LABEL_IMAGE",
+    "LABEL_OWNER",
+    "LABEL_PORT",
+    "EngineEvent",
+    "InstanceSpec",
+    "ServiceInfo",
+    "Swarm",
+    "SwarmError",
+    "SwarmUnavailable",
+    "TaskStatus",
+    "service_name",
+]

@@ -1,0 +1,440 @@
+"""Async adapter over the Docker engine: one swarm service per app instance, found again by its labels."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import msgspec
+from docker.types import ContainerSpec, EndpointSpec, Placement, Resources, RestartPolicy, TaskTemplate
+
+log = logging.getLogger(__name__)
+
+LABEL_OWNER = "swarmpool.owner"
+LABEL_APP = "swarmpool.app"
+LABEL_ID = "swarmpool.id"
+LABEL_IMAGE = "swarmpool.image"  # the image as the catalogue names it (the service may run it by id)
+LABEL_PORT = "swarmpool.port"  # container port, for "<service name>:<port>" endpoints on a network
+
+LABEL_SWARM_SERVICE_ID = "com.docker.swarm.service.id"
+CONTAINER_ACTIONS = frozenset({"die", "oom", "kill", "stop"})
+SERVICE_ACTIONS = frozenset({"remove"})
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9]{0,10}$")  # no '-': service names split unambiguously
+_NAME_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_MAX_SERVICE_NAME = 63
+_STOP_GRACE_NS = 2_000_000_000
+_T = TypeVar("_T")
+
+
+class SwarmError(Exception):
+    """The engine refused or failed an operation on our services."""
+
+
+class SwarmUnavailable(SwarmError):
+    """The Docker engine cannot be reached (or is not a swarm manager)."""
+
+
+class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What one instance service runs."""
+
+    app: str
+    id: str
+    image: str
+    port: int  # container port
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    cpus: float | None = None
+    memory: int | None = None  # bytes
+    constraints: list[str] = []
+    publish: bool = True  # host-mode published port (local); False: reachable by service name on `network`
+    network: str | None = None
+
+
+class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One of our services, as listed by label."""
+
+    service_id: str
+    name: str
+    app: str
+    id: str
+    created_at: float  # unix seconds
+
+
+class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the single task of an instance service is."""
+
+    state: str  # docker task state, or "missing" when the service is gone
+    endpoint: str = ""  # "127.0.0.1:<port>" (published) or "<service name>:<port>" (network)
+    exit_code: int | None = None
+    error: str = ""
+    container_id: str = ""
+
+
+class EngineEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A Docker engine event about one of our containers or services."""
+
+    type: str  # "container" or "service"
+    action: str  # die, oom, kill, stop (container); remove (service)
+    at: float  # unix seconds
+    app: str
+    id: str
+    service_id: str = ""
+    container_id: str = ""
+    exit_code: int | None = None
+
+
+def service_name(namespace: str, app: str, instance_id: str) -> str:
+    """The swarm service name of an instance: <namespace>-<app>-<id>."""
+    return f"{namespace}-{app}-{instance_id}"
+
+
+def parse_timestamp(value: str) -> float:
+    """Unix seconds from Docker's RFC 3339 time with nanoseconds ("2024-05-01T12:00:00.123456789Z")."""
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", value)
+    if not m:
+        return 0.0
+    base = datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
+    return base.replace(tzinfo=base.tzinfo or timezone.utc).timestamp() + float("0." + (m.group(2) or "0"))
+
+
+class Swarm:
+    """Creates, watches and removes the instance services of one namespace."""
+
+    def __init__(
+        self,
+        namespace: str = "sp",
+        client: docker.DockerClient | None = None,
+        *,
+        run_by_image_id: bool = True,
+        max_threads: int = 16,
+    ) -> None:
+        if not _NAMESPACE.match(namespace):
+            raise ValueError(f"namespace must match {_NAMESPACE.pattern}, got {namespace!r}")
+        self.namespace = namespace
+        # Running by local image id skips the engine's pull attempt (no registry here; single node).
+        self._run_by_image_id = run_by_image_id
+        self._client = client
+        self._client_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="swarm")
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _docker(self) -> docker.DockerClient:
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    self._client = docker.from_env(max_pool_size=32)
+                except docker.errors.DockerException as e:
+                    raise SwarmUnavailable(f"cannot reach the Docker engine (is dockerd running? DOCKER_HOST?): {e}") from e
+            return self._client
+
+    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self._closed:
+            raise SwarmError("this Swarm adapter is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def _labels(self, spec: InstanceSpec) -> dict[str, str]:
+        return {
+            LABEL_OWNER: self.namespace,
+            LABEL_APP: spec.app,
+            LABEL_ID: spec.id,
+            LABEL_IMAGE: spec.image,
+            LABEL_PORT: str(spec.port),
+        }
+
+    # -- engine ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Raise SwarmUnavailable with a clear message if the engine cannot be reached."""
+
+        def ping() -> None:
+            try:
+                self._docker().ping()
+            except docker.errors.DockerException as e:
+                raise SwarmUnavailable(f"Docker engine did not answer a ping: {e}") from e
+            except Exception as e:  # requests' connection errors are not DockerExceptions
+                raise SwarmUnavailable(f"Docker engine did not answer a ping: {e}") from e
+
+        await self._run(ping)
+
+    async def ensure_swarm(self) -> bool:
+        """Initialise a single-node swarm (advertise 127.0.0.1) if none is active; True if it did."""
+
+        def ensure() -> bool:
+            client = self._docker()
+            try:
+                info = client.info()
+            except Exception as e:
+                raise SwarmUnavailable(f"cannot read Docker engine info: {e}") from e
+            swarm = info.get("Swarm") or {}
+            state = swarm.get("LocalNodeState", "")
+            if state == "active":
+                if not swarm.get("ControlAvailable"):
+                    raise SwarmUnavailable("this Docker node is a swarm worker; swarmpool needs a manager node")
+                return False
+            if state not in ("inactive", ""):
+                raise SwarmUnavailable(f"swarm is in state {state!r}; fix it with `docker swarm` first")
+            log.info("initialising a single-node Docker swarm (advertise 127.0.0.1)")
+            try:
+                client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+            except docker.errors.APIError as e:
+                raise SwarmError(f"docker swarm init failed: {e.explanation or e}") from e
+            return True
+
+        return await self._run(ensure)
+
+    # -- services -------------------------------------------------------------------------------
+
+    async def create(self, spec: InstanceSpec) -> str:
+        """Start one instance service and return its service id."""
+        name = service_name(self.namespace, spec.app, spec.id)
+        if not (_NAME_PART.match(spec.app) and _NAME_PART.match(spec.id)) or len(name) > _MAX_SERVICE_NAME:
+            raise SwarmError(f"invalid service name {name!r} (lowercase letters, digits, '-'; at most 63 chars)")
+        return await self._run(self._create, spec, name)
+
+    def _create(self, spec: InstanceSpec, name: str) -> str:
+        api = self._docker().api
+        try:
+            image_id = api.inspect_image(spec.image)["Id"]
+        except docker.errors.ImageNotFound as e:
+            raise SwarmError(f"image {spec.image} not found on this node; build it first") from e
+        except docker.errors.APIError as e:
+            raise SwarmError(f"cannot inspect image {spec.image}: {e.explanation or e}") from e
+        labels = self._labels(spec)
+        container = ContainerSpec(
+            image=image_id if self._run_by_image_id else spec.image,
+            command=spec.command,
+            env={**spec.env, "SWARMPOOL_ID": spec.id},
+            labels=labels,
+            stop_grace_period=_STOP_GRACE_NS,
+            init=True,  # reaps zombies and forwards SIGTERM, so stops are quick
+        )
+        resources = None
+        if spec.cpus is not None or spec.memory is not None:
+            resources = Resources(
+                cpu_limit=int(spec.cpus * 1e9) if spec.cpus is not None else None,
+                mem_limit=spec.memory,
+            )
+        task = TaskTemplate(
+            container_spec=container,
+            resources=resources,
+            restart_policy=RestartPolicy(condition="none"),
+            placement=Placement(constraints=list(spec.constraints)) if spec.constraints else None,
+        )
+        endpoint = None
+        if spec.publish:
+            # No PublishedPort: in host mode the engine binds a free ephemeral port (see TaskStatus.endpoint).
+            endpoint = EndpointSpec(ports=[{"Protocol": "tcp", "TargetPort": spec.port, "PublishMode": "host"}])
+        try:
+            result = api.create_service(
+                task,
+                name=name,
+                labels=labels,
+                endpoint_spec=endpoint,
+                networks=[spec.network] if spec.network else None,
+            )
+        except docker.errors.APIError as e:
+            raise SwarmError(f"cannot create service {name} (image {spec.image}): {e.explanation or e}") from e
+        except docker.errors.DockerException as e:
+            raise SwarmUnavailable(f"Docker engine unavailable while creating {name}: {e}") from e
+        service_id: str = result["ID"]
+        log.debug("created service %s for %s.%s", service_id[:12], spec.app, spec.id[:6])
+        return service_id
+
+    async def status(self, service_id: str) -> TaskStatus:
+        """The state of the service's (single, newest) task; "missing" once the service is gone."""
+        return await self._run(self._status, service_id)
+
+    def _status(self, service_id: str) -> TaskStatus:
+        api = self._docker().api
+        try:
+            service = api.inspect_service(service_id)
+            tasks = api.tasks(filters={"service": service_id})
+        except docker.errors.NotFound:
+            return TaskStatus(state="missing")
+        if not tasks:
+            return TaskStatus(state="new")
+        task = max(tasks, key=lambda t: (t.get("Version", {}).get("Index", 0), t.get("CreatedAt", "")))
+        status = task.get("Status") or {}
+        container = status.get("ContainerStatus") or {}
+        state = status.get("State", "new")
+        endpoint = ""
+        if state == "running":
+            endpoint = self._endpoint(service, status)
+        exit_code = container.get("ExitCode")
+        return TaskStatus(
+            state=state,
+            endpoint=endpoint,
+            exit_code=exit_code if state in ("complete", "failed", "shutdown", "rejected") else None,
+            error=status.get("Err", "") or "",
+            container_id=container.get("ContainerID", "") or "",
+        )
+
+    @staticmethod
+    def _endpoint(service: dict[str, Any], status: dict[str, Any]) -> str:
+        spec = service.get("Spec", {})
+        ports = (spec.get("EndpointSpec") or {}).get("Ports") or []
+        if ports:
+            published = (status.get("PortStatus") or {}).get("Ports") or []
+            for port in published:
+                if port.get("PublishedPort"):
+                    return f"127.0.0.1:{port['PublishedPort']}"
+            return ""
+        port = (spec.get("Labels") or {}).get(LABEL_PORT, "")
+        return f"{spec.get('Name', '')}:{port}" if port else ""
+
+    async def logs_contain(self, service_id: str, marker: str) -> bool:
+        """True if the service's logs (stdout and stderr) contain marker; False also when it is gone."""
+
+        def logs() -> bool:
+            try:
+                data = self._docker().api.service_logs(service_id, stdout=True, stderr=True, follow=False)
+            except docker.errors.NotFound:
+                return False
+            raw = data if isinstance(data, bytes) else b"".join(data)
+            return marker.encode() in raw
+
+        return await self._run(logs)
+
+    async def remove(self, service_id: str) -> bool:
+        """Remove a service; False if it was already gone. Never raises for NotFound."""
+
+        def remove() -> bool:
+            try:
+                self._docker().api.remove_service(service_id)
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as e:
+                raise SwarmError(f"cannot remove service {service_id[:12]}: {e.explanation or e}") from e
+            return True
+
+        return await self._run(remove)
+
+    async def list_ours(self, app: str | None = None) -> list[ServiceInfo]:
+        """Our services (label owner == namespace), optionally of one app, oldest first."""
+        labels = [f"{LABEL_OWNER}={self.namespace}"] + ([f"{LABEL_APP}={app}"] if app else [])
+        services = await self._run(lambda: self._docker().api.services(filters={"label": labels}))
+        infos = []
+        for s in services:
+            spec_labels = s.get("Spec", {}).get("Labels") or {}
+            infos.append(
+                ServiceInfo(
+                    service_id=s["ID"],
+                    name=s.get("Spec", {}).get("Name", ""),
+                    app=spec_labels.get(LABEL_APP, ""),
+                    id=spec_labels.get(LABEL_ID, ""),
+                    created_at=parse_timestamp(s.get("CreatedAt", "")),
+                )
+            )
+        return sorted(infos, key=lambda i: i.created_at)
+
+    async def remove_all(self) -> int:
+        """Remove every service of this namespace; returns how many were removed."""
+        ours = await self.list_ours()
+        removed = await asyncio.gather(*(self.remove(s.service_id) for s in ours))
+        return sum(removed)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def events(self, since: float | None = None) -> AsyncGenerator[EngineEvent, None]:
+        """Follow engine events about our containers (die, oom, kill, stop) and services (remove).
+
+        Use with `contextlib.aclosing` (or cancel the consuming task): closing the generator closes
+        the engine stream, which ends the reader thread. `since` replays events from that unix time.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[EngineEvent | BaseException | None] = asyncio.Queue()
+        filters = {"type": ["container", "service"], "event": sorted(CONTAINER_ACTIONS | SERVICE_ACTIONS)}
+        kwargs: dict[str, Any] = {"decode": True, "filters": filters}
+        if since is not None:
+            kwargs["since"] = since
+        try:
+            stream = await self._run(lambda: self._docker().events(**kwargs))
+        except docker.errors.DockerException as e:
+            raise SwarmUnavailable(f"cannot follow Docker events: {e}") from e
+        closing = threading.Event()
+
+        def put(item: EngineEvent | BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        def pump() -> None:
+            try:
+                for raw in stream:
+                    event = self._parse_event(raw)
+                    if event is not None:
+                        put(event)
+            except Exception as e:
+                if not closing.is_set():
+                    put(SwarmUnavailable(f"Docker event stream broke: {e}"))
+            finally:
+                put(None)
+
+        reader = threading.Thread(target=pump, name=f"swarm-events-{self.namespace}", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            closing.set()
+            stream.close()
+            await asyncio.to_thread(reader.join, 5.0)
+
+    def _parse_event(self, raw: dict[str, Any]) -> EngineEvent | None:
+        kind = raw.get("Type", "")
+        action = raw.get("Action", "")
+        actor = raw.get("Actor") or {}
+        attrs = actor.get("Attributes") or {}
+        at = raw["timeNano"] / 1e9 if "timeNano" in raw else float(raw.get("time", 0))
+        if kind == "container" and action in CONTAINER_ACTIONS:
+            if attrs.get(LABEL_OWNER) != self.namespace:
+                return None
+            code = attrs.get("exitCode")
+            return EngineEvent(
+                type=kind,
+                action=action,
+                at=at,
+                app=attrs.get(LABEL_APP, ""),
+                id=attrs.get(LABEL_ID, ""),
+                service_id=attrs.get(LABEL_SWARM_SERVICE_ID, ""),
+                container_id=actor.get("ID", ""),
+                exit_code=int(code) if code not in (None, "") else None,
+            )
+        if kind == "service" and action in SERVICE_ACTIONS:
+            # Service events carry only the name, not labels: <namespace>-<app>-<id>.
+            prefix = self.namespace + "-"
+            name = attrs.get("name", "")
+            if not name.startswith(prefix) or "-" not in name[len(prefix):]:
+                return None
+            app, instance_id = name[len(prefix):].rsplit("-", 1)
+            return EngineEvent(type=kind, action=action, at=at, app=app, id=instance_id, service_id=actor.get("ID", ""))
+        return None
+
+    async def close(self) -> None:
+        """Release the thread pool and the engine connection."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)

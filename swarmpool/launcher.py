@@ -1,0 +1,188 @@
+"""Running the parts: `up` (everything in one process, embedded NATS), `functions`, `gateway`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import nats
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from bus.spec import Catalogue
+from bus.state import InstanceStore
+from bus.subjects import Subjects
+from functions.policy import counts
+from swarm import Swarm, SwarmUnavailable
+from swarmpool.host import functions_host
+from swarmpool.natsd import EmbeddedNats
+
+log = logging.getLogger("swarmpool")
+
+
+class Unavailable(Exception):
+    """Something swarmpool needs is not there (Docker, NATS, an image); the message says what."""
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _connect(url: str) -> NATS:
+    try:
+        return await nats.connect(url, connect_timeout=5, max_reconnect_attempts=-1,
+                                  name=f"swarmpool-{socket.gethostname()}")
+    except Exception as err:
+        raise Unavailable(f"cannot reach NATS at {url}: {err}") from None
+
+
+async def _swarm(namespace: str, init: bool) -> Swarm:
+    swarm = Swarm(namespace)
+    try:
+        await swarm.ping()
+        if init and await swarm.ensure_swarm():
+            print("initialised a single-node Docker swarm (advertise 127.0.0.1)", flush=True)
+    except SwarmUnavailable as err:
+        await swarm.close()
+        raise Unavailable(f"Docker is not usable: {err}\n  install it (apt-get install -y docker.io), "
+                          "start dockerd, and run swarmpool again") from None
+    return swarm
+
+
+async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: bool) -> None:
+    """Every app's image must exist on this node; build the missing ones that have a recipe."""
+    for app in catalogue.apps.values():
+        if await swarm.has_image(app.image):
+            continue
+        if not build or not app.build:
+            raise Unavailable(f"image {app.image} (app {app.name}) is not on this node"
+                              + (f"; build it with: {app.build}" if app.build else ""))
+        print(f"building {app.image} for {app.name} (first run only): {app.build}", flush=True)
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec("bash", "-c", app.build, cwd=str(base))
+        if await proc.wait() != 0:
+            raise Unavailable(f"building {app.image} failed (exit {proc.returncode}): {app.build}")
+        print(f"built {app.image} in {time.monotonic() - started:.0f} s", flush=True)
+
+
+@asynccontextmanager
+async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: str,
+                        port: int) -> AsyncIterator[web.AppRunner]:
+    from gateway.app import make_app
+
+    subjects = Subjects(namespace)
+    async with await InstanceStore.open(nc, subjects, time.time) as store:
+        app = make_app(nc=nc, subjects=subjects, store=store, catalogue=catalogue,
+                       host_label=f"gw-{socket.gethostname()}")
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as err:
+            await runner.cleanup()
+            raise Unavailable(f"cannot listen on {host}:{port}: {err.strerror}") from None
+        try:
+            yield runner
+        finally:
+            await runner.cleanup()
+
+
+async def _progress(store_ctx: object, catalogue: Catalogue, stop: asyncio.Event) -> None:
+    """Print warm-up progress (ready/target per app) whenever it changes."""
+    from bus.runtime import Context
+
+    assert isinstance(store_ctx, Context)
+    last = ""
+    while not stop.is_set():
+        parts = []
+        for name, app in catalogue.apps.items():
+            override = store_ctx.config.cached(name)
+            target = 0 if override.paused else (override.size if override.size is not None else app.pool.size)
+            c = counts(store_ctx.store.all(name))
+            parts.append(f"{name} {c['ready']}/{target} ready, {c['starting']} starting, {c['claimed']} in use")
+        line = "pool: " + "; ".join(parts)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        try:
+            await asyncio.wait_for(stop.wait(), 1)
+        except TimeoutError:
+            pass
+
+
+async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
+    stop = _stop_event()
+    async with AsyncExitStack() as stack:
+        swarm = await _swarm(args.namespace, init=True)
+        stack.push_async_callback(swarm.close)
+        base = Path(args.catalogue).resolve().parent if args.catalogue else _default_base()
+        await ensure_images(swarm, catalogue, base, build=not args.no_build)
+        url = args.nats_url
+        if url is None:
+            natsd = EmbeddedNats(Path(args.state_dir).expanduser())
+            await stack.enter_async_context(natsd)
+            url = natsd.url
+            print(f"embedded nats-server on {url} (state in {args.state_dir})", flush=True)
+        nc = await _connect(url)
+        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(_remove_instances, swarm, nc, args.namespace)
+        ctx = await stack.enter_async_context(functions_host(nc, catalogue, swarm, args.namespace))
+        await stack.enter_async_context(serve_gateway(nc, catalogue, args.namespace, args.host, args.port))
+        shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+        print(f"swarmpool is up: http://{shown}:{args.port}/  (Ctrl-C stops it)", flush=True)
+        for name in catalogue.apps:
+            print(f"  student link for {name}: http://{shown}:{args.port}/launch/{name}", flush=True)
+        await _progress(ctx, catalogue, stop)
+        print("stopping: removing the instances of this swarmpool ...", flush=True)
+
+
+async def _remove_instances(swarm: Swarm, nc: NATS, namespace: str) -> None:
+    """On a clean stop, nothing of ours stays behind: services removed, records deleted."""
+    removed = await swarm.remove_all()
+    async with await InstanceStore.open(nc, Subjects(namespace), time.time) as store:
+        for record in store.all():
+            await store.delete(record, "swarmpool stopped")
+    print(f"removed {removed} instances", flush=True)
+
+
+async def functions(catalogue: Catalogue, args: argparse.Namespace) -> None:
+    stop = _stop_event()
+    swarm = await _swarm(args.namespace, init=False)
+    try:
+        nc = await _connect(args.nats_url)
+        try:
+            async with functions_host(nc, catalogue, swarm, args.namespace):
+                print("functions running", flush=True)
+                await stop.wait()
+        finally:
+            await nc.drain()
+    finally:
+        await swarm.close()
+
+
+async def gateway(catalogue: Catalogue, args: argparse.Namespace) -> None:
+    stop = _stop_event()
+    nc = await _connect(args.nats_url)
+    try:
+        async with serve_gateway(nc, catalogue, args.namespace, args.host, args.port):
+            print(f"gateway on http://{args.host}:{args.port}/", flush=True)
+            await stop.wait()
+    finally:
+        await nc.drain()
+
+
+def _default_base() -> Path:
+    return Path(__file__).resolve().parent.parent / "apps"
+
+

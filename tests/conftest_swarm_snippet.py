@@ -1,0 +1,114 @@
+"""Fixtures for tests against the real Docker swarm: a throwaway namespace, the echo image, a Swarm adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import secrets
+import string
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import docker
+import docker.errors
+import pytest
+import pytest_asyncio
+
+from swarm import LABEL_OWNER, Swarm
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO_IMAGE = "swarmpool/echo:latest"
+T = TypeVar("T")
+
+
+def new_instance_id() -> str:
+    """128 random bits as 26 lowercase base32 characters, like real instance ids."""
+    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A plain docker client for tests that poke the engine directly; skips without a swarm manager."""
+    try:
+        client = docker.from_env()
+        swarm_state = client.info().get("Swarm", {}).get("LocalNodeState")
+    except docker.errors.DockerException as e:
+        pytest.skip(f"no Docker engine: {e}")
+    if swarm_state != "active":
+        pytest.skip("Docker engine is not in swarm mode (docker swarm init --advertise-addr 127.0.0.1)")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def swarm_namespace() -> str:
+    """A namespace unique to this test session, so parallel sessions never touch each other's services."""
+    return "t" + "".join(random.choices(string.ascii_lowercase, k=6))
+
+
+@pytest.fixture(scope="session")
+def echo_image(docker_client: docker.DockerClient) -> str:
+    """The echo test app image, built offline (apps/echo/build.sh) when missing."""
+    try:
+        docker_client.images.get(ECHO_IMAGE)
+    except docker.errors.ImageNotFound:
+        subprocess.run([str(ROOT / "apps/echo/build.sh")], check=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return ECHO_IMAGE
+
+
+def remove_namespace(client: docker.DockerClient, namespace: str, timeout: float = 30.0) -> None:
+    """Remove every service and container labelled with namespace, and wait until the containers are gone."""
+    label = f"{LABEL_OWNER}={namespace}"
+    for service in client.services.list(filters={"label": label}):
+        try:
+            service.remove()
+        except docker.errors.NotFound:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        containers = client.containers.list(all=True, filters={"label": label})
+        if not containers:
+            return
+        for container in containers:
+            if container.status not in ("running", "created", "restarting", "removing"):
+                try:
+                    container.remove(force=True)
+                except docker.errors.APIError:
+                    pass
+        time.sleep(0.2)
+    raise AssertionError(f"containers of namespace {namespace} still present after {timeout}s")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def swarm(docker_client: docker.DockerClient, swarm_namespace: str) -> AsyncIterator[Swarm]:
+    """A Swarm adapter on the session's namespace; everything labelled with it is removed at the end."""
+    adapter = Swarm(swarm_namespace)
+    try:
+        await adapter.ping()
+        await adapter.ensure_swarm()
+        yield adapter
+    finally:
+        try:
+            await adapter.remove_all()
+        finally:
+            await adapter.close()
+            await asyncio.to_thread(remove_namespace, docker_client, swarm_namespace)

@@ -1,0 +1,201 @@
+"""The swarm adapter against the real Docker engine: create, reach, watch, kill and remove echo instances."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+
+import aiohttp
+import docker
+import pytest
+
+from swarm import EngineEvent, InstanceSpec, Swarm, SwarmError, SwarmUnavailable, TaskStatus, service_name
+from tests.conftest_swarm_snippet import *  # noqa: F403
+from tests.conftest_swarm_snippet import new_instance_id, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+def echo_spec(image: str, **env: str) -> InstanceSpec:
+    instance_id = new_instance_id()
+    return InstanceSpec(
+        app="echo",
+        id=instance_id,
+        image=image,
+        port=8888,
+        env={"SWARMPOOL_PREFIX": f"/i/{instance_id}/", **env},
+        cpus=0.5,
+        memory=128 * 1024 * 1024,
+    )
+
+
+async def wait_running(swarm: Swarm, service_id: str, timeout: float = 60.0) -> TaskStatus:
+    async def running() -> TaskStatus | None:
+        status = await swarm.status(service_id)
+        assert status.state not in ("failed", "rejected", "complete", "missing"), status
+        return status if status.state == "running" and status.endpoint else None
+
+    return await wait_for(running, timeout=timeout, what=f"service {service_id[:12]} running")
+
+
+async def get_json(url: str, timeout: float = 30.0) -> dict[str, object]:
+    """GET url once the server accepts connections (a running task may not listen yet)."""
+    async with aiohttp.ClientSession() as http:
+
+        async def answer() -> dict[str, object] | None:
+            try:
+                async with http.get(url) as response:
+                    response.raise_for_status()
+                    body: dict[str, object] = await response.json()
+                    return body
+            except aiohttp.ClientConnectionError:
+                return None
+
+        return await wait_for(answer, timeout=timeout, what=f"an answer from {url}")
+
+
+async def test_create_reach_list_and_logs(swarm: Swarm, echo_image: str) -> None:
+    spec = echo_spec(echo_image, ECHO_READY_MARKER="echo test marker up")
+    service_id = await swarm.create(spec)
+
+    status = await wait_running(swarm, service_id)
+    host, _, port = status.endpoint.partition(":")
+    assert host == "127.0.0.1" and int(port) > 0
+    assert status.container_id
+
+    body = await get_json(f"http://{status.endpoint}/i/{spec.id}/")
+    assert body["id"] == spec.id
+    assert body["path"] == f"/i/{spec.id}/"
+
+    async def marker_logged() -> bool:
+        return await swarm.logs_contain(service_id, "echo test marker up")
+
+    await wait_for(marker_logged, timeout=30, what="ready marker in the logs")
+    assert not await swarm.logs_contain(service_id, "never printed by echo")
+
+    ours = await swarm.list_ours()
+    mine = [s for s in ours if s.service_id == service_id]
+    assert len(mine) == 1
+    assert mine[0].app == "echo" and mine[0].id == spec.id
+    assert mine[0].name == service_name(swarm.namespace, "echo", spec.id)
+    assert abs(mine[0].created_at - time.time()) < 300
+    assert [s.service_id for s in await swarm.list_ours(app="echo")].count(service_id) == 1
+    assert await swarm.list_ours(app="other") == []
+
+    assert await swarm.remove(service_id) is True
+
+
+async def test_killed_container_gives_die_event_and_failed_status(
+    swarm: Swarm, echo_image: str, docker_client: docker.DockerClient
+) -> None:
+    spec = echo_spec(echo_image)
+    service_id = await swarm.create(spec)
+    status = await wait_running(swarm, service_id)
+
+    since = time.time()
+    await asyncio.to_thread(docker_client.containers.get(status.container_id).kill)
+
+    seen: list[EngineEvent] = []
+    async with contextlib.aclosing(swarm.events(since=since - 1)) as events:
+
+        async def next_die() -> EngineEvent:
+            async for event in events:
+                seen.append(event)
+                if event.type == "container" and event.action == "die" and event.id == spec.id:
+                    return event
+            raise AssertionError(f"event stream ended; saw {seen}")
+
+        die = await asyncio.wait_for(next_die(), timeout=30)
+        assert die.app == "echo"
+        assert die.service_id == service_id
+        assert die.container_id == status.container_id
+        assert die.exit_code == 137  # SIGKILL
+
+        async def ended() -> TaskStatus | None:
+            current = await swarm.status(service_id)
+            return current if current.state in ("failed", "complete") else None
+
+        final = await wait_for(ended, timeout=30, what="task failed after kill")
+        assert final.exit_code == 137
+        assert final.endpoint == ""
+
+        # Removing the service is reported too (service events carry the name, parsed back to app/id).
+        assert await swarm.remove(service_id) is True
+
+        async def next_remove() -> EngineEvent:
+            async for event in events:
+                if event.type == "service" and event.action == "remove" and event.service_id == service_id:
+                    return event
+            raise AssertionError("event stream ended")
+
+        removed = await asyncio.wait_for(next_remove(), timeout=30)
+        assert (removed.app, removed.id) == ("echo", spec.id)
+
+
+async def test_events_generator_stops_its_reader_thread(swarm: Swarm) -> None:
+    def readers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"swarm-events-{swarm.namespace}"]
+
+    before = len(readers())
+    consumer = asyncio.ensure_future(anext(swarm.events()))  # blocks: nothing of ours is happening
+    await wait_for(lambda: asyncio.sleep(0, len(readers()) > before), timeout=10, what="reader thread")
+    consumer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await consumer
+    await wait_for(lambda: asyncio.sleep(0, len(readers()) == before), timeout=10, what="reader thread exit")
+
+
+async def test_remove_is_idempotent_and_status_missing(swarm: Swarm, echo_image: str) -> None:
+    service_id = await swarm.create(echo_spec(echo_image))
+    assert await swarm.remove(service_id) is True
+    assert await swarm.remove(service_id) is False
+    assert await swarm.remove("doesnotexist0000000000000") is False
+    assert (await swarm.status(service_id)).state == "missing"
+    assert not await swarm.logs_contain(service_id, "echo ready")
+
+
+async def test_unpublished_instance_is_named_by_service(swarm: Swarm, echo_image: str) -> None:
+    spec = InstanceSpec(app="echo", id=new_instance_id(), image=echo_image, port=8888, publish=False)
+    service_id = await swarm.create(spec)
+    status = await wait_running(swarm, service_id)
+    assert status.endpoint == f"{service_name(swarm.namespace, 'echo', spec.id)}:8888"
+    await swarm.remove(service_id)
+
+
+async def test_missing_image_is_a_clear_error(swarm: Swarm) -> None:
+    spec = InstanceSpec(app="echo", id=new_instance_id(), image="swarmpool/nonexistent:never", port=8888)
+    with pytest.raises(SwarmError, match=r"image swarmpool/nonexistent:never not found on this node; build it first"):
+        await swarm.create(spec)
+    assert all(s.id != spec.id for s in await swarm.list_ours())
+
+
+async def test_bad_names_are_refused(swarm: Swarm, echo_image: str) -> None:
+    with pytest.raises(SwarmError, match="invalid service name"):
+        await swarm.create(InstanceSpec(app="Echo_App", id=new_instance_id(), image=echo_image, port=8888))
+    with pytest.raises(ValueError, match="namespace"):
+        Swarm("has-dash")
+
+
+async def test_unreachable_engine_is_swarm_unavailable() -> None:
+    client = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+    adapter = Swarm("tunreach", client=client)
+    try:
+        with pytest.raises(SwarmUnavailable, match="Docker engine did not answer"):
+            await adapter.ping()
+    finally:
+        await adapter.close()
+
+
+async def test_remove_all_removes_only_our_namespace(swarm: Swarm, echo_image: str) -> None:
+    other = Swarm(swarm.namespace + "x")
+    try:
+        theirs = await other.create(echo_spec(echo_image))
+        ours = [await swarm.create(echo_spec(echo_image)) for _ in range(2)]
+        assert await swarm.remove_all() >= 2
+        assert [(await swarm.status(s)).state for s in ours] == ["missing", "missing"]
+        assert (await other.status(theirs)).state != "missing"
+    finally:
+        await other.remove_all()
+        await other.close()

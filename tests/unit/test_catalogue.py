@@ -1,0 +1,93 @@
+"""Catalogue errors name the file and the field; the CLI exits 2 and starts nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from swarmpool.catalogue import CatalogueError, load, parse
+
+GOOD = """
+[apps.echo]
+image = "swarmpool/echo:latest"
+port = 8888
+command = ["python3", "/app/app.py", "--prefix", "{prefix}"]
+deep_link = "hello"
+[apps.echo.probe]
+path = "healthz"
+timeout = "90s"
+[apps.echo.pool]
+size = 2
+max = 4
+[apps.echo.session]
+idle_timeout = "10m"
+disconnect_grace = 30
+max_lifetime = "4h"
+[apps.echo.limits]
+cpus = 0.5
+memory = "256m"
+"""
+
+
+def test_good_catalogue_parses_durations_and_sizes() -> None:
+    app = parse(GOOD).apps["echo"]
+    assert app.name == "echo"
+    assert app.probe.timeout == 90
+    assert app.session.idle_timeout == 600 and app.session.disconnect_grace == 30
+    assert app.session.max_lifetime == 4 * 3600
+    assert app.limits.memory == 256 * 1024**2
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (("port = 8888", 'port = "http"'), "apps.echo.port", "Expected `int`"),
+    (("port = 8888", "port = 70000"), "apps.echo.port", "<= 65535"),
+    (('idle_timeout = "10m"', 'idle_timeout = "ten minutes"'), "apps.echo.session.idle_timeout", "duration"),
+    (('memory = "256m"', 'memory = "lots"'), "apps.echo.limits.memory", "memory size"),
+    (("max = 4", "max = 1"), "apps.echo.pool.max", "at least size"),
+    (("size = 2", "size = -1"), "apps.echo.pool.size", ">= 0"),
+    (('image = "swarmpool/echo:latest"', ""), "apps.echo", "missing required field `image`"),
+    (("[apps.echo]", "[apps.Echo_App]"), "apps.Echo_App.name", "regex"),
+    (('deep_link = "hello"', 'deep_lnk = "hello"'), "apps.echo.deep_lnk", "unknown field"),
+    (('deep_link = "hello"', 'deep_link = "/hello"'), "apps.echo.deep_link", "relative"),
+    (("cpus = 0.5", "cpus = 0"), "apps.echo.limits.cpus", "> 0"),
+    (('path = "healthz"', "path = 3"), "apps.echo.probe.path", "Expected `str | null`"),
+])
+def test_each_mistake_names_its_field(change: tuple[str, str], field: str, words: str) -> None:
+    text = GOOD.replace(*change)
+    assert text != GOOD
+    with pytest.raises(CatalogueError) as err:
+        parse(text, "classroom.toml")
+    assert err.value.field == field
+    assert words in err.value.problem
+    assert str(err.value).startswith("classroom.toml: ")
+
+
+def test_not_toml_and_no_apps_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CatalogueError, match="not valid TOML"):
+        parse("[apps.echo\n")
+    with pytest.raises(CatalogueError, match="no apps"):
+        parse("[settings]\n")
+    with pytest.raises(CatalogueError, match="cannot read"):
+        load(tmp_path / "missing.toml")
+
+
+def test_shipped_catalogues_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for file in [root / "apps" / "catalogue.toml", *sorted(root.glob("apps/*/catalogue.toml"))]:
+        assert load(file).apps, file
+
+
+@pytest.mark.parametrize("command", ["up", "functions", "gateway", "check"])
+def test_cli_exits_2_naming_the_field_before_touching_anything(tmp_path: Path, command: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("port = 8888", "port = -1"))
+    args = [sys.executable, "-m", "swarmpool.cli", command, "--catalogue" if command != "check" else "", str(bad)]
+    if command in ("functions", "gateway"):
+        args += ["--nats-url", "nats://127.0.0.1:1"]  # never contacted: the catalogue fails first
+    done = subprocess.run([a for a in args if a], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "bad.toml" in done.stderr and "apps.echo.port" in done.stderr
+    assert "Traceback" not in done.stderr
