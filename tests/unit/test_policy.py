@@ -63,10 +63,11 @@ def test_starts_needed(records: list[Instance], target: int, limit: int, paralle
 
 @pytest.mark.parametrize("record, expected", [
     (inst(), None),                                                            # active session
-    (inst(last_activity=NOW - 601), "idle"),                                   # idle
+    (inst(claimed_at=NOW - 700, last_activity=NOW - 601), "idle"),                                   # idle
     (inst(last_activity=NOW - 599, connections=1), None),
-    (inst(connections=0, disconnected_at=NOW - 121, last_activity=NOW - 121), "disconnected"),
-    (inst(connections=0, disconnected_at=NOW - 30, last_activity=NOW - 121), None),
+    (inst(claimed_at=NOW - 200, connections=0, disconnected_at=NOW - 121, last_activity=NOW - 121),
+     "disconnected"),
+    (inst(claimed_at=NOW - 200, connections=0, disconnected_at=NOW - 30, last_activity=NOW - 121), None),
     (inst(claimed_at=NOW - 7201, last_activity=NOW - 1), "max lifetime"),      # busy tab still ends
     (inst(claimed_at=NOW - 200, last_activity=None, connections=0), "disconnected"),  # never opened
     (inst("ready", ready_at=NOW - 3601), "recycled"),
