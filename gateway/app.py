@@ -80,7 +80,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 def _close_sockets(gw: Gateway, instance_id: str) -> None:
     """A route is gone: its open WebSockets end too (only claimed instances are reachable)."""
     for ws in list(gw.open_sockets.get(instance_id, ())):
-        asyncio.get_running_loop().create_task(ws.close(code=SHUTDOWN_CLOSE_CODE, message=b"session ended"))
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+            ws.close(code=SHUTDOWN_CLOSE_CODE, message=b"session ended"))
+        gw.background.add(task)
+        task.add_done_callback(gw.background.discard)
 
 
 async def _close_all_sockets(app: web.Application) -> None:

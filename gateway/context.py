@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -33,6 +34,7 @@ class Gateway:
     claim_decoder: msgspec.json.Decoder[Claimed | ClaimRefused | ErrorReply] = field(
         default_factory=lambda: msgspec.json.Decoder(Claimed | ClaimRefused | ErrorReply))
     open_sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)  # id -> client sockets
+    background: set[asyncio.Task[object]] = field(default_factory=set)  # fire-and-forget closes
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -51,9 +51,9 @@ def trusted_peer(remote: str | None) -> bool:
         return False
 
 
-def without_hop_by_hop(headers: "CIMultiDict[str] | aiohttp.typedefs.LooseHeaders") -> CIMultiDict[str]:
+def without_hop_by_hop(headers: Mapping[str, str]) -> CIMultiDict[str]:
     """A copy without hop-by-hop headers, including those the Connection header names."""
-    source: CIMultiDict[str] = CIMultiDict(headers)  # type: ignore[arg-type]
+    source: CIMultiDict[str] = CIMultiDict(headers)
     named = {istr(h.strip()) for h in source.get("Connection", "").split(",") if h.strip()}
     return CIMultiDict((k, v) for k, v in source.items() if k not in HOP_BY_HOP and k not in named)
 
@@ -97,6 +97,7 @@ def _upstream_headers(request: web.Request, instance_id: str, route: Route) -> C
     headers = without_hop_by_hop(request.headers)
     for name in FORWARDED:
         headers.popall(name, None)
+    headers.popall("Expect", None)  # the gateway already answered 100-continue itself
     headers.extend(forwarding(CIMultiDict(request.headers), remote=request.remote, scheme=request.scheme,
                               host=request.host, prefix=f"/i/{instance_id}" if route.strip_prefix else None))
     return headers
@@ -112,7 +113,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if route is None:
         return _ended(request, gw, instance_id)
     if "tail" not in request.match_info:  # /i/<id> -> /i/<id>/
-        raise web.HTTPTemporaryRedirect(request.rel_url.with_path(f"/i/{instance_id}/"))
+        query = request.rel_url.raw_query_string
+        raise web.HTTPTemporaryRedirect(f"/i/{instance_id}/" + (f"?{query}" if query else ""))
     gw.activity.seen(instance_id, route.app)
     path = upstream_path(request.rel_url.raw_path, instance_id, route.strip_prefix)
     if is_websocket(request):

@@ -198,6 +198,18 @@ class Swarm:
 
     # -- services -------------------------------------------------------------------------------
 
+    async def has_image(self, image: str) -> bool:
+        """True when `image` is present on this node (nothing can be pulled here)."""
+
+        def inspect() -> bool:
+            try:
+                self._docker().api.inspect_image(image)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+        return await self._run(inspect)
+
     async def create(self, spec: InstanceSpec) -> str:
         """Start one instance service and return its service id."""
         name = service_name(self.namespace, spec.app, spec.id)

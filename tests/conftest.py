@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from bus.state import InstanceStore
 from bus.subjects import Subjects
 from swarmpool.natsd import EmbeddedNats
+from tests.docker_fixtures import docker_client, echo_image, swarm, swarm_namespace  # noqa: F401
 
 
 def random_namespace(prefix: str = "t") -> str:

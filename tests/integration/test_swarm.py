@@ -12,8 +12,7 @@ import docker
 import pytest
 
 from swarm import EngineEvent, InstanceSpec, Swarm, SwarmError, SwarmUnavailable, TaskStatus, service_name
-from tests.conftest_swarm_snippet import *  # noqa: F403
-from tests.conftest_swarm_snippet import new_instance_id, wait_for
+from tests.docker_fixtures import new_instance_id, wait_for
 
 pytestmark = pytest.mark.docker
 

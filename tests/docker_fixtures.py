@@ -47,14 +47,14 @@ async def wait_for(
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
-    """A plain docker client for tests that poke the engine directly; skips without a swarm manager."""
+    """A plain docker client for tests that poke the engine directly; a missing swarm manager is a failure."""
     try:
         client = docker.from_env()
         swarm_state = client.info().get("Swarm", {}).get("LocalNodeState")
     except docker.errors.DockerException as e:
-        pytest.skip(f"no Docker engine: {e}")
+        pytest.fail(f"no Docker engine (start dockerd; .ci/run does): {e}")
     if swarm_state != "active":
-        pytest.skip("Docker engine is not in swarm mode (docker swarm init --advertise-addr 127.0.0.1)")
+        pytest.fail("Docker engine is not in swarm mode (docker swarm init --advertise-addr 127.0.0.1)")
     yield client
     client.close()
 

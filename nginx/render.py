@@ -1,0 +1,150 @@
+"""Render a complete, self-contained nginx.conf for swarmpool's front (stdlib only).
+
+    python nginx/render.py --server-name example.org --listen 443 --gateway 127.0.0.1:8000 \\
+        --cert /etc/ssl/example.org.pem --key /etc/ssl/example.org.key --out /srv/swarmpool-nginx
+    python nginx/render.py --http-only --listen-http 127.0.0.1:8080 --gateway 127.0.0.1:8000 --out /tmp/sp-nginx
+
+Then: nginx -c OUT/nginx.conf -p OUT/ -e OUT/logs/error.log   (pid, logs and temp files stay under OUT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TLS_TEMPLATE = HERE / "swarmpool.conf.template"
+HTTP_TEMPLATE = HERE / "swarmpool-http.conf.template"
+LOCATIONS = HERE / "swarmpool-locations.conf"
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+MAIN = """\
+# Rendered by nginx/render.py; run with: nginx -c {out}/nginx.conf -p {out}/ -e {out}/logs/error.log
+{user}worker_processes {workers};
+pid {out}/nginx.pid;
+error_log {out}/logs/error.log {log_level};
+
+events {{
+    worker_connections {worker_connections};
+}}
+
+http {{
+    default_type application/octet-stream;
+    access_log {access_log};
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    server_tokens off;
+    client_body_temp_path {out}/tmp/client_body;
+    proxy_temp_path {out}/tmp/proxy;
+    fastcgi_temp_path {out}/tmp/fastcgi;
+    uwsgi_temp_path {out}/tmp/uwsgi;
+    scgi_temp_path {out}/tmp/scgi;
+
+    include {out}/swarmpool.conf;
+}}
+"""
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Replace {name} for known names only: nginx's own braces and $variables stay as they are."""
+
+    def replace(match: re.Match[str]) -> str:
+        return values.get(match.group(1), match.group(0))
+
+    text = _PLACEHOLDER.sub(replace, template)
+    if leftover := [name for name in _PLACEHOLDER.findall(text) if name not in values and name.islower()]:
+        # a braces pair like "{ default upgrade; }" never matches [a-z_]+ alone, so this is a typo
+        raise ValueError(f"unfilled placeholders: {sorted(set(leftover))}")
+    return text
+
+
+def port_of(listen: str) -> int:
+    """The port of an nginx `listen` value: "443", "0.0.0.0:443", "[::]:443"."""
+    return int(listen.rsplit(":", 1)[-1].split()[0])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server-name", default="_", help="server_name (default: _ = any)")
+    parser.add_argument("--listen", default="443", help="HTTPS listen address, e.g. 443 or 0.0.0.0:443")
+    parser.add_argument("--listen-http", default=None, help="plain HTTP listen address (default 80)")
+    parser.add_argument("--gateway", required=True, help="the swarmpool gateway, host:port")
+    parser.add_argument("--cert", help="TLS certificate chain (PEM)")
+    parser.add_argument("--key", help="TLS private key (PEM)")
+    parser.add_argument("--http-only", action="store_true", help="no TLS: one plain HTTP server (tests, loopback)")
+    parser.add_argument("--acme-root", default="/var/www/acme", help="webroot for ACME HTTP-01 challenges")
+    parser.add_argument("--launch-rate", default="10r/s", help="sustained /launch/ rate per client address")
+    parser.add_argument("--launch-burst", type=int, default=100,
+                        help="extra /launch/ requests per address served at once (a classroom behind one NAT)")
+    parser.add_argument("--metrics-allow", action="append", default=None,
+                        help="address/CIDR allowed to GET /metrics (repeatable; default 127.0.0.1 and ::1)")
+    parser.add_argument("--user", default=None, help="worker user (only when the master runs as root)")
+    parser.add_argument("--workers", default="auto", help="worker_processes")
+    parser.add_argument("--worker-connections", type=int, default=4096)
+    parser.add_argument("--access-log", default=None, help="access log path, or 'off' (default OUT/logs/access.log)")
+    parser.add_argument("--log-level", default="warn", help="error_log level")
+    parser.add_argument("--out", required=True, type=Path, help="directory for nginx.conf, pid, logs, temp files")
+    args = parser.parse_args(argv)
+    if args.listen_http is None:
+        args.listen_http = "8080" if args.http_only else "80"
+    if not args.http_only and not (args.cert and args.key):
+        parser.error("--cert and --key are required unless --http-only")
+    if not re.fullmatch(r"\d+r/[sm]", args.launch_rate):
+        parser.error("--launch-rate looks like 10r/s or 300r/m")
+    return args
+
+
+def render(args: argparse.Namespace) -> Path:
+    """Write OUT/nginx.conf, OUT/swarmpool.conf and OUT/swarmpool-locations.conf; return nginx.conf."""
+    out: Path = args.out.resolve()
+    for sub in ("logs", *(f"tmp/{name}" for name in TEMP_DIRS)):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    https_port = port_of(args.listen)
+    allow = args.metrics_allow or ["127.0.0.1", "::1"]
+    values = {
+        "server_name": args.server_name,
+        "listen": args.listen,
+        "listen_http": args.listen_http,
+        "https_port_suffix": "" if https_port == 443 else f":{https_port}",
+        "gateway": args.gateway,
+        "cert": str(Path(args.cert).resolve()) if args.cert else "",
+        "key": str(Path(args.key).resolve()) if args.key else "",
+        "acme_root": args.acme_root,
+        "launch_rate": args.launch_rate,
+        "launch_burst": str(args.launch_burst),
+        "metrics_allow": "\n".join(f"    allow {address};" for address in allow),
+        "locations": str(out / "swarmpool-locations.conf"),
+    }
+    template = HTTP_TEMPLATE if args.http_only else TLS_TEMPLATE
+    (out / "swarmpool-locations.conf").write_text(fill(LOCATIONS.read_text(), values))
+    (out / "swarmpool.conf").write_text(fill(template.read_text(), values))
+    main = MAIN.format(
+        out=out,
+        user=f"user {args.user};\n" if args.user else "",
+        workers=args.workers,
+        worker_connections=args.worker_connections,
+        access_log=args.access_log or f"{out}/logs/access.log",
+        log_level=args.log_level,
+    )
+    (out / "nginx.conf").write_text(main)
+    return out / "nginx.conf"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = render(args)
+    out = path.parent
+    print(f"wrote {path}")
+    print(f"check: nginx -t -c {path} -p {out}/ -e {out}/logs/error.log")
+    print(f"run:   nginx -c {path} -p {out}/ -e {out}/logs/error.log")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""nginx front: a rendered config proxies HTTP and WebSockets to the gateway and rate-limits /launch/.
+
+Runs the real nginx binary on a free loopback port in front of a small in-process aiohttp upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[2]
+RENDER = REPO / "nginx" / "render.py"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+LAUNCH_BURST = 3
+
+pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def render(out: Path, *args: str) -> Path:
+    subprocess.run([sys.executable, str(RENDER), "--out", str(out), *args], check=True, capture_output=True)
+    return out / "nginx.conf"
+
+
+def nginx_cmd(conf: Path, *extra: str) -> list[str]:
+    out = conf.parent
+    return [NGINX, "-c", str(conf), "-p", f"{out}/", "-e", str(out / "logs" / "error.log"), *extra]
+
+
+def worker_user() -> list[str]:
+    # As root nginx drops workers to `nobody`, who cannot enter pytest's 0700 tmp dirs.
+    return ["--user", "root"] if os.geteuid() == 0 else []
+
+
+# --- upstream: stands in for the gateway -------------------------------------------------------
+
+launch_hits = web.AppKey("launch_hits", list[str])
+
+
+async def echo_request(request: web.Request) -> web.StreamResponse:
+    """Any path: answer what arrived, so a test can see what nginx forwarded."""
+    return web.json_response({"path": request.path_qs, "headers": dict(request.headers)})
+
+
+async def launch(request: web.Request) -> web.StreamResponse:
+    request.app[launch_hits].append(request.match_info["app"])
+    return web.json_response({"launched": request.match_info["app"]})
+
+
+async def websocket_echo(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await ws.send_str(f"echo:{message.data}")
+    return ws
+
+
+@dataclass
+class Upstream:
+    port: int
+    app: web.Application
+
+
+@pytest_asyncio.fixture(scope="module")
+async def upstream() -> AsyncIterator[Upstream]:
+    app = web.Application()
+    app[launch_hits] = []
+    app.router.add_get("/launch/{app}", launch)
+    app.router.add_get("/i/{id}/ws", websocket_echo)
+    app.router.add_route("*", "/{tail:.*}", echo_request)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield Upstream(port=port, app=app)
+    finally:
+        await runner.cleanup()
+
+
+# --- nginx ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Front:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nginx did not listen on {port}")
+
+
+@pytest.fixture(scope="module")
+def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    out = tmp_path_factory.mktemp("nginx")
+    port = free_port()
+    conf = render(
+        out, "--http-only", "--listen-http", f"127.0.0.1:{port}", "--gateway", f"127.0.0.1:{upstream.port}",
+        "--launch-rate", "1r/m", "--launch-burst", str(LAUNCH_BURST), "--workers", "1", *worker_user(),
+    )
+    subprocess.run(nginx_cmd(conf, "-t"), check=True, capture_output=True)
+    process = subprocess.Popen(nginx_cmd(conf, "-g", "daemon off;"), stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, process, time.monotonic() + 10)
+        yield Front(url=f"http://127.0.0.1:{port}", process=process)
+    finally:
+        process.send_signal(signal.SIGTERM)  # fast shutdown: master stops its workers, then exits
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+async def test_get_passes_through_with_client_address(front: Front) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{front.url}/i/abc/some/page?x=1", headers={"X-Forwarded-For": "203.0.113.9"}) as r:
+            assert r.status == 200
+            seen = await r.json()
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert seen["path"] == "/i/abc/some/page?x=1"
+    assert headers["x-real-ip"] == "127.0.0.1"
+    # nginx appends the address it saw to what the client claimed; the gateway trusts the last hop.
+    assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["host"] == "127.0.0.1"
+    assert "upgrade" not in headers
+
+
+async def test_websocket_round_trip(front: Front) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{front.url}/i/abc/ws") as ws:
+            for text in ("hello", "again"):
+                await ws.send_str(text)
+                message = await asyncio.wait_for(ws.receive(), timeout=5)
+                assert message.type == aiohttp.WSMsgType.TEXT
+                assert message.data == f"echo:{text}"
+
+
+async def test_launch_burst_is_rate_limited(front: Front, upstream: Upstream) -> None:
+    upstream.app[launch_hits].clear()
+    async with aiohttp.ClientSession() as http:
+
+        async def click() -> int:
+            async with http.get(f"{front.url}/launch/demo", allow_redirects=False) as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(click() for _ in range(LAUNCH_BURST + 7)))
+    # rate 1r/m: the first request plus the burst pass, the rest are refused without reaching upstream
+    assert statuses.count(200) == LAUNCH_BURST + 1
+    assert statuses.count(429) == 6
+    assert len(upstream.app[launch_hits]) == LAUNCH_BURST + 1
+
+
+async def test_other_paths_are_not_rate_limited(front: Front) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(LAUNCH_BURST + 5):
+            async with http.get(f"{front.url}/healthz") as r:
+                assert r.status == 200
+
+
+def test_tls_config_is_valid(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=example.org",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    conf = render(
+        tmp_path / "out", "--server-name", "example.org", "--listen", f"127.0.0.1:{free_port()}",
+        "--listen-http", f"127.0.0.1:{free_port()}", "--gateway", "127.0.0.1:8000",
+        "--cert", str(cert), "--key", str(key), *worker_user(),
+    )
+    result = subprocess.run(nginx_cmd(conf, "-t"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = (conf.parent / "swarmpool.conf").read_text()
+    assert "return 301 https://$host:" in text  # non-443 port is kept in the redirect
+    assert "ssl_certificate " + str(cert) in text

@@ -1,0 +1,183 @@
+"""The warm pool on a real swarm and a real nats-server, driven through the real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import docker
+import pytest
+
+from tests.stack import echo_catalogue, running_stack, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+async def test_click_redirects_to_a_fresh_instance_that_answers(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=2)) as s:
+        ready = await s.wait_ready(2)
+        response = await s.launch()
+        assert response.status == 303
+        location = response.headers["Location"]
+        assert location.startswith("/i/") and location.endswith("/hello")
+        instance_id = location.split("/")[2]
+        assert instance_id in {r.id for r in ready}
+        assert "no-store" in response.headers.get("Cache-Control", "")
+        async with s.http.get(s.url + location) as page:
+            assert page.status == 200
+            body = await page.json()
+        assert body["id"] == instance_id  # the page came from that very instance
+        assert body["path"] == location
+        assert "X-Forwarded-For" in body["headers"]
+        async with s.http.ws_connect(f"{s.url}/i/{instance_id}/ws") as ws:
+            await ws.send_str("hello pool")
+            assert (await ws.receive_str(timeout=5)) == "hello pool"
+            await ws.send_bytes(b"\x00\x01binary")
+            assert (await ws.receive_bytes(timeout=5)) == b"\x00\x01binary"
+        claimed = [r for r in s.records("claimed")]
+        assert [r.id for r in claimed] == [instance_id]
+
+
+async def test_fifty_concurrent_clicks_get_fifty_distinct_instances_with_two_claimer_hosts(
+        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    n = 50
+    catalogue = echo_catalogue(size=n, max_=n, parallel=12).replace("claim_wait = 1.5", "claim_wait = 0.5")
+    async with running_stack(nats_server.url, namespace, catalogue, hosts=2) as s:
+        await s.wait_ready(n, timeout=240)
+        responses = await asyncio.gather(*(s.launch() for _ in range(n)))
+        assert [r.status for r in responses] == [303] * n
+        ids = [r.headers["Location"].split("/")[2] for r in responses]
+        assert len(set(ids)) == n, "an instance was handed out twice"
+        # one more click: the pool is at max, so it waits and then gets the waiting room
+        extra = await s.launch()
+        assert extra.status == 503
+        assert int(extra.headers["Retry-After"]) > 0
+        # the event log shows every instance claimed exactly once
+        claimed_events = await _claimed_event_ids(s)
+        assert sorted(claimed_events) == sorted(ids)
+
+
+async def _claimed_event_ids(s) -> list[str]:  # type: ignore[no-untyped-def]
+    js = s.nc.jetstream()
+    sub = await js.subscribe(s.store._subjects.instance_event("*", "*", "claimed"), ordered_consumer=True)
+    ids = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=1)
+            ids.append(json.loads(msg.data)["id"])
+    except Exception:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return ids
+
+
+async def test_pool_refills_after_claims_and_replaces_a_killed_instance(
+        nats_server, namespace, echo_image, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=3)) as s:
+        first = {r.id for r in await s.wait_ready(3)}
+        for _ in range(2):
+            assert (await s.launch()).status == 303
+        await wait_for(lambda: len(s.records("ready")) == 3 and len(s.records("claimed")) == 2,
+                       timeout=60, what="refill to 3 ready beside 2 claimed")
+        victim = s.records("ready")[0]
+        container = _container_of(docker_client, namespace, victim.id)
+        container.kill()
+        await wait_for(lambda: s.store.get("echo", victim.id) is None, timeout=30,
+                       what="the killed instance's record to go")
+        await wait_for(lambda: len(s.records("ready")) == 3 and victim.id not in {r.id for r in s.records()},
+                       timeout=60, what="a replacement for the killed instance")
+        assert {r.id for r in s.records("ready")} != first
+        services = await s.swarm.list_ours()
+        assert victim.id not in {svc.id for svc in services}
+
+
+async def test_claimed_instance_whose_container_dies_shows_session_ended(
+        nats_server, namespace, echo_image, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1)) as s:
+        await s.wait_ready(1)
+        location = (await s.launch()).headers["Location"]
+        instance_id = location.split("/")[2]
+        async with s.http.get(s.url + location) as page:
+            assert page.status == 200
+        _container_of(docker_client, namespace, instance_id).kill()
+        await wait_for(lambda: s.store.get("echo", instance_id) is None, timeout=30, what="retirement")
+
+        async def ended() -> bool:
+            async with s.http.get(s.url + location) as page:
+                return page.status == 404 and "start a new one" in (await page.text()).lower()
+
+        await wait_for(ended, timeout=10, what="the session-ended page")
+        async with s.http.get(s.url + location) as page:
+            assert "/launch/echo" in await page.text()
+
+
+def _container_of(client: docker.DockerClient, namespace: str, instance_id: str):  # type: ignore[no-untyped-def]
+    containers = client.containers.list(filters={"label": [f"swarmpool.owner={namespace}",
+                                                           f"swarmpool.id={instance_id}"]})
+    assert len(containers) == 1
+    return containers[0]
+
+
+async def test_reaper_retires_idle_disconnected_and_expired_but_keeps_a_busy_one(
+        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    # idle: no client traffic for 3 s; disconnected: no connection for 2 s; lifetime: 8 s
+    async with running_stack(nats_server.url, namespace,
+                             echo_catalogue(size=4, max_=8, idle="3s", grace="2s", lifetime="8s")) as s:
+        await s.wait_ready(4)
+        ids = [(await s.launch()).headers["Location"].split("/")[2] for _ in range(3)]
+        idle_id, busy_id, socket_id = ids
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def keep_busy() -> None:  # real client traffic every 0.3 s over a held WebSocket
+            async with s.http.ws_connect(f"{s.url}/i/{busy_id}/ws") as ws:
+                while True:
+                    await ws.send_str("tick")
+                    await ws.receive_str(timeout=5)
+                    await asyncio.sleep(0.3)
+
+        async def hold_socket_silently() -> None:  # open tab: connection held, no traffic at all
+            async with s.http.ws_connect(f"{s.url}/i/{socket_id}/ws") as ws:
+                await ws.receive(timeout=60)
+
+        busy = asyncio.create_task(keep_busy())
+        silent = asyncio.create_task(hold_socket_silently())
+        try:
+            # the untouched one goes first (disconnect grace 2 s, it never connected)
+            await wait_for(lambda: s.store.get("echo", idle_id) is None, timeout=15, what="idle retirement")
+            # the silent socket holds a connection, so only the idle rule (3 s) can retire it
+            await wait_for(lambda: s.store.get("echo", socket_id) is None, timeout=15,
+                           what="retirement of a connected but silent tab")
+            assert loop.time() - started >= 3
+            # the busy one survives idle and disconnect rules, until its max lifetime
+            assert s.store.get("echo", busy_id) is not None
+            assert not busy.done()
+            await asyncio.sleep(0)
+            await wait_for(lambda: s.store.get("echo", busy_id) is None, timeout=20,
+                           what="max-lifetime retirement of a busy session")
+            assert loop.time() - started >= 7.5
+        finally:
+            busy.cancel()
+            silent.cancel()
+            await asyncio.gather(busy, silent, return_exceptions=True)
+        async with s.http.get(f"{s.url}/i/{busy_id}/") as page:
+            assert page.status == 404
+
+
+async def test_unknown_and_unclaimed_ids_get_404_and_reach_no_instance(
+        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1)) as s:
+        ready = (await s.wait_ready(1))[0]
+        for path in (f"/i/{ready.id}/", "/i/" + "a" * 26 + "/", "/i/not-an-id/", "/launch/nope"):
+            async with s.http.get(s.url + path) as page:
+                assert page.status == 404, path
+        assert s.store.get("echo", ready.id).instance.state == "ready"  # type: ignore[union-attr]
+
+
+async def test_healthz(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1)) as s:
+        async with s.http.get(s.url + "/healthz") as r:
+            assert r.status == 200
+
+

@@ -1,0 +1,131 @@
+"""The whole swarmpool, started for real in the test process: functions hosts + gateway.
+
+Real nats-server (session fixture), real Docker swarm, real gateway on a loopback port.
+Everything it creates is labelled with a fresh namespace and removed by label afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+import nats
+from nats.aio.client import Client as NATS
+
+from bus.messages import Instance
+from bus.runtime import Context
+from bus.spec import Catalogue
+from bus.state import InstanceStore
+from bus.subjects import Subjects
+from swarm import Swarm
+from swarmpool.catalogue import parse
+from swarmpool.host import functions_host
+from swarmpool.launcher import serve_gateway
+from swarmpool.natsd import free_port
+
+T = TypeVar("T")
+
+
+def echo_catalogue(*, size: int = 2, max_: int | None = None, idle: str = "10m", grace: str = "2m",
+                   lifetime: str = "2h", parallel: int = 8, extra: str = "") -> str:
+    """A catalogue with one app, the echo test app, and fast clocks for tests."""
+    return f"""
+[settings]
+tick_interval = 0.2
+reconcile_interval = 1
+heartbeat_interval = 0.5
+claim_wait = 1.5
+max_instances = 120
+
+[apps.echo]
+title = "Echo"
+image = "swarmpool/echo:latest"
+port = 8888
+deep_link = "hello"
+[apps.echo.probe]
+path = "healthz"
+log_marker = "echo ready"
+timeout = "60s"
+interval = 0.1
+[apps.echo.pool]
+size = {size}
+max = {max_ if max_ is not None else size * 3}
+max_parallel_starts = {parallel}
+[apps.echo.session]
+idle_timeout = "{idle}"
+disconnect_grace = "{grace}"
+max_lifetime = "{lifetime}"
+[apps.echo.limits]
+memory = "96m"
+{extra}
+"""
+
+
+async def wait_for(probe: Callable[[], T | None | Awaitable[T | None]], *, timeout: float = 60.0,
+                   what: str = "condition", interval: float = 0.05) -> T:
+    """Poll until `probe` returns something truthy, or fail after `timeout`, saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if asyncio.iscoroutine(last) or isinstance(last, asyncio.Future):
+            last = await last
+        if last:
+            return last  # type: ignore[no-any-return]
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Stack:
+    namespace: str
+    catalogue: Catalogue
+    nc: NATS
+    store: InstanceStore  # the test's own mirror of the records
+    swarm: Swarm
+    url: str
+    http: aiohttp.ClientSession
+    hosts: list[Context] = field(default_factory=list)
+
+    def records(self, state: str | None = None) -> list[Instance]:
+        return [r for r in self.store.all() if state is None or r.state == state]
+
+    async def wait_ready(self, n: int, timeout: float = 120) -> list[Instance]:
+        return await wait_for(lambda: (r := self.records("ready")) and len(r) >= n and r,
+                              timeout=timeout, what=f"{n} ready instances")
+
+    async def launch(self, app: str = "echo") -> aiohttp.ClientResponse:
+        async with self.http.get(f"{self.url}/launch/{app}", allow_redirects=False) as response:
+            await response.read()
+            return response
+
+
+@asynccontextmanager
+async def running_stack(nats_url: str, namespace: str, catalogue_text: str, *, hosts: int = 1,
+                        gateway: bool = True) -> AsyncIterator[Stack]:
+    catalogue = parse(catalogue_text, "test-catalogue")
+    async with AsyncExitStack() as stack:
+        swarm = Swarm(namespace)
+        stack.push_async_callback(swarm.close)
+        stack.push_async_callback(swarm.remove_all)  # runs first on exit: nothing left behind
+        nc = await nats.connect(nats_url)
+        stack.push_async_callback(nc.drain)
+        store = await stack.enter_async_context(await InstanceStore.open(nc, Subjects(namespace), time.time))
+        contexts = []
+        for i in range(hosts):
+            host_nc = await nats.connect(nats_url)  # each host its own connection, like separate processes
+            stack.push_async_callback(host_nc.drain)
+            contexts.append(await stack.enter_async_context(
+                functions_host(host_nc, catalogue, swarm, namespace, host=f"host{i}")))
+        port = free_port()
+        if gateway:
+            await stack.enter_async_context(serve_gateway(nc, catalogue, namespace, "127.0.0.1", port))
+        http = aiohttp.ClientSession()
+        stack.push_async_callback(http.close)
+        yield Stack(namespace=namespace, catalogue=catalogue, nc=nc, store=store, swarm=swarm,
+                    url=f"http://127.0.0.1:{port}", http=http, hosts=contexts)
