@@ -160,7 +160,8 @@ class InstanceStore:
         """Wait until the mirror changes, or the timeout passes (False)."""
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow cancellation on 3.11
+                    await self._changed.wait()
                 return True
             except TimeoutError:
                 return False

@@ -114,7 +114,9 @@ class ActivityTracker:
             self._wake.clear()  # before flushing, so a change during the flush is not lost
             delay = await self.flush()
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -116,7 +116,8 @@ async def _progress(store_ctx: object, catalogue: Catalogue, stop: asyncio.Event
             print(line, flush=True)
             last = line
         try:
-            await asyncio.wait_for(stop.wait(), 1)
+            async with asyncio.timeout(1):
+                await stop.wait()
         except TimeoutError:
             pass
 
