@@ -128,6 +128,7 @@ class Swarm:
         self._client_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="swarm")
         self._closed = False
+        self._inflight: set[asyncio.Future[Any]] = set()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -144,7 +145,16 @@ class Swarm:
         if self._closed:
             raise SwarmError("this Swarm adapter is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        # shield: a cancelled caller must not orphan a create that the engine still completes
+        return await asyncio.shield(future)
+
+    async def settle(self) -> None:
+        """Wait for engine calls still running in threads (their callers may have been cancelled)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     def _labels(self, spec: InstanceSpec) -> dict[str, str]:
         return {
@@ -354,6 +364,10 @@ class Swarm:
         return sorted(infos, key=lambda i: i.created_at)
 
     async def remove_all(self) -> int:
+        await self.settle()  # a create finishing after the listing would leak
+        return await self._remove_all()
+
+    async def _remove_all(self) -> int:
         """Remove every service of this namespace; returns how many were removed."""
         ours = await self.list_ours()
         removed = await asyncio.gather(*(self.remove(s.service_id) for s in ours))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 import string
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import docker
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -15,7 +16,7 @@ from nats.aio.client import Client as NATS
 from bus.state import InstanceStore
 from bus.subjects import Subjects
 from swarmpool.natsd import EmbeddedNats
-from tests.docker_fixtures import docker_client, echo_image, swarm, swarm_namespace  # noqa: F401
+from tests.docker_fixtures import docker_client, echo_image, remove_namespace, swarm, swarm_namespace  # noqa: F401
 
 
 def random_namespace(prefix: str = "t") -> str:
@@ -37,9 +38,28 @@ async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
     await client.drain()
 
 
+_NAMESPACES: set[str] = set()
+
+
 @pytest.fixture
 def namespace() -> str:
-    return random_namespace()
+    """A fresh namespace (subjects, buckets, service labels) for one test."""
+    name = random_namespace()
+    _NAMESPACES.add(name)
+    return name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(docker_client: docker.DockerClient, swarm_namespace: str) -> Iterator[None]:
+    """After the suite: no service of any test namespace may remain, and their containers must go."""
+    yield
+    _NAMESPACES.add(swarm_namespace)
+    left = []
+    for ns in sorted(_NAMESPACES):
+        label = f"swarmpool.owner={ns}"
+        left += [s.name for s in docker_client.services.list(filters={"label": label})]
+        remove_namespace(docker_client, ns)  # waits until containers are gone; fails if they stay
+    assert not left, f"the suite left these behind: {left}"
 
 
 @pytest.fixture
