@@ -13,9 +13,6 @@ from functions.policy import backoff_delay, counts, ghost_records, leaked_servic
 log = logging.getLogger(__name__)
 handlers = Handlers()
 
-GRACE = 30.0  # a record is written before its service; give Docker this long to show it
-
-
 async def top_up(ctx: Context, app: str) -> int:
     """Start as many instances of `app` as its pool needs now; returns how many."""
     spec = ctx.app(app)
@@ -67,10 +64,12 @@ async def reconcile(ctx: Context, tick: Tick, subject: str) -> None:
         now = ctx.clock()
         by_key = {f"{s.app}.{s.id}": s for s in services}
         for key in leaked_services({k: s.created_at for k, s in by_key.items()},
-                                   {r.key for r in ctx.store.all()}, now, GRACE):
+                                   {r.key for r in ctx.store.all()}, now,
+                                   float(ctx.settings.orphan_grace)):
             log.warning("removing leaked service %s (no record)", key[: key.index(".") + 5])
             await ctx.swarm.remove(by_key[key].service_id)
-        for ghost in ghost_records(records, {s.service_id for s in services}, now, GRACE):
+        for ghost in ghost_records(records, {s.service_id for s in services}, now,
+                                   float(ctx.settings.orphan_grace)):
             await lifecycle.fail(ctx, ghost.app, ghost.id, "service vanished")
         for app in ctx.catalogue.apps:
             await top_up(ctx, app)
