@@ -30,7 +30,8 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     ready_at: float | None = None
     claimed_at: float | None = None
     last_activity: float | None = None  # last client traffic seen by a gateway
-    connections: int = 0  # open client connections (WebSockets, streams)
+    connections: int = 0  # open client connections (WebSockets, streams), all gateways together
+    gateway_connections: dict[str, int] = {}  # open connections per gateway (summed into `connections`)
     disconnected_at: float | None = None  # when connections last dropped to 0
     used: bool = False  # any client traffic ever arrived
     reason: str = ""  # why it failed or is retiring

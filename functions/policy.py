@@ -76,14 +76,17 @@ def apply_activity(r: Instance, hb: Activity) -> Instance | None:
     if r.heartbeat_at is not None and hb.at < r.heartbeat_at:
         return None  # an older heartbeat processed late
     last = max(r.last_activity or 0.0, hb.at) if hb.traffic else r.last_activity
+    per_gateway = {**r.gateway_connections, hb.gateway: hb.connections}
+    per_gateway = {g: n for g, n in per_gateway.items() if n > 0}
+    connections = sum(per_gateway.values())
     disconnected_at = r.disconnected_at
-    if hb.connections == 0 and r.connections > 0:
+    if connections == 0 and r.connections > 0:
         disconnected_at = hb.at
-    elif hb.connections > 0:
+    elif connections > 0:
         disconnected_at = None
     return msgspec.structs.replace(
-        r, last_activity=last, connections=hb.connections, disconnected_at=disconnected_at,
-        used=r.used or hb.traffic, heartbeat_at=hb.at,
+        r, last_activity=last, connections=connections, gateway_connections=per_gateway,
+        disconnected_at=disconnected_at, used=r.used or hb.traffic, heartbeat_at=hb.at,
     )
 
 

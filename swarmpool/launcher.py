@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -84,7 +85,7 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
     subjects = Subjects(namespace)
     async with await InstanceStore.open(nc, subjects, time.time) as store:
         app = make_app(nc=nc, subjects=subjects, store=store, catalogue=catalogue,
-                       host_label=f"gw-{socket.gethostname()}")
+                       host_label=f"gw-{socket.gethostname()}-{os.getpid()}")
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
         await runner.setup()
         try:

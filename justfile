@@ -1,0 +1,45 @@
+# swarmpool tasks. `just --list` shows them all.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# run swarmpool on its embedded default (single-node swarm, embedded nats-server, demo apps)
+up *ARGS:
+    bash bootstrap.sh up {{ARGS}}
+
+# the whole test suite (unit, integration on a real swarm + nats-server, e2e in Chromium)
+test *ARGS:
+    bash bootstrap.sh test {{ARGS}}
+
+# pure-decision tests only (seconds, no Docker)
+test-unit:
+    python -m pytest tests/unit -q
+
+# validate a catalogue file
+check CATALOGUE="apps/catalogue.toml":
+    swarmpool check {{CATALOGUE}}
+
+# offline images: base (debootstrap), echo test app, Voila demo
+images:
+    apps/base/build.sh
+    apps/echo/build.sh
+    apps/voila-demo/build.sh
+
+# click -> 303 latency against a warm pool of N echo instances, NATS round trip as the floor
+bench-claim N="100" *ARGS:
+    python -m bench.bench_claim -n {{N}} {{ARGS}}
+
+# HTTP and WebSocket through direct / gateway / nginx+gateway / configurable-http-proxy
+bench-proxy *ARGS:
+    python -m bench.bench_proxy {{ARGS}}
+
+# click -> executed notebook visible in Chromium, against opening a running instance directly
+bench-notebook *ARGS:
+    python -m bench.bench_click_to_notebook {{ARGS}}
+
+# render the production nginx config: just nginx example.org /etc/ssl/x.pem /etc/ssl/x.key
+nginx SERVER_NAME CERT KEY GATEWAY="127.0.0.1:8000" OUT="nginx/out":
+    python nginx/render.py --server-name {{SERVER_NAME}} --cert {{CERT}} --key {{KEY}} --gateway {{GATEWAY}} --out {{OUT}}
+
+# type-check
+mypy:
+    python -m mypy bus swarm functions gateway swarmpool
