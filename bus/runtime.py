@@ -37,6 +37,31 @@ def encode(message: Any) -> bytes:
     return _encoder.encode(message)
 
 
+async def connect(url: str, name: str = "swarmpool") -> NATS:
+    """Connect to NATS, failing fast (ConnectionError) if no server answers now; later outages are
+    reconnected forever. (nats-py would otherwise retry the first connect for minutes.)"""
+    import nats
+    from urllib.parse import urlparse
+
+    for server in url.split(","):
+        parsed = urlparse(server.strip() if "://" in server else f"nats://{server.strip()}")
+        try:
+            async with asyncio.timeout(3):
+                _, writer = await asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222)
+            writer.close()
+            break
+        except (OSError, TimeoutError):
+            continue
+    else:
+        raise ConnectionError(f"no NATS server answers at {url}")
+
+    async def on_error(err: Exception) -> None:
+        log.warning("nats: %s", err)
+
+    return await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=-1,
+                              error_cb=on_error)
+
+
 class Counters:
     """Process-local counters (exported by the gateway's /metrics and by admin status)."""
 

@@ -96,10 +96,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _admin(args: argparse.Namespace) -> int:
-    import nats
-
     from bus.messages import AdminReply, AdminRequest, ErrorReply
-    from bus.runtime import encode
+    from bus.runtime import connect, encode
     from bus.subjects import Subjects
 
     request = AdminRequest(app=args.app)
@@ -111,7 +109,7 @@ async def _admin(args: argparse.Namespace) -> int:
     elif args.verb == "retire":
         request = AdminRequest(app=args.app, id=args.arg)
     try:
-        nc = await nats.connect(args.nats_url, connect_timeout=3, max_reconnect_attempts=0)
+        nc = await connect(args.nats_url, name="swarmpool-admin")
     except Exception as err:
         print(f"swarmpool: cannot reach NATS at {args.nats_url}: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -13,17 +13,17 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
-import nats
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from bus.runtime import connect
 from bus.spec import Catalogue
 from bus.state import InstanceStore
 from bus.subjects import Subjects
 from functions.policy import counts
 from swarm import Swarm, SwarmUnavailable
 from swarmpool.host import functions_host
-from swarmpool.natsd import EmbeddedNats
+from swarmpool.natsd import EmbeddedNats, free_port
 
 log = logging.getLogger("swarmpool")
 
@@ -41,11 +41,11 @@ def _stop_event() -> asyncio.Event:
 
 
 async def _connect(url: str) -> NATS:
+    """Connect, failing fast if NATS is not there at start; later outages are reconnected forever."""
     try:
-        return await nats.connect(url, connect_timeout=5, max_reconnect_attempts=-1,
-                                  name=f"swarmpool-{socket.gethostname()}")
+        return await connect(url, name=f"swarmpool-{socket.gethostname()}")
     except Exception as err:
-        raise Unavailable(f"cannot reach NATS at {url}: {err}") from None
+        raise Unavailable(f"cannot reach NATS at {url}: {err or type(err).__name__}") from None
 
 
 async def _swarm(namespace: str, init: bool) -> Swarm:
@@ -132,7 +132,7 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
         url = args.nats_url
         if url is None:
-            natsd = EmbeddedNats(Path(args.state_dir).expanduser())
+            natsd = EmbeddedNats(Path(args.state_dir).expanduser(), port=_port_or_free(4222))
             await stack.enter_async_context(natsd)
             url = natsd.url
             print(f"embedded nats-server on {url} (state in {args.state_dir})", flush=True)
@@ -182,6 +182,16 @@ async def gateway(catalogue: Catalogue, args: argparse.Namespace) -> None:
             await stop.wait()
     finally:
         await nc.drain()
+
+
+def _port_or_free(preferred: int) -> int:
+    """The conventional NATS port when it is free (so `swarmpool admin` finds it), else any free one."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
 
 
 def _default_base() -> Path:

@@ -85,7 +85,7 @@ def remove_namespace(client: docker.DockerClient, namespace: str, timeout: float
             pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        containers = client.containers.list(all=True, filters={"label": label})
+        containers = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
         if not containers:
             return
         for container in containers:
