@@ -25,53 +25,78 @@ import asyncio
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.bench_proxy import SeparateStack, separate_stack
 from tests.e2e.support import VOILA_APP, chromium, ensure_voila_image, instance_id_of, voila_catalogue
 
 OUTPUT = ".sp-output .sp-value"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "bench"
+# Marks the first moment the output text is in the page: a MutationObserver, plus a per-frame check
+# (some of Voila's rendering reaches the DOM without a mutation record the observer attributes).
 MARK_SHOWN = """
 (() => {
   const mark = () => {
+    if (window.__spShown !== undefined) return true;
     const e = document.querySelector('%s');
-    if (e && e.textContent.trim() && window.__spShown === undefined) window.__spShown = performance.now();
+    if (e && e.textContent.trim()) { window.__spShown = performance.now(); return true; }
+    return false;
   };
+  window.__spMark = mark;
   new MutationObserver(mark).observe(document, {subtree: true, childList: true, characterData: true});
+  const frame = () => { if (!mark()) requestAnimationFrame(frame); };
+  requestAnimationFrame(frame);
 })();
 """ % OUTPUT
 
 
-async def open_and_time(browser: Any, url: str, timeout: float = 120.0) -> tuple[float, float, str]:
-    """Open url in a fresh context; return (ms in page from navigation start, ms wall clock, final URL)."""
+BREAKDOWN = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const res = performance.getEntriesByType('resource').filter(r => r.name.startsWith(location.origin));
+  return {redirect: nav.redirectEnd - nav.redirectStart, ttfb: nav.responseStart, doc: nav.responseEnd,
+          requests: res.length + 1, kib: (res.reduce((a, r) => a + r.encodedBodySize, 0) + nav.encodedBodySize) / 1024,
+          assets_done: Math.max(0, ...res.map(r => r.responseEnd))};
+}"""
+Sample = tuple[float, float, dict[str, float]]
+
+
+async def open_and_time(browser: Any, url: str, timeout: float = 120.0) -> tuple[float, float, str, dict[str, float]]:
+    """Open url in a fresh context; return (ms in page from navigation start, ms wall clock, final URL, breakdown)."""
     context = await browser.new_context(viewport={"width": 900, "height": 600})
     try:
         await context.add_init_script(MARK_SHOWN)
         page = await context.new_page()
         started = time.perf_counter()
         await page.goto(url, wait_until="commit", timeout=timeout * 1000)
-        await page.wait_for_function("window.__spShown !== undefined", timeout=timeout * 1000, polling=20)
+        try:
+            await page.wait_for_function("window.__spMark && window.__spMark()", timeout=timeout * 1000, polling=20)
+        except Exception:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "click-to-notebook-timeout.png"))
+            print(f"  timed out on {page.url}: output present: {await page.locator(OUTPUT).count()}; "
+                  f"screenshot in {ARTIFACTS / 'click-to-notebook-timeout.png'}", flush=True)
+            raise
         wall = (time.perf_counter() - started) * 1000
         in_page = float(await page.evaluate("window.__spShown"))
         text = (await page.inner_text(OUTPUT)).strip()
         assert "growth" in text, text
-        return in_page, wall, page.url
+        return in_page, wall, page.url, await page.evaluate(BREAKDOWN)
     finally:
         await context.close()
 
 
-async def click_sample(pool: SeparateStack, browser: Any) -> tuple[float, float]:
-    in_page, wall, final = await open_and_time(browser, f"{pool.gateway_url}/launch/{VOILA_APP}")
-    instance_id = instance_id_of(final)
-    await pool.retire(VOILA_APP, instance_id)
-    return in_page, wall
+async def click_sample(pool: SeparateStack, browser: Any) -> Sample:
+    in_page, wall, final, parts = await open_and_time(browser, f"{pool.gateway_url}/launch/{VOILA_APP}")
+    await pool.retire(VOILA_APP, instance_id_of(final))
+    return in_page, wall, parts
 
 
-async def direct_sample(pool: SeparateStack, browser: Any) -> tuple[float, float]:
+async def direct_sample(pool: SeparateStack, browser: Any) -> Sample:
     instance = (await pool.wait_ready(VOILA_APP, 1))[0]  # the oldest ready one: the next a click would get
-    in_page, wall, _ = await open_and_time(browser, f"http://{instance.endpoint}/i/{instance.id}/")
+    in_page, wall, _, parts = await open_and_time(browser, f"http://{instance.endpoint}/i/{instance.id}/")
     await pool.retire(VOILA_APP, instance.id)  # its kernel is used: never hand it out
-    return in_page, wall
+    return in_page, wall, parts
 
 
 def row(name: str, values: list[float], base: float | None) -> str:
@@ -84,8 +109,8 @@ def row(name: str, values: list[float], base: float | None) -> str:
 async def main(args: argparse.Namespace) -> int:
     ensure_voila_image()
     catalogue = voila_catalogue(size=args.pool, max_=args.pool + 2, idle="10m", grace="10m", lifetime="1h")
-    clicks: list[tuple[float, float]] = []
-    direct: list[tuple[float, float]] = []
+    clicks: list[Sample] = []
+    direct: list[Sample] = []
     async with separate_stack(catalogue) as pool, chromium() as browser:
         await pool.wait_ready(VOILA_APP, args.pool, timeout=300)
         print(f"pool of {args.pool} warm; {args.launches} clicks and {args.launches} direct opens, alternating",
@@ -98,16 +123,23 @@ async def main(args: argparse.Namespace) -> int:
                 samples.append(await sample(pool, browser))
                 print(f"  {i + 1:>2} {kind:<6} {samples[-1][0]:7.0f} ms in page, {samples[-1][1]:7.0f} ms wall",
                       flush=True)
-    base = statistics.median(v for v, _ in direct)
-    base_wall = statistics.median(w for _, w in direct)
+    base = statistics.median(v for v, _, _ in direct)
+    base_wall = statistics.median(w for _, w, _ in direct)
     print()
     print(f"{'click -> executed notebook visible':<34} {'n':>3} {'p50 ms':>9} {'p99 ms':>9} {'min':>8} {'max':>8} "
           f"{'x base':>7}")
-    print(row("direct open (baseline, in page)", [v for v, _ in direct], None))
-    print(row("click via gateway (in page)", [v for v, _ in clicks], base))
-    print(row("direct open (wall clock)", [w for _, w in direct], None))
-    print(row("click via gateway (wall clock)", [w for _, w in clicks], base_wall))
-    print(f"\nthe click costs {statistics.median(v for v, _ in clicks) - base:+.0f} ms at p50 over opening a warm "
+    print(row("direct open (baseline, in page)", [v for v, _, _ in direct], None))
+    print(row("click via gateway (in page)", [v for v, _, _ in clicks], base))
+    print(row("direct open (wall clock)", [w for _, w, _ in direct], None))
+    print(row("click via gateway (wall clock)", [w for _, w, _ in clicks], base_wall))
+    print(f"\n{'where the time goes (p50)':<28} {'303 ms':>7} {'TTFB ms':>8} {'page ms':>8} {'assets ms':>10} "
+          f"{'requests':>9} {'KiB':>7} {'output ms':>10}")
+    for name, samples in (("direct open", direct), ("click via gateway", clicks)):
+        def med(key: str) -> float:
+            return statistics.median(p[key] for _, _, p in samples)
+        print(f"{name:<28} {med('redirect'):>7.0f} {med('ttfb'):>8.0f} {med('doc'):>8.0f} {med('assets_done'):>10.0f} "
+              f"{med('requests'):>9.0f} {med('kib'):>7.0f} {statistics.median(v for v, _, _ in samples):>10.0f}")
+    print(f"\nthe click costs {statistics.median(v for v, _, _ in clicks) - base:+.0f} ms at p50 over opening a warm "
           "instance directly (claim over NATS, 303, and the gateway hop for the page, its assets and the kernel "
           "WebSocket).")
     print("in page: performance.now() at the output text appearing, from navigation start (includes the 303);"

@@ -63,6 +63,18 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
     )
 
 
+async def _stop_watch(watcher: Any, task: asyncio.Task[None] | None) -> None:
+    """Stop a KV watch and the task that follows it (the owner closes both, in this order)."""
+    if watcher is not None:
+        try:
+            await watcher.stop()
+        except Exception:  # the connection may already be gone at shutdown
+            log.debug("watch stop failed", exc_info=True)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 class InstanceStore:
     """The instance bucket plus a live in-memory mirror of it."""
 
@@ -167,14 +179,7 @@ class InstanceStore:
                 return False
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            try:
-                await self._watcher.stop()
-            except Exception:
-                pass
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
+        await _stop_watch(self._watcher, self._watch_task)
 
     # ---- reads (from the mirror) ----
 
@@ -308,14 +313,7 @@ class ConfigStore:
         self._overrides[override.app] = override
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            try:
-                await self._watcher.stop()
-            except Exception:
-                pass
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await _stop_watch(self._watcher, self._task)
 
 
 class Lease:

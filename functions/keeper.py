@@ -8,10 +8,18 @@ import logging
 from bus.messages import InstanceEvent, Tick
 from bus.runtime import Context, Handlers
 from functions import lifecycle
-from functions.policy import backoff_delay, counts, ghost_records, leaked_services, starts_needed
+from functions.policy import (
+    backoff_delay,
+    counts,
+    ghost_records,
+    leaked_services,
+    starts_needed,
+    surplus_ready,
+)
 
 log = logging.getLogger(__name__)
 handlers = Handlers()
+
 
 async def top_up(ctx: Context, app: str) -> int:
     """Start as many instances of `app` as its pool needs now; returns how many."""
@@ -34,7 +42,13 @@ async def top_up(ctx: Context, app: str) -> int:
         if n and delay:
             ctx.hold_starts_until[app] = now + delay
             log.warning("%s: %d failed starts in a row; next start in %.0f s", app, failures, delay)
-        starts = [asyncio.create_task(lifecycle.start(ctx, spec)) for _ in range(n)]
+        # records are written under the lock: the next top-up counts them
+        reserved = [await lifecycle.reserve(ctx, spec) for _ in range(n)]
+        # paused keeps its warm pool (drain retires it); otherwise scale down to the target
+        surplus = [] if override.paused else surplus_ready(ctx.store.all(app), target)
+    for record in surplus:
+        await lifecycle.retire(ctx, app, record.id, f"surplus: more than {target} ready")
+    starts = [asyncio.create_task(lifecycle.start(ctx, spec, record)) for record in reserved]
     if starts:
         results = await asyncio.gather(*starts, return_exceptions=True)
         for err in results:

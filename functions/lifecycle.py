@@ -31,10 +31,15 @@ def instance_spec(ctx: Context, spec: AppSpec, instance_id: str) -> InstanceSpec
     )
 
 
-async def start(ctx: Context, spec: AppSpec) -> None:
-    """Write a `starting` record first (so it counts at once everywhere), then create the service."""
+async def reserve(ctx: Context, spec: AppSpec) -> Instance:
+    """Write a `starting` record, so the new instance counts at once, here and on every host."""
     record = Instance(id=new_instance_id(), app=spec.name, state="starting", created_at=ctx.clock())
     await ctx.store.create(record)
+    return record
+
+
+async def start(ctx: Context, spec: AppSpec, record: Instance) -> None:
+    """Create the service of a reserved record (bounded parallel starts per app)."""
     slots = ctx.start_slots.setdefault(spec.name, asyncio.Semaphore(spec.pool.max_parallel_starts))
     async with slots:
         try:

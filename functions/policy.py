@@ -30,6 +30,12 @@ def starts_needed(*, records: list[Instance], target: int, limit: int, max_paral
     return max(0, min(want, limit - alive, max_parallel - c["starting"], global_free))
 
 
+def surplus_ready(records: list[Instance], target: int) -> list[Instance]:
+    """Ready instances beyond the target (after a scale-down): the most recently ready go first."""
+    ready = sorted((r for r in records if r.state == "ready"), key=lambda r: r.ready_at or r.created_at)
+    return ready[target:] if len(ready) > target else []
+
+
 def backoff_delay(consecutive_failures: int) -> float:
     """Seconds to wait before starting again after repeated failures (0 for the first few)."""
     if consecutive_failures < 3:

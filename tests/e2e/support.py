@@ -30,6 +30,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-quic",
     "--no-first-run", "--disable-component-update", "--disable-sync",
+    # loopback only: Voila's page asks cdn.jsdelivr.net for Font Awesome; never resolve or reach it
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
 
 FAST_SETTINGS = """

@@ -77,12 +77,12 @@ async def test_untouched_tab_is_retired_by_idle_and_a_busy_tab_stays(front: Fron
         assert idle_id in retiring and retiring[idle_id].reason.startswith("idle"), retiring.get(idle_id)
 
         # the busy tab outlives twice the idle timeout while the slider keeps moving
-        async def busy_outlived_idle() -> bool:
+        def busy_outlived_idle() -> bool | None:
             assert not mover.done(), "the slider mover stopped"  # type: ignore[union-attr]
             record = store.get(VOILA_APP, busy_id)
             assert record is not None and record.instance.state == "claimed", \
                 f"the busy tab was retired: {retiring.get(busy_id)}"
-            return time.monotonic() - busy_since > 2 * IDLE + 2
+            return time.monotonic() - busy_since > 2 * IDLE + 2 or None
 
         await wait_for(busy_outlived_idle, timeout=60, what="the busy tab to outlive the idle timeout",
                        interval=0.2)

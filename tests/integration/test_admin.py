@@ -56,3 +56,13 @@ async def test_bad_admin_requests_are_clear(nats_server, namespace, echo_image) 
         assert code == 2 and "unknown_instance" in err
     code, _, err = await admin("nats://127.0.0.1:1", namespace, "status")
     assert code == 1 and "cannot reach NATS" in err
+
+
+async def test_scale_down_converges_to_the_new_target(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=4, max_=8)) as s:
+        await s.wait_ready(4)
+        code, _, _ = await admin(nats_server.url, namespace, "scale", "echo", "2")
+        assert code == 0
+        await wait_for(lambda: len(s.records("ready")) == 2 and len(s.records()) == 2, timeout=30,
+                       what="the pool to shrink to 2")
+        assert len(await s.swarm.list_ours()) == 2

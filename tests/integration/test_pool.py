@@ -181,3 +181,22 @@ async def test_healthz(nats_server, namespace, echo_image) -> None:  # type: ign
             assert r.status == 200
 
 
+
+
+async def test_warm_up_never_overshoots_the_target(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    """Invariant 4: ready + starting converges to the target and never exceeds it while warming."""
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=6, max_=30, parallel=6)) as s:
+        highest = 0
+
+        def watch(old, new) -> None:  # type: ignore[no-untyped-def]
+            nonlocal highest
+            highest = max(highest, len([r for r in s.store.all() if r.state in ("ready", "starting")]))
+
+        s.store.on_change(watch)
+        await s.wait_ready(6)
+        ticks = await s.nc.subscribe(s.hosts[0].subjects.tick("reconcile"))
+        for _ in range(3):  # three more reconcile passes
+            await ticks.next_msg(timeout=10)
+        await ticks.unsubscribe()
+        assert highest == 6
+        assert len(s.records("ready")) == 6 and len(await s.swarm.list_ours()) == 6

@@ -15,6 +15,7 @@ from functions.policy import (
     pick_claim_order,
     retire_reason,
     starts_needed,
+    surplus_ready,
 )
 
 NOW = 10_000.0
@@ -137,6 +138,13 @@ def test_claim_order_oldest_ready_first_skipping_reserved() -> None:
     c = inst("claimed", id="c" * 26)
     assert [r.id for r in pick_claim_order([a, b, c], set())] == [b.id, a.id]
     assert [r.id for r in pick_claim_order([a, b, c], {b.key})] == [a.id]
+
+
+def test_surplus_ready_keeps_the_oldest() -> None:
+    records = [inst("ready", id=f"r{i}".ljust(26, "x"), ready_at=NOW - 100 + i) for i in range(5)]
+    records.append(inst("claimed", id="c".ljust(26, "x")))
+    assert [r.id[:2] for r in surplus_ready(records, 3)] == ["r3", "r4"]
+    assert surplus_ready(records, 5) == [] and surplus_ready(records, 9) == []
 
 
 @pytest.mark.parametrize("failures, delay", [(0, 0), (2, 0), (3, 2), (5, 8), (20, 60)])
