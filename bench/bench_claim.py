@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def catalogue(n: int, refill: bool = True) -> str:
     return f"""
 [settings]
-max_instances = {n * 2 + 10}
+max_instances = {n * 3 + 10}
 claim_wait = 5
 [apps.echo]
 image = "swarmpool/echo:latest"
@@ -44,7 +44,7 @@ timeout = "300s"
 interval = 0.2
 [apps.echo.pool]
 size = {n}
-max = {n * 2 if refill else n}
+max = {n * 3 if refill else n}
 max_parallel_starts = 12
 [apps.echo.limits]
 memory = "96m"

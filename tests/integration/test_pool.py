@@ -194,9 +194,13 @@ async def test_warm_up_never_overshoots_the_target(nats_server, namespace, echo_
 
         s.store.on_change(watch)
         await s.wait_ready(6)
+        # a burst of claims: each claim triggers a top-up at once, concurrently
+        responses = await asyncio.gather(*(s.launch() for _ in range(4)))
+        assert [r.status for r in responses] == [303] * 4
+        await wait_for(lambda: len(s.records("ready")) == 6, timeout=60, what="refill to 6")
         ticks = await s.nc.subscribe(s.hosts[0].subjects.tick("reconcile"))
         for _ in range(3):  # three more reconcile passes
             await ticks.next_msg(timeout=10)
         await ticks.unsubscribe()
         assert highest == 6
-        assert len(s.records("ready")) == 6 and len(await s.swarm.list_ours()) == 6
+        assert len(s.records("ready")) == 6 and len(await s.swarm.list_ours()) == 10
