@@ -95,6 +95,7 @@ class Context:
     failures: dict[str, int] = field(default_factory=dict)  # app -> consecutive failed starts
     hold_starts_until: dict[str, float] = field(default_factory=dict)  # app -> backoff end
     start_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    refill_pending: set[str] = field(default_factory=set)  # apps with a coalesced top-up on its way
 
     async def publish(self, subject: str, message: Any) -> None:
         await self.nc.publish(subject, encode(message))

@@ -63,7 +63,20 @@ async def on_instance_event(ctx: Context, event: InstanceEvent, subject: str) ->
     if event.event == "ready":
         ctx.failures[event.app] = 0
     if event.event in ("claimed", "failed", "removed", "retiring"):
-        await top_up(ctx, event.app)
+        await top_up_soon(ctx, event.app)
+
+
+async def top_up_soon(ctx: Context, app: str) -> None:
+    """Coalesce a burst of events into one top-up a moment later, so that the clicks of a class
+    are answered before Docker work (service creation) competes with them for the CPU."""
+    if app in ctx.refill_pending:
+        return
+    ctx.refill_pending.add(app)
+    try:
+        await asyncio.sleep(float(ctx.settings.refill_delay))
+    finally:
+        ctx.refill_pending.discard(app)
+    await top_up(ctx, app)
 
 
 @handlers.on(lambda s: s.tick("reconcile"), Tick, concurrency=1)

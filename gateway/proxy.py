@@ -35,7 +35,7 @@ FORWARDED = frozenset(istr(h) for h in (
     "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix",
 ))
 STREAM_GRACE = 1.0  # an HTTP response still streaming after this long counts as an open connection
-CHUNK = 64 * 1024
+SMALL_BODY = 256 * 1024  # bodies up to this size are relayed in one write
 
 
 # ---- pure helpers ----
@@ -161,15 +161,24 @@ async def _http(request: web.Request, gw: Gateway, instance_id: str, route: Rout
         counted = True
         gw.activity.opened(instance_id, route.app)
 
+    headers_out = CIMultiDict((k, v) for k, v in upstream.headers.items() if k not in HOP_BY_HOP)
+    if _small(request, upstream):
+        # one write for headers and body: most notebook assets and API answers are small
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            return _not_answering(request, gw, route, err)
+        finally:
+            upstream.release()
+        headers_out.popall("Content-Length", None)
+        return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers_out)
+
     timer = asyncio.get_running_loop().call_later(STREAM_GRACE, long_lived)
     try:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in upstream.headers.items():
-            if name not in HOP_BY_HOP:
-                response.headers.add(name, value)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers_out)
         await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
         except ConnectionResetError:  # the client went away
             return response
@@ -186,6 +195,14 @@ async def _http(request: web.Request, gw: Gateway, instance_id: str, route: Rout
         upstream.release()
         if counted:
             gw.activity.closed(instance_id)
+
+
+def _small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """A response whose whole body is announced and small: buffer it and answer in one write."""
+    if request.method == "HEAD" or upstream.status in (204, 304) or upstream.status < 200:
+        return False
+    length = upstream.headers.get("Content-Length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_BODY
 
 
 _CLOSE_UNSENDABLE = {1005, 1006, 1015}
