@@ -137,13 +137,14 @@ async def test_events_generator_stops_its_reader_thread(swarm: Swarm) -> None:
     def readers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == f"swarm-events-{swarm.namespace}"]
 
-    before = len(readers())
+    before = set(readers())  # other tests' generators may end (and their threads) meanwhile
     consumer = asyncio.ensure_future(anext(swarm.events()))  # blocks: nothing of ours is happening
-    await wait_for(lambda: asyncio.sleep(0, len(readers()) > before), timeout=10, what="reader thread")
+    ours = await wait_for(lambda: asyncio.sleep(0, set(readers()) - before), timeout=10, what="reader thread")
     consumer.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await consumer
-    await wait_for(lambda: asyncio.sleep(0, len(readers()) == before), timeout=10, what="reader thread exit")
+    await wait_for(lambda: asyncio.sleep(0, not any(t.is_alive() for t in ours)), timeout=10,
+                   what="reader thread exit")
 
 
 async def test_remove_is_idempotent_and_status_missing(swarm: Swarm, echo_image: str) -> None:
