@@ -28,7 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bench.bench_proxy import SeparateStack, separate_stack
+from bus.messages import ClaimRequest, Claimed
+from bus.runtime import encode
+from bus.subjects import Subjects
 from tests.e2e.support import VOILA_APP, chromium, ensure_voila_image, instance_id_of, voila_catalogue
 
 OUTPUT = ".sp-output .sp-value"
@@ -99,6 +104,17 @@ async def direct_sample(pool: SeparateStack, browser: Any) -> Sample:
     return in_page, wall, parts
 
 
+async def claimed_direct_sample(pool: SeparateStack, browser: Any) -> Sample:
+    """Claim over NATS as a click does (so the refill starts and competes for the CPU just the same),
+    then open the instance directly: the difference to a click is the gateway hop and the 303 alone."""
+    reply = await pool.nc.request(Subjects(pool.namespace).claim(VOILA_APP),
+                                  encode(ClaimRequest(app=VOILA_APP, wait=5)), timeout=10)
+    claimed = msgspec.json.decode(reply.data, type=Claimed)
+    in_page, wall, _, parts = await open_and_time(browser, f"http://{claimed.endpoint}/i/{claimed.id}/")
+    await pool.retire(VOILA_APP, claimed.id)
+    return in_page, wall, parts
+
+
 def row(name: str, values: list[float], base: float | None) -> str:
     med = statistics.median(values)
     p99 = statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else values[0]
@@ -109,8 +125,13 @@ def row(name: str, values: list[float], base: float | None) -> str:
 async def main(args: argparse.Namespace) -> int:
     ensure_voila_image()
     catalogue = voila_catalogue(size=args.pool, max_=args.pool + 2, idle="10m", grace="10m", lifetime="1h")
+    if args.refill_delay is not None:
+        catalogue = catalogue.replace("[settings]\n", f"[settings]\nrefill_delay = {args.refill_delay}\n", 1)
+        catalogue = catalogue.replace("reconcile_interval = 1\n", f"reconcile_interval = {max(1.0, args.refill_delay * 2)}\n")
+        print(f"refill_delay = {args.refill_delay} s", flush=True)
     clicks: list[Sample] = []
     direct: list[Sample] = []
+    claimed_direct: list[Sample] = []
     async with separate_stack(catalogue) as pool, chromium() as browser:
         await pool.wait_ready(VOILA_APP, args.pool, timeout=300)
         print(f"pool of {args.pool} warm; {args.launches} clicks and {args.launches} direct opens, alternating",
@@ -118,10 +139,11 @@ async def main(args: argparse.Namespace) -> int:
         # warm Chromium up once, so the first sample does not pay for the browser's own start
         await open_and_time(browser, "data:text/html,<p class=sp-output><span class=sp-value>growth</span></p>")
         for i in range(args.launches):
-            for kind, samples, sample in (("click", clicks, click_sample), ("direct", direct, direct_sample)):
+            for kind, samples, sample in (("click", clicks, click_sample), ("direct", direct, direct_sample),
+                                          ("claim+direct", claimed_direct, claimed_direct_sample)):
                 await pool.wait_ready(VOILA_APP, args.pool, timeout=300)  # refilled and quiet
                 samples.append(await sample(pool, browser))
-                print(f"  {i + 1:>2} {kind:<6} {samples[-1][0]:7.0f} ms in page, {samples[-1][1]:7.0f} ms wall",
+                print(f"  {i + 1:>2} {kind:<12} {samples[-1][0]:7.0f} ms in page, {samples[-1][1]:7.0f} ms wall",
                       flush=True)
     base = statistics.median(v for v, _, _ in direct)
     base_wall = statistics.median(w for _, w, _ in direct)
@@ -129,12 +151,16 @@ async def main(args: argparse.Namespace) -> int:
     print(f"{'click -> executed notebook visible':<34} {'n':>3} {'p50 ms':>9} {'p99 ms':>9} {'min':>8} {'max':>8} "
           f"{'x base':>7}")
     print(row("direct open (baseline, in page)", [v for v, _, _ in direct], None))
+    print(row("claim, then direct (in page)", [v for v, _, _ in claimed_direct], base))
     print(row("click via gateway (in page)", [v for v, _, _ in clicks], base))
+    claimed_base = statistics.median(v for v, _, _ in claimed_direct)
+    print(row("click vs claim-then-direct", [v for v, _, _ in clicks], claimed_base))
     print(row("direct open (wall clock)", [w for _, w, _ in direct], None))
     print(row("click via gateway (wall clock)", [w for _, w, _ in clicks], base_wall))
     print(f"\n{'where the time goes (p50)':<28} {'303 ms':>7} {'TTFB ms':>8} {'page ms':>8} {'assets ms':>10} "
           f"{'requests':>9} {'KiB':>7} {'output ms':>10}")
-    for name, samples in (("direct open", direct), ("click via gateway", clicks)):
+    for name, samples in (("direct open", direct), ("claim, then direct", claimed_direct),
+                          ("click via gateway", clicks)):
         def med(key: str) -> float:
             return statistics.median(p[key] for _, _, p in samples)
         print(f"{name:<28} {med('redirect'):>7.0f} {med('ttfb'):>8.0f} {med('doc'):>8.0f} {med('assets_done'):>10.0f} "
@@ -144,7 +170,10 @@ async def main(args: argparse.Namespace) -> int:
           "WebSocket).")
     print("in page: performance.now() at the output text appearing, from navigation start (includes the 303);"
           " wall clock: Playwright goto() to the same signal seen from Python.")
-    print("both kinds use fresh warm instances (preheated kernel, notebook executed, never opened), a new"
+    print("claim, then direct: claimed over NATS like a click, so the pool's refill (a new container starting)"
+          " competes for this 2-core machine's CPU during the page load exactly as after a click; the ratio"
+          " 'click vs claim-then-direct' is what the gateway hop and the 303 add.")
+    print("all kinds use fresh warm instances (preheated kernel, notebook executed, never opened), a new"
           " browser context each, the pool refilled and quiet before each sample; used instances are retired.")
     return 0
 
@@ -153,4 +182,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--launches", type=int, default=20, help="samples of each kind")
     parser.add_argument("--pool", type=int, default=2, help="warm pool size")
+    parser.add_argument("--refill-delay", type=float, default=None,
+                        help="settings.refill_delay: seconds between a claim and the refill it triggers")
     sys.exit(asyncio.run(main(parser.parse_args())))

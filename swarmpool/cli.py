@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(coro: Any) -> Any:
+    """Run on uvloop when installed (faster sockets for the proxy), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -83,11 +94,11 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if args.command == "up":
-            asyncio.run(launcher.up(catalogue, args))
+            _run(launcher.up(catalogue, args))
         elif args.command == "functions":
-            asyncio.run(launcher.functions(catalogue, args))
+            _run(launcher.functions(catalogue, args))
         elif args.command == "gateway":
-            asyncio.run(launcher.gateway(catalogue, args))
+            _run(launcher.gateway(catalogue, args))
     except launcher.Unavailable as err:
         print(f"swarmpool: {err}", file=sys.stderr)
         raise SystemExit(EXIT_UNAVAILABLE) from None
