@@ -132,7 +132,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     heartbeat_interval: Duration = Duration(5.0)  # gateway throttles activity per instance
     reconcile_interval: Duration = Duration(5.0)  # keeper's full reconcile period (swarm vs records)
     tick_interval: Duration = Duration(1.0)  # reaper and prober backstop period
-    refill_delay: Duration = Duration(0.2)  # after a claim, wait this long to batch a burst's refills
+    # after a claim, wait this long before refilling: batches a burst's refills, and keeps a new
+    # container's start from competing for the CPU with the student's first page load
+    refill_delay: Duration = Duration(2.0)
     orphan_grace: Duration = Duration(30.0)  # a service without record (or record without service) this old is cleaned up
     publish_ports: bool = True  # local: host-mode port on 127.0.0.1; cluster: overlay by name
     network: str | None = None  # overlay network instances join (cluster mode)

@@ -40,6 +40,7 @@ tick_interval = 0.2
 reconcile_interval = 1
 heartbeat_interval = 0.5
 claim_wait = 1.5
+refill_delay = 0.2
 max_instances = 120
 
 [apps.echo]
