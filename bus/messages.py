@@ -66,7 +66,6 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed"):
     app: str
     endpoint: str
     deep_link: str = ""
-    strip_prefix: bool = False
 
 
 class ClaimRefused(msgspec.Struct, frozen=True, kw_only=True, tag="refused"):

@@ -36,8 +36,7 @@ async def try_claim(ctx: Context, app: str) -> Claimed | None:
         spec = ctx.app(app)
         assert spec is not None
         log.info("claimed %s", won.instance.short)
-        return Claimed(id=won.instance.id, app=app, endpoint=won.instance.endpoint,
-                       deep_link=spec.deep_link, strip_prefix=spec.strip_prefix)
+        return Claimed(id=won.instance.id, app=app, endpoint=won.instance.endpoint, deep_link=spec.deep_link)
     return None
 
 

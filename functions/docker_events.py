@@ -56,8 +56,9 @@ async def follow_engine(ctx: Context) -> None:
 
 async def _publish_events(ctx: Context) -> None:
     async for e in ctx.swarm.events():
-        await ctx.publish(ctx.subjects.docker(e.type, e.action.split(":")[0]), DockerEvent(
-            type=e.type, action=e.action.split(":")[0], at=e.at, app=e.app, id=e.id,
+        action = e.action.split(":")[0]  # "kill: signal 9" and the like
+        await ctx.publish(ctx.subjects.docker(e.type, action), DockerEvent(
+            type=e.type, action=action, at=e.at, app=e.app, id=e.id,
             service_id=e.service_id, container_id=e.container_id, exit_code=e.exit_code))
 
 
