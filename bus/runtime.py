@@ -108,7 +108,7 @@ class Context:
         return self.catalogue.settings
 
     def lock(self, name: str) -> asyncio.Lock:
-        """A per-process lock so that reconcile passes never overlap."""
+        """A per-process lock by name (e.g. one per app, so top-ups of an app never interleave)."""
         return self.locks.setdefault(name, asyncio.Lock())
 
 
@@ -126,6 +126,7 @@ class Subscription(Generic[T]):
     queue: bool = True  # share the work with other hosts (False: every host sees every message)
     reply: bool = False
     concurrency: int = 64
+    skip_when_busy: bool = False  # drop (not queue) a message that finds `concurrency` already running
 
 
 class Handlers:
@@ -136,9 +137,11 @@ class Handlers:
         self.background: list[Background] = []
 
     def on(self, subject: Callable[[Subjects], str], type_: type[T], *, queue: bool = True,
-           reply: bool = False, concurrency: int = 64) -> Callable[[Handler], Handler]:
+           reply: bool = False, concurrency: int = 64,
+           skip_when_busy: bool = False) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self.subscriptions.append(Subscription(subject, type_, handler, queue, reply, concurrency))
+            self.subscriptions.append(Subscription(subject, type_, handler, queue, reply, concurrency,
+                                                   skip_when_busy))
             return handler
         return register
 
@@ -196,11 +199,22 @@ class Runtime:
         name = sub.handler.__module__.rsplit(".", 1)[-1] + "." + sub.handler.__name__
         subject = sub.subject(self.ctx.subjects)
 
+        inflight = 0
+
         async def handle(msg: Msg) -> None:
-            async with limit:
-                await self._handle(msg, decoder, sub, name)
+            nonlocal inflight
+            try:
+                async with limit:
+                    await self._handle(msg, decoder, sub, name)
+            finally:
+                inflight -= 1
 
         async def on_message(msg: Msg) -> None:
+            nonlocal inflight
+            if sub.skip_when_busy and inflight >= sub.concurrency:
+                self.ctx.counters.inc("skipped_busy_total", name)  # e.g. a tick while the last pass runs
+                return
+            inflight += 1
             self._spawn(handle(msg), name=name)
 
         nsub = await self.ctx.nc.subscribe(subject, queue=QUEUE_FUNCTIONS + "." + self.ctx.namespace

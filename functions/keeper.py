@@ -10,7 +10,6 @@ from bus.runtime import Context, Handlers
 from functions import lifecycle
 from functions.policy import (
     backoff_delay,
-    counts,
     ghost_records,
     leaked_services,
     starts_needed,
@@ -79,26 +78,20 @@ async def top_up_soon(ctx: Context, app: str) -> None:
     await top_up(ctx, app)
 
 
-@handlers.on(lambda s: s.tick("reconcile"), Tick, concurrency=1)
+@handlers.on(lambda s: s.tick("reconcile"), Tick, concurrency=1, skip_when_busy=True)
 async def reconcile(ctx: Context, tick: Tick, subject: str) -> None:
     """Compare swarm services with records: remove leaks, retire ghosts, top every pool up."""
-    lock = ctx.lock("reconcile")
-    if lock.locked():
-        return
-    async with lock:
-        records = ctx.store.all()
-        services = await ctx.swarm.list_ours()
-        now = ctx.clock()
-        by_key = {f"{s.app}.{s.id}": s for s in services}
-        for key in leaked_services({k: s.created_at for k, s in by_key.items()},
-                                   {r.key for r in ctx.store.all()}, now,
-                                   float(ctx.settings.orphan_grace)):
-            log.warning("removing leaked service %s (no record)", key[: key.index(".") + 5])
-            await ctx.swarm.remove(by_key[key].service_id)
-        for ghost in ghost_records(records, {s.service_id for s in services}, now,
-                                   float(ctx.settings.orphan_grace)):
-            await lifecycle.fail(ctx, ghost.app, ghost.id, "service vanished")
-        for app in ctx.catalogue.apps:
-            await top_up(ctx, app)
-        c = counts(records)
-        log.debug("reconciled: %s", dict(c))
+    records = ctx.store.all()  # before listing: a ghost must have been a record already then
+    services = await ctx.swarm.list_ours()
+    now = ctx.clock()
+    grace = float(ctx.settings.orphan_grace)
+    by_key = {f"{s.app}.{s.id}": s for s in services}
+    # after listing: a record written meanwhile is not a leak
+    for key in leaked_services({k: s.created_at for k, s in by_key.items()},
+                               {r.key for r in ctx.store.all()}, now, grace):
+        log.warning("removing leaked service %s (no record)", key[: key.index(".") + 5])
+        await ctx.swarm.remove(by_key[key].service_id)
+    for ghost in ghost_records(records, {s.service_id for s in services}, now, grace):
+        await lifecycle.fail(ctx, ghost.app, ghost.id, "service vanished")
+    for app in ctx.catalogue.apps:
+        await top_up(ctx, app)

@@ -16,25 +16,21 @@ handlers = Handlers()
 STUCK_RETIRING = 30.0  # a retiring record this old lost its retirer (crash): finish the job
 
 
-@handlers.on(lambda s: s.tick("fast"), Tick, concurrency=1)
+@handlers.on(lambda s: s.tick("fast"), Tick, concurrency=1, skip_when_busy=True)
 async def sweep(ctx: Context, tick: Tick, subject: str) -> None:
-    lock = ctx.lock("reaper")
-    if lock.locked():
-        return
-    async with lock:
-        now = ctx.clock()
-        jobs = []
-        for r in ctx.store.all():
-            if r.state == "retiring":
-                if now - (r.retiring_at or r.created_at) > STUCK_RETIRING:
-                    jobs.append(_finish(ctx, r))
-                continue
-            if r.state == "starting" and r.key in ctx.probing:
-                continue  # the prober owns its timeout
-            reason = retire_reason(r, ctx.app(r.app), now)
-            if reason is not None:
-                jobs.append(lifecycle.retire(ctx, r.app, r.id, reason))
-        await asyncio.gather(*jobs)
+    now = ctx.clock()
+    jobs = []
+    for r in ctx.store.all():
+        if r.state == "retiring":
+            if now - (r.retiring_at or r.created_at) > STUCK_RETIRING:
+                jobs.append(_finish(ctx, r))
+            continue
+        if r.state == "starting" and r.key in ctx.probing:
+            continue  # the prober owns its timeout
+        reason = retire_reason(r, ctx.app(r.app), now)
+        if reason is not None:
+            jobs.append(lifecycle.retire(ctx, r.app, r.id, reason))
+    await asyncio.gather(*jobs)
 
 
 async def _finish(ctx: Context, record: Instance) -> None:
