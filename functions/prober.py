@@ -10,7 +10,6 @@ import msgspec
 from bus.messages import Instance, InstanceEvent, Tick
 from bus.runtime import Context, Handlers
 from functions import lifecycle
-from swarm.probe import probe_http
 
 log = logging.getLogger(__name__)
 handlers = Handlers()
@@ -62,7 +61,7 @@ async def check(ctx: Context, record: Instance) -> str:
             r, endpoint=status.endpoint) if r.state == "starting" else None)
     if spec.probe.path is not None:
         root = "/" if spec.strip_prefix else f"/i/{record.id}/"
-        if not await probe_http(status.endpoint, root + spec.probe.path.lstrip("/")):
+        if not await ctx.swarm.probe_http(status.endpoint, root + spec.probe.path.lstrip("/")):
             return "wait"
     if spec.probe.log_marker and not await ctx.swarm.logs_contain(record.service_id, spec.probe.log_marker):
         return "wait"

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+import aiohttp
 import docker
 import docker.errors
 import msgspec
@@ -129,6 +130,7 @@ class Swarm:
         self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="swarm")
         self._closed = False
         self._inflight: set[asyncio.Future[Any]] = set()
+        self._http: aiohttp.ClientSession | None = None  # readiness probes, created on first use
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -456,11 +458,25 @@ class Swarm:
             return EngineEvent(type=kind, action=action, at=at, app=app, id=instance_id, service_id=actor.get("ID", ""))
         return None
 
+    async def probe_http(self, endpoint: str, path: str) -> bool:
+        """True when GET http://<endpoint><path> answers 2xx (the readiness probe of an instance)."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2),
+                                               connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        try:
+            async with self._http.get(f"http://{endpoint}{path}", allow_redirects=False) as response:
+                await response.read()
+                return 200 <= response.status < 300
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
     async def close(self) -> None:
-        """Release the thread pool and the engine connection."""
+        """Release the thread pool, the engine connection and the probe client."""
         if self._closed:
             return
         self._closed = True
+        if self._http is not None:
+            await self._http.close()
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
         if self._client is not None:
             await asyncio.to_thread(self._client.close)

@@ -14,7 +14,6 @@ from bus.spec import Catalogue
 from bus.state import ConfigStore, InstanceStore
 from bus.subjects import Subjects
 from functions import all_handlers
-from swarm.probe import close_probe_client
 
 
 @asynccontextmanager
@@ -32,4 +31,3 @@ async def functions_host(nc: NATS, catalogue: Catalogue, swarm: object, namespac
     finally:
         await config.close()
         await store.close()
-        await close_probe_client()

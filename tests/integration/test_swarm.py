@@ -67,6 +67,8 @@ async def test_create_reach_list_and_logs(swarm: Swarm, echo_image: str) -> None
     body = await get_json(f"http://{status.endpoint}/i/{spec.id}/")
     assert body["id"] == spec.id
     assert body["path"] == f"/i/{spec.id}/"
+    assert await swarm.probe_http(status.endpoint, f"/i/{spec.id}/healthz")
+    assert not await swarm.probe_http("127.0.0.1:1", "/")  # nothing listens there
 
     async def marker_logged() -> bool:
         return await swarm.logs_contain(service_id, "echo test marker up")
