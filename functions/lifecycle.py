@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import msgspec
 
-from bus.messages import Instance
+from bus.messages import Instance, short_id
 from bus.runtime import Context
 from bus.spec import AppSpec
 from bus.state import Conflict, InvalidTransition, new_instance_id
@@ -69,16 +70,12 @@ async def fail(ctx: Context, app: str, instance_id: str, reason: str) -> None:
             return msgspec.structs.replace(r, state="retiring", reason=reason, retiring_at=ctx.clock())
         return None
 
-    try:
-        result = await ctx.store.update(app, instance_id, change)
-    except (Conflict, InvalidTransition) as err:
-        log.warning("could not mark %s failed: %s", f"{app}.{instance_id[:4]}", err)
+    record = await _transition(ctx, app, instance_id, change, "mark failed")
+    if record is None:
         return
-    if result is None:
-        return
-    if result.instance.state == "failed":
+    if record.state == "failed":
         ctx.failures[app] = ctx.failures.get(app, 0) + 1
-        log.warning("%s failed: %s", result.instance.short, reason)
+        log.warning("%s failed: %s", record.short, reason)
     await retire(ctx, app, instance_id, reason)
 
 
@@ -90,16 +87,27 @@ async def retire(ctx: Context, app: str, instance_id: str, reason: str) -> None:
             return None
         return msgspec.structs.replace(r, state="retiring", reason=reason, retiring_at=ctx.clock())
 
-    try:
-        result = await ctx.store.update(app, instance_id, change)
-    except (Conflict, InvalidTransition) as err:
-        log.warning("could not retire %s: %s", f"{app}.{instance_id[:4]}", err)
+    record = await _transition(ctx, app, instance_id, change, "retire")
+    if record is None:
         return
-    if result is None:
-        return
-    record = result.instance
     if record.reason == reason:
         log.info("retiring %s (%s)", record.short, reason)
+    await remove(ctx, record)
+
+
+async def remove(ctx: Context, record: Instance) -> None:
+    """The end of a retirement: the service goes, then the record."""
     if record.service_id:
         await ctx.swarm.remove(record.service_id)
     await ctx.store.delete(record, record.reason)
+
+
+async def _transition(ctx: Context, app: str, instance_id: str, change: Callable[[Instance], Instance | None],
+                      what: str) -> Instance | None:
+    """Apply `change` by CAS; the record as it is afterwards, or None if it is gone or could not change."""
+    try:
+        result = await ctx.store.update(app, instance_id, change)
+    except (Conflict, InvalidTransition) as err:
+        log.warning("could not %s %s: %s", what, short_id(app, instance_id), err)
+        return None
+    return None if result is None else result.instance

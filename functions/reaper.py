@@ -36,6 +36,4 @@ async def sweep(ctx: Context, tick: Tick, subject: str) -> None:
 async def _finish(ctx: Context, record: Instance) -> None:
     """Complete a retirement whose retirer died between the CAS and the removal."""
     log.info("finishing retirement of %s (%s)", record.short, record.reason)
-    if record.service_id:
-        await ctx.swarm.remove(record.service_id)
-    await ctx.store.delete(record, record.reason)
+    await lifecycle.remove(ctx, record)
