@@ -164,9 +164,11 @@ class InstanceStore:
         async with self._changed:
             self._changed.notify_all()
 
-    def on_change(self, listener: Callable[[Instance | None, Instance | None], None]) -> None:
-        """Call `listener(old, new)` synchronously for every change the mirror sees."""
+    def on_change(self, listener: Callable[[Instance | None, Instance | None], None]) -> Callable[[], None]:
+        """Call `listener(old, new)` synchronously for every change the mirror sees; returns the
+        function that stops it."""
         self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     async def wait_changed(self, timeout: float) -> bool:
         """Wait until the mirror changes, or the timeout passes (False)."""

@@ -59,14 +59,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )
     app[UPSTREAM] = session
-    gw.store.on_change(gw.routes.on_change)
+    stop_routing = gw.store.on_change(gw.routes.on_change)
     gw.routes.fill(gw.store.all())  # no await since subscribing: no change can slip between
     heartbeats = asyncio.create_task(gw.activity.run(), name="gateway-heartbeats")
     log.info("gateway %s up with %d routes", gw.host_label, len(gw.routes))
     try:
         yield
     finally:
-        gw.routes.closed = True
+        stop_routing()
         heartbeats.cancel()
         await asyncio.gather(heartbeats, return_exceptions=True)
         if gw.nc.is_connected:

@@ -42,7 +42,6 @@ class RouteTable:
         self._routes: dict[str, Route] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()  # id -> app, bounded
         self._removed_listeners: list[Callable[[str], None]] = []
-        self.closed = False
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -77,8 +76,6 @@ class RouteTable:
 
     def on_change(self, old: Instance | None, new: Instance | None) -> None:
         """Listener for `InstanceStore.on_change`: keep exactly the claimed instances routable."""
-        if self.closed:
-            return
         if new is not None and new.state == "claimed" and new.endpoint:
             route = self._route_for(new.app, new.endpoint)
             if self._routes.get(new.id) != route:

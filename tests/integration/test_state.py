@@ -54,3 +54,13 @@ async def test_second_store_mirrors_the_first(store: InstanceStore, nc, subjects
         assert other.get("echo", created.instance.id) is None
     finally:
         await other.close()
+
+
+async def test_on_change_listener_can_be_stopped(store: InstanceStore) -> None:
+    seen: list[str] = []
+    stop = store.on_change(lambda old, new: seen.append(new.id if new else "gone"))
+    first = await store.create(make())
+    assert seen == [first.instance.id]
+    stop()
+    await store.create(make())
+    assert seen == [first.instance.id]
