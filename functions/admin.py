@@ -9,7 +9,7 @@ import msgspec
 from bus.messages import AdminReply, AdminRequest, AppStatus, ErrorReply
 from bus.runtime import Context, Handlers
 from functions import keeper, lifecycle
-from functions.policy import counts
+from functions.policy import counts, target
 
 log = logging.getLogger(__name__)
 handlers = Handlers()
@@ -18,11 +18,10 @@ Reply = AdminReply | ErrorReply
 
 
 def status_of(ctx: Context, app: str) -> AppStatus:
-    spec = ctx.app(app)
+    """Where one app's pool stands, from this host's mirror."""
     override = ctx.config.cached(app)
     c = counts(ctx.store.all(app))
-    target = override.size if override.size is not None else (spec.pool.size if spec else 0)
-    return AppStatus(app=app, target=0 if override.paused else target, paused=override.paused,
+    return AppStatus(app=app, target=target(ctx.app(app), override), paused=override.paused,
                      starting=c["starting"], ready=c["ready"], claimed=c["claimed"],
                      retiring=c["retiring"], failed=c["failed"])
 

@@ -14,6 +14,7 @@ from functions.policy import (
     leaked_services,
     starts_needed,
     surplus_ready,
+    target,
 )
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,9 @@ async def top_up(ctx: Context, app: str) -> int:
         if now < ctx.hold_starts_until.get(app, 0.0):
             return 0
         override = ctx.config.cached(app)
-        target = 0 if override.paused else (override.size if override.size is not None else spec.pool.size)
+        want = target(spec, override)
         n = starts_needed(
-            records=ctx.store.all(app), target=target, limit=max(spec.pool.limit, target),
+            records=ctx.store.all(app), target=want, limit=max(spec.pool.limit, want),
             max_parallel=spec.pool.max_parallel_starts,
             global_free=ctx.settings.max_instances - len(ctx.store.all()),
         )
@@ -44,9 +45,9 @@ async def top_up(ctx: Context, app: str) -> int:
         # records are written under the lock: the next top-up counts them
         reserved = [await lifecycle.reserve(ctx, spec) for _ in range(n)]
         # paused keeps its warm pool (drain retires it); otherwise scale down to the target
-        surplus = [] if override.paused else surplus_ready(ctx.store.all(app), target)
+        surplus = [] if override.paused else surplus_ready(ctx.store.all(app), want)
     for record in surplus:
-        await lifecycle.retire(ctx, app, record.id, f"surplus: more than {target} ready")
+        await lifecycle.retire(ctx, app, record.id, f"surplus: more than {want} ready")
     starts = [asyncio.create_task(lifecycle.start(ctx, spec, record)) for record in reserved]
     if starts:
         results = await asyncio.gather(*starts, return_exceptions=True)

@@ -7,13 +7,20 @@ from collections.abc import Iterable
 
 import msgspec
 
-from bus.messages import Activity, Instance
+from bus.messages import Activity, Instance, PoolOverride
 from bus.spec import AppSpec
 
 
 def counts(records: Iterable[Instance]) -> Counter[str]:
     """How many instances are in each state."""
     return Counter(r.state for r in records)
+
+
+def target(spec: AppSpec | None, override: PoolOverride) -> int:
+    """Ready instances to keep for an app: the operator's scale, else the catalogue's; 0 when paused."""
+    if override.paused or spec is None:
+        return 0
+    return override.size if override.size is not None else spec.pool.size
 
 
 def starts_needed(*, records: list[Instance], target: int, limit: int, max_parallel: int,

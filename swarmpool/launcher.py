@@ -16,12 +16,13 @@ from pathlib import Path
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from bus.runtime import connect
+from bus.runtime import Context, connect
 from bus.spec import Catalogue
 from bus.state import InstanceStore
 from bus.subjects import Subjects
-from functions.policy import counts
+from functions.admin import status_of
 from swarm import Swarm, SwarmUnavailable
+from swarmpool.catalogue import default_catalogue_path
 from swarmpool.host import functions_host
 from swarmpool.natsd import EmbeddedNats, free_port
 
@@ -99,20 +100,13 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
             await runner.cleanup()
 
 
-async def _progress(store_ctx: object, catalogue: Catalogue, stop: asyncio.Event) -> None:
+async def _progress(ctx: Context, stop: asyncio.Event) -> None:
     """Print warm-up progress (ready/target per app) whenever it changes."""
-    from bus.runtime import Context
-
-    assert isinstance(store_ctx, Context)
     last = ""
     while not stop.is_set():
-        parts = []
-        for name, app in catalogue.apps.items():
-            override = store_ctx.config.cached(name)
-            target = 0 if override.paused else (override.size if override.size is not None else app.pool.size)
-            c = counts(store_ctx.store.all(name))
-            parts.append(f"{name} {c['ready']}/{target} ready, {c['starting']} starting, {c['claimed']} in use")
-        line = "pool: " + "; ".join(parts)
+        line = "pool: " + "; ".join(
+            f"{a.app} {a.ready}/{a.target} ready, {a.starting} starting, {a.claimed} in use"
+            for a in (status_of(ctx, name) for name in ctx.catalogue.apps))
         if line != last:
             print(line, flush=True)
             last = line
@@ -128,7 +122,7 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
     async with AsyncExitStack() as stack:
         swarm = await _swarm(args.namespace, init=True)
         stack.push_async_callback(swarm.close)
-        base = Path(args.catalogue).resolve().parent if args.catalogue else _default_base()
+        base = Path(args.catalogue or default_catalogue_path()).resolve().parent
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
         url = args.nats_url
         if url is None:
@@ -145,7 +139,7 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         print(f"swarmpool is up: http://{shown}:{args.port}/  (Ctrl-C stops it)", flush=True)
         for name in catalogue.apps:
             print(f"  student link for {name}: http://{shown}:{args.port}/launch/{name}", flush=True)
-        await _progress(ctx, catalogue, stop)
+        await _progress(ctx, stop)
         print("stopping: removing the instances of this swarmpool ...", flush=True)
 
 
@@ -192,9 +186,3 @@ def _port_or_free(preferred: int) -> int:
             return preferred
         except OSError:
             return free_port()
-
-
-def _default_base() -> Path:
-    return Path(__file__).resolve().parent.parent / "apps"
-
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from bus.messages import Activity, Instance
+from bus.messages import Activity, Instance, PoolOverride
 from bus.spec import AppSpec, Duration, Pool, Probe, Session
 from functions.policy import (
     apply_activity,
@@ -16,6 +16,7 @@ from functions.policy import (
     retire_reason,
     starts_needed,
     surplus_ready,
+    target,
 )
 
 NOW = 10_000.0
@@ -162,3 +163,14 @@ def test_leaks_and_ghosts() -> None:
     retiring = inst("retiring", id="r" * 26, service_id="svc4", created_at=NOW - 60)
     ghosts = ghost_records([with_service, vanished, young, never, retiring], {"svc1"}, NOW, 30)
     assert {g.id for g in ghosts} == {vanished.id, never.id}
+
+
+@pytest.mark.parametrize("override, expected", [
+    (PoolOverride(app="echo"), 3),                          # the catalogue's size
+    (PoolOverride(app="echo", size=7), 7),                  # admin scale wins
+    (PoolOverride(app="echo", size=0), 0),
+    (PoolOverride(app="echo", size=7, paused=True), 0),     # paused: nothing to keep warm
+])
+def test_target(override: PoolOverride, expected: int) -> None:
+    assert target(SPEC, override) == expected
+    assert target(None, override) == 0
