@@ -127,6 +127,17 @@ async def main() -> None:
         print(f"warm pool of {n} ready in {full_at[-1] - started:.1f} s", file=sys.stderr)
         floor = await nats_floor(nats_url, 200)
         connector = aiohttp.TCPConnector(limit=0)
+
+        async def refill_time(since: float) -> float | None:
+            """Seconds from `since` until the progress line shows the pool full again (None: no refill)."""
+            if args.no_refill:
+                return None
+            while not full_at:
+                await asyncio.sleep(0.05)
+            full = full_at[-1]
+            full_at.clear()
+            return full - since
+
         async with aiohttp.ClientSession(connector=connector) as http:
             await click(http, f"http://127.0.0.1:{port}/healthz")
             # sequential first (latency of one click), then a burst (many students at once)
@@ -136,21 +147,11 @@ async def main() -> None:
             sequential = []
             for _ in range(seq_n):
                 sequential.append(await click(http, base))
-            seq_done = time.perf_counter()
-            refill_seq = None
-            if not args.no_refill:
-                while not full_at:
-                    await asyncio.sleep(0.05)
-                refill_seq = full_at[-1] - seq_done
-                full_at.clear()
+            refill_seq = await refill_time(time.perf_counter())
             t0 = time.perf_counter()
             burst = await asyncio.gather(*(click(http, base) for _ in range(burst_n)))
             burst_done = time.perf_counter()
-            refill_burst = None
-            if not args.no_refill:
-                while not full_at:
-                    await asyncio.sleep(0.05)
-                refill_burst = full_at[-1] - burst_done
+            refill_burst = await refill_time(burst_done)
         for name, results in (("burst", burst), ("sequential", sequential)):
             ids = [loc.split("/")[2] for _, status, loc in results if status == 303]
             assert len(ids) == len(results) == len(set(ids)), f"{name}: {len(ids)} claims, {len(set(ids))} distinct"
