@@ -40,6 +40,12 @@ bench-notebook *ARGS:
 nginx SERVER_NAME CERT KEY GATEWAY="127.0.0.1:8000" OUT="nginx/out":
     python nginx/render.py --server-name {{SERVER_NAME}} --cert {{CERT}} --key {{KEY}} --gateway {{GATEWAY}} --out {{OUT}}
 
-# type-check
+# type-check the package as it is installed (swarmpool.bus is bus/, ...): mypy has no package-dir
+# mapping, so it reads a throwaway tree of links laid out like the wheel
 mypy:
-    python -m mypy bus swarm functions gateway swarmpool
+    #!/usr/bin/env bash
+    set -euo pipefail
+    root=$(pwd); tree=$(mktemp -d); trap 'rm -rf "$tree"' EXIT
+    mkdir "$tree/swarmpool" && ln -s "$root"/swarmpool/*.py "$root"/swarmpool/*.toml "$tree/swarmpool/" 2>/dev/null || true
+    for d in bus swarm functions gateway; do ln -s "$root/$d" "$tree/swarmpool/$d"; done
+    cd "$tree" && python -m mypy --config-file "$root/pyproject.toml" -p swarmpool

@@ -31,9 +31,9 @@ from typing import Any
 import msgspec
 
 from bench.bench_proxy import SeparateStack, separate_stack
-from bus.messages import ClaimRequest, Claimed
-from bus.runtime import encode
-from bus.subjects import Subjects
+from swarmpool.bus.messages import ClaimRequest, Claimed
+from swarmpool.bus.runtime import encode
+from swarmpool.bus.subjects import Subjects
 from tests.e2e.support import VOILA_APP, chromium, ensure_voila_image, instance_id_of, voila_catalogue
 
 OUTPUT = ".sp-output .sp-value"

@@ -42,11 +42,11 @@ import aiohttp
 import nats
 from nats.aio.client import Client as NATS
 
-from bus.messages import AdminRequest, Instance
-from bus.runtime import encode
-from bus.state import InstanceStore
-from bus.subjects import Subjects
-from swarm import Swarm
+from swarmpool.bus.messages import AdminRequest, Instance
+from swarmpool.bus.runtime import encode
+from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.swarm import Swarm
 from swarmpool.natsd import EmbeddedNats, free_port
 from tests.e2e.support import nginx_front, stop_process
 from tests.stack import echo_catalogue

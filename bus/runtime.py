@@ -21,10 +21,10 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bus.messages import ErrorReply
-from bus.spec import AppSpec, Catalogue, Settings, enc_hook
-from bus.state import ConfigStore, InstanceStore
-from bus.subjects import QUEUE_FUNCTIONS, Subjects
+from swarmpool.bus.messages import ErrorReply
+from swarmpool.bus.spec import AppSpec, Catalogue, Settings, enc_hook
+from swarmpool.bus.state import ConfigStore, InstanceStore
+from swarmpool.bus.subjects import QUEUE_FUNCTIONS, Subjects
 
 log = logging.getLogger(__name__)
 

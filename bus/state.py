@@ -20,8 +20,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from bus.messages import TRANSITIONS, Instance, InstanceEvent, PoolOverride
-from bus.subjects import Subjects
+from swarmpool.bus.messages import TRANSITIONS, Instance, InstanceEvent, PoolOverride
+from swarmpool.bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

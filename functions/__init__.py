@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bus.runtime import Handlers
+from swarmpool.bus.runtime import Handlers
 
 
 def all_handlers() -> list[Handlers]:
-    from functions import activity, admin, claimer, clock, docker_events, keeper, prober, reaper
+    from swarmpool.functions import activity, admin, claimer, clock, docker_events, keeper, prober, reaper
 
     return [m.handlers for m in (keeper, prober, claimer, activity, reaper, docker_events, clock, admin)]

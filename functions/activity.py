@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bus.messages import Activity
-from bus.runtime import Context, Handlers
-from functions.policy import apply_activity
+from swarmpool.bus.messages import Activity
+from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.functions.policy import apply_activity
 
 handlers = Handlers()
 

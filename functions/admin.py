@@ -6,10 +6,10 @@ import logging
 
 import msgspec
 
-from bus.messages import AdminReply, AdminRequest, AppStatus, ErrorReply
-from bus.runtime import Context, Handlers
-from functions import keeper, lifecycle
-from functions.policy import counts, target
+from swarmpool.bus.messages import AdminReply, AdminRequest, AppStatus, ErrorReply
+from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.functions import keeper, lifecycle
+from swarmpool.functions.policy import counts, target
 
 log = logging.getLogger(__name__)
 handlers = Handlers()

@@ -7,10 +7,10 @@ import logging
 
 import msgspec
 
-from bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claimed
-from bus.runtime import Context, Handlers
-from bus.state import Conflict
-from functions.policy import pick_claim_order
+from swarmpool.bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claimed
+from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.bus.state import Conflict
+from swarmpool.functions.policy import pick_claim_order
 
 log = logging.getLogger(__name__)
 handlers = Handlers()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bus.messages import Tick
-from bus.runtime import Context, Handlers
-from bus.state import Lease
+from swarmpool.bus.messages import Tick
+from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.bus.state import Lease
 
 log = logging.getLogger(__name__)
 handlers = Handlers()

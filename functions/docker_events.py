@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bus.messages import DockerEvent
-from bus.runtime import Context, Handlers
-from bus.state import Lease
-from functions import lifecycle
+from swarmpool.bus.messages import DockerEvent
+from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.bus.state import Lease
+from swarmpool.functions import lifecycle
 
 log = logging.getLogger(__name__)
 handlers = Handlers()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bus.messages import InstanceEvent, Tick
-from bus.runtime import Context, Handlers
-from functions import lifecycle
-from functions.policy import (
+from swarmpool.bus.messages import InstanceEvent, Tick
+from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.functions import lifecycle
+from swarmpool.functions.policy import (
     backoff_delay,
     ghost_records,
     leaked_services,

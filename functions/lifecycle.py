@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import msgspec
 
-from bus.messages import Instance, short_id
-from bus.runtime import Context
-from bus.spec import AppSpec
-from bus.state import Conflict, InvalidTransition, new_instance_id
-from swarm.adapter import InstanceSpec
+from swarmpool.bus.messages import Instance, short_id
+from swarmpool.bus.runtime import Context
+from swarmpool.bus.spec import AppSpec
+from swarmpool.bus.state import Conflict, InvalidTransition, new_instance_id
+from swarmpool.swarm.adapter import InstanceSpec
 
 log = logging.getLogger(__name__)
 

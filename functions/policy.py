@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import msgspec
 
-from bus.messages import Activity, Instance, PoolOverride
-from bus.spec import AppSpec
+from swarmpool.bus.messages import Activity, Instance, PoolOverride
+from swarmpool.bus.spec import AppSpec
 
 
 def counts(records: Iterable[Instance]) -> Counter[str]:

@@ -7,9 +7,9 @@ import logging
 
 import msgspec
 
-from bus.messages import Instance, InstanceEvent, Tick
-from bus.runtime import Context, Handlers
-from functions import lifecycle
+from swarmpool.bus.messages import Instance, InstanceEvent, Tick
+from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.functions import lifecycle
 
 log = logging.getLogger(__name__)
 handlers = Handlers()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bus.messages import Instance, Tick
-from bus.runtime import Context, Handlers
-from functions import lifecycle
-from functions.policy import retire_reason
+from swarmpool.bus.messages import Instance, Tick
+from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.functions import lifecycle
+from swarmpool.functions.policy import retire_reason
 
 log = logging.getLogger(__name__)
 handlers = Handlers()

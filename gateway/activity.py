@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
-from bus.messages import Activity
-from bus.runtime import encode
-from bus.subjects import Subjects
+from swarmpool.bus.messages import Activity
+from swarmpool.bus.runtime import encode
+from swarmpool.bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

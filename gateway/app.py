@@ -10,14 +10,14 @@ import aiohttp
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from bus.spec import Catalogue
-from bus.state import InstanceStore
-from bus.subjects import Subjects
-from gateway import launch, proxy
-from gateway.activity import ActivityTracker
-from gateway.context import GATEWAY, UPSTREAM, Gateway
-from gateway.metrics import GatewayMetrics
-from gateway.routing import RouteTable
+from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.gateway import launch, proxy
+from swarmpool.gateway.activity import ActivityTracker
+from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway
+from swarmpool.gateway.metrics import GatewayMetrics
+from swarmpool.gateway.routing import RouteTable
 
 log = logging.getLogger(__name__)
 

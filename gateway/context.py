@@ -10,13 +10,13 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from bus.messages import Claimed, ClaimRefused, ErrorReply
-from bus.spec import Catalogue
-from bus.state import InstanceStore
-from bus.subjects import Subjects
-from gateway.activity import ActivityTracker
-from gateway.metrics import GatewayMetrics
-from gateway.routing import RouteTable
+from swarmpool.bus.messages import Claimed, ClaimRefused, ErrorReply
+from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.gateway.activity import ActivityTracker
+from swarmpool.gateway.metrics import GatewayMetrics
+from swarmpool.gateway.routing import RouteTable
 
 
 @dataclass

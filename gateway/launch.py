@@ -10,13 +10,13 @@ import msgspec
 import nats.errors
 from aiohttp import web
 
-from bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply
-from bus.runtime import encode
-from bus.spec import AppSpec
-from gateway import pages
-from gateway.context import GATEWAY, Gateway, wants_json
-from gateway.metrics import UNKNOWN_APP
-from gateway.routing import valid_id
+from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply
+from swarmpool.bus.runtime import encode
+from swarmpool.bus.spec import AppSpec
+from swarmpool.gateway import pages
+from swarmpool.gateway.context import GATEWAY, Gateway, wants_json
+from swarmpool.gateway.metrics import UNKNOWN_APP
+from swarmpool.gateway.routing import valid_id
 
 log = logging.getLogger(__name__)
 

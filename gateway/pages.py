@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from bus.spec import AppSpec
+from swarmpool.bus.spec import AppSpec
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;"

@@ -16,10 +16,10 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, istr
 from yarl import URL
 
-from gateway import pages
-from gateway.context import GATEWAY, UPSTREAM, Gateway, wants_json
-from gateway.launch import app_spec
-from gateway.routing import Route, valid_id
+from swarmpool.gateway import pages
+from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway, wants_json
+from swarmpool.gateway.launch import app_spec
+from swarmpool.gateway.routing import Route, valid_id
 
 log = logging.getLogger(__name__)
 

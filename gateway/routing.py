@@ -8,8 +8,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bus.messages import Instance
-from bus.spec import Catalogue
+from swarmpool.bus.messages import Instance
+from swarmpool.bus.spec import Catalogue
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The only package that touches Docker: instance services on a swarm, found by label, watched by events."""
 
-from swarm.adapter import (
+from swarmpool.swarm.adapter import (
     LABEL_APP,
     LABEL_ID,
     LABEL_IMAGE,

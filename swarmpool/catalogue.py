@@ -10,7 +10,7 @@ import msgspec
 
 from typing import TypeVar
 
-from bus.spec import AppSpec, Catalogue, Settings, dec_hook
+from swarmpool.bus.spec import AppSpec, Catalogue, Settings, dec_hook
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from bus.spec import Catalogue
+from swarmpool.bus.spec import Catalogue
 from swarmpool.catalogue import CatalogueError, load
 
 EXIT_BAD_INPUT = 2
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _admin(args: argparse.Namespace) -> int:
-    from bus.messages import AdminReply, AdminRequest, ErrorReply
-    from bus.runtime import connect, encode
-    from bus.subjects import Subjects
+    from swarmpool.bus.messages import AdminReply, AdminRequest, ErrorReply
+    from swarmpool.bus.runtime import connect, encode
+    from swarmpool.bus.subjects import Subjects
 
     request = AdminRequest(app=args.app)
     if args.verb == "scale":

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 
 from nats.aio.client import Client as NATS
 
-from bus.runtime import Context, Runtime
-from bus.spec import Catalogue
-from bus.state import ConfigStore, InstanceStore
-from bus.subjects import Subjects
-from functions import all_handlers
+from swarmpool.bus.runtime import Context, Runtime
+from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.state import ConfigStore, InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.functions import all_handlers
 
 
 @asynccontextmanager

@@ -16,12 +16,12 @@ from pathlib import Path
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from bus.runtime import Context, connect
-from bus.spec import Catalogue
-from bus.state import InstanceStore
-from bus.subjects import Subjects
-from functions.admin import status_of
-from swarm import Swarm, SwarmUnavailable
+from swarmpool.bus.runtime import Context, connect
+from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.functions.admin import status_of
+from swarmpool.swarm import Swarm, SwarmUnavailable
 from swarmpool.catalogue import default_catalogue_path
 from swarmpool.host import functions_host
 from swarmpool.natsd import EmbeddedNats, free_port
@@ -81,7 +81,7 @@ async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: b
 @asynccontextmanager
 async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: str,
                         port: int) -> AsyncIterator[web.AppRunner]:
-    from gateway.app import make_app
+    from swarmpool.gateway.app import make_app
 
     subjects = Subjects(namespace)
     async with await InstanceStore.open(nc, subjects, time.time) as store:

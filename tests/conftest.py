@@ -13,8 +13,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from bus.state import InstanceStore
-from bus.subjects import Subjects
+from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.subjects import Subjects
 from swarmpool.natsd import EmbeddedNats
 from tests.docker_fixtures import docker_client, echo_image, remove_namespace, swarm, swarm_namespace  # noqa: F401
 

@@ -19,7 +19,7 @@ import docker.errors
 import pytest
 import pytest_asyncio
 
-from swarm import LABEL_OWNER, Swarm
+from swarmpool.swarm import LABEL_OWNER, Swarm
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_IMAGE = "swarmpool/echo:latest"

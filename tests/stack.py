@@ -17,12 +17,12 @@ import aiohttp
 import nats
 from nats.aio.client import Client as NATS
 
-from bus.messages import Instance
-from bus.runtime import Context
-from bus.spec import Catalogue
-from bus.state import InstanceStore
-from bus.subjects import Subjects
-from swarm import Swarm
+from swarmpool.bus.messages import Instance
+from swarmpool.bus.runtime import Context
+from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.swarm import Swarm
 from swarmpool.catalogue import parse
 from swarmpool.host import functions_host
 from swarmpool.launcher import serve_gateway

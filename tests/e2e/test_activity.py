@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bus.messages import Instance
+from swarmpool.bus.messages import Instance
 from tests.e2e.support import VOILA_APP, Front, instance_id_of, open_voila, voila_browser_check, voila_catalogue, voila_front
 from tests.stack import wait_for
 

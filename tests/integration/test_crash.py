@@ -15,10 +15,10 @@ import msgspec
 import nats
 import pytest
 
-from bus.messages import Instance
-from bus.state import InstanceStore, new_instance_id
-from bus.subjects import Subjects
-from swarm import InstanceSpec, Swarm
+from swarmpool.bus.messages import Instance
+from swarmpool.bus.state import InstanceStore, new_instance_id
+from swarmpool.bus.subjects import Subjects
+from swarmpool.swarm import InstanceSpec, Swarm
 from tests.stack import echo_catalogue, wait_for
 
 pytestmark = pytest.mark.docker

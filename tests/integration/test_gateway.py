@@ -18,14 +18,14 @@ from multidict import CIMultiDict
 from nats.aio.client import Client as NATS
 from yarl import URL
 
-from bus.messages import Activity, Claimed, ClaimRefused, ErrorReply, Instance
-from bus.runtime import encode
-from bus.spec import AppSpec, Catalogue, Duration, Settings
-from bus.state import InstanceStore, new_instance_id
-from bus.subjects import Subjects
-from gateway import make_app
-from gateway.context import GATEWAY, Gateway
-from gateway.proxy import forwarding, trusted_peer, upstream_path
+from swarmpool.bus.messages import Activity, Claimed, ClaimRefused, ErrorReply, Instance
+from swarmpool.bus.runtime import encode
+from swarmpool.bus.spec import AppSpec, Catalogue, Duration, Settings
+from swarmpool.bus.state import InstanceStore, new_instance_id
+from swarmpool.bus.subjects import Subjects
+from swarmpool.gateway import make_app
+from swarmpool.gateway.context import GATEWAY, Gateway
+from swarmpool.gateway.proxy import forwarding, trusted_peer, upstream_path
 
 HEARTBEAT = 0.5
 

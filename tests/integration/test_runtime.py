@@ -7,11 +7,11 @@ import time
 
 from nats.aio.client import Client as NATS
 
-from bus.messages import Tick
-from bus.runtime import Context, Handlers, Runtime, encode
-from bus.spec import Catalogue
-from bus.state import ConfigStore, InstanceStore
-from bus.subjects import Subjects
+from swarmpool.bus.messages import Tick
+from swarmpool.bus.runtime import Context, Handlers, Runtime, encode
+from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.state import ConfigStore, InstanceStore
+from swarmpool.bus.subjects import Subjects
 from tests.stack import wait_for
 
 

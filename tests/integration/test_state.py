@@ -8,8 +8,8 @@ import time
 import msgspec
 import pytest
 
-from bus.messages import Instance
-from bus.state import Conflict, InstanceStore, InvalidTransition, new_instance_id
+from swarmpool.bus.messages import Instance
+from swarmpool.bus.state import Conflict, InstanceStore, InvalidTransition, new_instance_id
 
 
 def make(app: str = "echo", state: str = "starting") -> Instance:

@@ -11,7 +11,7 @@ import aiohttp
 import docker
 import pytest
 
-from swarm import EngineEvent, InstanceSpec, Swarm, SwarmError, SwarmUnavailable, TaskStatus, service_name
+from swarmpool.swarm import EngineEvent, InstanceSpec, Swarm, SwarmError, SwarmUnavailable, TaskStatus, service_name
 from tests.docker_fixtures import new_instance_id, wait_for
 
 pytestmark = pytest.mark.docker

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from bus.messages import Activity, Instance, PoolOverride
-from bus.spec import AppSpec, Duration, Pool, Probe, Session
-from functions.policy import (
+from swarmpool.bus.messages import Activity, Instance, PoolOverride
+from swarmpool.bus.spec import AppSpec, Duration, Pool, Probe, Session
+from swarmpool.functions.policy import (
     apply_activity,
     backoff_delay,
     ghost_records,
