@@ -6,6 +6,8 @@ from typing import Literal
 
 import msgspec
 
+from swarmpool.ids import short_id
+
 InstanceState = Literal["starting", "ready", "claimed", "retiring", "failed"]
 
 # allowed transitions; anything else is a bug and is refused by bus.state
@@ -45,12 +47,7 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def short(self) -> str:
         """Log-safe name: the id is a capability, so only a prefix is ever logged."""
-        return f"{self.app}.{self.id[:4]}"
-
-
-def short_id(app: str, instance_id: str) -> str:
-    """Log-safe name of an instance."""
-    return f"{app}.{instance_id[:4]}"
+        return short_id(self.app, self.id)
 
 
 # ---- claims (sp.claim.<app>, request/reply) ----

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -22,17 +20,13 @@ from nats.js.kv import KeyValue
 
 from swarmpool.bus.messages import TRANSITIONS, Instance, InstanceEvent, PoolOverride
 from swarmpool.bus.subjects import Subjects
+from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _decode_instance = msgspec.json.Decoder(Instance).decode
 _decode_override = msgspec.json.Decoder(PoolOverride).decode
-
-
-def new_instance_id() -> str:
-    """128 random bits, lowercase base32 (26 chars): a capability and a valid service name part."""
-    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
 
 
 class Conflict(Exception):
@@ -257,7 +251,7 @@ class InstanceStore:
                 if fresh is None:
                     return None
                 self._remember(fresh.instance.key, fresh, fresh.revision)
-        raise Conflict(f"{app}.{instance_id[:4]}: gave up after {attempts} attempts")
+        raise Conflict(f"{short_id(app, instance_id)}: gave up after {attempts} attempts")
 
     async def delete(self, instance: Instance, reason: str = "") -> None:
         """Remove a record for good (after its service is gone)."""

@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import msgspec
 
-from swarmpool.bus.messages import Instance, short_id
+from swarmpool.bus.messages import Instance
 from swarmpool.bus.runtime import Context
 from swarmpool.bus.spec import AppSpec
-from swarmpool.bus.state import Conflict, InvalidTransition, new_instance_id
+from swarmpool.bus.state import Conflict, InvalidTransition
+from swarmpool.ids import instance_prefix, new_instance_id, short_id
 from swarmpool.swarm.adapter import InstanceSpec
 
 log = logging.getLogger(__name__)

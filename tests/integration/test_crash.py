@@ -16,7 +16,8 @@ import nats
 import pytest
 
 from swarmpool.bus.messages import Instance
-from swarmpool.bus.state import InstanceStore, new_instance_id
+from swarmpool.bus.state import InstanceStore
+from swarmpool.ids import new_instance_id
 from swarmpool.bus.subjects import Subjects
 from swarmpool.swarm import InstanceSpec, Swarm
 from tests.stack import echo_catalogue, wait_for

@@ -21,7 +21,8 @@ from yarl import URL
 from swarmpool.bus.messages import Activity, Claimed, ClaimRefused, ErrorReply, Instance
 from swarmpool.bus.runtime import encode
 from swarmpool.bus.spec import AppSpec, Catalogue, Duration, Settings
-from swarmpool.bus.state import InstanceStore, new_instance_id
+from swarmpool.bus.state import InstanceStore
+from swarmpool.ids import new_instance_id
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import make_app
 from swarmpool.gateway.context import GATEWAY, Gateway

@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from swarmpool.bus.messages import Instance
-from swarmpool.bus.state import Conflict, InstanceStore, InvalidTransition, new_instance_id
+from swarmpool.bus.state import Conflict, InstanceStore, InvalidTransition
+from swarmpool.ids import new_instance_id
 
 
 def make(app: str = "echo", state: str = "starting") -> Instance:
