@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import random
-import secrets
-import string
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,16 +15,13 @@ import docker.errors
 import pytest
 import pytest_asyncio
 
+from swarmpool.ids import new_instance_id  # noqa: F401  (tests/integration/test_swarm.py imports it from here)
 from swarmpool.swarm import LABEL_OWNER, Swarm
+from tests.fixtures import random_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_IMAGE = "swarmpool/echo:latest"
 T = TypeVar("T")
-
-
-def new_instance_id() -> str:
-    """128 random bits as 26 lowercase base32 characters, like real instance ids."""
-    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
 
 
 async def wait_for(
@@ -62,7 +55,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def swarm_namespace() -> str:
     """A namespace unique to this test session, so parallel sessions never touch each other's services."""
-    return "t" + "".join(random.choices(string.ascii_lowercase, k=6))
+    return random_namespace()
 
 
 @pytest.fixture(scope="session")

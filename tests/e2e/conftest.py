@@ -9,9 +9,19 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import _NAMESPACES, random_namespace
 from tests.e2e.support import NGINX, ensure_voila_image
 from tests.e2e.support import chromium as launch_chromium
+from tests.fixtures import random_namespace, register_namespace
+from tests.fixtures_real import (  # noqa: F401
+    docker_client,
+    echo_image,
+    nats_server,
+    nc,
+    nothing_left_behind,
+    store,
+    swarm,
+    swarm_namespace,
+)
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +35,7 @@ def voila_image(docker_client: docker.DockerClient) -> str:
 @pytest.fixture(scope="module")
 def module_namespace() -> str:
     """A fresh namespace shared by the tests of one module (one stack per module)."""
-    name = random_namespace("e")
-    _NAMESPACES.add(name)  # the session finalizer checks nothing of it is left behind
-    return name
+    return register_namespace(random_namespace("e"))  # the leftover check at the end looks for it
 
 
 @pytest.fixture(scope="session")
