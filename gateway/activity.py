@@ -13,11 +13,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from nats.aio.client import Client as NATS
-
+from swarmpool.bus.client import Publish
 from swarmpool.bus.messages import Activity
-from swarmpool.bus.runtime import encode
 from swarmpool.bus.subjects import Subjects
+from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,15 @@ class _Entry:
 
 
 class ActivityTracker:
-    """Remembers traffic and connections per instance; `run()` publishes the heartbeats."""
+    """Remembers traffic and connections per instance; `run()` publishes the heartbeats.
 
-    def __init__(self, nc: NATS, subjects: Subjects, interval: float, gateway: str,
+    `publish` is `Bus.publish` (or a fake); `clock` stamps the messages, `monotonic` throttles.
+    """
+
+    def __init__(self, publish: Publish, subjects: Subjects, interval: float, gateway: str,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._nc = nc
+        self._send = publish
         self._subjects = subjects
         self._interval = interval
         self._gateway = gateway
@@ -49,7 +51,6 @@ class ActivityTracker:
         self._dirty: set[str] = set()
         self._urgent: set[str] = set()
         self._wake = asyncio.Event()
-        self.published = 0
 
     # ---- recording (O(1), no I/O) ----
 
@@ -96,9 +97,9 @@ class ActivityTracker:
         self._dirty.discard(instance_id)
         self._urgent.discard(instance_id)
 
-    def connections(self, instance_id: str) -> int:
-        entry = self._entries.get(instance_id)
-        return entry.connections if entry else 0
+    def tracking(self, instance_id: str) -> bool:
+        """Whether this instance is in the activity table (it leaves when its route goes)."""
+        return instance_id in self._entries
 
     def _mark(self, instance_id: str, entry: _Entry) -> None:
         if not entry.dirty:
@@ -150,7 +151,6 @@ class ActivityTracker:
         entry.last_sent = now
         self._dirty.discard(instance_id)
         try:
-            await self._nc.publish(self._subjects.activity(entry.app, instance_id), encode(message))
-            self.published += 1
+            await self._send(self._subjects.activity(entry.app, instance_id), message)
         except Exception as err:  # NATS down: the next change publishes again
-            log.warning("heartbeat for %s.%s not published: %s", entry.app, instance_id[:4], err)
+            log.warning("heartbeat for %s not published: %s", short_id(entry.app, instance_id), err)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
-from nats.aio.client import Client as NATS
 
+from swarmpool.bus.client import Bus
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -18,19 +19,26 @@ from swarmpool.gateway.activity import ActivityTracker
 from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway
 from swarmpool.gateway.metrics import GatewayMetrics
 from swarmpool.gateway.routing import RouteTable
+from swarmpool.ids import instance_prefix
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
 SHUTDOWN_CLOSE_CODE = 1001  # going away
+INSTANCE_ROUTE = instance_prefix("{id}")  # /i/{id}/: the layout comes from swarmpool.ids
 
 
-def make_app(*, nc: NATS, subjects: Subjects, store: InstanceStore, catalogue: Catalogue,
-             host_label: str = "gw") -> web.Application:
-    """The gateway app; its cleanup context owns the heartbeat task and the upstream session."""
+def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: Catalogue,
+             host_label: str = "gw", clock: Callable[[], float] = time.time,
+             monotonic: Callable[[], float] = time.monotonic) -> web.Application:
+    """The gateway app; its cleanup context owns the heartbeat task and the upstream session.
+
+    `clock` stamps heartbeats and `monotonic` throttles them (tests inject both).
+    """
     routes = RouteTable(catalogue)
-    activity = ActivityTracker(nc, subjects, float(catalogue.settings.heartbeat_interval), host_label)
-    gw = Gateway(nc=nc, subjects=subjects, store=store, catalogue=catalogue, host_label=host_label,
+    activity = ActivityTracker(bus.publish, subjects, float(catalogue.settings.heartbeat_interval), host_label,
+                               clock=clock, monotonic=monotonic)
+    gw = Gateway(bus=bus, subjects=subjects, store=store, catalogue=catalogue, host_label=host_label,
                  routes=routes, activity=activity, metrics=GatewayMetrics())
     routes.on_removed(activity.forget)
     routes.on_removed(lambda instance_id: _close_sockets(gw, instance_id))
@@ -41,8 +49,8 @@ def make_app(*, nc: NATS, subjects: Subjects, store: InstanceStore, catalogue: C
     app.router.add_get("/launch/{app}", launch.launch, allow_head=False)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_route("*", "/i/{id}", proxy.proxy)
-    app.router.add_route("*", "/i/{id}/{tail:.*}", proxy.proxy)
+    app.router.add_route("*", INSTANCE_ROUTE.rstrip("/"), proxy.proxy)  # redirected to its prefix
+    app.router.add_route("*", INSTANCE_ROUTE + "{tail:.*}", proxy.proxy)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_all_sockets)
     return app
@@ -69,7 +77,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         stop_routing()
         heartbeats.cancel()
         await asyncio.gather(heartbeats, return_exceptions=True)
-        if gw.nc.is_connected:
+        if gw.bus.is_connected:
             try:
                 await asyncio.wait_for(gw.activity.flush(force=True), 2)
             except Exception:
@@ -95,7 +103,7 @@ async def _close_all_sockets(app: web.Application) -> None:
 
 async def healthz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    if not gw.nc.is_connected:
+    if not gw.bus.is_connected:
         return web.json_response({"status": "nats disconnected", "routes": len(gw.routes)}, status=503)
     return web.json_response({"status": "ok", "routes": len(gw.routes)})
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 from aiohttp import web
-from nats.aio.client import Client as NATS
 
+from swarmpool.bus.client import Bus
 from swarmpool.bus.messages import Claimed, ClaimRefused, ErrorReply
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
@@ -23,7 +23,7 @@ from swarmpool.gateway.routing import RouteTable
 class Gateway:
     """Everything a gateway handler may touch."""
 
-    nc: NATS
+    bus: Bus
     subjects: Subjects
     store: InstanceStore
     catalogue: Catalogue

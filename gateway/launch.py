@@ -7,16 +7,14 @@ import math
 import time
 
 import msgspec
-import nats.errors
 from aiohttp import web
 
+from swarmpool.bus.client import BusError, NoResponders, RequestTimeout
 from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply
-from swarmpool.bus.runtime import encode
-from swarmpool.bus.spec import AppSpec
 from swarmpool.gateway import pages
 from swarmpool.gateway.context import GATEWAY, Gateway, wants_json
 from swarmpool.gateway.metrics import UNKNOWN_APP
-from swarmpool.gateway.routing import valid_id
+from swarmpool.ids import instance_prefix, short_id, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +24,14 @@ CLAIM_GRACE = 2.0  # beyond the claimer's own wait, for the round trip
 
 async def index(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    apps = [spec for name in gw.catalogue.apps if (spec := app_spec(gw, name)) is not None]
-    return web.Response(text=pages.catalogue_page(apps), content_type="text/html",
+    return web.Response(text=pages.catalogue_page(list(gw.catalogue.apps.values())), content_type="text/html",
                         headers={"Cache-Control": "no-cache"})
-
-
-def app_spec(gw: Gateway, name: str) -> AppSpec | None:
-    spec = gw.catalogue.apps.get(name)
-    if spec is None:
-        return None
-    return spec if spec.name else msgspec.structs.replace(spec, name=name)
 
 
 async def launch(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     name = request.match_info["app"]
-    spec = app_spec(gw, name)
+    spec = gw.catalogue.apps.get(name)
     if spec is None:
         gw.metrics.launches.labels(UNKNOWN_APP, "unknown").inc()
         if wants_json(request):
@@ -56,8 +46,8 @@ async def launch(request: web.Request) -> web.StreamResponse:
     if isinstance(reply, Claimed):
         gw.routes.add_claimed(reply.id, spec.name, reply.endpoint)
         gw.metrics.launches.labels(spec.name, "claimed").inc()
-        log.info("launch %s: claimed %s.%s", spec.name, spec.name, reply.id[:4])
-        location = f"/i/{reply.id}/{reply.deep_link.lstrip('/')}"
+        log.info("launch %s: claimed %s", spec.name, short_id(spec.name, reply.id))
+        location = instance_prefix(reply.id) + reply.deep_link.lstrip("/")
         raise web.HTTPSeeOther(location, headers={"Cache-Control": "no-store"})
 
     paused = isinstance(reply, ClaimRefused) and reply.reason == "paused"
@@ -77,24 +67,24 @@ async def _claim(gw: Gateway, app: str, wait: float) -> Claimed | ClaimRefused |
     """Ask the claimers for one instance; None when nobody answered in time."""
     request = ClaimRequest(app=app, wait=wait)
     try:
-        msg = await gw.nc.request(gw.subjects.claim(app), encode(request), timeout=wait + CLAIM_GRACE)
-    except nats.errors.NoRespondersError:
+        data = await gw.bus.request(gw.subjects.claim(app), request, timeout=wait + CLAIM_GRACE)
+    except NoResponders:
         log.warning("launch %s: no claimer is running", app)
         return None
-    except (nats.errors.TimeoutError, TimeoutError):
+    except RequestTimeout:
         log.warning("launch %s: claim timed out after %.1f s", app, wait + CLAIM_GRACE)
         return None
-    except nats.errors.Error as err:
+    except BusError as err:
         log.warning("launch %s: claim failed: %s", app, err)
         return None
     try:
-        reply = gw.claim_decoder.decode(msg.data)
+        reply = gw.claim_decoder.decode(data)
     except msgspec.DecodeError as err:
         log.error("launch %s: malformed claim reply: %s", app, err)
         return None
     if isinstance(reply, ErrorReply):
         log.error("launch %s: claimer error %s (%s)", app, reply.error, reply.detail)
     elif isinstance(reply, Claimed) and (not valid_id(reply.id) or reply.app != app or not reply.endpoint):
-        log.error("launch %s: claim reply for a bad instance %s.%s", app, reply.app, reply.id[:4])
+        log.error("launch %s: claim reply for a bad instance %s", app, short_id(reply.app, reply.id))
         return None
     return reply

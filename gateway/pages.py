@@ -61,7 +61,3 @@ def not_answering_page(app: AppSpec | None) -> str:
     again = f"<a href=\"/launch/{escape(app.name)}\">start a new session</a>" if app else "<a href=\"/\">start a new session</a>"
     return _page("Not answering", "<h1>The app is not answering</h1>"
                  f"<p>Reload in a moment, or {again}.</p>")
-
-
-def not_found_page() -> str:
-    return _page("Not found", "<h1>Not found</h1><p><a href=\"/\">Back to the apps</a></p>")

@@ -18,8 +18,8 @@ from yarl import URL
 
 from swarmpool.gateway import pages
 from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway, wants_json
-from swarmpool.gateway.launch import app_spec
-from swarmpool.gateway.routing import Route, valid_id
+from swarmpool.gateway.routing import Route
+from swarmpool.ids import instance_prefix, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,12 @@ def upstream_path(raw_path: str, instance_id: str, strip_prefix: bool) -> str:
     """Instances serve under their prefix `/i/<id>/`, unless the app asks for it to be stripped."""
     if not strip_prefix:
         return raw_path
-    return raw_path[len(f"/i/{instance_id}"):] or "/"
+    return raw_path[len(_bare_prefix(instance_id)):] or "/"
+
+
+def _bare_prefix(instance_id: str) -> str:
+    """The instance's prefix without its trailing slash (`/i/<id>`), as X-Forwarded-Prefix carries it."""
+    return instance_prefix(instance_id).rstrip("/")
 
 
 def upstream_url(scheme: str, route: Route, path: str, raw_query: str) -> URL:
@@ -99,7 +104,7 @@ def _upstream_headers(request: web.Request, instance_id: str, route: Route) -> C
         headers.popall(name, None)
     headers.popall("Expect", None)  # the gateway already answered 100-continue itself
     headers.extend(forwarding(CIMultiDict(request.headers), remote=request.remote, scheme=request.scheme,
-                              host=request.host, prefix=f"/i/{instance_id}" if route.strip_prefix else None))
+                              host=request.host, prefix=_bare_prefix(instance_id) if route.strip_prefix else None))
     return headers
 
 
@@ -114,7 +119,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return _ended(request, gw, instance_id)
     if "tail" not in request.match_info:  # /i/<id> -> /i/<id>/
         query = request.rel_url.raw_query_string
-        raise web.HTTPTemporaryRedirect(f"/i/{instance_id}/" + (f"?{query}" if query else ""))
+        raise web.HTTPTemporaryRedirect(instance_prefix(instance_id) + (f"?{query}" if query else ""))
     gw.activity.seen(instance_id, route.app)
     path = upstream_path(request.rel_url.raw_path, instance_id, route.strip_prefix)
     if is_websocket(request):
@@ -126,7 +131,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 def _ended(request: web.Request, gw: Gateway, instance_id: str) -> web.Response:
     app = gw.routes.ended_app(instance_id) if valid_id(instance_id) else None
-    spec = app_spec(gw, app) if app else None
+    spec = gw.catalogue.apps.get(app) if app else None
     if wants_json(request):
         return web.json_response({"status": "ended", "app": spec.name if spec else None}, status=404)
     return web.Response(text=pages.session_ended_page(spec), content_type="text/html", status=404,
@@ -138,7 +143,7 @@ def _not_answering(request: web.Request, gw: Gateway, route: Route, err: BaseExc
     log.warning("upstream of %s not answering: %s", route.app, type(err).__name__)
     if wants_json(request):
         return web.json_response({"status": "not_answering", "app": route.app}, status=502)
-    return web.Response(text=pages.not_answering_page(app_spec(gw, route.app)), content_type="text/html",
+    return web.Response(text=pages.not_answering_page(gw.catalogue.apps.get(route.app)), content_type="text/html",
                         status=502, headers={"Cache-Control": "no-store"})
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,16 +12,10 @@ from swarmpool.bus.spec import Catalogue
 
 log = logging.getLogger(__name__)
 
-INSTANCE_ID = re.compile(r"[a-z2-7]{26}")
 RETIRED_MEMORY = 4096  # recently ended ids remembered for a helpful "start a new one" link
 
 # a route never goes back to these; seeing one for a routed id means the mirror lags a claim reply
 _STALE_STATES = frozenset({"starting", "ready"})
-
-
-def valid_id(instance_id: str) -> bool:
-    """Cheap format check before any lookup: 26 chars of lowercase base32."""
-    return len(instance_id) == 26 and INSTANCE_ID.fullmatch(instance_id) is not None
 
 
 @dataclass(frozen=True, slots=True)
