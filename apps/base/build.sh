@@ -2,16 +2,14 @@
 # Build the registry-free base image swarmpool/base:bookworm (Debian minbase + python3 + pip) with debootstrap.
 # Usage: apps/base/build.sh [--force]    (skips when the image already exists)
 set -euo pipefail
+source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 IMAGE="${SWARMPOOL_BASE_IMAGE:-swarmpool/base:bookworm}"
 SUITE="${SWARMPOOL_BASE_SUITE:-bookworm}"
 # python3-pip: wheels with .data/ (jupyter, voila templates) need a real installer, not unzip.
 PACKAGES="python3,python3-pip,ca-certificates"
 
-if [[ "${1:-}" != "--force" ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    echo "base: $IMAGE exists, skipping (use --force to rebuild)"
-    exit 0
-fi
+skip_if_built base "$IMAGE" "$@"
 
 mirror() {
     # First deb.debian.org-style URI from the host's apt sources, else the public default.
@@ -41,4 +39,4 @@ tar -C "$ROOTFS" -c . | docker import \
     --change 'ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1' \
     --change 'CMD ["python3"]' \
     - "$IMAGE" >/dev/null
-echo "base: built $IMAGE in $(( $(date +%s) - start ))s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MiB", $1/1048576}'))"
+echo "base: built $IMAGE in $(( $(date +%s) - start ))s ($(image_size "$IMAGE"))"

@@ -1,0 +1,32 @@
+# Steps shared by the offline image builds; sourced by apps/base/build.sh and apps/<app>/build.sh.
+# Every line they print starts with the name of the image being built ("echo: ...").
+
+SWARMPOOL_BASE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# skip_if_built NAME IMAGE [ARGS...]: end the calling script when IMAGE exists, unless ARGS start with --force.
+skip_if_built() {
+    local name=$1 image=$2
+    shift 2
+    if [[ "${1:-}" != "--force" ]] && docker image inspect "$image" >/dev/null 2>&1; then
+        echo "$name: $image exists, skipping (use --force to rebuild)"
+        exit 0
+    fi
+}
+
+# image_size IMAGE: its size in MiB, for the last line of a build.
+image_size() {
+    docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MiB", $1/1048576}'
+}
+
+# build_app NAME IMAGE CONTEXT REQUIREMENT...: the base image if missing, the wheels (reused while the
+# requirements are unchanged; see pip-offline.sh), then an offline `docker build` of CONTEXT.
+build_app() {
+    local name=$1 image=$2 context=$3 start
+    shift 3
+    start=$(date +%s)
+    "$SWARMPOOL_BASE_DIR/build.sh"
+    "$SWARMPOOL_BASE_DIR/pip-offline.sh" "$context" "$@"
+    echo "$name: docker build $image"
+    DOCKER_BUILDKIT=0 docker build --quiet -t "$image" "$context" >/dev/null
+    echo "$name: built $image in $(( $(date +%s) - start ))s ($(image_size "$image"))"
+}
