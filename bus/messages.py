@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 import msgspec
@@ -9,6 +10,26 @@ import msgspec
 from swarmpool.ids import short_id
 
 InstanceState = Literal["starting", "ready", "claimed", "retiring", "failed"]
+STATES: tuple[InstanceState, ...] = ("starting", "ready", "claimed", "retiring", "failed")
+
+
+class EventKind(StrEnum):
+    """What happened to an instance (the last token of its event subject). A str on the wire, so
+    stored events and other versions still decode; checked where events are made."""
+
+    CREATED = "created"
+    READY = "ready"
+    CLAIMED = "claimed"
+    FAILED = "failed"
+    RETIRING = "retiring"
+    REMOVED = "removed"
+
+
+class Period(StrEnum):
+    """The clock's tick periods (the last token of ``sp.tick.<period>``)."""
+
+    FAST = "fast"  # reaper, prober backstop: settings.tick_interval
+    RECONCILE = "reconcile"  # keeper compares services with records: settings.reconcile_interval
 
 # allowed transitions; anything else is a bug and is refused by bus.state
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -99,7 +120,7 @@ class Activity(msgspec.Struct, frozen=True, kw_only=True):
 class InstanceEvent(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     id: str
-    event: str  # created, ready, claimed, failed, retiring, removed
+    event: str  # an EventKind
     state: str
     at: float
     reason: str = ""
@@ -123,7 +144,7 @@ class DockerEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Tick(msgspec.Struct, frozen=True, kw_only=True):
-    period: str
+    period: str  # a Period
     at: float
     seq: int = 0
 
@@ -153,7 +174,7 @@ class AdminReply(msgspec.Struct, frozen=True, kw_only=True, tag="ok"):
     apps: list[AppStatus] = []
 
 
-# ---- pool overrides (admin scale/pause/drain), KV key ``pool.<app>`` in the leases bucket ----
+# ---- pool overrides (admin scale/pause/drain), KV key ``pool.<app>`` in the config bucket ----
 
 
 class PoolOverride(msgspec.Struct, frozen=True, kw_only=True):

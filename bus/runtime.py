@@ -10,21 +10,28 @@ the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from swarmpool.bus.messages import ErrorReply
+from swarmpool.bus.metrics import HostMetrics
 from swarmpool.bus.spec import AppSpec, Catalogue, Settings, enc_hook
-from swarmpool.bus.state import ConfigStore, InstanceStore
+from swarmpool.bus.state import ConfigStore, InstanceStore, Lease
 from swarmpool.bus.subjects import QUEUE_FUNCTIONS, Subjects
+from swarmpool.ids import SHORT, valid_id
+
+if TYPE_CHECKING:
+    from swarmpool.swarm.port import SwarmPort
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +69,9 @@ async def connect(url: str, name: str = "swarmpool") -> NATS:
                               error_cb=on_error)
 
 
-class Counters:
-    """Process-local counters (exported by the gateway's /metrics and by admin status)."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], int] = {}
-
-    def inc(self, name: str, label: str = "") -> None:
-        self.values[(name, label)] = self.values.get((name, label), 0) + 1
-
-    def get(self, name: str, label: str = "") -> int:
-        return self.values.get((name, label), 0)
+S = TypeVar("S")
+LEASE_RENEW = 3.0  # seconds between renewals of a singleton's lease (the lease expires after 15 s)
+PENDING_LIMIT = 4096  # messages a subscription buffers while its handlers are all busy; then dropped
 
 
 @dataclass
@@ -84,18 +83,12 @@ class Context:
     store: InstanceStore
     config: ConfigStore
     catalogue: Catalogue
-    swarm: Any  # swarm.Swarm (functions reach Docker only through it)
+    swarm: SwarmPort  # functions reach Docker only through this port
     clock: Callable[[], float] = time.time
     namespace: str = "sp"
     host: str = "local"
-    counters: Counters = field(default_factory=Counters)
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    probing: set[str] = field(default_factory=set)  # instance keys this host is probing
-    claiming: set[str] = field(default_factory=set)  # instance keys a local claim is trying
-    failures: dict[str, int] = field(default_factory=dict)  # app -> consecutive failed starts
-    hold_starts_until: dict[str, float] = field(default_factory=dict)  # app -> backoff end
-    start_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
-    refill_pending: set[str] = field(default_factory=set)  # apps with a coalesced top-up on its way
+    metrics: HostMetrics = field(default_factory=HostMetrics)
+    states: dict[type, Any] = field(default_factory=dict)
 
     async def publish(self, subject: str, message: Any) -> None:
         await self.nc.publish(subject, encode(message))
@@ -107,13 +100,30 @@ class Context:
     def settings(self) -> Settings:
         return self.catalogue.settings
 
-    def lock(self, name: str) -> asyncio.Lock:
-        """A per-process lock by name (e.g. one per app, so top-ups of an app never interleave)."""
-        return self.locks.setdefault(name, asyncio.Lock())
+    def state(self, kind: type[S]) -> S:
+        """This host's private state of one function (declared on its Handlers table)."""
+        found = self.states.get(kind)
+        if found is None:
+            found = self.states[kind] = kind()
+        return cast(S, found)
+
+    async def isolated(self, step: str, work: Awaitable[Any]) -> None:
+        """Run one item of a pass; a failure is logged and counted, and the pass goes on."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self.metrics.item_errors.labels(step).inc()
+            log.warning("%s failed: %s: %s", step, type(err).__name__, err)
+
+    async def each(self, step: str, works: Iterable[Awaitable[Any]]) -> None:
+        """Run the items of a pass concurrently, each isolated (see `isolated`)."""
+        await asyncio.gather(*(self.isolated(step, w) for w in works))
 
 
-Handler = Callable[[Context, Any, str], Awaitable[Any]]
-Background = Callable[[Context], Awaitable[None]]
+Handler = Callable[[Context, Any], Awaitable[Any]]
+Background = Callable[[Context], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -127,28 +137,48 @@ class Subscription(Generic[T]):
     reply: bool = False
     concurrency: int = 64
     skip_when_busy: bool = False  # drop (not queue) a message that finds `concurrency` already running
+    # the exact subject this message may arrive on; anything else is refused (the subject is what
+    # bus permissions protect, so facts are carried in messages and checked against it)
+    expected_subject: Callable[[Subjects, T], str] | None = None
+
+
+@dataclass(frozen=True)
+class Singleton:
+    """A long-running body that runs on one host at a time, while that host holds a lease."""
+
+    lease: str
+    body: Background
 
 
 class Handlers:
     """A table of handlers for one function, collected at import, started by the Runtime."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: type | None = None) -> None:
         self.subscriptions: list[Subscription[Any]] = []
         self.background: list[Background] = []
+        self.singletons: list[Singleton] = []
+        self.state = state  # the function's per-host state: the runtime builds one per host
 
     def on(self, subject: Callable[[Subjects], str], type_: type[T], *, queue: bool = True,
-           reply: bool = False, concurrency: int = 64,
-           skip_when_busy: bool = False) -> Callable[[Handler], Handler]:
+           reply: bool = False, concurrency: int = 64, skip_when_busy: bool = False,
+           expect: Callable[[Subjects, T], str] | None = None) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.subscriptions.append(Subscription(subject, type_, handler, queue, reply, concurrency,
-                                                   skip_when_busy))
+                                                   skip_when_busy, expect))
             return handler
         return register
 
     def task(self, body: Background) -> Background:
-        """A long-running coroutine (the clock, the swarm watcher) owned by the runtime."""
+        """A long-running coroutine owned by the runtime (restarted if it fails), on every host."""
         self.background.append(body)
         return body
+
+    def singleton(self, lease: str) -> Callable[[Background], Background]:
+        """A long-running coroutine that runs on one host only (the clock, the engine watcher)."""
+        def register(body: Background) -> Background:
+            self.singletons.append(Singleton(lease, body))
+            return body
+        return register
 
 
 class Runtime:
@@ -162,10 +192,16 @@ class Runtime:
 
     async def __aenter__(self) -> "Runtime":
         for table in self.tables:
+            if table.state is not None:
+                self.ctx.states.setdefault(table.state, table.state())
+        for table in self.tables:
             for sub in table.subscriptions:
                 await self._subscribe(sub)
             for body in table.background:
-                self._spawn(self._guard(body), name=getattr(body, "__name__", "task"))
+                self._spawn(self._guard(body.__name__, functools.partial(body, self.ctx)), name=body.__name__)
+            for single in table.singletons:
+                self._spawn(self._guard(single.body.__name__, functools.partial(self._hold, single)),
+                            name=single.body.__name__)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -180,18 +216,43 @@ class Runtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, body: Background) -> None:
+    async def _guard(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Background tasks restart after a failure (with a pause) instead of dying quietly."""
         while True:
             try:
-                await body(self.ctx)
+                await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.ctx.counters.inc("handler_errors_total", body.__name__)
-                log.exception("background task %s failed; restarting in 1 s", body.__name__)
+                self.ctx.metrics.handler_errors.labels(name).inc()
+                log.exception("background task %s failed; restarting in 1 s", name)
                 await asyncio.sleep(1)
+
+    async def _hold(self, single: Singleton) -> None:
+        """Run `single.body` while this host holds its lease; stop it as soon as the lease is lost."""
+        lease = await Lease.open(self.ctx.nc, self.ctx.subjects, single.lease, self.ctx.host)
+        try:
+            while True:
+                if not await lease.acquire_or_renew():
+                    await asyncio.sleep(LEASE_RENEW)
+                    continue
+                log.info("%s: this host holds the %s lease", self.ctx.host, single.lease)
+                body = asyncio.create_task(single.body(self.ctx), name=single.body.__name__)
+                try:
+                    while True:
+                        done, _ = await asyncio.wait({body}, timeout=LEASE_RENEW)
+                        if done:
+                            body.result()  # re-raise a failure: the guard restarts us
+                            return
+                        if not await lease.acquire_or_renew():
+                            log.warning("%s: lost the %s lease", self.ctx.host, single.lease)
+                            break
+                finally:
+                    body.cancel()
+                    await asyncio.gather(body, return_exceptions=True)
+        finally:
+            await lease.release()
 
     async def _subscribe(self, sub: Subscription[Any]) -> None:
         decoder = msgspec.json.Decoder(sub.type)
@@ -199,26 +260,24 @@ class Runtime:
         name = sub.handler.__module__.rsplit(".", 1)[-1] + "." + sub.handler.__name__
         subject = sub.subject(self.ctx.subjects)
 
-        inflight = 0
-
         async def handle(msg: Msg) -> None:
-            nonlocal inflight
             try:
-                async with limit:
-                    await self._handle(msg, decoder, sub, name)
+                await self._handle(msg, decoder, sub, name)
             finally:
-                inflight -= 1
+                limit.release()
 
         async def on_message(msg: Msg) -> None:
-            nonlocal inflight
-            if sub.skip_when_busy and inflight >= sub.concurrency:
-                self.ctx.counters.inc("skipped_busy_total", name)  # e.g. a tick while the last pass runs
+            # a task is created only once a slot is free: a flood waits in the subscription's
+            # bounded pending queue (and is dropped there by the client), never as a pile of tasks
+            if sub.skip_when_busy and limit.locked():
+                self.ctx.metrics.dropped.labels(name, "busy").inc()  # e.g. a tick while the last pass runs
                 return
-            inflight += 1
+            await limit.acquire()
             self._spawn(handle(msg), name=name)
 
         nsub = await self.ctx.nc.subscribe(subject, queue=QUEUE_FUNCTIONS + "." + self.ctx.namespace
-                                           if sub.queue else "", cb=on_message)
+                                           if sub.queue else "", cb=on_message,
+                                           pending_msgs_limit=PENDING_LIMIT)
         self._stack.push_async_callback(nsub.unsubscribe)
 
     async def _handle(self, msg: Msg, decoder: msgspec.json.Decoder[Any], sub: Subscription[Any],
@@ -227,25 +286,47 @@ class Runtime:
         try:
             message = decoder.decode(msg.data)
         except msgspec.DecodeError as err:
-            self.ctx.counters.inc("malformed_messages_total", name)
-            log.warning("%s: dropped malformed message on %s: %s", name, msg.subject, err)
+            self.ctx.metrics.malformed.labels(name).inc()
+            log.warning("%s: dropped malformed message on %s: %s", name, log_safe(msg.subject), err)
             await self._answer(msg, sub, ErrorReply(error="malformed", detail=str(err)))
             return
+        if sub.expected_subject is not None and not self._matches(sub, message, msg.subject):
+            self.ctx.metrics.dropped.labels(name, "mismatch").inc()
+            log.warning("%s: refused a message that contradicts its subject %s", name, log_safe(msg.subject))
+            await self._answer(msg, sub, ErrorReply(error="subject_mismatch",
+                                                    detail="the message does not match its subject"))
+            return
         try:
-            result = await sub.handler(self.ctx, message, msg.subject)
+            result = await sub.handler(self.ctx, message)
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            self.ctx.counters.inc("handler_errors_total", name)
-            log.exception("%s failed on %s", name, msg.subject)
+            self.ctx.metrics.handler_errors.labels(name).inc()
+            log.exception("%s failed on %s", name, log_safe(msg.subject))
             await self._answer(msg, sub, ErrorReply(error="internal", detail=type(err).__name__))
             return
         if sub.reply and result is not None:
             await self._answer(msg, sub, result)
+
+    def _matches(self, sub: Subscription[Any], message: Any, subject: str) -> bool:
+        assert sub.expected_subject is not None
+        try:
+            return sub.expected_subject(self.ctx.subjects, message) == subject
+        except ValueError:  # a fact that no subject can carry
+            return False
 
     async def _answer(self, msg: Msg, sub: Subscription[Any], reply: Any) -> None:
         if sub.reply and msg.reply:
             try:
                 await msg.respond(encode(reply))
             except Exception:
-                log.exception("could not answer on %s", msg.subject)
+                log.exception("could not answer on %s", log_safe(msg.subject))
+
+
+def log_safe(subject: str) -> str:
+    """A subject as logs may show it: tokens that look like instance ids are cut to a prefix."""
+    return ".".join(short_token(t) for t in subject.split("."))
+
+
+def short_token(token: str) -> str:
+    return token[:SHORT] + "…" if valid_id(token) else token

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from swarmpool.bus.messages import TRANSITIONS, Instance, InstanceEvent, PoolOverride
+from swarmpool.bus.messages import TRANSITIONS, EventKind, Instance, InstanceEvent, PoolOverride
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import short_id
 
@@ -182,18 +182,8 @@ class InstanceStore:
     def all(self, app: str | None = None) -> list[Instance]:
         return [v.instance for v in self._records.values() if app is None or v.instance.app == app]
 
-    def versioned(self, app: str | None = None) -> list[Versioned]:
-        return [v for v in self._records.values() if app is None or v.instance.app == app]
-
     def get(self, app: str, instance_id: str) -> Versioned | None:
         return self._records.get(f"{app}.{instance_id}")
-
-    def find(self, instance_id: str) -> Instance | None:
-        """The record of an id, whatever its app (gateway routes know only the id)."""
-        for v in self._records.values():
-            if v.instance.id == instance_id:
-                return v.instance
-        return None
 
     async def fetch(self, app: str, instance_id: str) -> Versioned | None:
         """Read one record from KV itself, bypassing the mirror."""
@@ -215,10 +205,10 @@ class InstanceStore:
             raise Conflict(instance.key) from err
         versioned = Versioned(instance, revision)
         self._remember(instance.key, versioned, revision)
-        await self._event(instance, "created")
+        await self._event(instance, EventKind.CREATED)
         return versioned
 
-    async def cas(self, current: Versioned, new: Instance, event: str | None = None) -> Versioned:
+    async def cas(self, current: Versioned, new: Instance, event: EventKind | None = None) -> Versioned:
         """Replace `current` by `new` iff the record is still at `current.revision`."""
         old = current.instance
         if new.state not in TRANSITIONS[old.state]:
@@ -230,12 +220,12 @@ class InstanceStore:
         versioned = Versioned(new, revision)
         self._remember(new.key, versioned, revision)
         if new.state != old.state:
-            await self._event(new, event or new.state)
+            await self._event(new, event or EventKind(new.state))
         return versioned
 
     async def update(self, app: str, instance_id: str,
                      change: Callable[[Instance], Instance | None],
-                     event: str | None = None, attempts: int = 8) -> Versioned | None:
+                     event: EventKind | None = None, attempts: int = 8) -> Versioned | None:
         """Read-modify-CAS with retries; `change` returns None to leave the record alone."""
         for _ in range(attempts):
             current = self.get(app, instance_id) or await self.fetch(app, instance_id)
@@ -257,9 +247,10 @@ class InstanceStore:
         """Remove a record for good (after its service is gone)."""
         await self._kv.delete(instance.key)
         self._remember(instance.key, None, 1 << 62)
-        await self._event(instance, "removed", reason or instance.reason)
+        await self._event(instance, EventKind.REMOVED, reason or instance.reason)
 
-    async def _event(self, instance: Instance, event: str, reason: str | None = None) -> None:
+    async def _event(self, instance: Instance, event: EventKind, reason: str | None = None) -> None:
+        event = EventKind(event)  # a kind nobody knows is a bug here, not a silent new subject
         message = InstanceEvent(app=instance.app, id=instance.id, event=event, state=instance.state,
                                 at=self._clock(), reason=instance.reason if reason is None else reason)
         await self._nc.publish(self._subjects.instance_event(instance.app, instance.id, event),

@@ -6,6 +6,8 @@ test run beside a live one, can share a NATS server without seeing each other.
 
 from __future__ import annotations
 
+from swarmpool.bus.messages import Period
+
 DEFAULT_PREFIX = "sp"
 
 # queue groups: several function hosts share the work of one subject
@@ -35,7 +37,7 @@ class Subjects:
         return f"{self.prefix}.activity.*.*"
 
     def instance_event(self, app: str, instance_id: str, event: str) -> str:
-        """Publish (kept in the event stream): one lifecycle transition of one instance."""
+        """Publish (kept in the event stream): one lifecycle transition of one instance (an EventKind)."""
         return f"{self.prefix}.instance.{app}.{instance_id}.{event}"
 
     def instance_events_all(self) -> str:
@@ -50,17 +52,13 @@ class Subjects:
         """Wildcard the docker_events handler subscribes to."""
         return f"{self.prefix}.docker.>"
 
-    def tick(self, period: str) -> str:
-        """Publish: the clock's periodic tick, e.g. ``tick("1s")``."""
-        return f"{self.prefix}.tick.{period}"
+    def tick(self, period: Period) -> str:
+        """Publish: the clock's periodic tick (a typo is a ValueError, not a silent dead subscription)."""
+        return f"{self.prefix}.tick.{Period(period)}"
 
     def admin(self, verb: str) -> str:
         """Request/reply: an operator command (scale, drain, pause, resume, retire, status)."""
         return f"{self.prefix}.admin.{verb}"
-
-    def admin_all(self) -> str:
-        """Wildcard the admin handler subscribes to."""
-        return f"{self.prefix}.admin.*"
 
     # JetStream names (streams and buckets allow only [A-Za-z0-9_-])
     @property

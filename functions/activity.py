@@ -9,6 +9,6 @@ from swarmpool.functions.policy import apply_activity
 handlers = Handlers()
 
 
-@handlers.on(lambda s: s.activity_all(), Activity)
-async def heartbeat(ctx: Context, hb: Activity, subject: str) -> None:
+@handlers.on(lambda s: s.activity_all(), Activity, expect=lambda s, hb: s.activity(hb.app, hb.id))
+async def heartbeat(ctx: Context, hb: Activity) -> None:
     await ctx.store.update(hb.app, hb.id, lambda r: apply_activity(r, hb))

@@ -34,9 +34,10 @@ def _apps(ctx: Context, request: AdminRequest) -> list[str] | ErrorReply:
     return [request.app]
 
 
-@handlers.on(lambda s: s.admin_all(), AdminRequest, reply=True)
-async def admin(ctx: Context, request: AdminRequest, subject: str) -> Reply:
-    verb = subject.rsplit(".", 1)[-1]
+VERBS = ("status", "scale", "pause", "resume", "drain", "retire")
+
+
+async def admin(ctx: Context, verb: str, request: AdminRequest) -> Reply:
     apps = _apps(ctx, request)
     if isinstance(apps, ErrorReply):
         return apps
@@ -54,16 +55,28 @@ async def admin(ctx: Context, request: AdminRequest, subject: str) -> Reply:
             await ctx.config.put(o)
             log.info("admin %s %s", verb, app)
             if verb == "drain":  # retire the warm pool; claimed sessions run to their end
-                for r in ctx.store.all(app):
-                    if r.state in ("ready", "starting"):
-                        await lifecycle.retire(ctx, app, r.id, "drained by operator")
+                await ctx.each("drain", (lifecycle.retire(ctx, app, r.id, "drained by operator")
+                                         for r in ctx.store.all(app) if r.state in ("ready", "starting")))
             await keeper.top_up(ctx, app)
         return AdminReply(detail=f"{verb}: {', '.join(apps)}", apps=[status_of(ctx, a) for a in apps])
-    if verb == "retire":
-        if not request.id or request.app is None:
-            return ErrorReply(error="bad_request", detail="retire needs app and id")
-        if ctx.store.get(request.app, request.id) is None:
-            return ErrorReply(error="unknown_instance")
-        await lifecycle.retire(ctx, request.app, request.id, "retired by operator")
-        return AdminReply(detail="retired")
-    return ErrorReply(error="unknown_verb", detail=verb)
+    # retire
+    if not request.id or request.app is None:
+        return ErrorReply(error="bad_request", detail="retire needs app and id")
+    if ctx.store.get(request.app, request.id) is None:
+        return ErrorReply(error="unknown_instance")
+    await lifecycle.retire(ctx, request.app, request.id, "retired by operator")
+    return AdminReply(detail="retired")
+
+
+def _verb_handler(verb: str) -> None:
+    """One subscription per verb: the verb is the subject's, nobody parses it out again."""
+
+    async def handle(ctx: Context, request: AdminRequest) -> Reply:
+        return await admin(ctx, verb, request)
+
+    handle.__name__ = verb
+    handlers.on(lambda s: s.admin(verb), AdminRequest, reply=True)(handle)
+
+
+for _verb in VERBS:
+    _verb_handler(_verb)

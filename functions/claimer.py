@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -13,18 +14,27 @@ from swarmpool.bus.state import Conflict
 from swarmpool.functions.policy import pick_claim_order
 
 log = logging.getLogger(__name__)
-handlers = Handlers()
 
 MAX_WAIT = 10.0
+UNKNOWN_APP = "_unknown"  # one metrics label for every unknown app name, so labels stay bounded
+
+
+@dataclass
+class ClaimerState:
+    claiming: set[str] = field(default_factory=set)  # instance keys a local claim is trying now
+
+
+handlers = Handlers(state=ClaimerState)
 
 
 async def try_claim(ctx: Context, app: str) -> Claimed | None:
     """One pass over the ready instances; None when none could be won."""
-    for record in pick_claim_order(ctx.store.all(app), skip=ctx.claiming):
+    claiming = ctx.state(ClaimerState).claiming
+    for record in pick_claim_order(ctx.store.all(app), skip=claiming):
         current = ctx.store.get(app, record.id)
         if current is None or current.instance.state != "ready":
             continue
-        ctx.claiming.add(record.key)  # concurrent local claims try different instances
+        claiming.add(record.key)  # concurrent local claims try different instances
         try:
             now = ctx.clock()
             won = await ctx.store.cas(current, msgspec.structs.replace(
@@ -32,7 +42,7 @@ async def try_claim(ctx: Context, app: str) -> Claimed | None:
         except Conflict:
             continue  # another claimer (or host) was faster: try the next one
         finally:
-            ctx.claiming.discard(record.key)
+            claiming.discard(record.key)
         spec = ctx.app(app)
         assert spec is not None
         log.info("claimed %s", won.instance.short)
@@ -40,21 +50,26 @@ async def try_claim(ctx: Context, app: str) -> Claimed | None:
     return None
 
 
-@handlers.on(lambda s: s.claim_all(), ClaimRequest, reply=True, concurrency=1024)
-async def claim(ctx: Context, request: ClaimRequest, subject: str) -> ClaimReply:
-    app = subject.rsplit(".", 1)[-1]
+# the app travels in the request and must be the subject's: bus permissions protect subjects
+@handlers.on(lambda s: s.claim_all(), ClaimRequest, reply=True, concurrency=1024,
+             expect=lambda s, request: s.claim(request.app))
+async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
+    app = request.app
     if ctx.app(app) is None:
+        ctx.metrics.claims.labels(UNKNOWN_APP, "unknown_app").inc()
         return ClaimRefused(app=app, reason="unknown_app")
     if ctx.config.cached(app).paused:
+        ctx.metrics.claims.labels(app, "paused").inc()
         return ClaimRefused(app=app, reason="paused", retry_after=10)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(max(request.wait, 0.0), MAX_WAIT)
     while True:
         claimed = await try_claim(ctx, app)
         if claimed is not None:
+            ctx.metrics.claims.labels(app, "claimed").inc()
             return claimed
         remaining = deadline - loop.time()
         if remaining <= 0:
-            ctx.counters.inc("claims_refused_total", app)
+            ctx.metrics.claims.labels(app, "empty").inc()
             return ClaimRefused(app=app, reason="empty", retry_after=3)
         await ctx.store.wait_changed(remaining)

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 
-from swarmpool.bus.messages import InstanceEvent, Tick
+from swarmpool.bus.messages import EventKind, InstanceEvent, Period, Tick
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.functions import lifecycle
-from swarmpool.functions.policy import (
-    backoff_delay,
-    ghost_records,
-    leaked_services,
-    starts_needed,
-    surplus_ready,
-    target,
-)
+from swarmpool.functions.policy import ghost_records, leaked_services, plan_top_up
+from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
-handlers = Handlers()
+
+
+@dataclass
+class KeeperState:
+    """What one host's keeper remembers between events (the pool itself lives in KV)."""
+
+    failures: dict[str, int] = field(default_factory=dict)  # app -> consecutive failed starts
+    hold_starts_until: dict[str, float] = field(default_factory=dict)  # app -> end of the backoff
+    start_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)  # app -> parallel starts
+    refill_pending: set[str] = field(default_factory=set)  # apps with a coalesced top-up on its way
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # app -> top-ups never interleave
+
+    def lock(self, app: str) -> asyncio.Lock:
+        return self.locks.setdefault(app, asyncio.Lock())
+
+
+handlers = Handlers(state=KeeperState)
 
 
 async def top_up(ctx: Context, app: str) -> int:
@@ -26,62 +37,58 @@ async def top_up(ctx: Context, app: str) -> int:
     spec = ctx.app(app)
     if spec is None:
         return 0
-    async with ctx.lock(f"top-up.{app}"):
-        now = ctx.clock()
-        if now < ctx.hold_starts_until.get(app, 0.0):
-            return 0
-        override = ctx.config.cached(app)
-        want = target(spec, override)
-        n = starts_needed(
-            records=ctx.store.all(app), target=want, limit=max(spec.pool.limit, want),
-            max_parallel=spec.pool.max_parallel_starts,
-            global_free=ctx.settings.max_instances - len(ctx.store.all()),
-        )
-        failures = ctx.failures.get(app, 0)
-        delay = backoff_delay(failures)
-        if n and delay:
-            ctx.hold_starts_until[app] = now + delay
-            log.warning("%s: %d failed starts in a row; next start in %.0f s", app, failures, delay)
+    state = ctx.state(KeeperState)
+    async with state.lock(app):
+        failures = state.failures.get(app, 0)
+        plan = plan_top_up(spec=spec, override=ctx.config.cached(app), records=ctx.store.all(app),
+                           total=len(ctx.store.all()), max_instances=ctx.settings.max_instances,
+                           failures=failures, hold_until=state.hold_starts_until.get(app, 0.0),
+                           now=ctx.clock())
+        if plan.hold_until is not None:
+            state.hold_starts_until[app] = plan.hold_until
+            log.warning("%s: %d failed starts in a row; next start in %.0f s", app, failures,
+                        plan.hold_until - ctx.clock())
         # records are written under the lock: the next top-up counts them
-        reserved = [await lifecycle.reserve(ctx, spec) for _ in range(n)]
-        # paused keeps its warm pool (drain retires it); otherwise scale down to the target
-        surplus = [] if override.paused else surplus_ready(ctx.store.all(app), want)
-    for record in surplus:
-        await lifecycle.retire(ctx, app, record.id, f"surplus: more than {want} ready")
-    starts = [asyncio.create_task(lifecycle.start(ctx, spec, record)) for record in reserved]
-    if starts:
-        results = await asyncio.gather(*starts, return_exceptions=True)
-        for err in results:
-            if isinstance(err, Exception):
-                log.warning("%s: start failed: %s", app, err)
-    return n
+        reserved = [await lifecycle.reserve(ctx, spec) for _ in range(plan.starts)]
+    for record in plan.surplus:
+        await ctx.isolated("retire surplus", lifecycle.retire(ctx, app, record.id,
+                                                              f"surplus: more than {plan.target} ready"))
+    slots = state.start_slots.setdefault(app, asyncio.Semaphore(spec.pool.max_parallel_starts))
+    await ctx.each("start", (lifecycle.start(ctx, spec, record, slots) for record in reserved))
+    return plan.starts
 
 
-@handlers.on(lambda s: s.instance_events_all(), InstanceEvent)
-async def on_instance_event(ctx: Context, event: InstanceEvent, subject: str) -> None:
+@handlers.on(lambda s: s.instance_events_all(), InstanceEvent,
+             expect=lambda s, e: s.instance_event(e.app, e.id, e.event))
+async def on_instance_event(ctx: Context, event: InstanceEvent) -> None:
     """Refill at once when an instance leaves the warm pool; learn from failures and successes."""
-    if event.event == "ready":
-        ctx.failures[event.app] = 0
-    if event.event in ("claimed", "failed", "removed", "retiring"):
+    failures = ctx.state(KeeperState).failures
+    if event.event == EventKind.READY:
+        failures[event.app] = 0
+    elif event.event == EventKind.FAILED:
+        failures[event.app] = failures.get(event.app, 0) + 1
+    if event.event in (EventKind.CLAIMED, EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING):
         await top_up_soon(ctx, event.app)
 
 
 async def top_up_soon(ctx: Context, app: str) -> None:
     """Coalesce a burst of events into one top-up a moment later, so that the clicks of a class
     are answered before Docker work (service creation) competes with them for the CPU."""
-    if app in ctx.refill_pending:
+    pending = ctx.state(KeeperState).refill_pending
+    if app in pending:
         return
-    ctx.refill_pending.add(app)
+    pending.add(app)
     try:
         await asyncio.sleep(float(ctx.settings.refill_delay))
     finally:
-        ctx.refill_pending.discard(app)
+        pending.discard(app)
     await top_up(ctx, app)
 
 
-@handlers.on(lambda s: s.tick("reconcile"), Tick, concurrency=1, skip_when_busy=True)
-async def reconcile(ctx: Context, tick: Tick, subject: str) -> None:
-    """Compare swarm services with records: remove leaks, retire ghosts, top every pool up."""
+@handlers.on(lambda s: s.tick(Period.RECONCILE), Tick, concurrency=1, skip_when_busy=True)
+async def reconcile(ctx: Context, tick: Tick) -> None:
+    """Compare swarm services with records: remove leaks, retire ghosts, top every pool up.
+    Each item is isolated: one that fails is logged and counted, the others go on."""
     records = ctx.store.all()  # before listing: a ghost must have been a record already then
     services = await ctx.swarm.list_ours()
     now = ctx.clock()
@@ -90,9 +97,10 @@ async def reconcile(ctx: Context, tick: Tick, subject: str) -> None:
     # after listing: a record written meanwhile is not a leak
     for key in leaked_services({k: s.created_at for k, s in by_key.items()},
                                {r.key for r in ctx.store.all()}, now, grace):
-        log.warning("removing leaked service %s (no record)", key[: key.index(".") + 5])
-        await ctx.swarm.remove(by_key[key].service_id)
+        leak = by_key[key]
+        log.warning("removing leaked service %s (no record)", short_id(leak.app, leak.id))
+        await ctx.isolated("remove leaked service", ctx.swarm.remove(leak.service_id))
     for ghost in ghost_records(records, {s.service_id for s in services}, now, grace):
-        await lifecycle.fail(ctx, ghost.app, ghost.id, "service vanished")
+        await ctx.isolated("fail ghost record", lifecycle.fail(ctx, ghost.app, ghost.id, "service vanished"))
     for app in ctx.catalogue.apps:
-        await top_up(ctx, app)
+        await ctx.isolated(f"top up {app}", top_up(ctx, app))

@@ -10,7 +10,7 @@ import msgspec
 
 from swarmpool.bus.messages import Instance
 from swarmpool.bus.runtime import Context
-from swarmpool.bus.spec import AppSpec
+from swarmpool.bus.spec import AppSpec, Settings
 from swarmpool.bus.state import Conflict, InvalidTransition
 from swarmpool.ids import instance_prefix, new_instance_id, short_id
 from swarmpool.swarm.adapter import InstanceSpec
@@ -18,9 +18,9 @@ from swarmpool.swarm.adapter import InstanceSpec
 log = logging.getLogger(__name__)
 
 
-def instance_spec(ctx: Context, spec: AppSpec, instance_id: str) -> InstanceSpec:
+def instance_spec(spec: AppSpec, instance_id: str, settings: Settings) -> InstanceSpec:
     """What Docker must run for one instance of `spec`."""
-    prefix = f"/i/{instance_id}/"
+    prefix = instance_prefix(instance_id)
     command = [part.replace("{prefix}", prefix) for part in spec.command] if spec.command else None
     env = {**spec.env, "SWARMPOOL_PREFIX": prefix}
     if spec.prefix_env:
@@ -28,8 +28,8 @@ def instance_spec(ctx: Context, spec: AppSpec, instance_id: str) -> InstanceSpec
     return InstanceSpec(
         app=spec.name, id=instance_id, image=spec.image, port=spec.port, command=command, env=env,
         cpus=spec.limits.cpus, memory=int(spec.limits.memory) if spec.limits.memory else None,
-        constraints=list(spec.constraints), publish=ctx.settings.publish_ports,
-        network=ctx.settings.network,
+        constraints=list(spec.constraints), publish=settings.publish_ports,
+        network=settings.network,
     )
 
 
@@ -40,12 +40,11 @@ async def reserve(ctx: Context, spec: AppSpec) -> Instance:
     return record
 
 
-async def start(ctx: Context, spec: AppSpec, record: Instance) -> None:
-    """Create the service of a reserved record (bounded parallel starts per app)."""
-    slots = ctx.start_slots.setdefault(spec.name, asyncio.Semaphore(spec.pool.max_parallel_starts))
+async def start(ctx: Context, spec: AppSpec, record: Instance, slots: asyncio.Semaphore) -> None:
+    """Create the service of a reserved record (`slots` bounds the parallel starts of its app)."""
     async with slots:
         try:
-            service_id = await ctx.swarm.create(instance_spec(ctx, spec, record.id))
+            service_id = await ctx.swarm.create(instance_spec(spec, record.id, ctx.settings))
         except Exception as err:
             log.warning("could not start %s: %s", record.short, err)
             await fail(ctx, record.app, record.id, f"service not created: {err}")
@@ -64,18 +63,10 @@ async def start(ctx: Context, spec: AppSpec, record: Instance) -> None:
 async def fail(ctx: Context, app: str, instance_id: str, reason: str) -> None:
     """starting/ready -> failed; a claimed instance goes straight to retiring (session ended)."""
 
-    def change(r: Instance) -> Instance | None:
-        if r.state in ("starting", "ready"):
-            return msgspec.structs.replace(r, state="failed", reason=reason)
-        if r.state == "claimed":
-            return msgspec.structs.replace(r, state="retiring", reason=reason, retiring_at=ctx.clock())
-        return None
-
-    record = await _transition(ctx, app, instance_id, change, "mark failed")
+    record = await _transition(ctx, app, instance_id, lambda r: failed(r, reason, ctx.clock()), "mark failed")
     if record is None:
         return
     if record.state == "failed":
-        ctx.failures[app] = ctx.failures.get(app, 0) + 1
         log.warning("%s failed: %s", record.short, reason)
     await retire(ctx, app, instance_id, reason)
 
@@ -83,12 +74,7 @@ async def fail(ctx: Context, app: str, instance_id: str, reason: str) -> None:
 async def retire(ctx: Context, app: str, instance_id: str, reason: str) -> None:
     """Mark retiring (CAS), remove the service, delete the record. Safe to repeat after a crash."""
 
-    def change(r: Instance) -> Instance | None:
-        if r.state == "retiring":
-            return None
-        return msgspec.structs.replace(r, state="retiring", reason=reason, retiring_at=ctx.clock())
-
-    record = await _transition(ctx, app, instance_id, change, "retire")
+    record = await _transition(ctx, app, instance_id, lambda r: retiring(r, reason, ctx.clock()), "retire")
     if record is None:
         return
     if record.reason == reason:
@@ -101,6 +87,23 @@ async def remove(ctx: Context, record: Instance) -> None:
     if record.service_id:
         await ctx.swarm.remove(record.service_id)
     await ctx.store.delete(record, record.reason)
+
+
+def failed(r: Instance, reason: str, now: float) -> Instance | None:
+    """The record of an instance that failed: warm ones fail (and are replaced), a claimed one's
+    session ends; None when it is already on its way out."""
+    if r.state in ("starting", "ready"):
+        return msgspec.structs.replace(r, state="failed", reason=reason)
+    if r.state == "claimed":
+        return msgspec.structs.replace(r, state="retiring", reason=reason, retiring_at=now)
+    return None
+
+
+def retiring(r: Instance, reason: str, now: float) -> Instance | None:
+    """The record of an instance being retired; None when it already is."""
+    if r.state == "retiring":
+        return None
+    return msgspec.structs.replace(r, state="retiring", reason=reason, retiring_at=now)
 
 
 async def _transition(ctx: Context, app: str, instance_id: str, change: Callable[[Instance], Instance | None],

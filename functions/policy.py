@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import msgspec
 
@@ -41,6 +42,29 @@ def surplus_ready(records: list[Instance], target: int) -> list[Instance]:
     """Ready instances beyond the target (after a scale-down): the most recently ready go first."""
     ready = sorted((r for r in records if r.state == "ready"), key=lambda r: r.ready_at or r.created_at)
     return ready[target:] if len(ready) > target else []
+
+
+class TopUpPlan(NamedTuple):
+    """What one top-up of an app does now."""
+
+    target: int
+    starts: int  # new instances to reserve and start
+    surplus: list[Instance]  # ready instances beyond the target, to retire
+    hold_until: float | None  # set: no starts before then (backoff after repeated failures)
+
+
+def plan_top_up(*, spec: AppSpec, override: PoolOverride, records: list[Instance], total: int,
+                max_instances: int, failures: int, hold_until: float, now: float) -> TopUpPlan:
+    """One top-up of an app, decided from its records (`total`: records of every app)."""
+    want = target(spec, override)
+    # paused keeps its warm pool (drain retires it); otherwise scale down to the target
+    surplus = [] if override.paused else surplus_ready(records, want)
+    if now < hold_until:
+        return TopUpPlan(want, 0, surplus, None)
+    n = starts_needed(records=records, target=want, limit=max(spec.pool.limit, want),
+                      max_parallel=spec.pool.max_parallel_starts, global_free=max_instances - total)
+    delay = backoff_delay(failures)
+    return TopUpPlan(want, n, surplus, now + delay if n and delay else None)
 
 
 def backoff_delay(consecutive_failures: int) -> float:

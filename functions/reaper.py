@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import Any
 
-from swarmpool.bus.messages import Instance, Tick
+from swarmpool.bus.messages import Instance, Period, Tick
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.functions import lifecycle
 from swarmpool.functions.policy import retire_reason
+from swarmpool.functions.prober import is_probing
 
 log = logging.getLogger(__name__)
 handlers = Handlers()
@@ -16,21 +18,21 @@ handlers = Handlers()
 STUCK_RETIRING = 30.0  # a retiring record this old lost its retirer (crash): finish the job
 
 
-@handlers.on(lambda s: s.tick("fast"), Tick, concurrency=1, skip_when_busy=True)
-async def sweep(ctx: Context, tick: Tick, subject: str) -> None:
+@handlers.on(lambda s: s.tick(Period.FAST), Tick, concurrency=1, skip_when_busy=True)
+async def sweep(ctx: Context, tick: Tick) -> None:
     now = ctx.clock()
-    jobs = []
+    jobs: list[Awaitable[Any]] = []
     for r in ctx.store.all():
         if r.state == "retiring":
             if now - (r.retiring_at or r.created_at) > STUCK_RETIRING:
                 jobs.append(_finish(ctx, r))
             continue
-        if r.state == "starting" and r.key in ctx.probing:
+        if r.state == "starting" and is_probing(ctx, r.key):
             continue  # the prober owns its timeout
         reason = retire_reason(r, ctx.app(r.app), now)
         if reason is not None:
             jobs.append(lifecycle.retire(ctx, r.app, r.id, reason))
-    await asyncio.gather(*jobs)
+    await ctx.each("retire", jobs)
 
 
 async def _finish(ctx: Context, record: Instance) -> None:

@@ -15,6 +15,7 @@ from swarmpool.swarm.adapter import (
     TaskStatus,
     service_name,
 )
+from swarmpool.swarm.port import SwarmPort
 
 __all__ = [
     "LABEL_APP",
@@ -27,6 +28,7 @@ __all__ = [
     "ServiceInfo",
     "Swarm",
     "SwarmError",
+    "SwarmPort",
     "SwarmUnavailable",
     "TaskStatus",
     "service_name",

@@ -19,6 +19,8 @@ import docker.errors
 import msgspec
 from docker.types import ContainerSpec, EndpointSpec, Placement, Resources, RestartPolicy, TaskTemplate
 
+from swarmpool.ids import short_id
+
 log = logging.getLogger(__name__)
 
 LABEL_OWNER = "swarmpool.owner"
@@ -275,7 +277,7 @@ class Swarm:
         except docker.errors.DockerException as e:
             raise SwarmUnavailable(f"Docker engine unavailable while creating {name}: {e}") from e
         service_id: str = result["ID"]
-        log.debug("created service %s for %s.%s", service_id[:12], spec.app, spec.id[:6])
+        log.debug("created service %s for %s", service_id[:12], short_id(spec.app, spec.id))
         return service_id
 
     async def status(self, service_id: str) -> TaskStatus:

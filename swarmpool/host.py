@@ -14,10 +14,11 @@ from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import ConfigStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions import all_handlers
+from swarmpool.swarm import SwarmPort
 
 
 @asynccontextmanager
-async def functions_host(nc: NATS, catalogue: Catalogue, swarm: object, namespace: str = "sp",
+async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, namespace: str = "sp",
                          host: str | None = None) -> AsyncIterator[Context]:
     """Run every function (keeper, prober, claimer, ...) on `nc` until the block exits."""
     subjects = Subjects(namespace)

@@ -8,6 +8,7 @@ import json
 import docker
 import pytest
 
+from swarmpool.bus.messages import Period
 from tests.stack import echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
@@ -198,7 +199,7 @@ async def test_warm_up_never_overshoots_the_target(nats_server, namespace, echo_
         responses = await asyncio.gather(*(s.launch() for _ in range(4)))
         assert [r.status for r in responses] == [303] * 4
         await wait_for(lambda: len(s.records("ready")) == 6, timeout=60, what="refill to 6")
-        ticks = await s.nc.subscribe(s.hosts[0].subjects.tick("reconcile"))
+        ticks = await s.nc.subscribe(s.hosts[0].subjects.tick(Period.RECONCILE))
         for _ in range(3):  # three more reconcile passes
             await ticks.next_msg(timeout=10)
         await ticks.unsubscribe()

@@ -1,0 +1,43 @@
+"""The narrow port through which functions reach the swarm: what they call, and nothing else.
+
+`swarmpool.swarm.Swarm` implements it against the Docker engine; unit tests pass a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from swarmpool.swarm.adapter import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
+
+
+class SwarmPort(Protocol):
+    """Instance services on a swarm, as the functions use them."""
+
+    async def create(self, spec: InstanceSpec) -> str:
+        """Start one instance service; its service id."""
+        ...
+
+    async def remove(self, service_id: str) -> bool:
+        """Remove a service; False when it was already gone."""
+        ...
+
+    async def status(self, service_id: str) -> TaskStatus:
+        """Where the service's task is ("missing" once the service is gone)."""
+        ...
+
+    async def list_ours(self, app: str | None = None) -> list[ServiceInfo]:
+        """Every service of this namespace (optionally of one app), oldest first."""
+        ...
+
+    async def logs_contain(self, service_id: str, marker: str) -> bool:
+        """Whether the service's log has shown `marker`."""
+        ...
+
+    async def probe_http(self, endpoint: str, path: str) -> bool:
+        """Whether GET http://<endpoint><path> answers 2xx."""
+        ...
+
+    def events(self, since: float | None = None) -> AsyncIterator[EngineEvent]:
+        """Engine events about our containers and services, as they happen."""
+        ...
