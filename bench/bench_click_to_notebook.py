@@ -31,10 +31,11 @@ from typing import Any
 import msgspec
 
 from bench.bench_proxy import SeparateStack, separate_stack
+from bench.support import VOILA_APP, chromium, ensure_voila_image, instance_id_of, voila_catalogue
 from swarmpool.bus.messages import ClaimRequest, Claimed
 from swarmpool.bus.runtime import encode
 from swarmpool.bus.subjects import Subjects
-from tests.e2e.support import VOILA_APP, chromium, ensure_voila_image, instance_id_of, voila_catalogue
+from swarmpool.ids import instance_prefix
 
 OUTPUT = ".sp-output .sp-value"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "bench"
@@ -99,7 +100,7 @@ async def click_sample(pool: SeparateStack, browser: Any) -> Sample:
 
 async def direct_sample(pool: SeparateStack, browser: Any) -> Sample:
     instance = (await pool.wait_ready(VOILA_APP, 1))[0]  # the oldest ready one: the next a click would get
-    in_page, wall, _, parts = await open_and_time(browser, f"http://{instance.endpoint}/i/{instance.id}/")
+    in_page, wall, _, parts = await open_and_time(browser, f"http://{instance.endpoint}{instance_prefix(instance.id)}")
     await pool.retire(VOILA_APP, instance.id)  # its kernel is used: never hand it out
     return in_page, wall, parts
 
@@ -110,7 +111,7 @@ async def claimed_direct_sample(pool: SeparateStack, browser: Any) -> Sample:
     reply = await pool.nc.request(Subjects(pool.namespace).claim(VOILA_APP),
                                   encode(ClaimRequest(app=VOILA_APP, wait=5)), timeout=10)
     claimed = msgspec.json.decode(reply.data, type=Claimed)
-    in_page, wall, _, parts = await open_and_time(browser, f"http://{claimed.endpoint}/i/{claimed.id}/")
+    in_page, wall, _, parts = await open_and_time(browser, f"http://{claimed.endpoint}{instance_prefix(claimed.id)}")
     await pool.retire(VOILA_APP, claimed.id)
     return in_page, wall, parts
 

@@ -47,9 +47,10 @@ from swarmpool.bus.runtime import encode
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.swarm import Swarm
+from swarmpool.ids import instance_prefix, short_id
 from swarmpool.natsd import EmbeddedNats, free_port
-from tests.e2e.support import nginx_front, stop_process
-from tests.stack import echo_catalogue
+
+from bench.support import echo_catalogue, instance_id_of, nginx_front, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "bench" / ".node"
@@ -109,7 +110,7 @@ async def chp_front(instance_id: str, endpoint: str, logs: Path) -> AsyncIterato
         headers = {"Authorization": f"token {token}"}
         await wait_http(f"{api}", proc, "configurable-http-proxy")
         async with aiohttp.ClientSession(headers=headers) as http:
-            async with http.post(f"{api}/i/{instance_id}", json={"target": f"http://{endpoint}"}) as r:
+            async with http.post(api + instance_prefix(instance_id).rstrip("/"), json={"target": f"http://{endpoint}"}) as r:
                 assert r.status == 201, await r.text()
         yield f"http://127.0.0.1:{port}"
 
@@ -385,16 +386,16 @@ async def main(args: argparse.Namespace) -> int:
             async with http.get(f"{pool.gateway_url}/launch/echo", allow_redirects=False) as r:
                 assert r.status == 303, f"launch answered {r.status}"
                 location = r.headers["Location"]
-        instance_id = location.split("/")[2]
+        instance_id = instance_id_of(location)
         record = pool.store.get("echo", instance_id)
         assert record is not None
         endpoint = record.instance.endpoint
-        prefix = f"/i/{instance_id}"
+        prefix = instance_prefix(instance_id).rstrip("/")  # measure() appends "/hello", "/ws"
         gw_url, tmp, gateway = pool.gateway_url, pool.tmp, pool.gateway
         nginx_url = stack.enter_context(nginx_front(tmp / "nginx", gw_url.removeprefix("http://"),
                                                     "--access-log", "off"))
         chp_url = await stack.enter_async_context(chp_front(instance_id, endpoint, tmp))
-        print(f"instance {instance_id[:4]}… on {endpoint}; measuring "
+        print(f"instance {short_id('echo', instance_id)}… on {endpoint}; measuring "
               f"({args.seconds:g} s per run, {args.concurrency} connections) ...", flush=True)
         results = [
             await measure("direct", f"http://{endpoint}", prefix, args),
