@@ -106,6 +106,11 @@ async def test_malformed_bus_messages_are_logged_counted_and_dropped(nats_server
         await wait_for(lambda: host.metrics.value("swarmpool_messages_malformed_total", handler="activity.heartbeat") == 1,
                        timeout=5, what="the malformed heartbeat to be counted")
         assert host.metrics.value("swarmpool_messages_malformed_total", handler="claimer.claim") == 2
+        # a claim must name the app of its subject (bus permissions protect subjects, not bodies)
+        reply = await s.nc.request(subjects.claim("echo"), b'{"app": "other"}', timeout=5)
+        assert msgspec.json.decode(reply.data)["error"] == "subject_mismatch"
+        assert host.metrics.value("swarmpool_messages_dropped_total", handler="claimer.claim",
+                                  reason="mismatch") == 1
         # the loop goes on: a good claim still works
         response = await s.launch()
         assert response.status == 303

@@ -8,7 +8,7 @@ import time
 from nats.aio.client import Client as NATS
 
 from swarmpool.bus.messages import Period, Tick
-from swarmpool.bus.runtime import Context, Handlers, Runtime, encode
+from swarmpool.bus.runtime import LEASE_RENEW, Context, Handlers, Runtime, encode
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import ConfigStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -47,5 +47,39 @@ async def test_skip_when_busy_drops_messages_while_the_handler_runs(nc: NATS, su
 
             await wait_for(next_tick_runs, timeout=5, what="a tick after the pass ended")
             assert calls[0] == 1 and set(calls[1:]) == {4}
+    finally:
+        await config.close()
+
+
+async def test_a_singleton_runs_on_one_host_and_moves_when_that_host_stops(nc: NATS, subjects: Subjects,
+                                                                         store: InstanceStore) -> None:
+    running: list[str] = []
+    table = Handlers()
+
+    @table.singleton("test-lease")
+    async def only_one(ctx: Context) -> None:
+        running.append(ctx.host)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            running.remove(ctx.host)
+
+    config = await ConfigStore.open(nc, subjects)
+
+    def host(name: str) -> Context:
+        return Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=Catalogue(),
+                       swarm=None, namespace=subjects.prefix, host=name)  # type: ignore[arg-type]
+
+    try:
+        async with Runtime(host("a"), [table]):
+            await wait_for(lambda: running == ["a"], timeout=5, what="host a to take the lease")
+            async with Runtime(host("b"), [table]):
+                await asyncio.sleep(LEASE_RENEW + 0.5)  # b tried at least twice meanwhile
+                assert running == ["a"]
+            # a still holds it after b stopped
+            assert running == ["a"]
+        assert running == []
+        async with Runtime(host("b"), [table]):  # a released the lease on its way out
+            await wait_for(lambda: running == ["b"], timeout=LEASE_RENEW * 3, what="host b to take over")
     finally:
         await config.close()
