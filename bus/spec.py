@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -14,11 +15,22 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**
 
 
 class Duration(float):
-    """Seconds; the catalogue also accepts strings like "90s", "10m", "4h"."""
+    """Seconds (finite, >= 0); the catalogue also accepts strings like "90s", "10m", "4h"."""
+
+
+class Interval(Duration):
+    """A duration that must be more than 0: how often something happens, how long it may take."""
 
 
 class ByteSize(int):
     """Bytes; the catalogue also accepts strings like "512m", "2g", "1.5GiB"."""
+
+
+class MemorySize(ByteSize):
+    """A memory limit: at least MIN_MEMORY (less is a typo, like "0.5" read as 0 bytes, or no limit)."""
+
+
+MIN_MEMORY = 32 * 1024**2
 
 
 def parse_duration(value: object) -> Duration:
@@ -26,6 +38,8 @@ def parse_duration(value: object) -> Duration:
     if isinstance(value, bool):
         raise ValueError("expected a duration: seconds or a string like '90s', '10m', '4h'")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
         if value < 0:
             raise ValueError("a duration must not be negative")
         return Duration(value)
@@ -48,8 +62,18 @@ def dec_hook(type_: type, obj: Any) -> Any:
     """msgspec decode hook for the custom scalar types above."""
     if type_ is Duration:
         return parse_duration(obj)
+    if type_ is Interval:
+        seconds = parse_duration(obj)
+        if seconds <= 0:
+            raise ValueError(f"expected a duration of more than 0 s, got {obj!r}")
+        return Interval(seconds)
     if type_ is ByteSize:
         return parse_size(obj)
+    if type_ is MemorySize:
+        size = parse_size(obj)
+        if size < MIN_MEMORY:
+            raise ValueError(f"expected a memory size of at least 32m, got {obj!r} ({int(size)} bytes)")
+        return MemorySize(size)
     raise NotImplementedError(f"no decoder for {type_}")
 
 
@@ -71,8 +95,8 @@ class Probe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     path: str | None = "/"  # HTTP GET relative to the instance root must answer 2xx
     log_marker: str | None = None  # this text must have appeared in the container log
-    timeout: Duration = Duration(120)  # from creation; past it the instance has failed
-    interval: Duration = Duration(0.25)
+    timeout: Interval = Interval(120)  # from creation; past it the instance has failed
+    interval: Interval = Interval(0.25)
 
 
 class Pool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -80,7 +104,7 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     size: Annotated[int, msgspec.Meta(ge=0)] = 1  # ready instances to keep
     max: Annotated[int, msgspec.Meta(ge=0)] | None = None  # ready + starting + claimed; default size * 3
-    max_warm_age: Duration | None = None  # recycle ready instances older than this
+    max_warm_age: Interval | None = None  # recycle ready instances older than this
     max_parallel_starts: Annotated[int, msgspec.Meta(ge=1)] = 8
 
     @property
@@ -91,16 +115,17 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 class Session(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """When a claimed instance is retired. None disables a rule."""
 
-    idle_timeout: Duration | None = Duration(600)  # no client traffic for this long
-    disconnect_grace: Duration | None = Duration(120)  # no open connection for this long
-    max_lifetime: Duration | None = Duration(4 * 3600)  # claimed for this long, whatever happens
+    idle_timeout: Interval | None = Interval(600)  # no client traffic for this long
+    disconnect_grace: Interval | None = Interval(120)  # no open connection for this long
+    max_lifetime: Interval | None = Interval(4 * 3600)  # claimed for this long, whatever happens
+    unused_grace: Duration | None = Duration(30)  # claimed, yet no client request ever arrived (bots, scripts)
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Resources of one instance."""
 
     cpus: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    memory: ByteSize | None = None
+    memory: MemorySize | None = None
 
 
 class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -129,15 +154,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     max_instances: Annotated[int, msgspec.Meta(ge=1)] = 200  # global capacity, all apps
     claim_wait: Duration = Duration(2.0)  # a click waits this long for a ready instance
-    heartbeat_interval: Duration = Duration(5.0)  # gateway throttles activity per instance
-    reconcile_interval: Duration = Duration(5.0)  # keeper's full reconcile period (swarm vs records)
-    tick_interval: Duration = Duration(1.0)  # reaper and prober backstop period
+    heartbeat_interval: Interval = Interval(5.0)  # gateway throttles activity per instance
+    reconcile_interval: Interval = Interval(5.0)  # keeper's full reconcile period (swarm vs records)
+    tick_interval: Interval = Interval(1.0)  # reaper and prober backstop period
     # after a claim, wait this long before refilling: batches a burst's refills, and keeps a new
     # container's start from competing for the CPU with the student's first page load
     refill_delay: Duration = Duration(2.0)
-    orphan_grace: Duration = Duration(30.0)  # a service without record (or record without service) this old is cleaned up
+    orphan_grace: Interval = Interval(30.0)  # a service without record (or record without service) this old is cleaned up
     publish_ports: bool = True  # local: host-mode port on 127.0.0.1; cluster: overlay by name
     network: str | None = None  # overlay network instances join (cluster mode)
+    # live sessions of one app that one browser (the gateway's cookie) may hold; 0: no limit
+    per_browser_limit: Annotated[int, msgspec.Meta(ge=0)] = 3
+    # gateway bounds: one student's socket or slow client must not cost the others
+    ws_max_message: ByteSize = ByteSize(4 * 1024**2)  # larger WebSocket messages close that socket (1009)
+    ws_per_instance: Annotated[int, msgspec.Meta(ge=1)] = 16  # open WebSockets per instance
+    keepalive_timeout: Duration = Duration(30.0)  # idle client connection, or one still sending headers
+    body_timeout: Duration = Duration(60.0)  # a request body that sends nothing for this long is cut
+    upstream_read_timeout: Duration = Duration(300.0)  # an instance silent this long mid-HTTP-response
+    # per-instance origins: "apps.example.org" serves /i/<id>/ only on <label>.apps.example.org
+    # (wildcard DNS and certificate); None keeps one origin and path-based confinement
+    instance_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")] | None = None
 
 
 class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

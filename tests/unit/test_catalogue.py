@@ -54,6 +54,16 @@ def test_good_catalogue_parses_durations_and_sizes() -> None:
     (('deep_link = "hello"', 'deep_link = "/hello"'), "apps.echo.deep_link", "relative"),
     (("cpus = 0.5", "cpus = 0"), "apps.echo.limits.cpus", "> 0"),
     (('path = "healthz"', "path = 3"), "apps.echo.probe.path", "Expected `str | null`"),
+    (('timeout = "90s"', "timeout = nan"), "apps.echo.probe.timeout", "finite"),
+    (('timeout = "90s"', "timeout = 0"), "apps.echo.probe.timeout", "more than 0"),
+    (('timeout = "90s"', 'timeout = "90s"\ninterval = 0'), "apps.echo.probe.interval", "more than 0"),
+    (('idle_timeout = "10m"', "idle_timeout = -5"), "apps.echo.session.idle_timeout", "negative"),
+    (('max_lifetime = "4h"', "max_lifetime = inf"), "apps.echo.session.max_lifetime", "finite"),
+    (('memory = "256m"', 'memory = "0.5"'), "apps.echo.limits.memory", "at least 32m"),
+    (('memory = "256m"', 'memory = "16m"'), "apps.echo.limits.memory", "at least 32m"),
+    (("[apps.echo]", "[settings]\ntick_interval = 0\n[apps.echo]"), "settings.tick_interval", "more than 0"),
+    (("[apps.echo]", "[settings]\norphan_grace = 0\n[apps.echo]"), "settings.orphan_grace", "more than 0"),
+    (("[apps.echo]", "[settings]\nclaim_wait = inf\n[apps.echo]"), "settings.claim_wait", "finite"),
 ])
 def test_each_mistake_names_its_field(change: tuple[str, str], field: str, words: str) -> None:
     text = GOOD.replace(*change)
