@@ -59,7 +59,9 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     used: bool = False  # any client traffic ever arrived
     reason: str = ""  # why it failed or is retiring
     retiring_at: float | None = None
-    heartbeat_at: float | None = None  # time of the newest heartbeat applied (older ones are stale)
+    heartbeat_at: float | None = None  # time of the newest heartbeat applied, any gateway
+    gateway_heartbeats: dict[str, float] = {}  # newest heartbeat time per gateway (its own clock orders it)
+    browser: str = ""  # opaque key of the browser that claimed it (a hash of the gateway's cookie)
 
     @property
     def key(self) -> str:
@@ -77,6 +79,7 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
 class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     wait: float = 2.0  # seconds the claimer may wait for a ready instance
+    browser: str = ""  # opaque browser key (hash of the gateway's cookie); "" = not limited per browser
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed"):
@@ -88,8 +91,10 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed"):
 
 class ClaimRefused(msgspec.Struct, frozen=True, kw_only=True, tag="refused"):
     app: str
-    reason: Literal["empty", "unknown_app", "paused"]
+    # "limit" (the browser holds per_browser_limit sessions) is newer: older gateways cannot decode it
+    reason: Literal["empty", "unknown_app", "paused", "limit"]
     retry_after: float = 3.0
+    sessions: list[str] = []  # "limit": ids of that browser's live sessions (its own capabilities)
 
 
 ClaimReply = Claimed | ClaimRefused

@@ -11,4 +11,4 @@ handlers = Handlers()
 
 @handlers.on(lambda s: s.activity_all(), Activity, expect=lambda s, hb: s.activity(hb.app, hb.id))
 async def heartbeat(ctx: Context, hb: Activity) -> None:
-    await ctx.store.update(hb.app, hb.id, lambda r: apply_activity(r, hb))
+    await ctx.store.update(hb.app, hb.id, lambda r: apply_activity(r, hb, ctx.clock()))

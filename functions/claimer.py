@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import msgspec
@@ -11,7 +13,7 @@ import msgspec
 from swarmpool.bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claimed
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.state import Conflict
-from swarmpool.functions.policy import pick_claim_order
+from swarmpool.functions.policy import live_sessions, pick_claim_order
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +22,38 @@ UNKNOWN_APP = "_unknown"  # one metrics label for every unknown app name, so lab
 
 
 @dataclass
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
 class ClaimerState:
     claiming: set[str] = field(default_factory=set)  # instance keys a local claim is trying now
+    browsers: dict[str, _Turn] = field(default_factory=dict)  # "<app>.<browser>" -> its claims' turn
+
+
+@asynccontextmanager
+async def browser_turn(state: ClaimerState, key: str) -> AsyncIterator[None]:
+    """One browser's claims of one app count and claim one at a time on this host, so two
+    concurrent clicks cannot both pass the limit (the mirror learns of a local CAS at once)."""
+    turn = state.browsers.get(key)
+    if turn is None:
+        turn = state.browsers[key] = _Turn()
+    turn.users += 1
+    try:
+        async with turn.lock:
+            yield
+    finally:
+        turn.users -= 1
+        if turn.users == 0:
+            del state.browsers[key]
 
 
 handlers = Handlers(state=ClaimerState)
 
 
-async def try_claim(ctx: Context, app: str) -> Claimed | None:
+async def try_claim(ctx: Context, app: str, browser: str = "") -> Claimed | None:
     """One pass over the ready instances; None when none could be won."""
     claiming = ctx.state(ClaimerState).claiming
     for record in pick_claim_order(ctx.store.all(app), skip=claiming):
@@ -38,7 +64,7 @@ async def try_claim(ctx: Context, app: str) -> Claimed | None:
         try:
             now = ctx.clock()
             won = await ctx.store.cas(current, msgspec.structs.replace(
-                current.instance, state="claimed", claimed_at=now, last_activity=now))
+                current.instance, state="claimed", claimed_at=now, last_activity=now, browser=browser))
         except Conflict:
             continue  # another claimer (or host) was faster: try the next one
         finally:
@@ -63,8 +89,17 @@ async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
         return ClaimRefused(app=app, reason="paused", retry_after=10)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(max(request.wait, 0.0), MAX_WAIT)
+    limit = ctx.settings.per_browser_limit if request.browser else 0
     while True:
-        claimed = await try_claim(ctx, app)
+        if limit:
+            async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
+                mine = live_sessions(ctx.store.all(app), request.browser)
+                if len(mine) >= limit:
+                    ctx.metrics.claims.labels(app, "limit").inc()
+                    return ClaimRefused(app=app, reason="limit", sessions=[r.id for r in mine])
+                claimed = await try_claim(ctx, app, request.browser)
+        else:
+            claimed = await try_claim(ctx, app)
         if claimed is not None:
             ctx.metrics.claims.labels(app, "claimed").inc()
             return claimed

@@ -96,6 +96,8 @@ def retire_reason(r: Instance, spec: AppSpec | None, now: float) -> str | None:
     claimed_at = r.claimed_at if r.claimed_at is not None else r.created_at
     if s.max_lifetime is not None and now - claimed_at > s.max_lifetime:
         return f"max lifetime {now - claimed_at:.0f} s > {s.max_lifetime:.0f} s"
+    if s.unused_grace is not None and not r.used and r.connections == 0 and now - claimed_at > s.unused_grace:
+        return f"unused {now - claimed_at:.0f} s > {s.unused_grace:.0f} s"  # a bot or a script's claim
     last = max(claimed_at, r.last_activity or 0.0)
     if s.idle_timeout is not None and now - last > s.idle_timeout:
         return f"idle {now - last:.0f} s > {s.idle_timeout:.0f} s"
@@ -106,25 +108,43 @@ def retire_reason(r: Instance, spec: AppSpec | None, now: float) -> str | None:
     return None
 
 
-def apply_activity(r: Instance, hb: Activity) -> Instance | None:
-    """The record after one gateway heartbeat, or None when nothing changes (or it is stale)."""
-    if r.state != "claimed":
+MAX_CLOCK_SKEW = 30.0  # seconds a heartbeat's time may run ahead of the functions' clock
+
+
+def apply_activity(r: Instance, hb: Activity, now: float, max_skew: float = MAX_CLOCK_SKEW) -> Instance | None:
+    """The record after one gateway heartbeat, or None when nothing changes (stale or refused).
+
+    Heartbeats are ordered per gateway (each gateway's own clock); one from the future (beyond
+    `max_skew` of `now`) is refused, so a forged `at` cannot freeze a record.
+    """
+    if r.state != "claimed" or not hb.at <= now + max_skew:  # `not <=` also refuses NaN
         return None
-    if r.heartbeat_at is not None and hb.at < r.heartbeat_at:
-        return None  # an older heartbeat processed late
-    last = max(r.last_activity or 0.0, hb.at) if hb.traffic else r.last_activity
+    # records from before per-gateway times: the newest heartbeat of any gateway orders them all
+    previous = r.gateway_heartbeats.get(hb.gateway, None if r.gateway_heartbeats else r.heartbeat_at)
+    if previous is not None and hb.at < previous:
+        return None  # an older heartbeat of this gateway processed late
+    at = min(hb.at, now)  # a gateway's clock slightly ahead never dates anything in the future
+    last = max(r.last_activity or 0.0, at) if hb.traffic else r.last_activity
     per_gateway = {**r.gateway_connections, hb.gateway: hb.connections}
     per_gateway = {g: n for g, n in per_gateway.items() if n > 0}
     connections = sum(per_gateway.values())
     disconnected_at = r.disconnected_at
     if connections == 0 and r.connections > 0:
-        disconnected_at = hb.at
+        disconnected_at = at
     elif connections > 0:
         disconnected_at = None
     return msgspec.structs.replace(
         r, last_activity=last, connections=connections, gateway_connections=per_gateway,
-        disconnected_at=disconnected_at, used=r.used or hb.traffic, heartbeat_at=hb.at,
+        disconnected_at=disconnected_at, used=r.used or hb.traffic,
+        heartbeat_at=max(r.heartbeat_at or 0.0, at),
+        gateway_heartbeats={**r.gateway_heartbeats, hb.gateway: hb.at},
     )
+
+
+def live_sessions(records: Iterable[Instance], browser: str) -> list[Instance]:
+    """The claimed sessions one browser holds (its per-browser limit counts these), oldest first."""
+    mine = [r for r in records if r.state == "claimed" and browser and r.browser == browser]
+    return sorted(mine, key=lambda r: (r.claimed_at or r.created_at, r.id))
 
 
 def pick_claim_order(records: Iterable[Instance], skip: set[str]) -> list[Instance]:

@@ -12,6 +12,7 @@ from swarmpool.functions.policy import (
     backoff_delay,
     ghost_records,
     leaked_services,
+    live_sessions,
     pick_claim_order,
     retire_reason,
     starts_needed,
@@ -24,14 +25,15 @@ SPEC = AppSpec(
     name="echo", image="echo", port=80,
     probe=Probe(timeout=Duration(60)),
     pool=Pool(size=3, max=5, max_warm_age=Duration(3600)),
-    session=Session(idle_timeout=Duration(600), disconnect_grace=Duration(120), max_lifetime=Duration(7200)),
+    session=Session(idle_timeout=Duration(600), disconnect_grace=Duration(120), max_lifetime=Duration(7200),
+                    unused_grace=Duration(30)),
 )
 
 
 def inst(state: str = "claimed", **kw: object) -> Instance:
     base: dict[str, object] = dict(id="a" * 26, app="echo", state=state, created_at=NOW - 100)
     if state == "claimed":
-        base.update(claimed_at=NOW - 50, last_activity=NOW - 10, connections=1)
+        base.update(claimed_at=NOW - 50, last_activity=NOW - 10, connections=1, used=True)
     if state == "ready":
         base.update(ready_at=NOW - 90)
     base.update(kw)
@@ -72,6 +74,10 @@ def test_starts_needed(records: list[Instance], target: int, limit: int, paralle
     (inst(claimed_at=NOW - 200, connections=0, disconnected_at=NOW - 30, last_activity=NOW - 121), None),
     (inst(claimed_at=NOW - 7201, last_activity=NOW - 1), "max lifetime"),      # busy tab still ends
     (inst(claimed_at=NOW - 200, last_activity=None, connections=0), "disconnected"),  # never opened
+    (inst(used=False, connections=0, claimed_at=NOW - 31, last_activity=NOW - 31), "unused"),  # a bot's claim
+    (inst(used=False, connections=0, claimed_at=NOW - 29, last_activity=NOW - 29), None),  # still in grace
+    (inst(used=True, connections=0, claimed_at=NOW - 31, disconnected_at=NOW - 31), None),  # used: the 2-min grace
+    (inst(used=False, connections=1, claimed_at=NOW - 31), None),  # a socket is open: traffic arrived
     (inst("ready", ready_at=NOW - 3601), "recycled"),
     (inst("ready"), None),
     (inst("starting", created_at=NOW - 61), "not ready"),
@@ -89,8 +95,9 @@ def test_retire_reason(record: Instance, expected: str | None) -> None:
 
 def test_retire_reason_rules_can_be_disabled() -> None:
     spec = msgspec.structs.replace(SPEC, session=Session(idle_timeout=None, disconnect_grace=None,
-                                                         max_lifetime=None))
+                                                         max_lifetime=None, unused_grace=None))
     assert retire_reason(inst(last_activity=NOW - 10**6, connections=0), spec, NOW) is None
+    assert retire_reason(inst(last_activity=NOW - 10**6, connections=0, used=False), spec, NOW) is None
 
 
 def test_unknown_app_retires_warm_but_not_sessions() -> None:
@@ -100,37 +107,37 @@ def test_unknown_app_retires_warm_but_not_sessions() -> None:
 
 def test_activity_updates_traffic_and_connections() -> None:
     r = inst(connections=0, used=False, last_activity=NOW - 100)
-    after = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=2, traffic=True))
+    after = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=2, traffic=True), NOW + 5)
     assert after is not None and after.connections == 2 and after.used and after.last_activity == NOW
-    gone = apply_activity(after, Activity(app="echo", id=r.id, at=NOW + 5, connections=0, traffic=False))
+    gone = apply_activity(after, Activity(app="echo", id=r.id, at=NOW + 5, connections=0, traffic=False), NOW + 5)
     assert gone is not None and gone.disconnected_at == NOW + 5 and gone.last_activity == NOW
 
 
 def test_connections_are_summed_over_gateways() -> None:
     r = inst(connections=0)
-    a = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=1, gateway="gw1"))
+    a = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=1, gateway="gw1"), NOW + 5)
     assert a is not None
-    b = apply_activity(a, Activity(app="echo", id=r.id, at=NOW + 1, connections=2, gateway="gw2"))
+    b = apply_activity(a, Activity(app="echo", id=r.id, at=NOW + 1, connections=2, gateway="gw2"), NOW + 5)
     assert b is not None and b.connections == 3
-    c = apply_activity(b, Activity(app="echo", id=r.id, at=NOW + 2, connections=0, gateway="gw1"))
+    c = apply_activity(b, Activity(app="echo", id=r.id, at=NOW + 2, connections=0, gateway="gw1"), NOW + 5)
     assert c is not None and c.connections == 2 and c.disconnected_at is None  # gw2 still holds two
-    d = apply_activity(c, Activity(app="echo", id=r.id, at=NOW + 3, connections=0, gateway="gw2"))
+    d = apply_activity(c, Activity(app="echo", id=r.id, at=NOW + 3, connections=0, gateway="gw2"), NOW + 5)
     assert d is not None and d.connections == 0 and d.disconnected_at == NOW + 3
 
 
 def test_keepalives_alone_do_not_count_as_traffic() -> None:
     r = inst(last_activity=NOW - 100)
-    after = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=1, traffic=False))
+    after = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=1, traffic=False), NOW + 5)
     assert after is not None and after.last_activity == NOW - 100
 
 
 def test_stale_heartbeat_is_ignored() -> None:
     r = inst(heartbeat_at=NOW)
-    assert apply_activity(r, Activity(app="echo", id=r.id, at=NOW - 1, connections=0)) is None
+    assert apply_activity(r, Activity(app="echo", id=r.id, at=NOW - 1, connections=0), NOW + 5) is None
 
 
 def test_activity_ignored_unless_claimed() -> None:
-    assert apply_activity(inst("ready"), Activity(app="echo", id="a" * 26, at=NOW, traffic=True)) is None
+    assert apply_activity(inst("ready"), Activity(app="echo", id="a" * 26, at=NOW, traffic=True), NOW + 5) is None
 
 
 def test_claim_order_oldest_ready_first_skipping_reserved() -> None:
@@ -174,3 +181,64 @@ def test_leaks_and_ghosts() -> None:
 def test_target(override: PoolOverride, expected: int) -> None:
     assert target(SPEC, override) == expected
     assert target(None, override) == 0
+
+
+def test_heartbeats_are_ordered_per_gateway() -> None:
+    # gw2's clock runs 20 s behind gw1's: its heartbeats still apply after gw1's
+    r = inst(connections=0)
+    a = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=1, gateway="gw1"), NOW)
+    assert a is not None and a.gateway_heartbeats == {"gw1": NOW}
+    b = apply_activity(a, Activity(app="echo", id=r.id, at=NOW - 20, connections=1, gateway="gw2"), NOW)
+    assert b is not None and b.connections == 2
+    assert apply_activity(b, Activity(app="echo", id=r.id, at=NOW - 21, connections=0, gateway="gw2"), NOW) is None
+    c = apply_activity(b, Activity(app="echo", id=r.id, at=NOW - 19, connections=0, gateway="gw2"), NOW)
+    assert c is not None and c.connections == 1
+
+
+@pytest.mark.parametrize("at, applied", [
+    (1e18, False),                    # forged: would freeze the record until max lifetime
+    (float("inf"), False),
+    (float("nan"), False),
+    (NOW + 31, False),                # beyond the allowed skew
+    (NOW + 29, True),                 # a gateway's clock slightly ahead
+    (NOW, True),
+])
+def test_heartbeats_from_the_future_are_refused(at: float, applied: bool) -> None:
+    r = inst(connections=0, used=False, last_activity=NOW - 100)
+    after = apply_activity(r, Activity(app="echo", id=r.id, at=at, connections=1, traffic=True, gateway="gw"), NOW,
+                           max_skew=30)
+    assert (after is not None) == applied
+    if after is not None:
+        assert after.last_activity == NOW  # never later than the functions' clock
+        # the next honest heartbeat of that gateway is not refused as stale for long
+        later = apply_activity(after, Activity(app="echo", id=r.id, at=NOW + 30, connections=0, gateway="gw"),
+                               NOW + 30)
+        assert later is not None and later.connections == 0
+
+
+def test_forged_heartbeat_does_not_block_later_ones() -> None:
+    r = inst(connections=1, gateway_connections={"gw": 1}, gateway_heartbeats={"gw": NOW - 5})
+    assert apply_activity(r, Activity(app="echo", id=r.id, at=1e18, connections=5, gateway="gw"), NOW) is None
+    after = apply_activity(r, Activity(app="echo", id=r.id, at=NOW, connections=0, gateway="gw"), NOW)
+    assert after is not None and after.connections == 0 and after.disconnected_at == NOW
+
+
+def test_old_records_without_per_gateway_times_still_decode_and_order() -> None:
+    old = b'{"id":"%s","app":"echo","state":"claimed","created_at":1.0,"heartbeat_at":5.0}' % (b"a" * 26)
+    r = msgspec.json.decode(old, type=Instance)
+    assert r.gateway_heartbeats == {} and r.browser == ""
+    assert apply_activity(r, Activity(app="echo", id=r.id, at=4.0, gateway="gw"), NOW) is None
+    assert apply_activity(r, Activity(app="echo", id=r.id, at=6.0, gateway="gw"), NOW) is not None
+
+
+def test_live_sessions_of_one_browser() -> None:
+    records = [
+        inst(id="a" * 26, browser="b1", claimed_at=NOW - 10),
+        inst(id="b" * 26, browser="b1", claimed_at=NOW - 20),
+        inst(id="c" * 26, browser="b2"),
+        inst("retiring", id="d" * 26, browser="b1"),
+        inst("ready", id="e" * 26),
+        inst(id="f" * 26, browser=""),
+    ]
+    assert [r.id for r in live_sessions(records, "b1")] == ["b" * 26, "a" * 26]
+    assert live_sessions(records, "") == []  # no cookie: nothing to count
