@@ -258,11 +258,13 @@ class InstanceStore:
 
 
 class ConfigStore:
-    """Operator overrides of the catalogue (admin scale/pause), one KV key per app, mirrored."""
+    """Operator overrides of the catalogue (admin scale/pause), one KV key per app, mirrored.
+    Every write is a compare-and-set on the key's revision, like the instance records: two hosts
+    handling a `pause` and a `scale` at once both take effect."""
 
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
-        self._overrides: dict[str, PoolOverride] = {}
+        self._overrides: dict[str, tuple[PoolOverride, int]] = {}  # app -> (override, revision)
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -287,17 +289,50 @@ class ConfigStore:
                 self._overrides.pop(app, None)
                 continue
             try:
-                self._overrides[app] = _decode_override(entry.value)
+                self._learn(app, _decode_override(entry.value), entry.revision or 0)
             except msgspec.DecodeError:
                 log.warning("ignoring malformed pool override for %s", app)
 
+    def _learn(self, app: str, override: PoolOverride, revision: int) -> None:
+        known = self._overrides.get(app)
+        if known is None or known[1] < revision:
+            self._overrides[app] = (override, revision)
+
     def cached(self, app: str) -> PoolOverride:
         """The override for `app` as last seen (no round trip)."""
-        return self._overrides.get(app) or PoolOverride(app=app)
+        known = self._overrides.get(app)
+        return known[0] if known else PoolOverride(app=app)
 
-    async def put(self, override: PoolOverride) -> None:
-        await self._kv.put(f"pool.{override.app}", _encode(override))
-        self._overrides[override.app] = override
+    async def update(self, app: str, change: Callable[[PoolOverride], PoolOverride],
+                     attempts: int = 8) -> PoolOverride:
+        """Read-modify-CAS of one app's override, retried on a concurrent write."""
+        key = f"pool.{app}"
+        known = self._overrides.get(app)
+        for _ in range(attempts):
+            current, revision = known if known else (PoolOverride(app=app), 0)
+            new = change(current)
+            try:
+                if revision:
+                    revision = await self._kv.update(key, _encode(new), last=revision)
+                else:
+                    revision = await self._kv.create(key, _encode(new))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                known = await self._fetch(app)
+                continue
+            self._learn(app, new, revision)
+            return new
+        raise Conflict(f"pool override of {app}: gave up after {attempts} attempts")
+
+    async def _fetch(self, app: str) -> tuple[PoolOverride, int] | None:
+        try:
+            entry = await self._kv.get(f"pool.{app}")
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if not entry.value or entry.revision is None:
+            return None
+        fetched = (_decode_override(entry.value), entry.revision)
+        self._learn(app, *fetched)
+        return fetched
 
     async def close(self) -> None:
         await _stop_watch(self._watcher, self._task)

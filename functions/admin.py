@@ -47,12 +47,11 @@ async def admin(ctx: Context, verb: str, request: AdminRequest) -> Reply:
         if verb == "scale" and (request.size is None or request.size < 0):
             return ErrorReply(error="bad_request", detail="scale needs size >= 0")
         for app in apps:
-            o = ctx.config.cached(app)
             if verb == "scale":
-                o = msgspec.structs.replace(o, size=request.size)
+                await ctx.config.update(app, lambda o: msgspec.structs.replace(o, size=request.size))
             else:
-                o = msgspec.structs.replace(o, paused=verb in ("pause", "drain"))
-            await ctx.config.put(o)
+                paused = verb in ("pause", "drain")
+                await ctx.config.update(app, lambda o: msgspec.structs.replace(o, paused=paused))
             log.info("admin %s %s", verb, app)
             if verb == "drain":  # retire the warm pool; claimed sessions run to their end
                 await ctx.each("drain", (lifecycle.retire(ctx, app, r.id, "drained by operator")

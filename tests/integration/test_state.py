@@ -65,3 +65,23 @@ async def test_on_change_listener_can_be_stopped(store: InstanceStore) -> None:
     stop()
     await store.create(make())
     assert seen == [first.instance.id]
+
+
+async def test_concurrent_overrides_from_two_hosts_both_take_effect(nc, subjects) -> None:  # type: ignore[no-untyped-def]
+    """A `pause` and a `scale` handled by two function hosts at once: neither undoes the other."""
+    from swarmpool.bus.state import ConfigStore
+
+    host_a, host_b = await ConfigStore.open(nc, subjects), await ConfigStore.open(nc, subjects)
+    try:
+        for round_ in range(5):  # both start from the same cached view each round
+            await asyncio.gather(
+                host_a.update("echo", lambda o: msgspec.structs.replace(o, paused=round_ % 2 == 0)),
+                host_b.update("echo", lambda o: msgspec.structs.replace(o, size=10 + round_)))
+            fresh = await ConfigStore.open(nc, subjects)
+            try:
+                assert (fresh.cached("echo").paused, fresh.cached("echo").size) == (round_ % 2 == 0, 10 + round_)
+            finally:
+                await fresh.close()
+    finally:
+        await host_a.close()
+        await host_b.close()
