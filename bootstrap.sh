@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="${SWARMPOOL_VENV:-$ROOT/.venv}"
+DOCKERD_LOG="${SWARMPOOL_DOCKERD_LOG:-/var/log/dockerd.log}"
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
@@ -34,10 +35,12 @@ if ! docker info >/dev/null 2>&1; then
     if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
         $SUDO systemctl start docker
     else
-        $SUDO bash -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+        # its own session: Ctrl-C of this terminal reaches swarmpool, never the engine
+        $SUDO setsid --fork dockerd >"$DOCKERD_LOG" 2>&1 </dev/null
+        say "dockerd runs in the background, detached; its log is $DOCKERD_LOG"
     fi
     for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-    docker info >/dev/null 2>&1 || { say "dockerd did not come up; see /var/log/dockerd.log"; exit 1; }
+    docker info >/dev/null 2>&1 || { say "dockerd did not come up; see $DOCKERD_LOG"; exit 1; }
 fi
 if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != "active" ]]; then
     say "initialising a single-node swarm"

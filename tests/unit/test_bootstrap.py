@@ -1,0 +1,60 @@
+"""bootstrap.sh starts the Docker engine in a session of its own, so Ctrl-C of `bootstrap.sh up`
+reaches swarmpool only (the engine once died with it and swarmpool's cleanup then failed)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FAKE_DOCKER = """#!/bin/bash
+# a docker CLI whose engine is "up" once the fake dockerd has written its marker
+[[ -e "$FAKE_DIR/dockerd.started" ]] || exit 1
+[[ "$*" == *LocalNodeState* ]] && echo active
+exit 0
+"""
+FAKE_DOCKERD = """#!/bin/bash
+echo $$ > "$FAKE_DIR/dockerd.pid"
+ps -o sid=,pgid= -p $$ > "$FAKE_DIR/dockerd.started.tmp"
+mv "$FAKE_DIR/dockerd.started.tmp" "$FAKE_DIR/dockerd.started"
+exec sleep 60
+"""
+
+
+def test_the_engine_runs_in_its_own_session_and_bootstrap_says_where_its_log_is(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("docker", FAKE_DOCKER), ("dockerd", FAKE_DOCKERD)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    venv = tmp_path / "venv"  # a venv that counts as installed: bootstrap installs nothing
+    venv.mkdir()
+    stamp = hashlib.sha1((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    (venv / f".installed-{stamp}").touch()
+    log = tmp_path / "dockerd.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
+           "SWARMPOOL_VENV": str(venv), "SWARMPOOL_DOCKERD_LOG": str(log)}
+    try:
+        result = subprocess.run(["bash", str(ROOT / "bootstrap.sh"), "shell"], env=env, capture_output=True,
+                                text=True, timeout=60, start_new_session=True)
+        assert result.returncode == 0, result.stderr
+        assert f"its log is {log}" in result.stderr
+        sid, pgid = (int(x) for x in (tmp_path / "dockerd.started").read_text().split())
+        engine = int((tmp_path / "dockerd.pid").read_text())
+        # the engine leads a session of its own (before: it shared bootstrap's, so Ctrl-C stopped it)
+        assert sid == pgid == engine
+    finally:
+        pid_file = tmp_path / "dockerd.pid"
+        deadline = time.monotonic() + 5
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
