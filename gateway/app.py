@@ -48,6 +48,7 @@ def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: C
     app.router.add_get("/", launch.index)
     app.router.add_get("/launch/{app}", launch.launch, allow_head=False)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/robots.txt", launch.robots)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", INSTANCE_ROUTE.rstrip("/"), proxy.proxy)  # redirected to its prefix
     app.router.add_route("*", INSTANCE_ROUTE + "{tail:.*}", proxy.proxy)

@@ -37,6 +37,10 @@ class Gateway:
     background: set[asyncio.Task[object]] = field(default_factory=set)  # fire-and-forget closes
 
 
+# The browser id (random, HttpOnly, Path=/launch/): the per-browser session limit counts by it.
+# It is the gateway's own: never forwarded to an instance.
+BROWSER_COOKIE = "sp_browser"
+
 GATEWAY = web.AppKey("gateway", Gateway)
 UPSTREAM = web.AppKey("upstream_session", aiohttp.ClientSession)
 

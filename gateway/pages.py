@@ -1,4 +1,5 @@
-"""The gateway's few HTML pages; every dynamic value is escaped, no instance id ever appears."""
+"""The gateway's few HTML pages; every dynamic value is escaped; no instance id appears on a public page
+(only the limit page, sent no-store to one browser, links that browser's own sessions)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,26 @@ def not_answering_page(app: AppSpec | None) -> str:
     again = f"<a href=\"/launch/{escape(app.name)}\">start a new session</a>" if app else "<a href=\"/\">start a new session</a>"
     return _page("Not answering", "<h1>The app is not answering</h1>"
                  f"<p>Reload in a moment, or {again}.</p>")
+
+
+def description_page(app: AppSpec) -> str:
+    """What link previews and crawlers see at /launch/<app>: the app's description, no session."""
+    title = escape(app.title or app.name)
+    description = escape(app.description)
+    head = (f"<meta property=\"og:title\" content=\"{title}\">"
+            f"<meta property=\"og:description\" content=\"{description}\">"
+            "<meta name=\"robots\" content=\"noindex, nofollow\">")
+    return _page(app.title or app.name, f"<h1>{title}</h1><p>{description}</p>"
+                 f"<p><a href=\"/launch/{escape(app.name)}\" rel=\"nofollow\">Start a session</a></p>", head)
+
+
+def limit_page(app: AppSpec, limit: int, sessions: list[str]) -> str:
+    """This browser holds `limit` live sessions of the app already: links to them (its own, sent only to it)."""
+    title = escape(app.title or app.name)
+    links = "".join(f"<li><a href=\"{escape(url)}\">{title} session {n}</a></li>"
+                    for n, url in enumerate(sessions, 1))
+    return _page(f"{app.title or app.name}: sessions open",
+                 f"<h1>You already have {limit} {title} session{'s' if limit != 1 else ''} open</h1>"
+                 f"<p>Go back to one of them:</p><ul>{links}</ul>"
+                 "<p>A session ends a couple of minutes after its tab is closed; then you can start a new one "
+                 f"<a href=\"/launch/{escape(app.name)}\">here</a>.</p>")
