@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 TLS_TEMPLATE = HERE / "swarmpool.conf.template"
 HTTP_TEMPLATE = HERE / "swarmpool-http.conf.template"
 LOCATIONS = HERE / "swarmpool-locations.conf"
+LOGGING = HERE / "swarmpool-logging.conf"
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 MAIN = """\
@@ -32,6 +33,7 @@ events {{
 
 http {{
     default_type application/octet-stream;
+    include {out}/swarmpool-logging.conf;
     access_log {access_log};
     sendfile on;
     tcp_nodelay on;
@@ -79,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-only", action="store_true", help="no TLS: one plain HTTP server (tests, loopback)")
     parser.add_argument("--acme-root", default="/var/www/acme", help="webroot for ACME HTTP-01 challenges")
     parser.add_argument("--launch-rate", default="10r/s", help="sustained /launch/ rate per client address")
-    parser.add_argument("--launch-burst", type=int, default=100,
+    parser.add_argument("--launch-burst", type=int, default=200,
                         help="extra /launch/ requests per address served at once (a classroom behind one NAT)")
     parser.add_argument("--metrics-allow", action="append", default=None,
                         help="address/CIDR allowed to GET /metrics (repeatable; default 127.0.0.1 and ::1)")
@@ -100,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def render(args: argparse.Namespace) -> Path:
-    """Write OUT/nginx.conf, OUT/swarmpool.conf and OUT/swarmpool-locations.conf; return nginx.conf."""
+    """Write OUT/nginx.conf and the files it includes (swarmpool.conf, -locations, -logging); return nginx.conf."""
     out: Path = args.out.resolve()
     for sub in ("logs", *(f"tmp/{name}" for name in TEMP_DIRS)):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -123,13 +125,14 @@ def render(args: argparse.Namespace) -> Path:
     }
     template = HTTP_TEMPLATE if args.http_only else TLS_TEMPLATE
     (out / "swarmpool-locations.conf").write_text(fill(LOCATIONS.read_text(), values))
+    (out / "swarmpool-logging.conf").write_text(fill(LOGGING.read_text(), values))
     (out / "swarmpool.conf").write_text(fill(template.read_text(), values))
     main = MAIN.format(
         out=out,
         user=f"user {args.user};\n" if args.user else "",
         workers=args.workers,
         worker_connections=args.worker_connections,
-        access_log=args.access_log or f"{out}/logs/access.log",
+        access_log="off" if args.access_log == "off" else f"{args.access_log or out / 'logs' / 'access.log'} swarmpool",
         log_level=args.log_level,
     )
     (out / "nginx.conf").write_text(main)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,12 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from swarmpool.ids import new_instance_id
+
 REPO = Path(__file__).resolve().parents[2]
 RENDER = REPO / "nginx" / "render.py"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 LAUNCH_BURST = 3
-
-pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -106,6 +106,7 @@ async def upstream() -> AsyncIterator[Upstream]:
 class Front:
     url: str
     process: subprocess.Popen[bytes]
+    out: Path
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
@@ -120,19 +121,20 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) 
     raise TimeoutError(f"nginx did not listen on {port}")
 
 
-@pytest.fixture(scope="module")
-def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    out = tmp_path_factory.mktemp("nginx")
+@contextmanager
+def running_nginx(upstream: Upstream, out: Path, *options: str) -> Iterator[Front]:
+    """nginx from a config rendered with `options`, in front of `upstream`, stopped afterwards."""
+    assert os.path.exists(NGINX), f"nginx is not installed ({NGINX})"
     port = free_port()
     conf = render(
         out, "--http-only", "--listen-http", f"127.0.0.1:{port}", "--gateway", f"127.0.0.1:{upstream.port}",
-        "--launch-rate", "1r/m", "--launch-burst", str(LAUNCH_BURST), "--workers", "1", *worker_user(),
+        "--workers", "1", *options, *worker_user(),
     )
     subprocess.run(nginx_cmd(conf, "-t"), check=True, capture_output=True)
     process = subprocess.Popen(nginx_cmd(conf, "-g", "daemon off;"), stderr=subprocess.PIPE)
     try:
         wait_for_port(port, process, time.monotonic() + 10)
-        yield Front(url=f"http://127.0.0.1:{port}", process=process)
+        yield Front(url=f"http://127.0.0.1:{port}", process=process, out=out)
     finally:
         process.send_signal(signal.SIGTERM)  # fast shutdown: master stops its workers, then exits
         try:
@@ -142,6 +144,20 @@ def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Itera
             process.wait()
         if process.stderr:
             process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    with running_nginx(upstream, tmp_path_factory.mktemp("nginx"),
+                       "--launch-rate", "1r/m", "--launch-burst", str(LAUNCH_BURST)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def default_front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    """nginx with the rendered defaults (rate limit and access log as an operator gets them)."""
+    with running_nginx(upstream, tmp_path_factory.mktemp("nginx-default")) as running:
+        yield running
 
 
 # --- tests ------------------------------------------------------------------------------------
@@ -186,6 +202,51 @@ async def test_launch_burst_is_rate_limited(front: Front, upstream: Upstream) ->
     assert statuses.count(200) == LAUNCH_BURST + 1
     assert statuses.count(429) == 6
     assert len(upstream.app[launch_hits]) == LAUNCH_BURST + 1
+    # a person past the limit gets a page that tries again by itself, never cached
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{front.url}/launch/demo", allow_redirects=False) as r:
+            assert r.status == 429
+            assert 'http-equiv="refresh"' in await r.text()
+            assert r.headers["Cache-Control"] == "no-store" and int(r.headers["Retry-After"]) > 0
+
+
+async def test_a_class_behind_one_address_gets_in_with_the_default_limit(default_front: Front,
+                                                                         upstream: Upstream) -> None:
+    upstream.app[launch_hits].clear()
+    clicks = 200  # a whole class behind one NAT address, all at once
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def click() -> int:
+            async with http.get(f"{default_front.url}/launch/demo", allow_redirects=False) as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(click() for _ in range(clicks)))
+    assert statuses.count(200) == clicks, sorted(set(statuses))
+    assert len(upstream.app[launch_hits]) == clicks
+
+
+async def test_access_log_never_stores_a_full_id(default_front: Front) -> None:
+    ids = [new_instance_id() for _ in range(5)]
+    requests = [
+        (f"/i/{ids[0]}/hello?x=1", f"http://127.0.0.1/i/{ids[1]}/voila/render/app.ipynb"),
+        (f"/i/{ids[2]}", f"https://{ids[3]}.apps.example.org/i/{ids[4]}/tree"),  # subdomain and path
+        (f"/launch/demo?from={ids[4]}", ""),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for path, referer in requests:
+            async with http.get(default_front.url + path, headers={"Referer": referer} if referer else {},
+                                allow_redirects=False) as r:
+                await r.read()
+    log = default_front.out / "logs" / "access.log"
+    deadline = time.monotonic() + 5  # nginx writes a line once its response is done: wait for the last one
+    while "?from=" not in log.read_text() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    text = log.read_text()
+    for instance_id in ids:
+        assert instance_id not in text
+        assert instance_id[:4] + "..." in text  # the log-safe prefix stays, so lines can be correlated
+    assert "/voila/render/app.ipynb" in text and "apps.example.org" in text and "hello?x=1" in text
 
 
 async def test_other_paths_are_not_rate_limited(front: Front) -> None:
