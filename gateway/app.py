@@ -14,7 +14,7 @@ from swarmpool.bus.client import Bus
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
-from swarmpool.gateway import launch, proxy
+from swarmpool.gateway import launch, origin, proxy
 from swarmpool.gateway.activity import ActivityTracker
 from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway
 from swarmpool.gateway.metrics import GatewayMetrics
@@ -23,7 +23,7 @@ from swarmpool.ids import instance_prefix
 
 log = logging.getLogger(__name__)
 
-UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+UPSTREAM_CONNECT_TIMEOUT = 10.0
 SHUTDOWN_CLOSE_CODE = 1001  # going away
 INSTANCE_ROUTE = instance_prefix("{id}")  # /i/{id}/: the layout comes from swarmpool.ids
 
@@ -43,8 +43,10 @@ def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: C
     routes.on_removed(activity.forget)
     routes.on_removed(lambda instance_id: _close_sockets(gw, instance_id))
 
-    app = web.Application()
+    app = web.Application(middlewares=[origin.origin_guard(catalogue.settings.instance_domain, _not_found)])
     app[GATEWAY] = gw
+    app[proxy.WS_PENDING] = {}
+    app.on_response_prepare.append(_gateway_page_headers)
     app.router.add_get("/", launch.index)
     app.router.add_get("/launch/{app}", launch.launch, allow_head=False)
     app.router.add_get("/healthz", healthz)
@@ -62,7 +64,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60)
     session = aiohttp.ClientSession(
         connector=connector,
-        timeout=UPSTREAM_TIMEOUT,
+        # an instance silent mid-response is cut; WebSockets have no read timeout (aiohttp resets it)
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=UPSTREAM_CONNECT_TIMEOUT,
+                                      sock_read=float(gw.catalogue.settings.upstream_read_timeout)),
         auto_decompress=False,  # bytes pass through as the app encoded them
         cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every student: never keep cookies
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -100,6 +104,26 @@ async def _close_all_sockets(app: web.Application) -> None:
     sockets = [ws for group in gw.open_sockets.values() for ws in group]
     await asyncio.gather(*(ws.close(code=SHUTDOWN_CLOSE_CODE, message=b"gateway shutting down")
                            for ws in sockets), return_exceptions=True)
+
+
+def keepalive_timeout(catalogue: Catalogue) -> float:
+    """The gateway's server-side timeout, for `web.AppRunner(keepalive_timeout=...)`.
+
+    aiohttp (>= 3.14) arms its keep-alive timer when a connection opens and after each response,
+    and closes the connection if no complete request has arrived by then: this one timeout
+    bounds both idle keep-alive connections and requests whose headers never finish.
+    """
+    return float(catalogue.settings.keepalive_timeout)
+
+
+def _not_found(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=404, text="not found", headers={"Cache-Control": "no-store"})
+
+
+async def _gateway_page_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The gateway's own pages and redirects never tell anyone where the browser came from."""
+    if not request.get(proxy.FROM_INSTANCE):
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
 async def healthz(request: web.Request) -> web.Response:

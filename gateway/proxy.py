@@ -7,17 +7,25 @@ Only ids in the route table (claimed instances) reach an upstream; anything else
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 from multidict import CIMultiDict, istr
 from yarl import URL
 
 from swarmpool.gateway import pages
 from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway, wants_json
+from swarmpool.gateway.origin import (
+    NEVER_FORWARDED,
+    ORIGIN_WIDE,
+    bare_prefix,
+    confine_location,
+    confine_set_cookie,
+    trusted_peer,
+    without_gateway_cookies,
+)
 from swarmpool.gateway.routing import Route
 from swarmpool.ids import instance_prefix, valid_id
 
@@ -34,21 +42,13 @@ WS_HANDSHAKE = frozenset(istr(h) for h in (
 FORWARDED = frozenset(istr(h) for h in (
     "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix",
 ))
+FROM_INSTANCE = "swarmpool.from_instance"  # request key: this response's headers are the instance's
+WS_PENDING = web.AppKey("ws_pending", dict[str, int])  # id -> WebSocket handshakes under way
 STREAM_GRACE = 1.0  # an HTTP response still streaming after this long counts as an open connection
 SMALL_BODY = 256 * 1024  # bodies up to this size are relayed in one write
 
 
 # ---- pure helpers ----
-
-
-def trusted_peer(remote: str | None) -> bool:
-    """Forwarding headers are believed only from loopback (nginx) or a unix socket."""
-    if remote is None:
-        return True
-    try:
-        return ipaddress.ip_address(remote).is_loopback
-    except ValueError:
-        return False
 
 
 def without_hop_by_hop(headers: Mapping[str, str]) -> CIMultiDict[str]:
@@ -84,7 +84,7 @@ def upstream_path(raw_path: str, instance_id: str, strip_prefix: bool) -> str:
 
 def _bare_prefix(instance_id: str) -> str:
     """The instance's prefix without its trailing slash (`/i/<id>`), as X-Forwarded-Prefix carries it."""
-    return instance_prefix(instance_id).rstrip("/")
+    return bare_prefix(instance_id)
 
 
 def upstream_url(scheme: str, route: Route, path: str, raw_query: str) -> URL:
@@ -100,12 +100,51 @@ def is_websocket(request: web.Request) -> bool:
 
 def _upstream_headers(request: web.Request, instance_id: str, route: Route) -> CIMultiDict[str]:
     headers = without_hop_by_hop(request.headers)
-    for name in FORWARDED:
+    for name in FORWARDED | NEVER_FORWARDED:
         headers.popall(name, None)
+    cookies = without_gateway_cookies("; ".join(headers.popall("Cookie", [])))
+    if cookies:
+        headers["Cookie"] = cookies
     headers.popall("Expect", None)  # the gateway already answered 100-continue itself
     headers.extend(forwarding(CIMultiDict(request.headers), remote=request.remote, scheme=request.scheme,
                               host=request.host, prefix=_bare_prefix(instance_id) if route.strip_prefix else None))
     return headers
+
+
+def downstream_headers(upstream: Mapping[str, str], instance_id: str, route: Route,
+                       request_host: str) -> CIMultiDict[str]:
+    """The instance's response headers as the browser gets them: confined to the instance's prefix."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in CIMultiDict(upstream).items():
+        if name in HOP_BY_HOP or name in ORIGIN_WIDE:
+            continue
+        if name == "Set-Cookie":
+            value = confine_set_cookie(value, instance_id, route.strip_prefix)
+        elif name == "Location" and route.strip_prefix:
+            value = confine_location(value, instance_id, request_host)
+        out.add(name, value)
+    return out
+
+
+class _BodyStream:
+    """The client's request body, cut when it sends nothing for `timeout` seconds (slow uploads)."""
+
+    def __init__(self, request: web.Request, timeout: float) -> None:
+        self._request = request
+        self._timeout = timeout
+        self.timed_out = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    chunk = await self._request.content.readany()
+            except TimeoutError:
+                self.timed_out = True
+                raise
+            if not chunk:
+                return
+            yield chunk
 
 
 # ---- handlers ----
@@ -152,12 +191,16 @@ async def _http(request: web.Request, gw: Gateway, instance_id: str, route: Rout
     session = request.app[UPSTREAM]
     url = upstream_url("http", route, path, request.rel_url.raw_query_string)
     headers = _upstream_headers(request, instance_id, route)
-    data = request.content if request.body_exists else None
+    upload = _BodyStream(request, float(gw.catalogue.settings.body_timeout)) if request.body_exists else None
     try:
-        upstream = await session.request(request.method, url, headers=headers, data=data,
-                                         allow_redirects=False)
+        upstream = await session.request(request.method, url, headers=headers,
+                                         data=upload.chunks() if upload else None, allow_redirects=False)
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+        if upload is not None and upload.timed_out:
+            log.info("request body to %s stalled: cut", route.app)
+            raise web.HTTPRequestTimeout(headers={"Connection": "close"}) from None
         return _not_answering(request, gw, route, err)
+    request[FROM_INSTANCE] = True
 
     counted = False
 
@@ -166,7 +209,7 @@ async def _http(request: web.Request, gw: Gateway, instance_id: str, route: Rout
         counted = True
         gw.activity.opened(instance_id, route.app)
 
-    headers_out = CIMultiDict((k, v) for k, v in upstream.headers.items() if k not in HOP_BY_HOP)
+    headers_out = downstream_headers(upstream.headers, instance_id, route, request.host)
     if _small(request, upstream):
         # one write for headers and body: most notebook assets and API answers are small
         try:
@@ -227,23 +270,38 @@ async def _websocket(request: web.Request, gw: Gateway, instance_id: str, route:
     for name in WS_HANDSHAKE:
         headers.popall(name, None)
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    settings = gw.catalogue.settings
+    pending = request.app[WS_PENDING]
+    if len(gw.open_sockets.get(instance_id, ())) + pending.get(instance_id, 0) >= settings.ws_per_instance:
+        log.info("websocket refused for %s: %d open, the limit", route.app, settings.ws_per_instance)
+        return web.Response(status=429, text="too many open connections to this session",
+                            headers={"Retry-After": "5"})
+    pending[instance_id] = pending.get(instance_id, 0) + 1
     try:
-        upstream = await session.ws_connect(url, protocols=protocols, headers=headers, autoping=False,
-                                            autoclose=False, max_msg_size=0, compress=0)
-    except aiohttp.WSServerHandshakeError as err:
-        status = err.status if 400 <= err.status < 600 else 502
-        log.info("upstream of %s refused a websocket: %s", route.app, err.status)
-        return web.Response(status=status, text="websocket refused by the app")
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
-        return _not_answering(request, gw, route, err)
+        try:
+            # a message larger than the bound closes that socket (1009) before its payload is read
+            upstream = await session.ws_connect(url, protocols=protocols, headers=headers, autoping=False,
+                                                autoclose=False, max_msg_size=int(settings.ws_max_message),
+                                                compress=0)
+        except aiohttp.WSServerHandshakeError as err:
+            status = err.status if 400 <= err.status < 600 else 502
+            log.info("upstream of %s refused a websocket: %s", route.app, err.status)
+            return web.Response(status=status, text="websocket refused by the app")
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+            return _not_answering(request, gw, route, err)
 
-    client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
-                                   autoping=False, autoclose=False, max_msg_size=0, compress=False)
-    try:
-        await client.prepare(request)
-    except Exception:
-        await upstream.close()
-        raise
+        client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
+                                       autoping=False, autoclose=False, max_msg_size=int(settings.ws_max_message),
+                                       compress=False)
+        try:
+            await client.prepare(request)
+        except Exception:
+            await upstream.close()
+            raise
+    finally:
+        pending[instance_id] -= 1
+        if not pending[instance_id]:
+            del pending[instance_id]
     sockets = gw.open_sockets.setdefault(instance_id, set())
     sockets.add(client)
     gw.activity.opened(instance_id, route.app)
@@ -282,7 +340,9 @@ async def _pump(src: Socket, dst: Socket, on_message: Callable[[], None] | None)
             elif msg.type is WSMsgType.CLOSE:
                 reason = msg.extra.encode() if isinstance(msg.extra, str) else b""
                 return _close_code(msg.data), reason
-            else:  # CLOSING, CLOSED, ERROR
+            elif msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                return _close_code(msg.data.code), b""  # e.g. 1009: a message over the bound
+            else:  # CLOSING, CLOSED, other errors
                 return (1011 if msg.type is WSMsgType.ERROR else 1000), b""
         except ConnectionResetError:  # dst is gone
             return 1001, b""

@@ -82,13 +82,14 @@ async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: b
 async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: str,
                         port: int) -> AsyncIterator[web.AppRunner]:
     from swarmpool.bus.client import Bus
-    from swarmpool.gateway.app import make_app
+    from swarmpool.gateway.app import keepalive_timeout, make_app
 
     subjects = Subjects(namespace)
     async with await InstanceStore.open(nc, subjects, time.time) as store:
         app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=catalogue,
                        host_label=f"gw-{socket.gethostname()}-{os.getpid()}")
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2,
+                               keepalive_timeout=keepalive_timeout(catalogue))
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
