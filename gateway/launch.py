@@ -19,7 +19,7 @@ from swarmpool.gateway import pages
 from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY, Gateway, wants_json
 from swarmpool.gateway.metrics import UNKNOWN_APP
 from swarmpool.gateway.origin import launch_location
-from swarmpool.ids import instance_prefix, short_id, valid_id
+from swarmpool.ids import short_id, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
     if isinstance(reply, ClaimRefused) and reply.reason == "limit":
         gw.metrics.launches.labels(spec.name, "limit").inc()
         # the browser's own capabilities, sent only to it: never cached, never in a Referer
-        sessions = [instance_prefix(i) + spec.deep_link.lstrip("/") for i in reply.sessions if valid_id(i)]
+        domain = gw.catalogue.settings.instance_domain
+        sessions = [launch_location(request, domain, i, spec.deep_link) for i in reply.sessions if valid_id(i)]
         limit = gw.catalogue.settings.per_browser_limit
         headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
         if wants_json(request):
