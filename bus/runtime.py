@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from nats.aio.msg import Msg
 
 from swarmpool.bus.messages import ErrorReply
 from swarmpool.bus.metrics import HostMetrics
+from swarmpool.bus.roles import Access
 from swarmpool.bus.spec import AppSpec, Catalogue, Settings, enc_hook
 from swarmpool.bus.state import ConfigStore, InstanceStore, Lease
 from swarmpool.bus.subjects import QUEUE_FUNCTIONS, Subjects
@@ -44,10 +47,17 @@ def encode(message: Any) -> bytes:
     return _encoder.encode(message)
 
 
-async def connect(url: str, name: str = "swarmpool") -> NATS:
+async def connect(url: str, name: str = "swarmpool", *, access: Access | None = None,
+                  inbox_prefix: str | None = None) -> NATS:
     """Connect to NATS, failing fast (ConnectionError) if no server answers now; later outages are
-    reconnected forever. (nats-py would otherwise retry the first connect for minutes.)"""
+    reconnected forever. (nats-py would otherwise retry the first connect for minutes.)
+
+    `access` logs in as one bus role (user/password or a .creds file; TLS for ``tls://`` URLs or
+    given CA/certificate files); `inbox_prefix` is that role's (``Subjects.inbox``), the only
+    inboxes its user may subscribe to. Messages a subscription drops because its handlers are
+    behind (nats-py's slow consumer) are counted by the runtime that owns it, never buffered."""
     import nats
+    import nats.errors
     from urllib.parse import urlparse
 
     for server in url.split(","):
@@ -63,10 +73,35 @@ async def connect(url: str, name: str = "swarmpool") -> NATS:
         raise ConnectionError(f"no NATS server answers at {url}")
 
     async def on_error(err: Exception) -> None:
-        log.warning("nats: %s", err)
+        if isinstance(err, nats.errors.SlowConsumerError):
+            _slow_consumer(err.sub)
+            return
+        log.warning("nats: %s", log_safe_text(str(err)))
 
+    options = access.options(url) if access is not None else {}
+    if inbox_prefix:
+        options["inbox_prefix"] = inbox_prefix
     return await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=-1,
-                              error_cb=on_error)
+                              error_cb=on_error, **options)
+
+
+# what the runtime does when one of its subscriptions drops a message (count it), by subscription
+_on_drop: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
+_drop_logged: dict[str, float] = {}
+DROP_LOG_EVERY = 10.0  # seconds between two log lines about drops on one subject pattern
+
+
+def _slow_consumer(sub: Any) -> None:
+    """A subscription's pending queue was full: the message is dropped; count it, log now and then."""
+    count = _on_drop.get(sub)
+    if count is not None:
+        count()
+    subject = log_safe(str(getattr(sub, "subject", "?")))
+    now = time.monotonic()
+    if now - _drop_logged.get(subject, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
+        _drop_logged[subject] = now
+        log.warning("dropping messages on %s: its handlers are behind (counted in "
+                    "swarmpool_messages_dropped_total{reason=\"slow_consumer\"})", subject)
 
 
 S = TypeVar("S")
@@ -278,6 +313,7 @@ class Runtime:
         nsub = await self.ctx.nc.subscribe(subject, queue=QUEUE_FUNCTIONS + "." + self.ctx.namespace
                                            if sub.queue else "", cb=on_message,
                                            pending_msgs_limit=PENDING_LIMIT)
+        _on_drop[nsub] = self.ctx.metrics.dropped.labels(name, "slow_consumer").inc
         self._stack.push_async_callback(nsub.unsubscribe)
 
     async def _handle(self, msg: Msg, decoder: msgspec.json.Decoder[Any], sub: Subscription[Any],
@@ -330,3 +366,11 @@ def log_safe(subject: str) -> str:
 
 def short_token(token: str) -> str:
     return token[:SHORT] + "…" if valid_id(token) else token
+
+
+_ID_IN_TEXT = re.compile(r"(?<![a-z2-7])([a-z2-7]{%d})[a-z2-7]{%d}(?![a-z2-7])" % (SHORT, 26 - SHORT))
+
+
+def log_safe_text(text: str) -> str:
+    """Any text as logs may show it (a client error quoting a subject): id-like words cut to a prefix."""
+    return _ID_IN_TEXT.sub(lambda m: m.group(1) + "…", text)

@@ -87,9 +87,13 @@ class InstanceStore:
         self._listeners: list[Callable[[Instance | None, Instance | None], None]] = []
 
     @classmethod
-    async def open(cls, nc: NATS, subjects: Subjects, clock: Callable[[], float]) -> "InstanceStore":
+    async def open(cls, nc: NATS, subjects: Subjects, clock: Callable[[], float],
+                   create: bool = True) -> "InstanceStore":
+        """Open the bucket and mirror it; `create=False` for a reader (the gateway's bus role may
+        not create buckets: the bucket must exist, else nats.js.errors.BucketNotFoundError)."""
         js = nc.jetstream()
-        await ensure_streams(js, subjects)
+        if create:
+            await ensure_streams(js, subjects)
         kv = await js.key_value(subjects.instances_bucket)
         store = cls(nc, js, kv, subjects, clock)
         await store._start()

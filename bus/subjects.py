@@ -56,9 +56,21 @@ class Subjects:
         """Publish: the clock's periodic tick (a typo is a ValueError, not a silent dead subscription)."""
         return f"{self.prefix}.tick.{Period(period)}"
 
+    def tick_all(self) -> str:
+        """Wildcard for every tick (bus permissions)."""
+        return f"{self.prefix}.tick.*"
+
+    def admin_all(self) -> str:
+        """Wildcard for every operator command (bus permissions)."""
+        return f"{self.prefix}.admin.*"
+
     def admin(self, verb: str) -> str:
         """Request/reply: an operator command (scale, drain, pause, resume, retire, status)."""
         return f"{self.prefix}.admin.{verb}"
+
+    def inbox(self, role: str) -> str:
+        """Inbox prefix of one bus role: replies to its requests arrive below it, and only it may subscribe there."""
+        return f"_INBOX.{self._name}.{role}"
 
     # JetStream names (streams and buckets allow only [A-Za-z0-9_-])
     @property

@@ -14,6 +14,9 @@ import msgspec
 from swarmpool.bus.spec import Catalogue
 from swarmpool.catalogue import CatalogueError, load
 
+DEFAULT_STATE_DIR = str(Path.home() / ".local/state/swarmpool")
+CREDENTIALS_HELP = ("bus credentials of the {role} role: a `nats` context JSON (user, password, ca, cert, "
+                    "key) as `swarmpool up` writes into its state dir, or a NATS .creds file")
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 1
 
@@ -42,15 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     common(up, False)
     up.add_argument("--host", default="127.0.0.1", help="gateway address (default: 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="gateway port (default: 8000)")
-    up.add_argument("--state-dir", default=str(Path.home() / ".local/state/swarmpool"),
-                    help="where the embedded nats-server keeps JetStream")
+    up.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                    help="where the embedded nats-server keeps JetStream and the bus credentials "
+                         f"(default: {DEFAULT_STATE_DIR})")
     up.add_argument("--no-build", action="store_true", help="fail instead of building missing app images")
 
     fn = sub.add_parser("functions", help="run the function handlers (a replica of the pool logic)")
     common(fn, True)
+    fn.add_argument("--credentials", metavar="FILE", help=CREDENTIALS_HELP.format(role="functions"))
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway")
     common(gw, True)
+    gw.add_argument("--credentials", metavar="FILE", help=CREDENTIALS_HELP.format(role="gateway"))
     gw.add_argument("--host", default="127.0.0.1")
     gw.add_argument("--port", type=int, default=8000)
 
@@ -59,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     ad.add_argument("app", nargs="?")
     ad.add_argument("arg", nargs="?", help="scale: the new pool size; retire: the instance id")
     ad.add_argument("--namespace", default="sp")
-    ad.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    ad.add_argument("--nats-url", help="NATS server URL (default: the credentials' url, else nats://127.0.0.1:4222)")
+    ad.add_argument("--credentials", metavar="FILE", help=CREDENTIALS_HELP.format(role="operator")
+                    + "; default: the operator's file in --state-dir, when there")
+    ad.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                    help=f"the state dir of `swarmpool up` (default: {DEFAULT_STATE_DIR})")
 
     check = sub.add_parser("check", help="validate a catalogue file and exit")
     check.add_argument("catalogue", nargs="?")
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
 async def _admin(args: argparse.Namespace) -> int:
     from swarmpool.bus.messages import AdminReply, AdminRequest, ErrorReply
+    from swarmpool.bus.roles import Access, credentials_path
     from swarmpool.bus.runtime import connect, encode
     from swarmpool.bus.subjects import Subjects
 
@@ -119,10 +130,19 @@ async def _admin(args: argparse.Namespace) -> int:
         request = AdminRequest(app=args.app, size=int(args.arg))
     elif args.verb == "retire":
         request = AdminRequest(app=args.app, id=args.arg)
+    found = credentials_path(args.state_dir, "operator")
+    path = args.credentials or (found if found.exists() else None)
     try:
-        nc = await connect(args.nats_url, name="swarmpool-admin")
+        access = Access.load(path) if path else None
+    except ValueError as err:
+        print(f"swarmpool: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    url = args.nats_url or (access.url if access and access.url else "nats://127.0.0.1:4222")
+    try:
+        nc = await connect(url, name="swarmpool-admin", access=access,
+                           inbox_prefix=Subjects(args.namespace).inbox("operator"))
     except Exception as err:
-        print(f"swarmpool: cannot reach NATS at {args.nats_url}: {err}", file=sys.stderr)
+        print(f"swarmpool: cannot reach NATS at {url}: {err or type(err).__name__}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
         msg = await nc.request(Subjects(args.namespace).admin(args.verb), encode(request), timeout=10)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError
 
+from swarmpool.bus.roles import Access
 from swarmpool.bus.runtime import Context, connect
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
@@ -41,12 +43,24 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _connect(url: str) -> NATS:
-    """Connect, failing fast if NATS is not there at start; later outages are reconnected forever."""
+async def _connect(url: str, role: str, namespace: str, access: Access | None = None) -> NATS:
+    """Connect as one bus role, failing fast if NATS is not there at start (or refuses the
+    credentials); later outages are reconnected forever."""
     try:
-        return await connect(url, name=f"swarmpool-{socket.gethostname()}")
+        return await connect(url, name=f"swarmpool-{role}-{socket.gethostname()}", access=access,
+                             inbox_prefix=Subjects(namespace).inbox(role))
     except Exception as err:
-        raise Unavailable(f"cannot reach NATS at {url}: {err or type(err).__name__}") from None
+        raise Unavailable(f"cannot reach NATS at {url} as {role}: {err or type(err).__name__}") from None
+
+
+def access_from(args: argparse.Namespace) -> Access | None:
+    """The credentials named by --credentials (None: connect without); a bad file is Unavailable."""
+    if not getattr(args, "credentials", None):
+        return None
+    try:
+        return Access.load(args.credentials)
+    except ValueError as err:
+        raise Unavailable(str(err)) from None
 
 
 async def _swarm(namespace: str, init: bool) -> Swarm:
@@ -85,7 +99,12 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
     from swarmpool.gateway.app import keepalive_timeout, make_app
 
     subjects = Subjects(namespace)
-    async with await InstanceStore.open(nc, subjects, time.time) as store:
+    try:  # the gateway's bus role only reads the records: the functions create the bucket
+        store = await InstanceStore.open(nc, subjects, time.time, create=False)
+    except BucketNotFoundError:
+        raise Unavailable(f"no instance records in namespace {namespace} yet: start `swarmpool functions` "
+                          "first") from None
+    async with store:
         app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=catalogue,
                        host_label=f"gw-{socket.gethostname()}-{os.getpid()}")
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2,
@@ -127,16 +146,23 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         base = Path(args.catalogue or default_catalogue_path()).resolve().parent
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
         url = args.nats_url
+        fn_access = gw_access = None
         if url is None:
-            natsd = EmbeddedNats(Path(args.state_dir).expanduser(), port=_port_or_free(4222))
+            natsd = EmbeddedNats(Path(args.state_dir).expanduser(), port=_port_or_free(4222),
+                                 namespaces=[args.namespace])
             await stack.enter_async_context(natsd)
             url = natsd.url
-            print(f"embedded nats-server on {url} (state in {args.state_dir})", flush=True)
-        nc = await _connect(url)
+            fn_access, gw_access = natsd.access("functions"), natsd.access("gateway")
+            print(f"embedded nats-server on {url} (state in {args.state_dir}; operator credentials: "
+                  f"{natsd.credentials('operator')})", flush=True)
+        # two connections, one per bus role: the gateway part runs as restricted as a gateway host
+        nc = await _connect(url, "functions", args.namespace, fn_access)
         stack.push_async_callback(nc.drain)
         stack.push_async_callback(_remove_instances, swarm, nc, args.namespace)
         ctx = await stack.enter_async_context(functions_host(nc, catalogue, swarm, args.namespace))
-        await stack.enter_async_context(serve_gateway(nc, catalogue, args.namespace, args.host, args.port))
+        gw_nc = await _connect(url, "gateway", args.namespace, gw_access)
+        stack.push_async_callback(gw_nc.drain)
+        await stack.enter_async_context(serve_gateway(gw_nc, catalogue, args.namespace, args.host, args.port))
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
         print(f"swarmpool is up: http://{shown}:{args.port}/  (Ctrl-C stops it)", flush=True)
         for name in catalogue.apps:
@@ -156,9 +182,10 @@ async def _remove_instances(swarm: Swarm, nc: NATS, namespace: str) -> None:
 
 async def functions(catalogue: Catalogue, args: argparse.Namespace) -> None:
     stop = _stop_event()
+    access = access_from(args)
     swarm = await _swarm(args.namespace, init=False)
     try:
-        nc = await _connect(args.nats_url)
+        nc = await _connect(args.nats_url, "functions", args.namespace, access)
         try:
             async with functions_host(nc, catalogue, swarm, args.namespace):
                 print("functions running", flush=True)
@@ -171,7 +198,7 @@ async def functions(catalogue: Catalogue, args: argparse.Namespace) -> None:
 
 async def gateway(catalogue: Catalogue, args: argparse.Namespace) -> None:
     stop = _stop_event()
-    nc = await _connect(args.nats_url)
+    nc = await _connect(args.nats_url, "gateway", args.namespace, access_from(args))
     try:
         async with serve_gateway(nc, catalogue, args.namespace, args.host, args.port):
             print(f"gateway on http://{args.host}:{args.port}/", flush=True)

@@ -27,8 +27,10 @@ __all__ = ["docker_client", "echo_image", "nats_server", "nc", "nothing_left_beh
 
 @pytest.fixture(scope="session")
 async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedNats]:
-    """A real nats-server with JetStream, for the whole session."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    """A real nats-server with JetStream, for the whole session, in the open mode (no credentials:
+    tests use fresh namespaces the server cannot know in advance). Bus roles and their permissions
+    are tested on servers of their own (tests/integration/test_bus_auth.py)."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), auth=False)
     async with server:
         yield server
 
