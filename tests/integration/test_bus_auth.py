@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -255,3 +256,35 @@ async def test_a_heartbeat_flood_leaves_memory_flat_and_claims_working(server: E
     log = stderr.read_text()
     assert "dropping messages on" in log
     assert first.id not in log  # the drop is logged with a short id only
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    ca, ca_key, cert, key, csr = (directory / n for n in ("ca.pem", "ca.key", "server.pem", "server.key", "s.csr"))
+    ext = directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
+         "-subj", "/CN=swarmpool test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1",
+         "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+async def test_tls_beyond_loopback_and_tls_clients(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs TLS"):
+        EmbeddedNats(tmp_path / "open", host="0.0.0.0")
+    ca, cert, key = _certificates(tmp_path)
+    async with EmbeddedNats(tmp_path / "state", namespaces=["sp"], tls_cert=str(cert), tls_key=str(key)) as server:
+        assert server.url.startswith("tls://")
+        access = server.access("operator")
+        assert access is not None and access.ca is None
+        with pytest.raises(Exception):  # the server's certificate is not trusted without its CA
+            await nats.connect(server.url, allow_reconnect=False, connect_timeout=3, **access.options(server.url))
+        trusted = Access(user=access.user, password=access.password, ca=str(ca))
+        nc = await connect(server.url, access=trusted, inbox_prefix=Subjects("sp").inbox("operator"))
+        assert nc.is_connected
+        await nc.close()
