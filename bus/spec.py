@@ -88,6 +88,8 @@ def enc_hook(obj: Any) -> Any:
 
 AppName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,23}$")]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+UserName = Annotated[str, msgspec.Meta(pattern=r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})(:([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}))?$")]
+Capability = Annotated[str, msgspec.Meta(pattern=r"^(CAP_)?[A-Z_]{2,32}$")]  # e.g. "NET_BIND_SERVICE"
 
 
 class Probe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -124,8 +126,9 @@ class Session(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Resources of one instance."""
 
-    cpus: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    memory: MemorySize | None = None
+    cpus: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    memory: MemorySize = MemorySize(1024**3)
+    pids: Annotated[int, msgspec.Meta(ge=32)] = 512  # processes and threads together
 
 
 class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -147,6 +150,8 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     pool: Pool = Pool()
     session: Session = Session()
     limits: Limits = Limits()
+    user: UserName | None = None  # run as this user ("uid[:gid]" or a name); default: the image's, never root
+    cap_add: list[Capability] = []  # every capability is dropped except these
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -27,7 +27,8 @@ def instance_spec(spec: AppSpec, instance_id: str, settings: Settings) -> Instan
         env[spec.prefix_env] = prefix
     return InstanceSpec(
         app=spec.name, id=instance_id, image=spec.image, port=spec.port, command=command, env=env,
-        cpus=spec.limits.cpus, memory=int(spec.limits.memory) if spec.limits.memory else None,
+        cpus=spec.limits.cpus, memory=int(spec.limits.memory), pids=spec.limits.pids,
+        user=spec.user, cap_add=list(spec.cap_add),
         constraints=list(spec.constraints), publish=settings.publish_ports,
         network=settings.network,
     )

@@ -15,6 +15,7 @@ from swarmpool.swarm.adapter import (
     TaskStatus,
     service_name,
 )
+from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
 from swarmpool.swarm.port import SwarmPort
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "LABEL_OWNER",
     "LABEL_PORT",
     "EngineEvent",
+    "Firewall",
+    "FirewallUnavailable",
     "InstanceSpec",
     "ServiceInfo",
     "Swarm",

@@ -17,7 +17,7 @@ import aiohttp
 import docker
 import docker.errors
 import msgspec
-from docker.types import ContainerSpec, EndpointSpec, Placement, Resources, RestartPolicy, TaskTemplate
+from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 
 from swarmpool.ids import short_id
 
@@ -37,6 +37,11 @@ _NAMESPACE = re.compile(r"^[a-z][a-z0-9]{0,10}$")  # no '-': service names split
 _NAME_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _MAX_SERVICE_NAME = 63
 _STOP_GRACE_NS = 2_000_000_000
+INSTANCE_UID = "10001:10001"  # who runs an image whose own user is root: no passwd entry, no privileges
+INSTANCE_HOME = "/home/swarmpool"  # a writable tmpfs home for INSTANCE_UID
+_HOME_TMPFS_BYTES = 256 * 1024**2  # counts against the memory limit as it fills
+_ROOT_USERS = frozenset({"", "root", "0", "root:root", "0:0"})
+_NETWORK_TIMEOUT = 20.0  # waiting for the containers to leave the bridge before removing it
 _T = TypeVar("_T")
 
 
@@ -59,8 +64,11 @@ class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = {}
     cpus: float | None = None
     memory: int | None = None  # bytes
+    pids: int | None = None  # processes and threads together
+    user: str | None = None  # None: the image's user, or INSTANCE_UID when that is root
+    cap_add: list[str] = []  # all other capabilities are dropped
     constraints: list[str] = []
-    publish: bool = True  # host-mode published port (local); False: reachable by service name on `network`
+    publish: bool = True  # host-mode port on 127.0.0.1 (local, on the namespace's bridge); False: by name on `network`
     network: str | None = None
 
 
@@ -95,6 +103,25 @@ class EngineEvent(msgspec.Struct, frozen=True, kw_only=True):
     service_id: str = ""
     container_id: str = ""
     exit_code: int | None = None
+
+
+def bridge_name(namespace: str) -> str:
+    """The Linux interface of a namespace's instance bridge (at most 15 characters)."""
+    return f"sp-{namespace}"
+
+
+def instance_network_name(namespace: str) -> str:
+    """The swarm-scoped bridge network that published instances of a namespace join."""
+    return f"{namespace}-instances"
+
+
+def run_as(image_user: str, wanted: str | None) -> tuple[str, bool]:
+    """The user an instance runs as, and whether it needs a home (a uid the image does not know)."""
+    if wanted:
+        return wanted, False
+    if image_user.strip() not in _ROOT_USERS and not image_user.startswith(("0:", "root:")):
+        return image_user, False
+    return INSTANCE_UID, True
 
 
 def service_name(namespace: str, app: str, instance_id: str) -> str:
@@ -133,6 +160,8 @@ class Swarm:
         self._closed = False
         self._inflight: set[asyncio.Future[Any]] = set()
         self._http: aiohttp.ClientSession | None = None  # readiness probes, created on first use
+        self._bridge_lock = threading.Lock()
+        self._bridge_ready = False
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -234,26 +263,36 @@ class Swarm:
     def _create(self, spec: InstanceSpec, name: str) -> str:
         api = self._docker().api
         try:
-            image_id = api.inspect_image(spec.image)["Id"]
+            image = api.inspect_image(spec.image)
         except docker.errors.ImageNotFound as e:
             raise SwarmError(f"image {spec.image} not found on this node; build it first") from e
         except docker.errors.APIError as e:
             raise SwarmError(f"cannot inspect image {spec.image}: {e.explanation or e}") from e
         labels = self._labels(spec)
+        user, needs_home = run_as((image.get("Config") or {}).get("User") or "", spec.user)
+        env = {**spec.env, "SWARMPOOL_ID": spec.id}
+        mounts = []
+        if needs_home:
+            env.setdefault("HOME", INSTANCE_HOME)
+            mounts.append(Mount(INSTANCE_HOME, None, type="tmpfs", tmpfs_size=_HOME_TMPFS_BYTES, tmpfs_mode=0o1777))
         container = ContainerSpec(
-            image=image_id if self._run_by_image_id else spec.image,
+            image=image["Id"] if self._run_by_image_id else spec.image,
             command=spec.command,
-            env={**spec.env, "SWARMPOOL_ID": spec.id},
+            env=env,
             labels=labels,
+            user=user,  # always explicit, so the service spec says who runs it
+            mounts=mounts or None,
+            cap_drop=["ALL"],
+            cap_add=list(spec.cap_add) or None,
             stop_grace_period=_STOP_GRACE_NS,
             init=True,  # reaps zombies and forwards SIGTERM, so stops are quick
         )
-        resources = None
-        if spec.cpus is not None or spec.memory is not None:
-            resources = Resources(
-                cpu_limit=int(spec.cpus * 1e9) if spec.cpus is not None else None,
-                mem_limit=spec.memory,
-            )
+        resources = Resources(
+            cpu_limit=int(spec.cpus * 1e9) if spec.cpus is not None else None,
+            mem_limit=spec.memory,
+        )
+        if spec.pids is not None:
+            resources.setdefault("Limits", {})["Pids"] = spec.pids  # API 1.41; docker-py has no argument for it
         task = TaskTemplate(
             container_spec=container,
             resources=resources,
@@ -261,24 +300,82 @@ class Swarm:
             placement=Placement(constraints=list(spec.constraints)) if spec.constraints else None,
         )
         endpoint = None
+        network = spec.network
         if spec.publish:
-            # No PublishedPort: in host mode the engine binds a free ephemeral port (see TaskStatus.endpoint).
+            # No PublishedPort: in host mode the engine binds a free ephemeral port (see TaskStatus.endpoint),
+            # on 127.0.0.1 only, because the namespace's bridge says so (API 1.41 has no host IP per port).
             endpoint = EndpointSpec(ports=[{"Protocol": "tcp", "TargetPort": spec.port, "PublishMode": "host"}])
+            network = network or self._ensure_bridge()
         try:
             result = api.create_service(
                 task,
                 name=name,
                 labels=labels,
                 endpoint_spec=endpoint,
-                networks=[spec.network] if spec.network else None,
+                networks=[network] if network else None,
             )
         except docker.errors.APIError as e:
+            if spec.publish and not spec.network and e.status_code == 404:
+                self._bridge_ready = False  # removed by another process's remove_all: create it again next time
             raise SwarmError(f"cannot create service {name} (image {spec.image}): {e.explanation or e}") from e
         except docker.errors.DockerException as e:
             raise SwarmUnavailable(f"Docker engine unavailable while creating {name}: {e}") from e
         service_id: str = result["ID"]
         log.debug("created service %s for %s", service_id[:12], short_id(spec.app, spec.id))
         return service_id
+
+    def _ensure_bridge(self) -> str:
+        """The namespace's instance bridge: published ports bind 127.0.0.1 only, no traffic between instances.
+
+        A swarm-scoped bridge takes driver options only from a node-local "config-only" network.
+        """
+        name = instance_network_name(self.namespace)
+        with self._bridge_lock:
+            if self._bridge_ready:
+                return name
+            api = self._docker().api
+            existing = {n["Name"] for n in api.networks(names=[name, name + "-config"])}
+            requests = []
+            if name + "-config" not in existing:
+                requests.append({
+                    "Name": name + "-config", "ConfigOnly": True, "Labels": {LABEL_OWNER: self.namespace},
+                    "Options": {
+                        "com.docker.network.bridge.name": bridge_name(self.namespace),
+                        "com.docker.network.bridge.host_binding_ipv4": "127.0.0.1",
+                        "com.docker.network.bridge.enable_icc": "false",
+                    },
+                })
+            if name not in existing:
+                requests.append({"Name": name, "Driver": "bridge", "Scope": "swarm",
+                                 "ConfigFrom": {"Network": name + "-config"}})
+            for request in requests:
+                try:
+                    api._result(api._post_json(api._url("/networks/create"), data=request), json=True)
+                except docker.errors.APIError as e:
+                    if e.status_code != 409:  # 409: another host process created it first
+                        raise SwarmError(f"cannot create network {request['Name']}: {e.explanation or e}") from e
+            self._bridge_ready = True
+            return name
+
+    def _remove_bridge(self) -> None:
+        """Remove the namespace's instance bridge once its containers have left it (if it exists)."""
+        name = instance_network_name(self.namespace)
+        api = self._docker().api
+        deadline = time.monotonic() + _NETWORK_TIMEOUT
+        with self._bridge_lock:
+            self._bridge_ready = False
+            for network in (name, name + "-config"):
+                while True:
+                    try:
+                        api.remove_network(network)
+                        break
+                    except docker.errors.NotFound:
+                        break
+                    except docker.errors.APIError as e:  # "has active endpoints": tasks still shutting down
+                        if time.monotonic() > deadline:
+                            log.warning("could not remove network %s: %s", network, e.explanation or e)
+                            return
+                        time.sleep(0.2)
 
     async def status(self, service_id: str) -> TaskStatus:
         """The state of the service's (single, newest) task; "missing" once the service is gone."""
@@ -368,8 +465,11 @@ class Swarm:
         return sorted(infos, key=lambda i: i.created_at)
 
     async def remove_all(self) -> int:
+        """Remove every service of this namespace, then its instance bridge; returns how many services went."""
         await self.settle()  # a create finishing after the listing would leak
-        return await self._remove_all()
+        removed = await self._remove_all()
+        await self._run(self._remove_bridge)
+        return removed
 
     async def _remove_all(self) -> int:
         """Remove every service of this namespace; returns how many were removed."""

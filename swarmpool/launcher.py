@@ -24,6 +24,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
 from swarmpool.swarm import Swarm, SwarmUnavailable
+from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
 from swarmpool.catalogue import default_catalogue_path
 from swarmpool.host import functions_host
 from swarmpool.natsd import EmbeddedNats, free_port
@@ -74,6 +75,20 @@ async def _swarm(namespace: str, init: bool) -> Swarm:
         raise Unavailable(f"Docker is not usable: {err}\n  install it (apt-get install -y docker.io), "
                           "start dockerd, and run swarmpool again") from None
     return swarm
+
+
+async def packet_filter(stack: AsyncExitStack, namespace: str) -> None:
+    """Keep instance ports for the gateway alone (removed on exit); without the right to, say what to run."""
+    firewall = Firewall(namespace)
+    stack.push_async_callback(asyncio.to_thread, firewall.remove)  # also what a failed install left
+    try:
+        await asyncio.to_thread(firewall.install)
+    except FirewallUnavailable as err:
+        print(f"WARNING: instance ports are NOT filtered ({err}). They bind 127.0.0.1 only, but other "
+              "containers on this host and IPv6 are not blocked. An administrator runs (see README, "
+              "Security):\n  " + "\n  ".join(firewall.commands()), flush=True)
+        return
+    print(f"packet filter installed (iptables chain {firewall.chain})", flush=True)
 
 
 async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: bool) -> None:
@@ -143,6 +158,8 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
     async with AsyncExitStack() as stack:
         swarm = await _swarm(args.namespace, init=True)
         stack.push_async_callback(swarm.close)
+        if catalogue.settings.publish_ports:
+            await packet_filter(stack, args.namespace)
         base = Path(args.catalogue or default_catalogue_path()).resolve().parent
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
         url = args.nats_url

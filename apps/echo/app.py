@@ -12,9 +12,11 @@ ID = os.environ.get("SWARMPOOL_ID", "")
 
 
 def route(request: web.Request) -> str:
-    """The path relative to the prefix; requests without it are served as if stripped (strip_prefix mode)."""
+    """The path relative to the prefix; anything outside it is not ours (404, and the id stays unsaid)."""
     path = request.path
-    return path[len(PREFIX):] if path.startswith(PREFIX) else path.lstrip("/")
+    if not path.startswith(PREFIX):
+        raise web.HTTPNotFound()
+    return path[len(PREFIX):]
 
 
 async def handle_get(request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import docker
+import msgspec
 import pytest
 
 from swarmpool.swarm import EngineEvent, InstanceSpec, Swarm, SwarmError, SwarmUnavailable, TaskStatus, service_name
@@ -206,3 +207,68 @@ async def test_remove_all_removes_only_our_namespace(swarm: Swarm, echo_image: s
     finally:
         await other.remove_all()
         await other.close()
+
+
+async def test_instances_run_unprivileged_and_limited(swarm: Swarm, echo_image: str,
+                                                      docker_client: docker.DockerClient) -> None:
+    image_user = echo_spec(echo_image)  # the echo image's own user (1000:1000) is kept
+    as_root_image = msgspec.structs.replace(echo_spec(echo_image), user="0")  # the catalogue overrides it
+    plain = InstanceSpec(app="echo", id=new_instance_id(), image=echo_image, port=8888, pids=600, cap_add=["CHOWN"],
+                         command=["sleep", "600"])
+    ids = [await swarm.create(spec) for spec in (image_user, as_root_image, plain)]
+    statuses = [await wait_running(swarm, service_id) for service_id in ids]
+    users = [docker_client.api.inspect_service(i)["Spec"]["TaskTemplate"]["ContainerSpec"]["User"] for i in ids]
+    assert users == ["1000:1000", "0", "1000:1000"]  # always named in the service spec
+
+    host = docker_client.api.inspect_container(statuses[2].container_id)["HostConfig"]
+    assert (host["CapDrop"], host["CapAdd"], host["PidsLimit"]) == (["ALL"], ["CHOWN"], 600)
+    caps = docker_client.containers.get(statuses[0].container_id).exec_run(["grep", "CapEff", "/proc/self/status"])
+    assert caps.output.split()[-1] == b"0000000000000000"
+
+    # published ports bind the loopback only, on the namespace's own bridge
+    ports = docker_client.api.inspect_container(statuses[0].container_id)["NetworkSettings"]["Ports"]
+    assert {b["HostIp"] for b in ports["8888/tcp"]} == {"127.0.0.1"}
+    for service_id in ids:
+        await swarm.remove(service_id)
+
+
+async def test_a_root_image_runs_as_an_unprivileged_uid_with_a_home(swarm: Swarm, echo_image: str,
+                                                                   docker_client: docker.DockerClient) -> None:
+    root_image = f"swarmpool/echo-as-root:{swarm.namespace}"  # the echo image with USER root, made here
+    container = docker_client.containers.create(echo_image, ["true"], user="0")
+    try:
+        container.commit(*root_image.split(":"), conf={"User": "", "Cmd": ["python3", "/app/app.py"]})
+    finally:
+        container.remove()
+    service_id = ""
+    try:
+        spec = msgspec.structs.replace(echo_spec(echo_image), image=root_image)
+        service_id = await swarm.create(spec)
+        status = await wait_running(swarm, service_id)
+        body = await get_json(f"http://{status.endpoint}/i/{spec.id}/")
+        assert body["id"] == spec.id  # an ordinary image still works
+        run = docker_client.containers.get(status.container_id).exec_run(
+            ["sh", "-c", 'id -u; touch "$HOME/written" && echo "$HOME"'])
+        assert run.output.decode().split() == ["10001", "/home/swarmpool"]
+    finally:
+        if service_id:
+            await swarm.remove(service_id)
+        await wait_for(lambda: _gone(docker_client, root_image), timeout=30, what="containers of the root image gone")
+        docker_client.images.remove(root_image, force=True)
+
+
+async def _gone(client: docker.DockerClient, image: str) -> bool:
+    return not client.containers.list(all=True, filters={"ancestor": image})
+
+
+async def test_echo_answers_only_under_its_prefix(swarm: Swarm, echo_image: str) -> None:
+    spec = echo_spec(echo_image)
+    service_id = await swarm.create(spec)
+    status = await wait_running(swarm, service_id)
+    await get_json(f"http://{status.endpoint}/i/{spec.id}/")
+    async with aiohttp.ClientSession() as http:
+        for path in ("/", "/healthz", f"/i/{new_instance_id()}/", "/i/"):
+            async with http.get(f"http://{status.endpoint}{path}") as response:
+                assert response.status == 404, path
+                assert spec.id not in await response.text()
+    await swarm.remove(service_id)

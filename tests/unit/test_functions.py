@@ -10,7 +10,7 @@ import pytest
 
 from swarmpool.bus.messages import DockerEvent, EventKind, Instance, Period, PoolOverride
 from swarmpool.bus.runtime import log_safe
-from swarmpool.bus.spec import AppSpec, Duration, Pool, Probe, Settings
+from swarmpool.bus.spec import AppSpec, Duration, Pool, Probe, Settings, dec_hook
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.docker_events import death_reason
 from swarmpool.functions.lifecycle import failed, instance_spec, retiring
@@ -18,6 +18,7 @@ from swarmpool.functions.policy import plan_top_up
 from swarmpool.functions.prober import Verdict, check
 from swarmpool.ids import new_instance_id
 from swarmpool.swarm import EngineEvent, InstanceSpec, ServiceInfo, SwarmPort, TaskStatus
+from swarmpool.swarm.adapter import INSTANCE_UID, run_as
 
 NOW = 50_000.0
 SPEC = AppSpec(name="echo", image="echo", port=8888, probe=Probe(path="healthz", log_marker="echo ready",
@@ -131,6 +132,28 @@ def test_instance_spec_puts_the_prefix_where_the_app_reads_it() -> None:
     assert run.command == ["serve", f"--base={prefix}"]
     assert run.env == {"A": "1", "SWARMPOOL_PREFIX": prefix, "BASE_URL": prefix}
     assert (run.publish, run.network, run.port) == (False, "notebooks", 8888)
+
+
+def test_instance_spec_is_limited_and_unprivileged_by_default() -> None:
+    run = instance_spec(SPEC, new_instance_id(), Settings())
+    assert (run.cpus, run.memory, run.pids, run.user, run.cap_add) == (1.0, 1024**3, 512, None, [])
+    spec = msgspec.convert({"name": "echo", "image": "echo", "port": 8888, "user": "1234:1234",
+                            "cap_add": ["NET_BIND_SERVICE"], "limits": {"pids": 64, "memory": "256m"}}, AppSpec,
+                           dec_hook=dec_hook)
+    run = instance_spec(spec, new_instance_id(), Settings())
+    assert (run.memory, run.pids, run.user, run.cap_add) == (256 * 1024**2, 64, "1234:1234", ["NET_BIND_SERVICE"])
+
+
+@pytest.mark.parametrize("image_user, wanted, result", [
+    ("", None, (INSTANCE_UID, True)),
+    ("root", None, (INSTANCE_UID, True)),
+    ("0:0", None, (INSTANCE_UID, True)),
+    ("app", None, ("app", False)),
+    ("1000:1000", None, ("1000:1000", False)),
+    ("", "0", ("0", False)),  # the catalogue's word is final
+])
+def test_run_as_never_defaults_to_root(image_user: str, wanted: str | None, result: tuple[str, bool]) -> None:
+    assert run_as(image_user, wanted) == result
 
 
 # ---- prober: one probe ----
