@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -106,14 +107,36 @@ async def _close_all_sockets(app: web.Application) -> None:
                            for ws in sockets), return_exceptions=True)
 
 
-def keepalive_timeout(catalogue: Catalogue) -> float:
-    """The gateway's server-side timeout, for `web.AppRunner(keepalive_timeout=...)`.
+def make_runner(app: web.Application, catalogue: Catalogue, shutdown_timeout: float = 2.0) -> web.AppRunner:
+    """The gateway's server: no access log (paths carry ids), ids redacted from aiohttp's error log,
+    and one timeout for idle and slow clients.
 
     aiohttp (>= 3.14) arms its keep-alive timer when a connection opens and after each response,
-    and closes the connection if no complete request has arrived by then: this one timeout
+    and closes the connection if no complete request has arrived by then: `keepalive_timeout`
     bounds both idle keep-alive connections and requests whose headers never finish.
     """
-    return float(catalogue.settings.keepalive_timeout)
+    return web.AppRunner(app, access_log=None, logger=SERVER_LOG, shutdown_timeout=shutdown_timeout,
+                         keepalive_timeout=float(catalogue.settings.keepalive_timeout))
+
+
+_ID_LIKE = re.compile(r"(?<![a-z2-7])([a-z2-7]{4})[a-z2-7]{22}(?![a-z2-7])")
+
+
+class RedactIds(logging.Filter):
+    """aiohttp's server log quotes bad request lines, which may hold an id: keep its short form only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = _ID_LIKE.sub(r"\1…", record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _ID_LIKE.sub(r"\1…", record.exc_text)
+        return True
+
+
+SERVER_LOG = logging.getLogger("swarmpool.gateway.server")
+SERVER_LOG.addFilter(RedactIds())
 
 
 def _not_found(request: web.Request) -> web.StreamResponse:
@@ -122,7 +145,7 @@ def _not_found(request: web.Request) -> web.StreamResponse:
 
 async def _gateway_page_headers(request: web.Request, response: web.StreamResponse) -> None:
     """The gateway's own pages and redirects never tell anyone where the browser came from."""
-    if not request.get(proxy.FROM_INSTANCE):
+    if not request.get(proxy.FROM_INSTANCE, False):
         response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 

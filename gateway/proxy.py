@@ -42,7 +42,7 @@ WS_HANDSHAKE = frozenset(istr(h) for h in (
 FORWARDED = frozenset(istr(h) for h in (
     "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix",
 ))
-FROM_INSTANCE = "swarmpool.from_instance"  # request key: this response's headers are the instance's
+FROM_INSTANCE = web.RequestKey("from_instance", bool)  # this response's headers are the instance's
 WS_PENDING = web.AppKey("ws_pending", dict[str, int])  # id -> WebSocket handshakes under way
 STREAM_GRACE = 1.0  # an HTTP response still streaming after this long counts as an open connection
 SMALL_BODY = 256 * 1024  # bodies up to this size are relayed in one write

@@ -111,7 +111,7 @@ async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: b
 async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: str,
                         port: int) -> AsyncIterator[web.AppRunner]:
     from swarmpool.bus.client import Bus
-    from swarmpool.gateway.app import keepalive_timeout, make_app
+    from swarmpool.gateway.app import make_app, make_runner
 
     subjects = Subjects(namespace)
     try:  # the gateway's bus role only reads the records: the functions create the bucket
@@ -122,8 +122,7 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
     async with store:
         app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=catalogue,
                        host_label=f"gw-{socket.gethostname()}-{os.getpid()}")
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2,
-                               keepalive_timeout=keepalive_timeout(catalogue))
+        runner = make_runner(app, catalogue)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
