@@ -49,6 +49,32 @@ http {{
 }}
 """
 
+# Per-instance origins (--instance-domain): `<label>.<domain>` for every instance, with a wildcard
+# certificate. The same locations; the gateway serves only `/i/<id>/` of the label's own instance there.
+INSTANCE_SERVER_TLS = """
+server {{
+    listen {listen} ssl http2;
+    server_name *.{domain};
+
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:swarmpool_ssl:10m;
+    ssl_session_timeout 1d;
+
+    include {locations};
+}}
+"""
+INSTANCE_SERVER_HTTP = """
+server {{
+    listen {listen};
+    server_name *.{domain};
+
+    include {locations};
+}}
+"""
+
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -85,6 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="extra /launch/ requests per address served at once (a classroom behind one NAT)")
     parser.add_argument("--metrics-allow", action="append", default=None,
                         help="address/CIDR allowed to GET /metrics (repeatable; default 127.0.0.1 and ::1)")
+    parser.add_argument("--instance-domain", default=None,
+                        help="one origin per instance: <label>.DOMAIN (wildcard DNS to this host; the catalogue's "
+                             "settings.instance_domain must name the same domain, with its port if not 443)")
+    parser.add_argument("--instance-cert", help="wildcard certificate for *.DOMAIN (default: --cert)")
+    parser.add_argument("--instance-key", help="its private key (default: --key)")
     parser.add_argument("--user", default=None, help="worker user (only when the master runs as root)")
     parser.add_argument("--workers", default="auto", help="worker_processes")
     parser.add_argument("--worker-connections", type=int, default=4096)
@@ -96,6 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.listen_http = "8080" if args.http_only else "80"
     if not args.http_only and not (args.cert and args.key):
         parser.error("--cert and --key are required unless --http-only")
+    if args.instance_domain is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?",
+                                                             args.instance_domain):
+        parser.error("--instance-domain is a lowercase domain name without port, e.g. apps.example.org")
     if not re.fullmatch(r"\d+r/[sm]", args.launch_rate):
         parser.error("--launch-rate looks like 10r/s or 300r/m")
     return args
@@ -126,7 +160,15 @@ def render(args: argparse.Namespace) -> Path:
     template = HTTP_TEMPLATE if args.http_only else TLS_TEMPLATE
     (out / "swarmpool-locations.conf").write_text(fill(LOCATIONS.read_text(), values))
     (out / "swarmpool-logging.conf").write_text(fill(LOGGING.read_text(), values))
-    (out / "swarmpool.conf").write_text(fill(template.read_text(), values))
+    conf = fill(template.read_text(), values)
+    if args.instance_domain:
+        instance_server = INSTANCE_SERVER_HTTP if args.http_only else INSTANCE_SERVER_TLS
+        conf += instance_server.format(
+            listen=args.listen_http if args.http_only else args.listen, domain=args.instance_domain,
+            cert=str(Path(args.instance_cert or args.cert).resolve()) if not args.http_only else "",
+            key=str(Path(args.instance_key or args.key).resolve()) if not args.http_only else "",
+            locations=values["locations"])
+    (out / "swarmpool.conf").write_text(conf)
     main = MAIN.format(
         out=out,
         user=f"user {args.user};\n" if args.user else "",
