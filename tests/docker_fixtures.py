@@ -80,6 +80,7 @@ def remove_namespace(client: docker.DockerClient, namespace: str, timeout: float
     while time.monotonic() < deadline:
         containers = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
         if not containers:
+            _remove_networks(client, namespace, deadline)
             return
         for container in containers:
             if container.status not in ("running", "created", "restarting", "removing"):
@@ -89,6 +90,21 @@ def remove_namespace(client: docker.DockerClient, namespace: str, timeout: float
                     pass
         time.sleep(0.2)
     raise AssertionError(f"containers of namespace {namespace} still present after {timeout}s")
+
+
+def _remove_networks(client: docker.DockerClient, namespace: str, deadline: float) -> None:
+    """The namespace's instance bridge (and its config-only network) go once no container uses them."""
+    for name in (f"{namespace}-instances", f"{namespace}-instances-config"):
+        while True:
+            try:
+                client.api.remove_network(name)
+                break
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError:  # active endpoints: tasks still shutting down
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"network {name} still in use") from None
+                time.sleep(0.2)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
