@@ -186,3 +186,24 @@ class PoolOverride(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     size: int | None = None
     paused: bool = False
+
+
+# ---- the engine's trustworthiness, KV key ``engine.trust`` in the config bucket ----
+
+
+class EngineTrust(msgspec.Struct, frozen=True, kw_only=True):
+    """Gaps in what the functions saw of the engine, and how far reconcile has caught up.
+
+    `gap` counts the moments the engine was out of sight (its event stream broke or reconnected,
+    swarmpool started); `reconciled` is the last gap after which a full reconcile pass compared
+    every record with the engine's tasks. Claims trust the pool only when reconciled >= gap.
+    """
+
+    gap: int = 0
+    reconciled: int = 0
+    reason: str = ""  # why the last gap opened, for logs and status
+
+    @property
+    def trusted(self) -> bool:
+        """Whether a full reconcile has run since the last gap."""
+        return self.reconciled >= self.gap

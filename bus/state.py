@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from swarmpool.bus.messages import TRANSITIONS, EventKind, Instance, InstanceEvent, PoolOverride
+from swarmpool.bus.messages import TRANSITIONS, EngineTrust, EventKind, Instance, InstanceEvent, PoolOverride
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import short_id
 
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _decode_instance = msgspec.json.Decoder(Instance).decode
 _decode_override = msgspec.json.Decoder(PoolOverride).decode
+_decode_trust = msgspec.json.Decoder(EngineTrust).decode
+TRUST_KEY = "engine.trust"  # in the config bucket: see EngineTrust
 
 
 class Conflict(Exception):
@@ -271,13 +273,15 @@ class ConfigStore:
         self._overrides: dict[str, tuple[PoolOverride, int]] = {}  # app -> (override, revision)
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._trust: tuple[EngineTrust, int] = (EngineTrust(), 0)  # and its revision
+        self._trust_changed = asyncio.Condition()
 
     @classmethod
     async def open(cls, nc: NATS, subjects: Subjects) -> "ConfigStore":
         js = nc.jetstream()
         await ensure_streams(js, subjects)
         store = cls(await js.key_value(subjects.config_bucket))
-        store._watcher = await store._kv.watch("pool.*")
+        store._watcher = await store._kv.watchall()  # pool.<app> overrides and engine.trust
         synced = asyncio.Event()
         store._task = asyncio.create_task(store._follow(synced), name="config-mirror")
         await asyncio.wait_for(synced.wait(), 10)
@@ -287,6 +291,11 @@ class ConfigStore:
         async for entry in self._watcher:
             if entry is None:
                 synced.set()
+                continue
+            if entry.key == TRUST_KEY:
+                self._learn_trust(entry)
+                continue
+            if not entry.key.startswith("pool."):
                 continue
             app = entry.key.split(".", 1)[1]
             if entry.operation in ("DEL", "PURGE") or not entry.value:
@@ -338,6 +347,81 @@ class ConfigStore:
         self._learn(app, *fetched)
         return fetched
 
+    # ---- trust in the engine (see EngineTrust) ----
+
+    def _learn_trust(self, entry: Any) -> None:
+        try:
+            trust = _decode_trust(entry.value) if entry.value else EngineTrust()
+        except msgspec.DecodeError:
+            log.warning("ignoring a malformed %s", TRUST_KEY)
+            return
+        if (entry.revision or 0) > self._trust[1]:
+            self._set_trust(trust, entry.revision or 0)
+
+    def _set_trust(self, trust: EngineTrust, revision: int) -> None:
+        before = self.trusted()
+        self._trust = (trust, revision)
+        if self.trusted() != before:
+            log.warning("pool %s", "trusted again: reconciled with the engine" if self.trusted()
+                        else f"not trusted until reconciled with the engine ({trust.reason})")
+        asyncio.get_running_loop().create_task(self._wake_trust())
+
+    async def _wake_trust(self) -> None:
+        async with self._trust_changed:
+            self._trust_changed.notify_all()
+
+    def trust(self) -> EngineTrust:
+        """The engine trust as last seen (no round trip)."""
+        return self._trust[0]
+
+    def trusted(self) -> bool:
+        """Whether claims may trust the records: a full reconcile has run since the last gap."""
+        return self._trust[0].trusted
+
+    async def wait_trusted(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) until the pool is trusted; whether it is."""
+        async with self._trust_changed:
+            try:
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    await self._trust_changed.wait_for(self.trusted)
+            except TimeoutError:
+                pass
+        return self.trusted()
+
+    async def mark_gap(self, reason: str) -> EngineTrust:
+        """The engine was out of sight: claims wait until a reconcile pass that starts after now."""
+        return await self._change_trust(lambda t: msgspec.structs.replace(t, gap=t.gap + 1, reason=reason))
+
+    async def mark_reconciled(self, gap: int) -> None:
+        """A full reconcile pass that started when `gap` was the last gap has finished."""
+        if self._trust[0].reconciled < gap:
+            await self._change_trust(lambda t: msgspec.structs.replace(t, reconciled=max(t.reconciled, gap))
+                                     if t.reconciled < gap else None)
+
+    async def _change_trust(self, change: Callable[[EngineTrust], EngineTrust | None],
+                            attempts: int = 8) -> EngineTrust:
+        for _ in range(attempts):
+            current, revision = self._trust
+            new = change(current)
+            if new is None:
+                return current
+            try:
+                if revision:
+                    revision = await self._kv.update(TRUST_KEY, _encode(new), last=revision)
+                else:
+                    revision = await self._kv.create(TRUST_KEY, _encode(new))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                try:
+                    entry = await self._kv.get(TRUST_KEY)
+                    self._learn_trust(entry)
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    pass
+                continue
+            if revision > self._trust[1]:
+                self._set_trust(new, revision)
+            return new
+        raise Conflict(f"{TRUST_KEY}: gave up after {attempts} attempts")
+
     async def close(self) -> None:
         await _stop_watch(self._watcher, self._task)
 
@@ -367,6 +451,20 @@ class Lease:
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
             self._revision = None
+            return await self._take_back()
+
+    async def _take_back(self) -> bool:
+        """A lease still held in our own name is ours from before a crash (holder names that
+        outlive a process are unique per namespace, e.g. the one `swarmpool up`): take it back
+        at once instead of waiting for it to expire."""
+        try:
+            entry = await self._kv.get(self.name)
+            if entry.value != self.holder.encode() or entry.revision is None:
+                return False
+            self._revision = await self._kv.update(self.name, self.holder.encode(), last=entry.revision)
+            return True
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
+                nats.js.errors.KeyWrongLastSequenceError):
             return False
 
     async def release(self) -> None:

@@ -18,6 +18,7 @@ from swarmpool.functions.policy import live_sessions, pick_claim_order
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 10.0
+RECONCILING_RETRY = 1.0  # seconds a waiting room waits while the pool is reconciled with the engine
 UNKNOWN_APP = "_unknown"  # one metrics label for every unknown app name, so labels stay bounded
 
 
@@ -91,6 +92,10 @@ async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
     deadline = loop.time() + min(max(request.wait, 0.0), MAX_WAIT)
     limit = ctx.settings.per_browser_limit if request.browser else 0
     while True:
+        if not await ctx.config.wait_trusted(deadline - loop.time()):
+            # the engine was out of sight (restart, stream gap): records may name dead instances
+            ctx.metrics.claims.labels(app, "reconciling").inc()
+            return ClaimRefused(app=app, reason="empty", retry_after=RECONCILING_RETRY)
         if limit:
             async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
                 mine = live_sessions(ctx.store.all(app), request.browser)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from swarmpool.bus.messages import EventKind, InstanceEvent, Period, Tick
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.functions import lifecycle
-from swarmpool.functions.policy import ghost_records, leaked_services, plan_top_up
+from swarmpool.functions.policy import dead_instances, ghost_records, leaked_services, plan_top_up
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,14 @@ async def top_up_soon(ctx: Context, app: str) -> None:
 
 @handlers.on(lambda s: s.tick(Period.RECONCILE), Tick, concurrency=1, skip_when_busy=True)
 async def reconcile(ctx: Context, tick: Tick) -> None:
-    """Compare swarm services with records: remove leaks, retire ghosts, top every pool up.
-    Each item is isolated: one that fails is logged and counted, the others go on."""
+    """Compare swarm services and their tasks with records: remove leaks, retire ghosts, fail the
+    dead (warm ones are replaced, claimed ones end), top every pool up; then claims may trust the
+    pool again if the engine was out of sight. Each item is isolated: one that fails is logged
+    and counted, the others go on."""
+    gap = ctx.config.trust().gap  # the pass covers gaps opened before it lists anything
     records = ctx.store.all()  # before listing: a ghost must have been a record already then
     services = await ctx.swarm.list_ours()
+    tasks = await ctx.swarm.task_states()
     now = ctx.clock()
     grace = float(ctx.settings.orphan_grace)
     by_key = {f"{s.app}.{s.id}": s for s in services}
@@ -102,5 +106,8 @@ async def reconcile(ctx: Context, tick: Tick) -> None:
         await ctx.isolated("remove leaked service", ctx.swarm.remove(leak.service_id))
     for ghost in ghost_records(records, {s.service_id for s in services}, now, grace):
         await ctx.isolated("fail ghost record", lifecycle.fail(ctx, ghost.app, ghost.id, "service vanished"))
+    await ctx.each("fail dead instance", (lifecycle.fail(ctx, r.app, r.id, reason)
+                                          for r, reason in dead_instances(records, {k: t.state for k, t in tasks.items()})))
+    await ctx.config.mark_reconciled(gap)
     for app in ctx.catalogue.apps:
         await ctx.isolated(f"top up {app}", top_up(ctx, app))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import msgspec
@@ -170,3 +170,21 @@ def ghost_records(records: Iterable[Instance], service_ids: set[str], now: float
         if now - r.created_at > grace and (not r.service_id or r.service_id not in service_ids):
             ghosts.append(r)
     return ghosts
+
+
+ENDED_TASK = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
+
+
+def dead_instances(records: Iterable[Instance], task_states: Mapping[str, str]) -> list[tuple[Instance, str]]:
+    """Records whose service's task no longer runs, by the engine's own listing (service id ->
+    task state), each with the reason: a ready or claimed instance runs or is dead; a starting one
+    is dead only once its task has ended (it may not run yet). Records whose service is not
+    listed are ghost_records' business."""
+    dead = []
+    for r in records:
+        state = task_states.get(r.service_id) if r.service_id else None
+        if state is None or r.state not in ("starting", "ready", "claimed"):
+            continue
+        if state in ENDED_TASK or (r.state != "starting" and state != "running"):
+            dead.append((r, f"container {state} (found by reconcile)"))
+    return dead

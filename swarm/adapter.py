@@ -406,6 +406,43 @@ class Swarm:
             container_id=container.get("ContainerID", "") or "",
         )
 
+    async def task_states(self) -> dict[str, TaskStatus]:
+        """The newest task of every service of ours, by service id: one task listing, one listing of
+        this node's containers (after an engine restart the swarm reports dead tasks as running
+        until its agent catches up; the container on this node already tells the truth)."""
+        return await self._run(self._task_states)
+
+    def _task_states(self) -> dict[str, TaskStatus]:
+        client = self._docker()
+        api = client.api
+        tasks = [t for t in api.tasks(filters={"name": f"{self.namespace}-"})
+                 if ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels", {}).get(LABEL_OWNER)
+                 == self.namespace]
+        node = ((client.info().get("Swarm") or {}).get("NodeID")) or ""
+        containers = {c["Id"]: c for c in api.containers(all=True, filters={"label": f"{LABEL_OWNER}={self.namespace}"})}
+        newest: dict[str, dict[str, Any]] = {}
+        for task in tasks:
+            key = (task.get("Version", {}).get("Index", 0), task.get("CreatedAt", ""))
+            known = newest.get(task.get("ServiceID", ""))
+            if known is None or key > (known.get("Version", {}).get("Index", 0), known.get("CreatedAt", "")):
+                newest[task.get("ServiceID", "")] = task
+        states = {}
+        for service_id, task in newest.items():
+            status = task.get("Status") or {}
+            container_id = (status.get("ContainerStatus") or {}).get("ContainerID", "") or ""
+            state, error = status.get("State", "new"), status.get("Err", "") or ""
+            exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
+            if state == "running" and node and task.get("NodeID") == node:
+                container = containers.get(container_id)
+                if container is None or container.get("State") != "running":
+                    state = "failed"
+                    error = f"container {container.get('State', 'gone') if container else 'gone'} on this node"
+                    exit_code = None
+            states[service_id] = TaskStatus(
+                state=state, exit_code=exit_code if state in ("complete", "failed", "shutdown", "rejected") else None,
+                error=error, container_id=container_id)
+        return states
+
     @staticmethod
     def _endpoint(service: dict[str, Any], status: dict[str, Any]) -> str:
         spec = service.get("Spec", {})

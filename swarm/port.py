@@ -30,6 +30,10 @@ class SwarmPort(Protocol):
         """Every service of this namespace (optionally of one app), oldest first."""
         ...
 
+    async def task_states(self) -> dict[str, TaskStatus]:
+        """The newest task of every service of this namespace, by service id, in one listing."""
+        ...
+
     async def logs_contain(self, service_id: str, marker: str) -> bool:
         """Whether the service's log has shown `marker`."""
         ...

@@ -55,6 +55,9 @@ class FakeSwarm:
     async def list_ours(self, app: str | None = None) -> list[ServiceInfo]:
         return []
 
+    async def task_states(self) -> dict[str, TaskStatus]:
+        return {}
+
     async def logs_contain(self, service_id: str, marker: str) -> bool:
         return marker in self.log
 
