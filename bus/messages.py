@@ -186,6 +186,7 @@ class PoolOverride(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     size: int | None = None
     paused: bool = False
+    until: float | None = None  # `size` holds until then (UNIX seconds); None: until changed
 
 
 # ---- the engine's trustworthiness, KV key ``engine.trust`` in the config bucket ----

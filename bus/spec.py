@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -28,6 +28,22 @@ class ByteSize(int):
 
 class MemorySize(ByteSize):
     """A memory limit: at least MIN_MEMORY (less is a typo, like "0.5" read as 0 bytes, or no limit)."""
+
+
+class TimeZone(str):
+    """An IANA time zone name ("Europe/Berlin"), checked against the zone data shipped with the package."""
+
+
+def parse_time_zone(value: object) -> TimeZone:
+    import zoneinfo
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a time zone name like 'Europe/Berlin' or 'UTC', got {value!r}")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (expected an IANA name like 'Europe/Berlin')") from None
+    return TimeZone(value)
 
 
 MIN_MEMORY = 32 * 1024**2
@@ -69,6 +85,8 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return Interval(seconds)
     if type_ is ByteSize:
         return parse_size(obj)
+    if type_ is TimeZone:
+        return parse_time_zone(obj)
     if type_ is MemorySize:
         size = parse_size(obj)
         if size < MIN_MEMORY:
@@ -131,6 +149,32 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     pids: Annotated[int, msgspec.Meta(ge=32)] = 512  # processes and threads together
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                                        description="a wall-clock time HH:MM, 00:00 to 23:59")]
+
+
+class ScheduleEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A class: keep `size` ready from `warm_up` before `start` to `end` on `days`, in `timezone`
+    (default: the settings' timezone, else UTC). `end` before `start`: the entry crosses midnight."""
+
+    days: Annotated[list[Weekday], msgspec.Meta(min_length=1)]
+    start: ClockTime
+    end: ClockTime
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    timezone: TimeZone | None = None
+    warm_up: Duration = Duration(0.0)
+
+    def __post_init__(self) -> None:
+        if self.start == self.end:
+            raise ValueError(f"end ({self.end}) must differ from start")
+
+    @property
+    def label(self) -> str:
+        """How status names the entry: "tue,thu 10:00-11:30"."""
+        return f"{','.join(self.days)} {self.start}-{self.end}"
+
+
 class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One app of the catalogue."""
 
@@ -152,6 +196,7 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     limits: Limits = Limits()
     user: UserName | None = None  # run as this user ("uid[:gid]" or a name); default: the image's, never root
     cap_add: list[Capability] = []  # every capability is dropped except these
+    schedule: list[ScheduleEntry] = []  # classes: larger pools at set times (see functions/schedule.py)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -179,6 +224,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # per-instance origins: "apps.example.org" serves /i/<id>/ only on <label>.apps.example.org
     # (wildcard DNS and certificate); None keeps one origin and path-based confinement
     instance_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")] | None = None
+    timezone: TimeZone | None = None  # of schedule entries that name none (default: UTC)
 
 
 class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -21,7 +21,7 @@ def status_of(ctx: Context, app: str) -> AppStatus:
     """Where one app's pool stands, from this host's mirror."""
     override = ctx.config.cached(app)
     c = counts(ctx.store.all(app))
-    return AppStatus(app=app, target=target(ctx.app(app), override), paused=override.paused,
+    return AppStatus(app=app, target=target(ctx.app(app), override, ctx.clock(), ctx.settings.timezone).size, paused=override.paused,
                      starting=c["starting"], ready=c["ready"], claimed=c["claimed"],
                      retiring=c["retiring"], failed=c["failed"])
 

@@ -43,7 +43,7 @@ async def top_up(ctx: Context, app: str) -> int:
         plan = plan_top_up(spec=spec, override=ctx.config.cached(app), records=ctx.store.all(app),
                            total=len(ctx.store.all()), max_instances=ctx.settings.max_instances,
                            failures=failures, hold_until=state.hold_starts_until.get(app, 0.0),
-                           now=ctx.clock())
+                           now=ctx.clock(), timezone=ctx.settings.timezone)
         if plan.hold_until is not None:
             state.hold_starts_until[app] = plan.hold_until
             log.warning("%s: %d failed starts in a row; next start in %.0f s", app, failures,

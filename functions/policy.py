@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime, timezone as dt_timezone
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
@@ -10,6 +11,7 @@ import msgspec
 
 from swarmpool.bus.messages import Activity, Instance, PoolOverride
 from swarmpool.bus.spec import AppSpec
+from swarmpool.functions import schedule
 
 
 def counts(records: Iterable[Instance]) -> Counter[str]:
@@ -17,11 +19,30 @@ def counts(records: Iterable[Instance]) -> Counter[str]:
     return Counter(r.state for r in records)
 
 
-def target(spec: AppSpec | None, override: PoolOverride) -> int:
-    """Ready instances to keep for an app: the operator's scale, else the catalogue's; 0 when paused."""
-    if override.paused or spec is None:
-        return 0
-    return override.size if override.size is not None else spec.pool.size
+class Target(NamedTuple):
+    """Ready instances to keep for an app, and which rule set that number (status shows it)."""
+
+    size: int
+    source: str  # "catalogue", "schedule <days start-end>", "scale", "scale until <time>", "paused"
+
+
+def target(spec: AppSpec | None, override: PoolOverride, now: float, timezone: str | None = None) -> Target:
+    """The operator's pause, else an unexpired `admin scale`, else the largest of the catalogue's
+    pool size and the schedule entries active at `now` (`timezone`: the settings' default zone)."""
+    if spec is None:
+        return Target(0, "not in the catalogue")
+    if override.paused:
+        return Target(0, "paused")
+    if override.size is not None and (override.until is None or now < override.until):
+        if override.until is None:
+            return Target(override.size, "scale")
+        until = datetime.fromtimestamp(override.until, dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return Target(override.size, f"scale until {until}")
+    best = Target(spec.pool.size, "catalogue")
+    for entry in schedule.active(spec.schedule, timezone, now):
+        if entry.size > best.size:
+            best = Target(entry.size, f"schedule {entry.label}")
+    return best
 
 
 def starts_needed(*, records: list[Instance], target: int, limit: int, max_parallel: int,
@@ -54,9 +75,10 @@ class TopUpPlan(NamedTuple):
 
 
 def plan_top_up(*, spec: AppSpec, override: PoolOverride, records: list[Instance], total: int,
-                max_instances: int, failures: int, hold_until: float, now: float) -> TopUpPlan:
+                max_instances: int, failures: int, hold_until: float, now: float,
+                timezone: str | None = None) -> TopUpPlan:
     """One top-up of an app, decided from its records (`total`: records of every app)."""
-    want = target(spec, override)
+    want = target(spec, override, now, timezone).size
     # paused keeps its warm pool (drain retires it); otherwise scale down to the target
     surplus = [] if override.paused else surplus_ready(records, want)
     if now < hold_until:

@@ -179,8 +179,8 @@ def test_leaks_and_ghosts() -> None:
     (PoolOverride(app="echo", size=7, paused=True), 0),     # paused: nothing to keep warm
 ])
 def test_target(override: PoolOverride, expected: int) -> None:
-    assert target(SPEC, override) == expected
-    assert target(None, override) == 0
+    assert target(SPEC, override, NOW).size == expected
+    assert target(None, override, NOW).size == 0
 
 
 def test_heartbeats_are_ordered_per_gateway() -> None:
