@@ -62,6 +62,8 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_at: float | None = None  # time of the newest heartbeat applied, any gateway
     gateway_heartbeats: dict[str, float] = {}  # newest heartbeat time per gateway (its own clock orders it)
     browser: str = ""  # opaque key of the browser that claimed it (a hash of the gateway's cookie)
+    image: str = ""  # id of the image it runs (the gateway's static cache is shared per image)
+    settled_at: float | None = None  # when its student's page had loaded (a gateway's Settled)
 
     @property
     def key(self) -> str:
@@ -105,6 +107,19 @@ class ErrorReply(msgspec.Struct, frozen=True, kw_only=True, tag="error"):
 
     error: str
     detail: str = ""
+
+
+# ---- settle (sp.settled.<app>.<id>, publish) ----
+
+
+class Settled(msgspec.Struct, frozen=True, kw_only=True):
+    """A claimed instance's page has loaded (and its first WebSocket opened, for apps that use
+    one): the keeper may start its replacement without competing with the page load."""
+
+    app: str
+    id: str
+    at: float
+    gateway: str = ""
 
 
 # ---- activity (sp.activity.<app>.<id>, publish) ----

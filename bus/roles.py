@@ -76,11 +76,11 @@ def permissions(role: str, namespace: str) -> Permissions:
         for bucket in buckets:
             publish += _own_stream(kv_stream(bucket)) + [f"$KV.{bucket}.>"]
         publish += _own_stream(s.events_stream) + ["$JS.API.INFO"]
-        subscribe = [s.claim_all(), s.activity_all(), s.docker_all(), s.tick_all(), s.admin_all(),
-                     s.instance_events_all()]
+        subscribe = [s.claim_all(), s.activity_all(), s.settled_all(), s.docker_all(), s.tick_all(),
+                     s.admin_all(), s.instance_events_all()]
         return Permissions(publish, subscribe + [s.inbox(role) + ".>"], allow_responses=True)
     if role == "gateway":
-        publish = [s.claim_all(), s.activity_all()] + _read_stream(kv_stream(s.instances_bucket))
+        publish = [s.claim_all(), s.activity_all(), s.settled_all()] + _read_stream(kv_stream(s.instances_bucket))
         return Permissions(publish, [s.inbox(role) + ".>"])
     if role == "operator":
         publish = [s.admin_all(), "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]

@@ -108,6 +108,8 @@ AppName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,23}$")]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 UserName = Annotated[str, msgspec.Meta(pattern=r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})(:([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}))?$")]
 Capability = Annotated[str, msgspec.Meta(pattern=r"^(CAP_)?[A-Z_]{2,32}$")]  # e.g. "NET_BIND_SERVICE"
+# a folder below the instance prefix, e.g. "voila/static/" (no leading slash, no "." or ".." parts)
+StaticPath = Annotated[str, msgspec.Meta(pattern=r"^(?!\.{1,2}(/|$))(?!.*/\.{1,2}(/|$))[A-Za-z0-9_~.-]+(/[A-Za-z0-9_~.-]+)*/?$")]
 
 
 class Probe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -197,6 +199,12 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     user: UserName | None = None  # run as this user ("uid[:gid]" or a name); default: the image's, never root
     cap_add: list[Capability] = []  # every capability is dropped except these
     schedule: list[ScheduleEntry] = []  # classes: larger pools at set times (see functions/schedule.py)
+    # paths below the prefix whose GET 200s are the same in every instance of the image: the gateway
+    # serves them from one shared, compressed copy (never list a path whose answer depends on the user)
+    static_paths: list[StaticPath] = []
+    # a claim's replacement starts once the student's page has loaded ("page"), and for apps whose page
+    # then opens a WebSocket (a kernel), once that opened too ("websocket"); settings.settle_cap bounds it
+    settle_on: Literal["page", "websocket"] = "page"
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -210,6 +218,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # after a claim, wait this long before refilling: batches a burst's refills, and keeps a new
     # container's start from competing for the CPU with the student's first page load
     refill_delay: Duration = Duration(2.0)
+    settle_cap: Duration = Duration(10.0)  # a claim's refill waits for its page to load, at most this long
+    start_budget: Annotated[int, msgspec.Meta(ge=0)] = 0  # instances starting at once, all apps; 0: the cores
+    static_cache_size: ByteSize = ByteSize(256 * 1024**2)  # the gateway's shared static cache, all images
+    static_cache_variants: Annotated[int, msgspec.Meta(ge=1)] = 8  # query strings kept per static path
     orphan_grace: Interval = Interval(30.0)  # a service without record (or record without service) this old is cleaned up
     publish_ports: bool = True  # local: host-mode port on 127.0.0.1; cluster: overlay by name
     network: str | None = None  # overlay network instances join (cluster mode)

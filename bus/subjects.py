@@ -36,6 +36,14 @@ class Subjects:
         """Wildcard the activity handler subscribes to."""
         return f"{self.prefix}.activity.*.*"
 
+    def settled(self, app: str, instance_id: str) -> str:
+        """Publish: a gateway saw a claimed instance's page load (the keeper refills after it)."""
+        return f"{self.prefix}.settled.{app}.{instance_id}"
+
+    def settled_all(self) -> str:
+        """Wildcard the keeper subscribes to for settle signals."""
+        return f"{self.prefix}.settled.*.*"
+
     def instance_event(self, app: str, instance_id: str, event: str) -> str:
         """Publish (kept in the event stream): one lifecycle transition of one instance (an EventKind)."""
         return f"{self.prefix}.instance.{app}.{instance_id}.{event}"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 
-from swarmpool.bus.messages import EventKind, InstanceEvent, Period, Tick
+import msgspec
+
+from swarmpool.bus.messages import EventKind, Instance, InstanceEvent, Period, Settled, Tick
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.functions import lifecycle
 from swarmpool.functions.policy import dead_instances, ghost_records, leaked_services, plan_top_up
@@ -23,6 +26,8 @@ class KeeperState:
     hold_starts_until: dict[str, float] = field(default_factory=dict)  # app -> end of the backoff
     start_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)  # app -> parallel starts
     refill_pending: set[str] = field(default_factory=set)  # apps with a coalesced top-up on its way
+    settle_pending: set[str] = field(default_factory=set)  # apps whose claims' refills wait for a settle
+    starved: set[str] = field(default_factory=set)  # apps whose starts the engine's budget held back
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # app -> top-ups never interleave
 
     def lock(self, app: str) -> asyncio.Lock:
@@ -30,6 +35,22 @@ class KeeperState:
 
 
 handlers = Handlers(state=KeeperState)
+
+
+def unsettled_claims(records: list[Instance], now: float, cap: float) -> list[Instance]:
+    """Claims whose student's page is still loading: their replacements wait (at most `cap` s)."""
+    return [r for r in records if r.state == "claimed" and r.settled_at is None
+            and r.claimed_at is not None and now - r.claimed_at < cap]
+
+
+def start_budget(configured: int, cpus: int | None) -> int:
+    """Instances that may start at once on the engine, all apps together: the setting, or the cores."""
+    return configured or cpus or 1
+
+
+def budgeted_starts(wanted: int, deferred: int, budget: int, starting: int) -> int:
+    """Starts now: the plan's, less the replacements of claims still loading, within the budget."""
+    return max(0, min(wanted - deferred, budget - starting))
 
 
 async def top_up(ctx: Context, app: str) -> int:
@@ -48,14 +69,24 @@ async def top_up(ctx: Context, app: str) -> int:
             state.hold_starts_until[app] = plan.hold_until
             log.warning("%s: %d failed starts in a row; next start in %.0f s", app, failures,
                         plan.hold_until - ctx.clock())
+        records = ctx.store.all()
+        deferred = len(unsettled_claims(ctx.store.all(app), ctx.clock(), float(ctx.settings.settle_cap)))
+        budget = start_budget(ctx.settings.start_budget, os.cpu_count())
+        starts = budgeted_starts(plan.starts, deferred, budget, sum(r.state == "starting" for r in records))
+        if starts < plan.starts - deferred:
+            state.starved.add(app)
+            log.info("%s: %d of %d starts wait for the engine's start budget (%d)", app,
+                     plan.starts - deferred - starts, plan.starts - deferred, budget)
+        else:
+            state.starved.discard(app)
         # records are written under the lock: the next top-up counts them
-        reserved = [await lifecycle.reserve(ctx, spec) for _ in range(plan.starts)]
+        reserved = [await lifecycle.reserve(ctx, spec) for _ in range(starts)]
     for record in plan.surplus:
         await ctx.isolated("retire surplus", lifecycle.retire(ctx, app, record.id,
                                                               f"surplus: more than {plan.target} ready"))
     slots = state.start_slots.setdefault(app, asyncio.Semaphore(spec.pool.max_parallel_starts))
     await ctx.each("start", (lifecycle.start(ctx, spec, record, slots) for record in reserved))
-    return plan.starts
+    return starts
 
 
 @handlers.on(lambda s: s.instance_events_all(), InstanceEvent,
@@ -67,8 +98,44 @@ async def on_instance_event(ctx: Context, event: InstanceEvent) -> None:
         failures[event.app] = 0
     elif event.event == EventKind.FAILED:
         failures[event.app] = failures.get(event.app, 0) + 1
-    if event.event in (EventKind.CLAIMED, EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING):
+    if event.event == EventKind.CLAIMED:
+        await refill_after_settle(ctx, event.app)
+    elif event.event in (EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING):
         await top_up_soon(ctx, event.app)
+    if event.event in (EventKind.READY, EventKind.FAILED, EventKind.REMOVED):  # a start slot is free
+        for app in sorted(ctx.state(KeeperState).starved - {event.app}):
+            await ctx.isolated(f"top up {app}", top_up_soon(ctx, app))
+
+
+@handlers.on(lambda s: s.settled_all(), Settled, expect=lambda s, m: s.settled(m.app, m.id))
+async def on_settled(ctx: Context, message: Settled) -> None:
+    """A student's page has loaded: their instance's replacement may start now."""
+    if ctx.app(message.app) is None:
+        return
+    await ctx.store.update(message.app, message.id, lambda r: msgspec.structs.replace(r, settled_at=message.at)
+                           if r.state == "claimed" and r.settled_at is None else None)
+    await top_up(ctx, message.app)
+
+
+async def refill_after_settle(ctx: Context, app: str) -> None:
+    """Refill a burst of claims as their pages load (`on_settled`), and for those that never say so,
+    when `settle_cap` has passed: one coalesced loop per app."""
+    state = ctx.state(KeeperState)
+    if app in state.settle_pending:
+        return
+    state.settle_pending.add(app)
+    try:
+        cap = float(ctx.settings.settle_cap)
+        await asyncio.sleep(float(ctx.settings.refill_delay))  # the rest of a burst's clicks first
+        while True:
+            await top_up(ctx, app)
+            waiting = unsettled_claims(ctx.store.all(app), ctx.clock(), cap)
+            if not waiting:
+                return
+            due = min(r.claimed_at or 0.0 for r in waiting) + cap
+            await asyncio.sleep(max(due - ctx.clock(), 0.05))
+    finally:
+        state.settle_pending.discard(app)
 
 
 async def top_up_soon(ctx: Context, app: str) -> None:

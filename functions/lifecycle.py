@@ -50,9 +50,10 @@ async def start(ctx: Context, spec: AppSpec, record: Instance, slots: asyncio.Se
             log.warning("could not start %s: %s", record.short, err)
             await fail(ctx, record.app, record.id, f"service not created: {err}")
             return
+    image = ctx.swarm.image_id(spec.image)
     updated = await ctx.store.update(
         record.app, record.id,
-        lambda r: msgspec.structs.replace(r, service_id=service_id) if r.state == "starting" else None,
+        lambda r: msgspec.structs.replace(r, service_id=service_id, image=image) if r.state == "starting" else None,
     )
     if updated is None or updated.instance.service_id != service_id:
         # retired while Docker was creating it: do not leak the service

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from swarmpool.bus.client import Publish
-from swarmpool.bus.messages import Activity
+from swarmpool.bus.messages import Activity, Settled
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import short_id
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class _Entry:
-    __slots__ = ("app", "traffic", "connections", "last_sent", "dirty")
+    __slots__ = ("app", "traffic", "connections", "last_sent", "dirty", "page", "socket", "settled")
 
     def __init__(self, app: str) -> None:
         self.app = app
@@ -30,6 +30,9 @@ class _Entry:
         self.connections = 0
         self.last_sent = float("-inf")  # monotonic
         self.dirty = False
+        self.page = False  # an HTML page was served
+        self.socket = False  # a WebSocket opened
+        self.settled = False  # the settle signal is on its way (once per instance and gateway)
 
 
 class ActivityTracker:
@@ -50,6 +53,7 @@ class ActivityTracker:
         self._entries: dict[str, _Entry] = {}
         self._dirty: set[str] = set()
         self._urgent: set[str] = set()
+        self._settling: set[str] = set()
         self._wake = asyncio.Event()
 
     # ---- recording (O(1), no I/O) ----
@@ -91,11 +95,36 @@ class ActivityTracker:
         else:
             self._mark(instance_id, entry)
 
+    def page_served(self, instance_id: str, app: str, wait_for_socket: bool) -> None:
+        """An HTML page went to the student; settled now unless a WebSocket must open too."""
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            entry = self._entries[instance_id] = _Entry(app)
+        entry.page = True
+        if not wait_for_socket or entry.socket:
+            self._settle(instance_id, entry)
+
+    def socket_opened(self, instance_id: str, app: str) -> None:
+        """A WebSocket opened: with the page served, the student's page has loaded."""
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            entry = self._entries[instance_id] = _Entry(app)
+        entry.socket = True
+        if entry.page:
+            self._settle(instance_id, entry)
+
+    def _settle(self, instance_id: str, entry: _Entry) -> None:
+        if not entry.settled:
+            entry.settled = True  # sent at once, never throttled: a refill waits for it
+            self._settling.add(instance_id)
+            self._wake.set()
+
     def forget(self, instance_id: str) -> None:
         """The route is gone: stop reporting on this instance."""
         self._entries.pop(instance_id, None)
         self._dirty.discard(instance_id)
         self._urgent.discard(instance_id)
+        self._settling.discard(instance_id)
 
     def tracking(self, instance_id: str) -> bool:
         """Whether this instance is in the activity table (it leaves when its route goes)."""
@@ -124,6 +153,9 @@ class ActivityTracker:
     async def flush(self, force: bool = False) -> float | None:
         """Publish what is due; return seconds until the next throttled heartbeat is due."""
         now = self._monotonic()
+        for instance_id in list(self._settling):
+            self._settling.discard(instance_id)
+            await self._publish_settled(instance_id)
         for instance_id in list(self._urgent):
             self._urgent.discard(instance_id)
             await self._publish(instance_id, now)
@@ -139,6 +171,16 @@ class ActivityTracker:
             else:
                 next_due = due - now if next_due is None else min(next_due, due - now)
         return next_due
+
+    async def _publish_settled(self, instance_id: str) -> None:
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            return
+        message = Settled(app=entry.app, id=instance_id, at=self._clock(), gateway=self._gateway)
+        try:
+            await self._send(self._subjects.settled(entry.app, instance_id), message)
+        except Exception as err:  # NATS down: the keeper's cap refills anyway
+            log.warning("settle signal for %s not published: %s", short_id(entry.app, instance_id), err)
 
     async def _publish(self, instance_id: str, now: float) -> None:
         entry = self._entries.get(instance_id)

@@ -17,6 +17,7 @@ from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway.activity import ActivityTracker
 from swarmpool.gateway.metrics import GatewayMetrics
 from swarmpool.gateway.routing import RouteTable
+from swarmpool.gateway.static_cache import StaticCache
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Gateway:
         default_factory=lambda: msgspec.json.Decoder(Claimed | ClaimRefused | ErrorReply))
     open_sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)  # id -> client sockets
     background: set[asyncio.Task[object]] = field(default_factory=set)  # fire-and-forget closes
+    static: StaticCache | None = None  # the shared static cache (made on first use, sized by the settings)
 
 
 # The browser id (random, HttpOnly, Path=/launch/): the per-browser session limit counts by it.

@@ -27,6 +27,16 @@ from swarmpool.gateway.origin import (
     without_gateway_cookies,
 )
 from swarmpool.gateway.routing import Route
+from swarmpool.gateway.static_cache import (
+    Asset,
+    Key,
+    StaticCache,
+    cacheable,
+    make_asset,
+    not_modified,
+    response_parts,
+    static_path,
+)
 from swarmpool.ids import instance_prefix, valid_id
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,7 @@ FROM_INSTANCE = web.RequestKey("from_instance", bool)  # this response's headers
 WS_PENDING = web.AppKey("ws_pending", dict[str, int])  # id -> WebSocket handshakes under way
 STREAM_GRACE = 1.0  # an HTTP response still streaming after this long counts as an open connection
 SMALL_BODY = 256 * 1024  # bodies up to this size are relayed in one write
+FILL_TIMEOUT = 10.0  # a static cache fill from a ready instance; past it the request passes through
 
 
 # ---- pure helpers ----
@@ -164,8 +175,99 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if is_websocket(request):
         gw.metrics.proxied.labels(route.app, "websocket").inc()
         return await _websocket(request, gw, instance_id, route, path)
+    if request.method == "GET":
+        cached = await _from_static_cache(request, gw, instance_id, route)
+        if cached is not None:
+            return cached
     gw.metrics.proxied.labels(route.app, "http").inc()
     return await _http(request, gw, instance_id, route, path)
+
+
+# ---- the shared static cache ----
+
+
+def static_cache(gw: Gateway) -> StaticCache:
+    if gw.static is None:
+        settings = gw.catalogue.settings
+        gw.static = StaticCache(int(settings.static_cache_size), int(settings.static_cache_variants))
+    return gw.static
+
+
+async def _from_static_cache(request: web.Request, gw: Gateway, instance_id: str,
+                             route: Route) -> web.Response | None:
+    """A static file of the app from the cache of its image (filled from a ready instance on a
+    miss); None: not a static path, or not cacheable: the instance answers it itself."""
+    spec = gw.catalogue.apps.get(route.app)
+    if spec is None or not spec.static_paths:
+        return None
+    relative = request.rel_url.raw_path[len(instance_prefix(instance_id)):]
+    if not static_path(relative, spec.static_paths):
+        return None
+    image = route.image
+    if not image:  # routed from the claim reply: the mirror has the record
+        record = gw.store.get(route.app, instance_id)
+        image = record.instance.image if record is not None else ""
+    if not image:
+        return None
+    cache = static_cache(gw)
+    key = Key(image=image, path=relative, query=request.rel_url.raw_query_string)
+    asset = cache.get(key)
+    if asset is None:
+        if not cache.accepts(key):
+            return None
+        asset = await cache.load(key, lambda: _fill(request, gw, route, key))
+        if asset is None:
+            return None
+    return _asset_response(request, asset)
+
+
+async def _fill(request: web.Request, gw: Gateway, route: Route, key: Key) -> Asset | None:
+    """Fetch a static file from a ready instance of the image: no student has touched it, so what
+    it serves is what the image serves. Never from a claimed instance."""
+    sources = [r for r in gw.store.all(route.app)
+               if r.state == "ready" and r.image == key.image and r.endpoint and not r.used]
+    if not sources:
+        return None
+    source = sources[0]
+    prefix = "/" if route.strip_prefix else instance_prefix(source.id)
+    url = URL(f"http://{source.endpoint}{prefix}{key.path}" + (f"?{key.query}" if key.query else ""), encoded=True)
+    cache = static_cache(gw)
+    try:
+        async with asyncio.timeout(FILL_TIMEOUT):
+            async with request.app[UPSTREAM].get(url, headers={"Accept-Encoding": "identity"},
+                                                 allow_redirects=False) as upstream:
+                if not cacheable("GET", upstream.status, upstream.headers):
+                    return None
+                length = upstream.headers.get("Content-Length")
+                if length is not None and (not length.isdigit() or int(length) > cache.max_asset):
+                    return None
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in upstream.content.iter_any():
+                    total += len(chunk)
+                    if total > cache.max_asset:
+                        return None
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+                headers = upstream.headers
+    except (aiohttp.ClientError, OSError, TimeoutError) as err:
+        log.info("static cache fill for %s failed: %s", route.app, type(err).__name__)
+        return None
+    still = gw.store.get(route.app, source.id)
+    if still is None or still.instance.state != "ready" or still.instance.used:
+        return None  # claimed while we fetched: what it served is no longer the image's word
+    asset = make_asset(body, headers)
+    cache.put(route.app, key, asset)
+    return asset
+
+
+def _asset_response(request: web.Request, asset: Asset) -> web.Response:
+    body, headers = response_parts(asset, request.headers.get("Accept-Encoding", ""))
+    if not_modified(request.headers.get("If-None-Match", ""), asset.etag):
+        for name in ("Content-Encoding", "Content-Type"):
+            headers.popall(name, None)
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers=headers)
 
 
 def _ended(request: web.Request, gw: Gateway, instance_id: str) -> web.Response:
@@ -201,6 +303,10 @@ async def _http(request: web.Request, gw: Gateway, instance_id: str, route: Rout
             raise web.HTTPRequestTimeout(headers={"Connection": "close"}) from None
         return _not_answering(request, gw, route, err)
     request[FROM_INSTANCE] = True
+    if (request.method == "GET" and upstream.status == 200
+            and upstream.headers.get("Content-Type", "").lower().startswith("text/html")):
+        spec = gw.catalogue.apps.get(route.app)
+        gw.activity.page_served(instance_id, route.app, spec is not None and spec.settle_on == "websocket")
 
     counted = False
 
@@ -305,6 +411,7 @@ async def _websocket(request: web.Request, gw: Gateway, instance_id: str, route:
     sockets = gw.open_sockets.setdefault(instance_id, set())
     sockets.add(client)
     gw.activity.opened(instance_id, route.app)
+    gw.activity.socket_opened(instance_id, route.app)
     gw.metrics.ws_open.labels(route.app).inc()
     try:
         await _pump_both(client, upstream, on_client_message=lambda: gw.activity.touch(instance_id))

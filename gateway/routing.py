@@ -25,6 +25,7 @@ class Route:
     app: str
     endpoint: str  # host:port
     strip_prefix: bool = False
+    image: str = ""  # image id ("" until the KV mirror tells): keys the shared static cache
 
 
 class RouteTable:
@@ -53,9 +54,9 @@ class RouteTable:
         """Call `listener(id)` whenever a route disappears."""
         self._removed_listeners.append(listener)
 
-    def _route_for(self, app: str, endpoint: str) -> Route:
+    def _route_for(self, app: str, endpoint: str, image: str = "") -> Route:
         spec = self._catalogue.apps.get(app)
-        return Route(app=app, endpoint=endpoint, strip_prefix=spec.strip_prefix if spec else False)
+        return Route(app=app, endpoint=endpoint, strip_prefix=spec.strip_prefix if spec else False, image=image)
 
     def add_claimed(self, instance_id: str, app: str, endpoint: str) -> None:
         """Route a fresh claim at once, so the browser's next request never races the KV watch."""
@@ -70,7 +71,7 @@ class RouteTable:
     def on_change(self, old: Instance | None, new: Instance | None) -> None:
         """Listener for `InstanceStore.on_change`: keep exactly the claimed instances routable."""
         if new is not None and new.state == "claimed" and new.endpoint:
-            route = self._route_for(new.app, new.endpoint)
+            route = self._route_for(new.app, new.endpoint, new.image)
             if self._routes.get(new.id) != route:
                 self._routes[new.id] = route
                 log.debug("route %s added", new.short)

@@ -162,6 +162,7 @@ class Swarm:
         self._http: aiohttp.ClientSession | None = None  # readiness probes, created on first use
         self._bridge_lock = threading.Lock()
         self._bridge_ready = False
+        self._image_ids: dict[str, str] = {}  # catalogue image -> its id at the last create
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -260,6 +261,10 @@ class Swarm:
             raise SwarmError(f"invalid service name {name!r} (lowercase letters, digits, '-'; at most 63 chars)")
         return await self._run(self._create, spec, name)
 
+    def image_id(self, image: str) -> str:
+        """The id `image` had at the last create (instances of one id serve identical files)."""
+        return self._image_ids.get(image, "")
+
     def _create(self, spec: InstanceSpec, name: str) -> str:
         api = self._docker().api
         try:
@@ -268,6 +273,7 @@ class Swarm:
             raise SwarmError(f"image {spec.image} not found on this node; build it first") from e
         except docker.errors.APIError as e:
             raise SwarmError(f"cannot inspect image {spec.image}: {e.explanation or e}") from e
+        self._image_ids[spec.image] = image["Id"]
         labels = self._labels(spec)
         user, needs_home = run_as((image.get("Config") or {}).get("User") or "", spec.user)
         env = {**spec.env, "SWARMPOOL_ID": spec.id}

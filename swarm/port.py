@@ -18,6 +18,10 @@ class SwarmPort(Protocol):
         """Start one instance service; its service id."""
         ...
 
+    def image_id(self, image: str) -> str:
+        """The id `image` (as the catalogue names it) had at the last create here; "" if none yet."""
+        ...
+
     async def remove(self, service_id: str) -> bool:
         """Remove a service; False when it was already gone."""
         ...

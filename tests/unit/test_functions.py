@@ -46,6 +46,9 @@ class FakeSwarm:
     async def create(self, spec: InstanceSpec) -> str:
         return "svc-" + spec.id
 
+    def image_id(self, image: str) -> str:
+        return "sha256:" + image
+
     async def remove(self, service_id: str) -> bool:
         return True
 

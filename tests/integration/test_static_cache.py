@@ -1,0 +1,209 @@
+"""The shared static cache through the real gateway, real NATS and real KV records, with one
+in-process upstream per instance (the same image id): what reaches which instance, and what not."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from swarmpool.bus.client import Bus
+from swarmpool.bus.messages import Activity, Instance
+from swarmpool.bus.spec import AppSpec, Catalogue, Duration, Settings
+from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.gateway import make_app
+from swarmpool.ids import instance_prefix, new_instance_id
+
+PLAIN = {"Accept-Encoding": "identity"}
+IMAGE = "sha256:" + "ab" * 32
+OTHER_IMAGE = "sha256:" + "cd" * 32
+SCRIPT = b"/* app */\n" + b"function f(x) { return x * 2; }\n" * 400
+
+CATALOGUE = Catalogue(
+    settings=Settings(claim_wait=Duration(0.3), heartbeat_interval=Duration(0.2)),
+    apps={"echo": AppSpec(name="echo", image="echo:latest", port=8000, static_paths=["static/"]),
+          "plain": AppSpec(name="plain", image="plain:latest", port=8000, strip_prefix=True,
+                           static_paths=["static/"])},
+)
+
+
+@dataclass
+class Upstream:
+    """One instance: counts the requests it got per path below its prefix."""
+
+    label: str
+    endpoint: str = ""
+    seen: Counter[str] = field(default_factory=Counter)
+
+
+def _upstream_app(upstream: Upstream) -> web.Application:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        relative = path.split("/", 3)[3] if path.startswith("/i/") else path.lstrip("/")
+        upstream.seen[relative] += 1
+        if relative == "static/app.js":
+            # what a student could have changed in a claimed instance: never what others get
+            body = SCRIPT if upstream.label == "ready" else b"/* changed by a student */"
+            return web.Response(body=body, content_type="application/javascript")
+        if relative == "static/cookie.js":
+            response = web.Response(text="x", content_type="application/javascript")
+            response.set_cookie("secret", upstream.label)
+            return response
+        if relative == "other/app.js":
+            return web.Response(text="dynamic", content_type="application/javascript")
+        if relative == "":
+            return web.Response(text="<html>notebook</html>", content_type="text/html")
+        raise web.HTTPNotFound()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@asynccontextmanager
+async def serving(upstream: Upstream) -> AsyncIterator[Upstream]:
+    runner = web.AppRunner(_upstream_app(upstream), shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    upstream.endpoint = f"127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield upstream
+    finally:
+        await runner.cleanup()
+
+
+async def record(store: InstanceStore, upstream: Upstream, state: str, image: str = IMAGE,
+                 app: str = "echo") -> Instance:
+    now = time.time()
+    ready = await store.create(Instance(id=new_instance_id(), app=app, state="ready", endpoint=upstream.endpoint,
+                                        created_at=now, ready_at=now, image=image))
+    if state == "ready":
+        return ready.instance
+    claimed = await store.cas(ready, msgspec.structs.replace(ready.instance, state="claimed", claimed_at=now))
+    return claimed.instance
+
+
+@dataclass
+class Pool:
+    url: str
+    http: aiohttp.ClientSession
+    ready: Upstream
+    a: Upstream
+    b: Upstream
+    ids: dict[str, str]  # label -> instance id
+
+
+@asynccontextmanager
+async def gateway(nc: NATS, subjects: Subjects, store: InstanceStore) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=CATALOGUE, host_label="gw-static")
+    runner = web.AppRunner(app, shutdown_timeout=2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}", http
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def pool(nc: NATS, subjects: Subjects, store: InstanceStore) -> AsyncIterator[Pool]:
+    async with (serving(Upstream("ready")) as ready, serving(Upstream("a")) as a, serving(Upstream("b")) as b):
+        ids = {"ready": (await record(store, ready, "ready")).id,
+               "a": (await record(store, a, "claimed")).id,
+               "b": (await record(store, b, "claimed")).id}
+        async with gateway(nc, subjects, store) as (url, http):
+            yield Pool(url=url, http=http, ready=ready, a=a, b=b, ids=ids)
+
+
+async def fetch(pool: Pool, label: str, relative: str, **headers: str) -> tuple[int, bytes, CIMultiDict[str]]:
+    url = pool.url + instance_prefix(pool.ids[label]) + relative
+    async with pool.http.get(url, headers={"Accept-Encoding": "identity", **headers}) as r:
+        return r.status, await r.read(), CIMultiDict(r.headers)
+
+
+async def test_a_static_file_is_fetched_once_per_image_and_served_to_every_student(
+        pool: Pool, nc: NATS, subjects: Subjects) -> None:
+    beats: list[Activity] = []
+    decode = msgspec.json.Decoder(Activity).decode
+
+    async def on_beat(msg: Msg) -> None:
+        beats.append(decode(msg.data))
+
+    sub = await nc.subscribe(subjects.activity("echo", pool.ids["b"]), cb=on_beat)
+    try:
+        firsts = await asyncio.gather(*(fetch(pool, label, "static/app.js") for label in ("a", "a", "b", "b")))
+        for status, body, _ in firsts:
+            assert status == 200 and body == SCRIPT  # the ready instance's file, never a student's
+        for _ in range(3):
+            status, body, headers = await fetch(pool, "b", "static/app.js")
+            assert status == 200 and body == SCRIPT and "max-age" in headers["Cache-Control"]
+        assert pool.ready.seen["static/app.js"] == 1
+        assert pool.a.seen["static/app.js"] == 0 and pool.b.seen["static/app.js"] == 0
+        deadline = time.monotonic() + 5
+        while not any(m.traffic for m in beats):  # served from the cache, still the student's activity
+            assert time.monotonic() < deadline, "no heartbeat for a student served from the cache"
+            await asyncio.sleep(0.05)
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_compressed_and_plain_clients_get_identical_content(pool: Pool) -> None:
+    _, plain, plain_headers = await fetch(pool, "a", "static/app.js", **{"Accept-Encoding": "identity"})
+    _, packed, packed_headers = await fetch(pool, "b", "static/app.js", **{"Accept-Encoding": "gzip, br"})
+    assert "Content-Encoding" not in plain_headers and packed_headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(packed) == plain == SCRIPT
+    assert len(packed) * 3 < len(plain)
+    assert plain_headers["ETag"] != packed_headers["ETag"]  # two representations, two validators
+    assert plain_headers["Vary"] == packed_headers["Vary"] == "Accept-Encoding"
+    for etag in (plain_headers["ETag"], packed_headers["ETag"]):
+        status, body, _ = await fetch(pool, "b", "static/app.js", **{"If-None-Match": etag})
+        assert status == 304 and body == b""
+
+
+@pytest.mark.parametrize("relative", ["other/app.js", "static/cookie.js", "static/missing.js"])
+async def test_never_cached_outside_static_paths_with_set_cookie_or_not_200(pool: Pool, relative: str) -> None:
+    for _ in range(2):
+        await fetch(pool, "a", relative)
+        status, _, headers = await fetch(pool, "b", relative)
+        if relative == "static/cookie.js":
+            assert "secret=b" in headers["Set-Cookie"]  # the student's own instance answered
+    assert pool.a.seen[relative] == 2 and pool.b.seen[relative] == 2
+
+
+async def test_a_miss_without_a_ready_instance_passes_through_uncached(
+        nc: NATS, subjects: Subjects, store: InstanceStore) -> None:
+    async with serving(Upstream("a")) as a, serving(Upstream("ready")) as other_ready:
+        claimed = await record(store, a, "claimed")
+        await record(store, other_ready, "ready", image=OTHER_IMAGE)  # another image: not a source
+        async with gateway(nc, subjects, store) as (url, http):
+            for _ in range(2):
+                async with http.get(url + instance_prefix(claimed.id) + "static/app.js", headers=PLAIN) as r:
+                    assert r.status == 200 and await r.read() == b"/* changed by a student */"
+        assert a.seen["static/app.js"] == 2 and other_ready.seen["static/app.js"] == 0
+
+
+async def test_strip_prefix_apps_are_cached_too(nc: NATS, subjects: Subjects, store: InstanceStore) -> None:
+    async with serving(Upstream("ready")) as ready, serving(Upstream("a")) as a:
+        await record(store, ready, "ready", app="plain")
+        claimed = await record(store, a, "claimed", app="plain")
+        async with gateway(nc, subjects, store) as (url, http):
+            for _ in range(2):
+                async with http.get(url + instance_prefix(claimed.id) + "static/app.js", headers=PLAIN) as r:
+                    assert r.status == 200 and await r.read() == SCRIPT
+        assert ready.seen["static/app.js"] == 1 and a.seen["static/app.js"] == 0

@@ -1,0 +1,168 @@
+"""The shared static cache's pure decisions: what may be cached, the LRU bound, negotiation."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import pytest
+
+from swarmpool.gateway.static_cache import (
+    Key,
+    StaticCache,
+    accepts_gzip,
+    cacheable,
+    make_asset,
+    not_modified,
+    response_parts,
+    static_path,
+)
+
+PATHS = ["voila/static/", "voila/templates"]
+JS = {"Content-Type": "application/javascript"}
+
+
+@pytest.mark.parametrize(("relative", "expected"), [
+    ("voila/static/7155.voila.js", True),
+    ("voila/templates/lab/index.css", True),
+    ("voila/static", True),
+    ("voila/staticx/a.js", False),
+    ("voila/render/notebook.ipynb", False),
+    ("", False),
+    ("/voila/static/a.js", False),
+    ("voila/static/../../api/kernels", False),
+    ("voila/static/%2e%2e/api/kernels", False),
+    ("voila/static/%2E%2E%2Fapi", False),
+    ("voila/static//a.js", False),
+    ("voila/static/./a.js", False),
+])
+def test_only_paths_under_static_paths(relative: str, expected: bool) -> None:
+    assert static_path(relative, PATHS) is expected
+
+
+def test_no_static_paths_no_cache() -> None:
+    assert not static_path("voila/static/a.js", [])
+
+
+@pytest.mark.parametrize(("method", "status", "headers", "expected"), [
+    ("GET", 200, JS, True),
+    ("GET", 200, {**JS, "Vary": "Accept-Encoding"}, True),
+    ("HEAD", 200, JS, False),
+    ("POST", 200, JS, False),
+    ("GET", 404, JS, False),
+    ("GET", 304, JS, False),
+    ("GET", 302, JS, False),
+    ("GET", 200, {**JS, "Set-Cookie": "_xsrf=abc; Path=/"}, False),
+    ("GET", 200, {**JS, "Cache-Control": "no-store"}, False),
+    ("GET", 200, {**JS, "Cache-Control": "private, max-age=60"}, False),
+    ("GET", 200, {**JS, "Vary": "Cookie"}, False),
+    ("GET", 200, {**JS, "Content-Encoding": "gzip"}, False),
+])
+def test_cacheable(method: str, status: int, headers: dict[str, str], expected: bool) -> None:
+    assert cacheable(method, status, headers) is expected
+
+
+def test_text_is_compressed_once_and_identical_when_decompressed() -> None:
+    body = b"console.log('hello');\n" * 500
+    asset = make_asset(body, {**JS, "Last-Modified": "Tue, 01 Jan 2030 00:00:00 GMT", "Server": "tornado"})
+    assert asset.gzipped is not None and len(asset.gzipped) < len(body) / 5
+    assert gzip.decompress(asset.gzipped) == body
+    plain, plain_headers = response_parts(asset, "")
+    packed, packed_headers = response_parts(asset, "gzip, deflate, br")
+    assert plain == body and "Content-Encoding" not in plain_headers
+    assert packed_headers["Content-Encoding"] == "gzip" and gzip.decompress(packed) == plain
+    assert plain_headers["ETag"] == asset.etag and packed_headers["ETag"] == asset.etag[:-1] + '-gzip"'
+    for headers in (plain_headers, packed_headers):
+        assert not_modified(headers["ETag"], asset.etag)
+        assert headers["Vary"] == "Accept-Encoding"
+        assert "max-age" in headers["Cache-Control"]
+        assert headers["Content-Type"] == "application/javascript"
+        assert "Server" not in headers
+
+
+def test_binary_and_tiny_bodies_are_kept_as_they_are() -> None:
+    png = make_asset(b"\x89PNG" + bytes(range(256)) * 10, {"Content-Type": "image/png"})
+    tiny = make_asset(b"a{}", {"Content-Type": "text/css"})
+    assert png.gzipped is None and tiny.gzipped is None
+    body, headers = response_parts(png, "gzip")
+    assert "Content-Encoding" not in headers and "Vary" not in headers and body == png.body
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("gzip", True), ("gzip, deflate, br, zstd", True), ("br;q=1.0, gzip;q=0.8", True),
+    ("", False), ("identity", False), ("gzip;q=0", False), ("*", True), ("*;q=0", False),
+    ("br, *;q=0", False), ("GZIP", True), ("gzip;q=bogus", False),
+])
+def test_accepts_gzip(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected
+
+
+def test_not_modified() -> None:
+    assert not_modified('"abc"', '"abc"')
+    assert not_modified('W/"abc", "x"', '"abc"')
+    assert not_modified("*", '"abc"')
+    assert not not_modified('"x"', '"abc"')
+    assert not not_modified("", '"abc"')
+
+
+def test_lru_bounded_in_bytes() -> None:
+    cache = StaticCache(max_bytes=1000, max_asset=600)
+    a, b, c = Key("img", "s/a"), Key("img", "s/b"), Key("img", "s/c")
+    assert cache.put("app", a, make_asset(bytes(400), {}))
+    assert cache.put("app", b, make_asset(bytes(400), {}))
+    assert cache.get(a) is not None  # a is now the most recent
+    assert cache.put("app", c, make_asset(bytes(400), {}))
+    assert cache.get(b) is None and cache.get(a) is not None and cache.get(c) is not None
+    assert cache.bytes == 800
+    assert not cache.put("app", Key("img", "s/big"), make_asset(bytes(601), {}))
+
+
+def test_query_variants_are_capped_per_path() -> None:
+    cache = StaticCache(max_bytes=10_000, max_variants=2)
+    for query in ("v=1", "v=2"):
+        assert cache.put("app", Key("img", "s/a.js", query), make_asset(b"x", {}))
+    assert not cache.accepts(Key("img", "s/a.js", "v=3"))
+    assert not cache.put("app", Key("img", "s/a.js", "v=3"), make_asset(b"x", {}))
+    assert cache.accepts(Key("img", "s/a.js", "v=1"))  # already there
+    assert cache.accepts(Key("img", "s/a.js"))  # no query: always one slot
+    assert cache.accepts(Key("img", "s/b.js", "v=3"))
+
+
+def test_a_new_image_drops_the_old_images_entries() -> None:
+    cache = StaticCache(max_bytes=10_000)
+    cache.put("voila", Key("sha256:old", "s/a.js"), make_asset(b"old", {}))
+    cache.put("other", Key("sha256:other", "s/a.js"), make_asset(b"other", {}))
+    cache.put("voila", Key("sha256:new", "s/a.js"), make_asset(b"new", {}))
+    assert cache.get(Key("sha256:old", "s/a.js")) is None
+    assert cache.get(Key("sha256:other", "s/a.js")) is not None
+    assert cache.bytes == len(b"other") + len(b"new")
+
+
+async def test_concurrent_misses_fetch_once() -> None:
+    cache = StaticCache(max_bytes=10_000)
+    key = Key("img", "s/a.js")
+    calls = 0
+    gate = asyncio.Event()
+
+    async def loader() -> object:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        asset = make_asset(b"body", JS)
+        cache.put("app", key, asset)
+        return asset
+
+    waiting = [asyncio.create_task(cache.load(key, loader)) for _ in range(12)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*waiting)
+    assert calls == 1 and all(r is results[0] and r is not None for r in results)
+
+
+async def test_a_failing_fill_answers_none_to_everyone() -> None:
+    cache = StaticCache(max_bytes=10_000)
+
+    async def loader() -> object:
+        raise OSError("instance gone")
+
+    assert await cache.load(Key("img", "s/a.js"), loader) is None
