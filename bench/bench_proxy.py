@@ -42,7 +42,7 @@ import aiohttp
 import nats
 from nats.aio.client import Client as NATS
 
-from swarmpool.bus.messages import AdminRequest, Instance
+from swarmpool.bus.messages import Instance, RetireRequest
 from swarmpool.bus.runtime import encode
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -141,8 +141,8 @@ class SeparateStack:
     async def retire(self, app: str, instance_id: str) -> None:
         """`swarmpool admin retire`, over the bus."""
         reply = await self.nc.request(Subjects(self.namespace).admin("retire"),
-                                      encode(AdminRequest(app=app, id=instance_id)), timeout=30)
-        assert b"retired" in reply.data, reply.data
+                                      encode(RetireRequest(app=app, id=instance_id)), timeout=30)
+        assert b'"type":"ok"' in reply.data, reply.data
 
 
 @asynccontextmanager

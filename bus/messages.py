@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -169,29 +169,85 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True):
     seq: int = 0
 
 
-# ---- admin (sp.admin.<verb>, request/reply) ----
+# ---- admin (sp.admin.<verb>, a nats.micro service; one request Struct per verb) ----
 
 
-class AdminRequest(msgspec.Struct, frozen=True, kw_only=True):
-    app: str | None = None  # None: every app
-    size: int | None = None  # for scale
-    id: str | None = None  # for retire: one instance
+class Requester(msgspec.Struct, frozen=True, kw_only=True):
+    """Who asked, as the CLI reports it (user and host name): self-reported, not verified."""
+
+    user: str = ""
+    host: str = ""
+
+
+AppName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,23}$")]
+
+
+class AdminCommand(msgspec.Struct, frozen=True, kw_only=True, tag_field="verb"):
+    """Base of the verbs' requests (the tag is the verb; the subject says it too, so it may be left out)."""
+
+    by: Requester = Requester()
+
+
+class StatusRequest(AdminCommand, frozen=True, kw_only=True, tag="status"):
+    app: AppName | None = None  # None: every app
+
+
+class ScaleRequest(AdminCommand, frozen=True, kw_only=True, tag="scale"):
+    app: AppName
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    for_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None  # None: until changed
+
+
+class PauseRequest(AdminCommand, frozen=True, kw_only=True, tag="pause"):
+    app: AppName | None = None
+    all: bool = False  # every app (app must then be None)
+
+
+class ResumeRequest(AdminCommand, frozen=True, kw_only=True, tag="resume"):
+    app: AppName | None = None
+    all: bool = False
+
+
+class DrainRequest(AdminCommand, frozen=True, kw_only=True, tag="drain"):
+    app: AppName | None = None
+    all: bool = False
+
+
+class RetireRequest(AdminCommand, frozen=True, kw_only=True, tag="retire"):
+    id: Annotated[str, msgspec.Meta(pattern=r"^[a-z2-7]{4,26}$")]  # the id or a prefix of it (4+ characters)
+    app: AppName | None = None  # narrows the search
 
 
 class AppStatus(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     target: int
+    target_source: str  # which rule set the target: catalogue, schedule <entry>, scale [until <time>], paused
     paused: bool
     starting: int
     ready: int
     claimed: int
     retiring: int
     failed: int
+    claim_seconds: float | None = None  # median of this host's recent claims
+    ready_seconds: float | None = None  # median time-to-ready of the live instances
 
 
-class AdminReply(msgspec.Struct, frozen=True, kw_only=True, tag="ok"):
+class AdminResult(msgspec.Struct, frozen=True, kw_only=True, tag="ok"):
+    """A verb's typed answer: what it did, and where the pools it touched stand now."""
+
     detail: str = ""
-    apps: list[AppStatus] = []
+    apps: dict[str, AppStatus] = {}
+
+
+class AdminEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator command, kept in the event log (``sp.audit.<verb>``) beside the instance events."""
+
+    verb: str
+    app: str  # "" for every app
+    at: float
+    reason: str  # what it did ("scale demo to 120 for 3600 s")
+    by: Requester = Requester()
+    ok: bool = True
 
 
 # ---- pool overrides (admin scale/pause/drain), KV key ``pool.<app>`` in the config bucket ----

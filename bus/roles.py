@@ -67,26 +67,34 @@ def _own_stream(stream: str) -> list[str]:
     return [f"$JS.API.STREAM.CREATE.{stream}"] + _read_stream(stream) + _consume_stream(stream)
 
 
+def _discovery(service: str) -> list[str]:
+    """NATS service discovery of one micro service: ``$SRV.PING|INFO|STATS``, by kind and by id."""
+    return [f"$SRV.{verb}{tail}" for verb in ("PING", "INFO", "STATS")
+            for tail in ("", f".{service}", f".{service}.*")]
+
+
 def permissions(role: str, namespace: str) -> Permissions:
     """The allow lists of `role` for one namespace."""
     s = Subjects(namespace)
     buckets = [s.instances_bucket, s.config_bucket, s.leases_bucket]
     if role == "functions":
-        publish = [s.instance_events_all(), s.docker_all(), s.tick_all()]
+        publish = [s.instance_events_all(), s.docker_all(), s.tick_all(), s.audit_all()]
         for bucket in buckets:
             publish += _own_stream(kv_stream(bucket)) + [f"$KV.{bucket}.>"]
-        publish += _own_stream(s.events_stream) + ["$JS.API.INFO"]
+        # the event log's limits change with versions: its stream is updated in place
+        publish += _own_stream(s.events_stream) + [f"$JS.API.STREAM.UPDATE.{s.events_stream}", "$JS.API.INFO"]
         subscribe = [s.claim_all(), s.activity_all(), s.settled_all(), s.docker_all(), s.tick_all(),
-                     s.admin_all(), s.instance_events_all()]
+                     s.admin_all(), s.instance_events_all()] + _discovery(s.admin_service)
         return Permissions(publish, subscribe + [s.inbox(role) + ".>"], allow_responses=True)
     if role == "gateway":
         publish = [s.claim_all(), s.activity_all(), s.settled_all()] + _read_stream(kv_stream(s.instances_bucket))
         return Permissions(publish, [s.inbox(role) + ".>"])
     if role == "operator":
         publish = [s.admin_all(), "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]
+        publish += _discovery(s.admin_service)
         for stream in (s.events_stream, kv_stream(s.instances_bucket), kv_stream(s.config_bucket)):
             publish += _read_stream(stream) + _consume_stream(stream)
-        return Permissions(publish, [s.instance_events_all(), s.inbox(role) + ".>"])
+        return Permissions(publish, [s.instance_events_all(), s.audit_all(), s.inbox(role) + ".>"])
     raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
 
 

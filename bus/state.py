@@ -51,12 +51,30 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
     await js.create_key_value(bucket=subjects.instances_bucket, history=1)
     await js.create_key_value(bucket=subjects.config_bucket, history=1)
     await js.create_key_value(bucket=subjects.leases_bucket, history=1, ttl=15)
-    await js.add_stream(
-        name=subjects.events_stream,
-        subjects=[subjects.instance_events_all()],
-        max_age=7 * 86400,
-        storage=api.StorageType.FILE,
-    )
+    await ensure_event_log(js, subjects)
+
+
+EVENTS_MAX_AGE = 7 * 86400  # seconds the event log keeps an event
+EVENTS_MAX_BYTES = 256 * 1024**2  # and at most this much of them (the oldest go first)
+
+
+async def ensure_event_log(js: JetStreamContext, subjects: Subjects) -> api.StreamInfo:
+    """The event log: instance events and operator commands, bounded by age and size. A stream made
+    by an older version (other subjects or limits) is updated in place, keeping its events."""
+    config = api.StreamConfig(name=subjects.events_stream,
+                              subjects=[subjects.instance_events_all(), subjects.audit_all()],
+                              max_age=EVENTS_MAX_AGE, max_bytes=EVENTS_MAX_BYTES,
+                              storage=api.StorageType.FILE, discard=api.DiscardPolicy.OLD)
+    try:
+        info = await js.stream_info(subjects.events_stream)
+    except nats.js.errors.NotFoundError:
+        return await js.add_stream(config)
+    have = info.config
+    if (sorted(have.subjects or []) != sorted(config.subjects or []) or have.max_age != config.max_age
+            or have.max_bytes != config.max_bytes):
+        log.info("upgrading the event log %s in place (subjects, age and size limits)", subjects.events_stream)
+        return await js.update_stream(config)
+    return info
 
 
 async def _stop_watch(watcher: Any, task: asyncio.Task[None] | None) -> None:

@@ -73,8 +73,21 @@ class Subjects:
         return f"{self.prefix}.admin.*"
 
     def admin(self, verb: str) -> str:
-        """Request/reply: an operator command (scale, drain, pause, resume, retire, status)."""
+        """Request/reply: an endpoint of the admin service (the verbs of functions/admin.py)."""
         return f"{self.prefix}.admin.{verb}"
+
+    def audit(self, verb: str) -> str:
+        """Publish (kept in the event stream): one operator command, after it ran."""
+        return f"{self.prefix}.audit.{verb}"
+
+    def audit_all(self) -> str:
+        """Wildcard for every operator command event."""
+        return f"{self.prefix}.audit.*"
+
+    @property
+    def admin_service(self) -> str:
+        """The admin service's name in NATS service discovery (``$SRV.PING.<name>``)."""
+        return f"swarmpool-admin-{self._name}"
 
     def inbox(self, role: str) -> str:
         """Inbox prefix of one bus role: replies to its requests arrive below it, and only it may subscribe there."""
@@ -98,7 +111,7 @@ class Subjects:
 
     @property
     def events_stream(self) -> str:
-        """Stream keeping every instance event: the event log."""
+        """Stream keeping every instance event and operator command: the event log."""
         return f"{self._name}_events"
 
     @property

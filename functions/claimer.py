@@ -89,7 +89,8 @@ async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
         ctx.metrics.claims.labels(app, "paused").inc()
         return ClaimRefused(app=app, reason="paused", retry_after=10)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(max(request.wait, 0.0), MAX_WAIT)
+    started = loop.time()
+    deadline = started + min(max(request.wait, 0.0), MAX_WAIT)
     limit = ctx.settings.per_browser_limit if request.browser else 0
     while True:
         if not await ctx.config.wait_trusted(deadline - loop.time()):
@@ -107,6 +108,7 @@ async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
             claimed = await try_claim(ctx, app)
         if claimed is not None:
             ctx.metrics.claims.labels(app, "claimed").inc()
+            ctx.metrics.observe_claim(app, loop.time() - started)
             return claimed
         remaining = deadline - loop.time()
         if remaining <= 0:

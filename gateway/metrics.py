@@ -13,6 +13,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._included: list[CollectorRegistry] = []
         self.launches = Counter("swarmpool_gateway_launches", "Launch clicks by app and outcome",
                                 ["app", "outcome"], registry=self.registry)
         self.proxied = Counter("swarmpool_gateway_proxied_requests", "Requests proxied to instances",
@@ -26,5 +27,9 @@ class GatewayMetrics:
                                        ["app"], registry=self.registry,
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
 
+    def include(self, *registries: CollectorRegistry) -> None:
+        """Serve these registries too (`swarmpool up`: the functions host's, on the gateway's /metrics)."""
+        self._included += registries
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return b"".join(generate_latest(r) for r in (self.registry, *self._included))

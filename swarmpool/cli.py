@@ -1,4 +1,4 @@
-"""The `swarmpool` command: up (embedded default), functions, gateway, admin."""
+"""The `swarmpool` command: up (embedded default), functions, gateway, admin, events."""
 
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     fn = sub.add_parser("functions", help="run the function handlers (a replica of the pool logic)")
     common(fn, True)
     fn.add_argument("--credentials", metavar="FILE", help=CREDENTIALS_HELP.format(role="functions"))
+    fn.add_argument("--metrics-port", type=int, metavar="PORT",
+                    help="serve this host's prometheus metrics on http://HOST:PORT/metrics (default: none)")
+    fn.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port (default: 127.0.0.1)")
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway")
     common(gw, True)
@@ -60,16 +63,37 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--host", default="127.0.0.1")
     gw.add_argument("--port", type=int, default=8000)
 
-    ad = sub.add_parser("admin", help="operator commands on the bus")
-    ad.add_argument("verb", choices=["status", "scale", "pause", "resume", "drain", "retire"])
-    ad.add_argument("app", nargs="?")
-    ad.add_argument("arg", nargs="?", help="scale: the new pool size; retire: the instance id")
-    ad.add_argument("--namespace", default="sp")
-    ad.add_argument("--nats-url", help="NATS server URL (default: the credentials' url, else nats://127.0.0.1:4222)")
-    ad.add_argument("--credentials", metavar="FILE", help=CREDENTIALS_HELP.format(role="operator")
-                    + "; default: the operator's file in --state-dir, when there")
-    ad.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                    help=f"the state dir of `swarmpool up` (default: {DEFAULT_STATE_DIR})")
+    operator = argparse.ArgumentParser(add_help=False)  # how `admin` and `events` reach the bus
+    operator.add_argument("--namespace", default="sp", help="subject prefix (default: sp)")
+    operator.add_argument("--nats-url",
+                          help="NATS server URL (default: the credentials' url, else nats://127.0.0.1:4222)")
+    operator.add_argument("--credentials", metavar="FILE", help=CREDENTIALS_HELP.format(role="operator")
+                          + "; default: the operator's file in --state-dir, when there")
+    operator.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                          help=f"the state dir of `swarmpool up` (default: {DEFAULT_STATE_DIR})")
+
+    from swarmpool.functions.admin import VERBS
+
+    ad = sub.add_parser("admin", help="operator commands (the admin service on the bus)",
+                        description="Operator commands, answered by the admin service of the functions hosts.")
+    verbs = ad.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS.values():
+        vp = verbs.add_parser(verb.name, help=verb.help, description=verb.help, parents=[operator])
+        for arg in verb.args:
+            if arg.flags[0].startswith("-"):
+                vp.add_argument(*arg.flags, dest=arg.field, help=arg.help, **arg.options)
+            else:  # a positional's name is its dest
+                vp.add_argument(arg.field, help=arg.help, **{"metavar": arg.flags[0].upper(), **arg.options})
+        vp.add_argument("--json", action="store_true", help="print the reply as one JSON object")
+
+    ev = sub.add_parser("events", help="read the event log (instance transitions and admin commands)",
+                        parents=[operator])
+    ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    ev.add_argument("--app", help="only this app's events")
+    ev.add_argument("--since", metavar="DURATION", help="only events of the last DURATION, e.g. 10m, 2h, 1d")
+    fmt = ev.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object per line")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header line")
 
     check = sub.add_parser("check", help="validate a catalogue file and exit")
     check.add_argument("catalogue", nargs="?")
@@ -99,6 +123,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "admin":
         raise SystemExit(asyncio.run(_admin(args)))
+    if args.command == "events":
+        from swarmpool.events import read_events
+
+        try:
+            raise SystemExit(asyncio.run(read_events(args)))
+        except KeyboardInterrupt:
+            raise SystemExit(0) from None
     catalogue = _catalogue_or_exit(args.catalogue)  # before touching anything
     from swarmpool import launcher
 
@@ -116,20 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
 
-async def _admin(args: argparse.Namespace) -> int:
-    from swarmpool.bus.messages import AdminReply, AdminRequest, ErrorReply
+async def operator_connection(args: argparse.Namespace) -> Any:
+    """Connect as the operator role (credentials from --credentials or up's state dir); an int is an exit code."""
     from swarmpool.bus.roles import Access, credentials_path
-    from swarmpool.bus.runtime import connect, encode
+    from swarmpool.bus.runtime import connect
     from swarmpool.bus.subjects import Subjects
 
-    request = AdminRequest(app=args.app)
-    if args.verb == "scale":
-        if args.arg is None or not args.arg.isdigit():
-            print("swarmpool: scale needs a size: swarmpool admin scale <app> <size>", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        request = AdminRequest(app=args.app, size=int(args.arg))
-    elif args.verb == "retire":
-        request = AdminRequest(app=args.app, id=args.arg)
     found = credentials_path(args.state_dir, "operator")
     path = args.credentials or (found if found.exists() else None)
     try:
@@ -139,30 +162,101 @@ async def _admin(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     url = args.nats_url or (access.url if access and access.url else "nats://127.0.0.1:4222")
     try:
-        nc = await connect(url, name="swarmpool-admin", access=access,
-                           inbox_prefix=Subjects(args.namespace).inbox("operator"))
+        return await connect(url, name=f"swarmpool-{args.command}", access=access,
+                             inbox_prefix=Subjects(args.namespace).inbox("operator"))
     except Exception as err:
         print(f"swarmpool: cannot reach NATS at {url}: {err or type(err).__name__}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+
+
+def requester() -> Any:
+    """Who asks, as the event log keeps it: self-reported user and host name, not verified."""
+    import getpass
+    import socket
+
+    from swarmpool.bus.messages import Requester
+
     try:
-        msg = await nc.request(Subjects(args.namespace).admin(args.verb), encode(request), timeout=10)
-    except Exception as err:
-        print(f"swarmpool: no answer from the functions: {err}", file=sys.stderr)
+        user = getpass.getuser()
+    except Exception:
+        user = ""
+    return Requester(user=user, host=socket.gethostname())
+
+
+def admin_request(args: argparse.Namespace) -> Any:
+    """The verb's request Struct from the command line (validated like the service will); ValueError if bad."""
+    from swarmpool.functions.admin import VERBS
+
+    verb = VERBS[args.verb]
+    fields: dict[str, Any] = {}
+    for arg in verb.args:
+        value = getattr(args, arg.field)
+        if value is None or value is False:
+            continue
+        fields[arg.field] = arg.convert(value) if arg.convert else value
+    try:
+        return msgspec.convert(fields, verb.request), verb
+    except msgspec.ValidationError as err:
+        raise ValueError(f"admin {verb.name}: {err}") from None
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    import nats.errors
+
+    from swarmpool.bus.messages import AdminResult, ErrorReply
+    from swarmpool.bus.runtime import encode
+    from swarmpool.bus.subjects import Subjects
+
+    try:
+        request, verb = admin_request(args)
+    except ValueError as err:
+        print(f"swarmpool: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    request = msgspec.structs.replace(request, by=requester())
+    nc = await operator_connection(args)
+    if isinstance(nc, int):
+        return nc
+    subject = Subjects(args.namespace).admin(verb.name)
+    try:
+        msg = await nc.request(subject, encode(request), timeout=15)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        print(f"swarmpool: no admin service answers on {subject}: is `swarmpool up` or `swarmpool functions` "
+              f"running for namespace {args.namespace}, and are these the operator's credentials?",
+              file=sys.stderr)
         return EXIT_UNAVAILABLE
     finally:
         await nc.close()
-    reply = msgspec.json.decode(msg.data, type=AdminReply | ErrorReply)
+    try:
+        reply = msgspec.json.decode(msg.data, type=AdminResult | ErrorReply)
+    except msgspec.DecodeError as err:
+        print(f"swarmpool: unexpected answer on {subject}: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+        return EXIT_BAD_INPUT if isinstance(reply, ErrorReply) else 0
     if isinstance(reply, ErrorReply):
         print(f"swarmpool: {reply.error}: {reply.detail}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if reply.detail:
         print(reply.detail)
     if reply.apps:
-        print(f"{'app':<20} {'target':>6} {'ready':>6} {'start':>6} {'claimed':>7} {'retire':>6} {'failed':>6}")
-        for a in reply.apps:
-            print(f"{a.app:<20} {a.target:>6} {a.ready:>6} {a.starting:>6} {a.claimed:>7} {a.retiring:>6} "
-                  f"{a.failed:>6}{'  paused' if a.paused else ''}")
+        print(status_table(reply.apps))
     return 0
+
+
+def status_table(apps: dict[str, Any]) -> str:
+    """The status of each app as an aligned table."""
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3g}s"
+
+    rows = [("app", "target", "ready", "starting", "claimed", "retiring", "failed", "claim", "to ready",
+             "target set by")]
+    for a in apps.values():
+        rows.append((a.app, str(a.target), str(a.ready), str(a.starting), str(a.claimed), str(a.retiring),
+                     str(a.failed), seconds(a.claim_seconds), seconds(a.ready_seconds), a.target_source))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i in (0, 9) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     .rstrip() for row in rows)
 
 
 if __name__ == "__main__":

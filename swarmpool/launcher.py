@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -109,9 +110,10 @@ async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: b
 
 @asynccontextmanager
 async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: str,
-                        port: int) -> AsyncIterator[web.AppRunner]:
+                        port: int, extra_metrics: tuple[Any, ...] = ()) -> AsyncIterator[web.AppRunner]:
+    """The gateway; `extra_metrics` (prometheus registries) are served on its /metrics too."""
     from swarmpool.bus.client import Bus
-    from swarmpool.gateway.app import make_app, make_runner
+    from swarmpool.gateway.app import GATEWAY, make_app, make_runner
 
     subjects = Subjects(namespace)
     try:  # the gateway's bus role only reads the records: the functions create the bucket
@@ -122,6 +124,7 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
     async with store:
         app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=catalogue,
                        host_label=f"gw-{socket.gethostname()}-{os.getpid()}")
+        app[GATEWAY].metrics.include(*extra_metrics)
         runner = make_runner(app, catalogue)
         await runner.setup()
         try:
@@ -141,6 +144,7 @@ async def _progress(ctx: Context, stop: asyncio.Event) -> None:
     while not stop.is_set():
         line = "pool: " + "; ".join(
             f"{a.app} {a.ready}/{a.target} ready, {a.starting} starting, {a.claimed} in use"
+            + ("" if a.target_source == "catalogue" else f" (target: {a.target_source})")
             for a in (status_of(ctx, name) for name in ctx.catalogue.apps))
         if line != last:
             print(line, flush=True)
@@ -178,7 +182,8 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         ctx = await stack.enter_async_context(functions_host(nc, catalogue, swarm, args.namespace))
         gw_nc = await _connect(url, "gateway", args.namespace, gw_access)
         stack.push_async_callback(gw_nc.drain)
-        await stack.enter_async_context(serve_gateway(gw_nc, catalogue, args.namespace, args.host, args.port))
+        await stack.enter_async_context(serve_gateway(gw_nc, catalogue, args.namespace, args.host, args.port,
+                                                      extra_metrics=(ctx.metrics.registry,)))
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
         print(f"swarmpool is up: http://{shown}:{args.port}/  (Ctrl-C stops it)", flush=True)
         for name in catalogue.apps:
@@ -203,7 +208,8 @@ async def functions(catalogue: Catalogue, args: argparse.Namespace) -> None:
     try:
         nc = await _connect(args.nats_url, "functions", args.namespace, access)
         try:
-            async with functions_host(nc, catalogue, swarm, args.namespace):
+            async with functions_host(nc, catalogue, swarm, args.namespace) as ctx, \
+                    serve_metrics(ctx.metrics, args.metrics_host, args.metrics_port):
                 print("functions running", flush=True)
                 await stop.wait()
         finally:
@@ -221,6 +227,32 @@ async def gateway(catalogue: Catalogue, args: argparse.Namespace) -> None:
             await stop.wait()
     finally:
         await nc.drain()
+
+
+@asynccontextmanager
+async def serve_metrics(metrics: Any, host: str, port: int | None) -> AsyncIterator[None]:
+    """A function host's /metrics (prometheus text) on its own port; nothing when `port` is None."""
+    if port is None:
+        yield
+        return
+
+    async def render(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+    app = web.Application()
+    app.router.add_get("/metrics", render)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as err:
+        await runner.cleanup()
+        raise Unavailable(f"cannot serve metrics on {host}:{port}: {err.strerror}") from None
+    print(f"metrics on http://{host}:{port}/metrics", flush=True)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
 
 
 def _port_or_free(preferred: int) -> int:
