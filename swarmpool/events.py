@@ -78,7 +78,7 @@ async def read_events(args: argparse.Namespace) -> int:
     try:
         js = nc.jetstream()
         try:
-            await js.stream_info(subjects.events_stream)
+            last = (await js.stream_info(subjects.events_stream)).state.last_seq  # "all that is kept" ends here
         except nats.js.errors.NotFoundError:
             print(f"swarmpool: no event log {subjects.events_stream} on this server (has `swarmpool up` or "
                   f"`swarmpool functions` run for namespace {args.namespace}?)", file=sys.stderr)
@@ -92,17 +92,17 @@ async def read_events(args: argparse.Namespace) -> int:
         sub = await js.subscribe(f"{subjects.prefix}.>", stream=subjects.events_stream, ordered_consumer=True,
                                  config=config)
         printer = Printer("json" if args.json else "csv" if args.csv else "table")
-        caught_up = (await sub.consumer_info()).num_pending == 0
-        while args.follow or not caught_up:
+        done = last == 0
+        while args.follow or not done:
             try:
                 msg = await sub.next_msg(timeout=IDLE)
-            except nats.errors.TimeoutError:
-                caught_up = caught_up or (await sub.consumer_info()).num_pending == 0
+            except nats.errors.TimeoutError:  # nothing (more) since --since, or a quiet log
+                done = done or (sub.pending_msgs == 0 and (await sub.consumer_info()).num_pending == 0)
                 continue
             r = row(subjects, msg.subject, msg.data)
             if r is not None and (args.app is None or r["app"] == args.app):
                 printer.print(r)
-            caught_up = msg.metadata.num_pending == 0
+            done = done or msg.metadata.sequence.stream >= last or msg.metadata.num_pending == 0
         return 0
     finally:
         await nc.close()
