@@ -202,7 +202,7 @@ async def run(ctx: Context, verb: Verb, request: AdminCommand) -> Reply:
     """Run one verb; keep what it changed in the event log, with who asked (self-reported)."""
     reply = await verb.run(ctx, request)
     ok = not isinstance(reply, ErrorReply)
-    ctx.metrics.admin_commands.labels(verb.name, "ok" if ok else reply.error).inc()
+    ctx.metrics.admin_commands.labels(verb.name, reply.error if isinstance(reply, ErrorReply) else "ok").inc()
     if verb.changes:
         app = getattr(request, "app", None) or ""
         by = request.by
