@@ -29,6 +29,9 @@ LABEL_ID = "swarmpool.id"
 LABEL_IMAGE = "swarmpool.image"  # the image as the catalogue names it (the service may run it by id)
 LABEL_PORT = "swarmpool.port"  # container port, for "<service name>:<port>" endpoints on a network
 
+LABEL_OWNER_LEASE = "swarmpool.owner-lease"  # on the config object that says which copy owns a namespace
+LABEL_LEASE_HOLDER = "swarmpool.lease.holder"
+LABEL_LEASE_RENEWED = "swarmpool.lease.renewed"
 LABEL_SWARM_SERVICE_ID = "com.docker.swarm.service.id"
 CONTAINER_ACTIONS = frozenset({"die", "oom", "kill", "stop"})
 SERVICE_ACTIONS = frozenset({"remove"})
@@ -506,6 +509,75 @@ class Swarm:
                 )
             )
         return sorted(infos, key=lambda i: i.created_at)
+
+    # -- one owner per namespace ------------------------------------------------------------------
+
+    async def claim_namespace(self, holder: str, ttl: float) -> str | None:
+        """Take this namespace's owner lease on the engine (a labelled swarm config, changed only by
+        version-checked updates); None when we hold it now, else who does. A lease in `holder`'s own
+        name (a copy of us that died) or not renewed for `ttl` seconds is taken over."""
+        return await self._run(self._claim_namespace, holder, ttl)
+
+    def _claim_namespace(self, holder: str, ttl: float) -> str | None:
+        api = self._docker().api
+        name = self._lease_name()
+        labels = {LABEL_OWNER_LEASE: self.namespace, LABEL_LEASE_HOLDER: holder,
+                  LABEL_LEASE_RENEWED: f"{time.time():.3f}"}
+        try:
+            api.create_config(name, b"swarmpool owner lease", labels=labels)
+            return None
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                raise SwarmError(f"cannot create the owner lease {name}: {e.explanation or e}") from e
+        lease = api.inspect_config(name)
+        current = (lease.get("Spec") or {}).get("Labels") or {}
+        age = self._engine_now() - parse_timestamp(lease.get("UpdatedAt", ""))
+        if current.get(LABEL_LEASE_HOLDER) != holder and age <= ttl:
+            return f"{current.get(LABEL_LEASE_HOLDER, '?')} (renewed {max(age, 0):.0f} s ago)"
+        return None if self._update_lease(lease, labels) else f"{current.get(LABEL_LEASE_HOLDER, '?')} (just now)"
+
+    async def renew_namespace(self, holder: str) -> bool:
+        """Renew our owner lease; False when it is no longer ours (taken over, or removed)."""
+        def renew() -> bool:
+            try:
+                lease = self._docker().api.inspect_config(self._lease_name())
+            except docker.errors.NotFound:
+                return False
+            labels = (lease.get("Spec") or {}).get("Labels") or {}
+            if labels.get(LABEL_LEASE_HOLDER) != holder:
+                return False
+            return self._update_lease(lease, {**labels, LABEL_LEASE_RENEWED: f"{time.time():.3f}"})
+        return await self._run(renew)
+
+    async def release_namespace(self, holder: str) -> None:
+        """Give the owner lease back (only if it is still ours)."""
+        def release() -> None:
+            api = self._docker().api
+            try:
+                lease = api.inspect_config(self._lease_name())
+                if ((lease.get("Spec") or {}).get("Labels") or {}).get(LABEL_LEASE_HOLDER) == holder:
+                    api.remove_config(lease["ID"])
+            except docker.errors.NotFound:
+                pass
+        await self._run(release)
+
+    def _lease_name(self) -> str:
+        return f"swarmpool-owner-{self.namespace}"
+
+    def _engine_now(self) -> float:
+        """The engine's clock (lease ages compare the manager's times with each other, not ours)."""
+        return parse_timestamp(str(self._docker().info().get("SystemTime", ""))) or time.time()
+
+    def _update_lease(self, lease: dict[str, Any], labels: dict[str, str]) -> bool:
+        api = self._docker().api
+        spec = {**(lease.get("Spec") or {}), "Labels": labels}
+        url = api._url("/configs/{0}/update", lease["ID"])
+        response = api._post_json(url, data=spec, params={"version": lease["Version"]["Index"]})
+        try:
+            api._raise_for_status(response)
+            return True
+        except docker.errors.APIError:  # out of sequence: someone else changed it first
+            return False
 
     async def remove_all(self) -> int:
         """Remove every service of this namespace, then its instance bridge; returns how many services went."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +160,12 @@ async def _progress(ctx: Context, stop: asyncio.Event) -> None:
 async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
     stop = _stop_event()
     async with AsyncExitStack() as stack:
+        state_dir = Path(args.state_dir).expanduser().resolve()
+        stack.enter_context(_lock_state_dir(state_dir))  # before anything: two copies never share a store
+        _check_port_free(args.host, args.port)
         swarm = await _swarm(args.namespace, init=True)
         stack.push_async_callback(swarm.close)
+        owner = await stack.enter_async_context(_own_namespace(swarm, args.namespace, state_dir, stop))
         if catalogue.settings.publish_ports:
             await packet_filter(stack, args.namespace)
         base = Path(args.catalogue or default_catalogue_path()).resolve().parent
@@ -178,8 +183,12 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         # two connections, one per bus role: the gateway part runs as restricted as a gateway host
         nc = await _connect(url, "functions", args.namespace, fn_access)
         stack.push_async_callback(nc.drain)
-        stack.push_async_callback(_remove_instances, swarm, nc, args.namespace)
-        ctx = await stack.enter_async_context(functions_host(nc, catalogue, swarm, args.namespace))
+        stack.push_async_callback(_remove_instances, swarm, nc, args.namespace, owner)
+        # a name that outlives the process: after a crash, its singletons' leases are taken back at once
+        ctx = await stack.enter_async_context(functions_host(nc, catalogue, swarm, args.namespace,
+                                                             host=f"up-{socket.gethostname()}"))
+        # whatever happened while no copy ran (an engine restart, a power cut) was not seen
+        await ctx.config.mark_gap("swarmpool up started")
         gw_nc = await _connect(url, "gateway", args.namespace, gw_access)
         stack.push_async_callback(gw_nc.drain)
         await stack.enter_async_context(serve_gateway(gw_nc, catalogue, args.namespace, args.host, args.port,
@@ -192,8 +201,86 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         print("stopping: removing the instances of this swarmpool ...", flush=True)
 
 
-async def _remove_instances(swarm: Swarm, nc: NATS, namespace: str) -> None:
-    """On a clean stop, nothing of ours stays behind: services removed, records deleted."""
+OWNER_RENEW = 5.0  # seconds between renewals of the namespace's owner lease on the engine
+OWNER_TTL = 20.0  # a lease not renewed for this long belonged to a copy that died
+
+
+class Ownership:
+    """Whether this `up` still owns its namespace on the engine."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        self.held = True
+
+
+@contextmanager
+def _lock_state_dir(state_dir: Path) -> Iterator[None]:
+    """One `up` per state dir (so two nats-servers never share a store); the lock dies with us."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(state_dir / "up.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        lock.close()
+        raise Unavailable(f"another swarmpool up is running with the state dir {state_dir}; "
+                          "stop it first, or give this one its own --state-dir") from None
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before touching anything when the gateway's port is taken."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError as err:
+            raise Unavailable(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
+@asynccontextmanager
+async def _own_namespace(swarm: Swarm, namespace: str, state_dir: Path,
+                         stop: asyncio.Event) -> AsyncIterator[Ownership]:
+    """Hold the namespace's owner lease on the engine while `up` runs; refuse to start when another
+    running copy holds it. A lost lease stops this copy (and it then removes nothing)."""
+    owner = Ownership(f"{socket.gethostname()}:{state_dir}")
+    held_by = await swarm.claim_namespace(owner.holder, OWNER_TTL)
+    if held_by is not None:
+        raise Unavailable(f"namespace {namespace} on this Docker engine belongs to another running "
+                          f"swarmpool up: {held_by}; stop that one, or use --namespace")
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(OWNER_RENEW)
+            try:
+                owner.held = await swarm.renew_namespace(owner.holder)
+            except Exception as err:  # the engine away for a moment: keep trying, until the TTL says otherwise
+                log.warning("could not renew the owner lease of %s: %s", namespace, err)
+                continue
+            if not owner.held:
+                log.error("namespace %s was taken over by another swarmpool up: stopping, removing nothing",
+                          namespace)
+                stop.set()
+                return
+
+    renewer = asyncio.create_task(renew(), name="owner-lease")
+    try:
+        yield owner
+    finally:
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)
+        if owner.held:
+            await swarm.release_namespace(owner.holder)
+
+
+async def _remove_instances(swarm: Swarm, nc: NATS, namespace: str, owner: Ownership) -> None:
+    """On a clean stop, nothing of ours stays behind: services removed, records deleted (only while
+    this copy still owns the namespace: another copy's instances are never touched)."""
+    if not owner.held:
+        return
     removed = await swarm.remove_all()
     async with await InstanceStore.open(nc, Subjects(namespace), time.time) as store:
         for record in store.all():
