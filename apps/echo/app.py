@@ -27,6 +27,8 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
         return await websocket(request)
     if tail == "big":
         return await big(request)
+    if tail == "page":  # an HTML page: a student's page load, as the gateway sees it
+        return web.Response(text="<!doctype html><title>echo</title><p>echo</p>", content_type="text/html")
     return web.json_response(
         {"id": ID, "hostname": socket.gethostname(), "path": request.path, "headers": dict(request.headers)}
     )
