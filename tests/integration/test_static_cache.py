@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -207,3 +208,43 @@ async def test_strip_prefix_apps_are_cached_too(nc: NATS, subjects: Subjects, st
                 async with http.get(url + instance_prefix(claimed.id) + "static/app.js", headers=PLAIN) as r:
                     assert r.status == 200 and await r.read() == SCRIPT
         assert ready.seen["static/app.js"] == 1 and a.seen["static/app.js"] == 0
+
+
+# ---- nginx compresses the rest of the text and passes compressed answers through ----
+
+
+async def test_nginx_compresses_text_and_passes_compressed_answers_through(tmp_path: Path) -> None:
+    from tests.integration.test_nginx import Upstream as NginxUpstream
+    from tests.integration.test_nginx import running_nginx
+
+    document = b'{"cells": [' + b'{"source": "print(1)"},' * 800 + b'{}]}'
+    packed = gzip.compress(SCRIPT)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/doc.json"):
+            return web.Response(body=document, content_type="application/json")
+        if request.path.endswith("/packed.js"):
+            return web.Response(body=packed, content_type="application/javascript",
+                                headers={"Content-Encoding": "gzip"})
+        return web.Response(body=bytes(range(256)) * 40, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        with running_nginx(NginxUpstream(port=runner.addresses[0][1], app=app), tmp_path) as front:
+            async with aiohttp.ClientSession(auto_decompress=False) as http:
+                async with http.get(front.url + "/i/abc/doc.json", headers={"Accept-Encoding": "gzip"}) as r:
+                    assert r.headers["Content-Encoding"] == "gzip"
+                    assert gzip.decompress(await r.read()) == document
+                async with http.get(front.url + "/i/abc/doc.json", headers=PLAIN) as r:
+                    assert "Content-Encoding" not in r.headers and await r.read() == document
+                async with http.get(front.url + "/i/abc/packed.js", headers={"Accept-Encoding": "gzip"}) as r:
+                    assert r.headers["Content-Encoding"] == "gzip" and await r.read() == packed  # not twice
+                async with http.get(front.url + "/i/abc/x.png", headers={"Accept-Encoding": "gzip"}) as r:
+                    assert "Content-Encoding" not in r.headers
+    finally:
+        await runner.cleanup()
