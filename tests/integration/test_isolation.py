@@ -96,9 +96,9 @@ async def running_echo(swarm: Swarm, image: str) -> tuple[InstanceSpec, TaskStat
         assert status.state not in ("failed", "rejected", "complete", "missing"), status
         if status.state != "running" or not status.endpoint:
             return None
-        with socket.socket() as s:  # the gateway's path: 127.0.0.1 on the host
-            s.settimeout(1)
-            return status if s.connect_ex(("127.0.0.1", int(status.endpoint.rsplit(":", 1)[1]))) == 0 else None
+        # the gateway's path: 127.0.0.1 on the host; an HTTP answer, not just a connect (docker-proxy
+        # accepts connections before the app inside listens)
+        return status if await swarm.probe_http(status.endpoint, f"/i/{instance_id}/healthz") else None
 
     return spec, await wait_for(listening, timeout=60, what="echo listening on its published port")
 
