@@ -64,6 +64,7 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     browser: str = ""  # opaque key of the browser that claimed it (a hash of the gateway's cookie)
     image: str = ""  # id of the image it runs (the gateway's static cache is shared per image)
     settled_at: float | None = None  # when its student's page had loaded (a gateway's Settled)
+    spec: str = ""  # version of what it runs (image name, command, ...): a reload that changes it recycles
 
     @property
     def key(self) -> str:
@@ -218,6 +219,11 @@ class RetireRequest(AdminCommand, frozen=True, kw_only=True, tag="retire"):
     app: AppName | None = None  # narrows the search
 
 
+class ReloadRequest(AdminCommand, frozen=True, kw_only=True, tag="reload"):
+    text: Annotated[str, msgspec.Meta(max_length=512 * 1024)]  # the catalogue file's TOML, as read by the CLI
+    source: str = "<catalogue>"  # its path on the operator's machine (named in errors and in status)
+
+
 class AppStatus(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     target: int
@@ -258,6 +264,16 @@ class PoolOverride(msgspec.Struct, frozen=True, kw_only=True):
     size: int | None = None
     paused: bool = False
     until: float | None = None  # `size` holds until then (UNIX seconds); None: until changed
+
+
+class CatalogueFile(msgspec.Struct, frozen=True, kw_only=True):
+    """The loaded catalogue, KV key ``catalogue`` in the config bucket: every host follows it."""
+
+    text: str  # TOML, parsed by every host with the loader of swarmpool.catalogue
+    source: str = ""  # the file it was read from (on the machine that loaded it)
+    version: str = ""  # a digest of `text`: hosts on the same version run the same catalogue
+    at: float = 0.0
+    by: Requester = Requester()
 
 
 # ---- the engine's trustworthiness, KV key ``engine.trust`` in the config bucket ----

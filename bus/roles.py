@@ -88,6 +88,7 @@ def permissions(role: str, namespace: str) -> Permissions:
         return Permissions(publish, subscribe + [s.inbox(role) + ".>"], allow_responses=True)
     if role == "gateway":
         publish = [s.claim_all(), s.activity_all(), s.settled_all()] + _read_stream(kv_stream(s.instances_bucket))
+        publish += _read_stream(kv_stream(s.config_bucket))  # the catalogue every host follows (reload)
         return Permissions(publish, [s.inbox(role) + ".>"])
     if role == "operator":
         publish = [s.admin_all(), "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]

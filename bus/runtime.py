@@ -124,6 +124,9 @@ class Context:
     host: str = "local"
     metrics: HostMetrics = field(default_factory=HostMetrics)
     states: dict[type, Any] = field(default_factory=dict)
+    # the catalogue on the bus (CatalogueStore): `catalogue` is swapped when a reload stores a new one
+    catalogues: Any = None
+    catalogue_version: str = ""
 
     async def publish(self, subject: str, message: Any) -> None:
         await self.nc.publish(subject, encode(message))

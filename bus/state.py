@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from swarmpool.bus.messages import TRANSITIONS, EngineTrust, EventKind, Instance, InstanceEvent, PoolOverride
+from swarmpool.bus.messages import TRANSITIONS, CatalogueFile, EngineTrust, EventKind, Instance, InstanceEvent, PoolOverride
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import short_id
 
@@ -29,6 +29,8 @@ _decode_instance = msgspec.json.Decoder(Instance).decode
 _decode_override = msgspec.json.Decoder(PoolOverride).decode
 _decode_trust = msgspec.json.Decoder(EngineTrust).decode
 TRUST_KEY = "engine.trust"  # in the config bucket: see EngineTrust
+CATALOGUE_KEY = "catalogue"  # in the config bucket: see CatalogueFile
+_decode_catalogue = msgspec.json.Decoder(CatalogueFile).decode
 
 
 class Conflict(Exception):
@@ -439,6 +441,86 @@ class ConfigStore:
                 self._set_trust(new, revision)
             return new
         raise Conflict(f"{TRUST_KEY}: gave up after {attempts} attempts")
+
+    async def close(self) -> None:
+        await _stop_watch(self._watcher, self._task)
+
+
+class CatalogueStore:
+    """The loaded catalogue (key ``catalogue`` of the config bucket), followed by every functions host
+    and gateway: `up` publishes the file it started with, `admin reload` a new one. Reads need only
+    read access to the bucket (the gateway role); writes are the functions role's."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._current: tuple[CatalogueFile, int] | None = None
+        self._listeners: list[Callable[[CatalogueFile], None]] = []
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, nc: NATS, subjects: Subjects) -> "CatalogueStore":
+        """Follow the key (the bucket must exist: the functions create it)."""
+        store = cls(await nc.jetstream().key_value(subjects.config_bucket))
+        store._watcher = await store._kv.watch(CATALOGUE_KEY)
+        synced = asyncio.Event()
+        store._task = asyncio.create_task(store._follow(synced), name="catalogue-mirror")
+        await asyncio.wait_for(synced.wait(), 10)
+        return store
+
+    async def _follow(self, synced: asyncio.Event) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                synced.set()
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                continue
+            try:
+                self._learn(_decode_catalogue(entry.value), entry.revision or 0)
+            except msgspec.DecodeError:
+                log.warning("ignoring a malformed %s", CATALOGUE_KEY)
+
+    def _learn(self, file: CatalogueFile, revision: int) -> None:
+        if self._current is not None and self._current[1] >= revision:
+            return
+        self._current = (file, revision)
+        for listener in self._listeners:
+            try:
+                listener(file)
+            except Exception:
+                log.exception("catalogue listener failed")
+
+    def current(self) -> CatalogueFile | None:
+        """The catalogue as last seen (no round trip); None before anyone published one."""
+        return self._current[0] if self._current else None
+
+    def on_change(self, listener: Callable[[CatalogueFile], None]) -> None:
+        """Call `listener(file)` for every newer catalogue seen from now on."""
+        self._listeners.append(listener)
+
+    async def publish(self, file: CatalogueFile, *, only_if_absent: bool = False) -> bool:
+        """Store `file` as the catalogue every host follows (a CAS on the revision last seen, retried);
+        with `only_if_absent`, only when none is stored yet. Whether it was stored."""
+        for _ in range(8):
+            known = self._current
+            try:
+                if known is None:
+                    revision = await self._kv.create(CATALOGUE_KEY, _encode(file))
+                elif only_if_absent:
+                    return False
+                else:
+                    revision = await self._kv.update(CATALOGUE_KEY, _encode(file), last=known[1])
+            except nats.js.errors.KeyWrongLastSequenceError:
+                try:
+                    entry = await self._kv.get(CATALOGUE_KEY)
+                    if entry.value and entry.revision:
+                        self._learn(_decode_catalogue(entry.value), entry.revision)
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    pass
+                continue
+            self._learn(file, revision)
+            return True
+        raise Conflict(f"{CATALOGUE_KEY}: gave up after 8 attempts")
 
     async def close(self) -> None:
         await _stop_watch(self._watcher, self._task)

@@ -19,11 +19,13 @@ from typing import Any, TypeAlias
 import msgspec
 
 from swarmpool.bus.messages import (AdminCommand, AdminEvent, AdminResult, AppStatus, DrainRequest, ErrorReply,
-                                    PauseRequest, ResumeRequest, RetireRequest, ScaleRequest, StatusRequest)
+                                    PauseRequest, ReloadRequest, ResumeRequest, RetireRequest, ScaleRequest,
+                                    StatusRequest)
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.spec import parse_duration
 from swarmpool.functions import keeper, lifecycle
-from swarmpool.functions.policy import counts, target
+from swarmpool.bus.spec import Catalogue
+from swarmpool.functions.policy import counts, spec_version, target
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,40 @@ async def retire(ctx: Context, request: RetireRequest) -> Reply:
     return AdminResult(detail=f"retire {short_id(record.app, record.id)}", apps=_statuses(ctx, [record.app]))
 
 
+# ---- reload ----
+
+
+def _changed(old: Catalogue, new: Catalogue) -> list[str]:
+    """Apps whose instances the new catalogue recycles (another image or command)."""
+    return sorted(a for a in set(old.apps) & set(new.apps)
+                  if spec_version(old.apps[a]) != spec_version(new.apps[a]))
+
+
+async def reload(ctx: Context, request: ReloadRequest) -> Reply:
+    """Store a new catalogue on the bus for every host: parsed by the loader every host starts with,
+    so a bad file is refused with the same error as at start, and nothing changes."""
+    from swarmpool.catalogue import CatalogueError, parse
+    from swarmpool.host import adopt, catalogue_file
+
+    try:
+        new = parse(request.text, request.source)
+    except CatalogueError as err:
+        return ErrorReply(error="bad_catalogue", detail=str(err))
+    old = ctx.catalogue
+    file = catalogue_file(request.text, request.source, ctx.clock(), request.by)
+    if ctx.catalogues is None:
+        return ErrorReply(error="unavailable", detail="this host does not follow the catalogue on the bus")
+    await ctx.catalogues.publish(file)
+    adopt(ctx, file)  # here at once; the other hosts and gateways follow the key
+    added, removed = sorted(set(new.apps) - set(old.apps)), sorted(set(old.apps) - set(new.apps))
+    parts = [f"reload {request.source}: version {file.version}"]
+    parts += [f"{what} {', '.join(apps)}" for what, apps in
+              (("added", added), ("removed (draining)", removed), ("recycling", _changed(old, new))) if apps]
+    for app in added:
+        await ctx.isolated(f"top up {app}", keeper.top_up(ctx, app))
+    return AdminResult(detail="; ".join(parts), apps=_statuses(ctx, list(new.apps)))
+
+
 # ---- the table ----
 
 APP = Arg("app", ("app",), "the app (a name from the catalogue)")
@@ -185,6 +221,10 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("pause", PauseRequest, pause, "refuse new claims (the warm pool stays)", APP_OR_ALL),
     Verb("resume", ResumeRequest, resume, "accept claims again and refill the pool", APP_OR_ALL),
     Verb("drain", DrainRequest, drain, "pause and retire the warm pool; running sessions go on", APP_OR_ALL),
+    Verb("reload", ReloadRequest, reload, "load a new catalogue file on every host: new apps warm up, removed "
+         "ones drain, changed ones are recycled gradually (claimed instances are never touched)",
+         (Arg("text", ("catalogue",), "the catalogue file (read and checked here, as at start)",
+              {"metavar": "FILE"}),)),
     Verb("retire", RetireRequest, retire, "retire one instance by its id or its short prefix",
          (Arg("id", ("id",), "the instance id, or its first 4+ characters", {"metavar": "ID_PREFIX"}),
           Arg("app", ("--app",), "look in this app only"))),

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from swarmpool.bus.messages import EventKind, Instance, InstanceEvent, Period, Settled, Tick
+from swarmpool.bus.messages import EventKind, Instance, InstanceEvent, Period, PoolOverride, Settled, Tick
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.functions import lifecycle
-from swarmpool.functions.policy import dead_instances, ghost_records, leaked_services, plan_top_up
+from swarmpool.bus.spec import AppSpec
+from swarmpool.functions.policy import (dead_instances, ghost_records, leaked_services, plan_recycle, plan_top_up,
+                                        spec_version, target)
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class KeeperState:
     settle_pending: set[str] = field(default_factory=set)  # apps whose claims' refills wait for a settle
     starved: set[str] = field(default_factory=set)  # apps whose starts the engine's budget held back
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # app -> top-ups never interleave
+    image_ids: dict[str, str] = field(default_factory=dict)  # image name -> its id at the last reconcile
 
     def lock(self, app: str) -> asyncio.Lock:
         return self.locks.setdefault(app, asyncio.Lock())
@@ -61,7 +64,11 @@ async def top_up(ctx: Context, app: str) -> int:
     state = ctx.state(KeeperState)
     async with state.lock(app):
         failures = state.failures.get(app, 0)
-        plan = plan_top_up(spec=spec, override=ctx.config.cached(app), records=ctx.store.all(app),
+        override = ctx.config.cached(app)
+        current = ctx.store.all(app)
+        if not override.paused:  # after a reload: outdated warm instances make room for current ones
+            current = await _recycle(ctx, spec, current, override)
+        plan = plan_top_up(spec=spec, override=override, records=current,
                            total=len(ctx.store.all()), max_instances=ctx.settings.max_instances,
                            failures=failures, hold_until=state.hold_starts_until.get(app, 0.0),
                            now=ctx.clock(), timezone=ctx.settings.timezone)
@@ -70,7 +77,7 @@ async def top_up(ctx: Context, app: str) -> int:
             log.warning("%s: %d failed starts in a row; next start in %.0f s", app, failures,
                         plan.hold_until - ctx.clock())
         records = ctx.store.all()
-        deferred = len(unsettled_claims(ctx.store.all(app), ctx.clock(), float(ctx.settings.settle_cap)))
+        deferred = len(unsettled_claims(current, ctx.clock(), float(ctx.settings.settle_cap)))
         budget = start_budget(ctx.settings.start_budget, os.cpu_count())
         starts = budgeted_starts(plan.starts, deferred, budget, sum(r.state == "starting" for r in records))
         if starts < plan.starts - deferred:
@@ -89,6 +96,21 @@ async def top_up(ctx: Context, app: str) -> int:
     return starts
 
 
+async def _recycle(ctx: Context, spec: AppSpec, records: list[Instance], override: PoolOverride) -> list[Instance]:
+    """Retire the outdated warm instances the plan allows now (under the app's lock, so two top-ups
+    never both count the same current ones); the records that count for the pool (current ones)."""
+    version = spec_version(spec)
+    image_id = ctx.state(KeeperState).image_ids.get(spec.image, "")
+    want = target(spec, override, ctx.clock(), ctx.settings.timezone).size
+    old, now = plan_recycle(records, version, image_id, want)
+    for record in now:
+        why = "image" if record.spec == version else "spec"
+        await ctx.isolated("recycle", lifecycle.retire(ctx, record.app, record.id,
+                                                       f"recycled: the catalogue changed its {why}"))
+    stale = {r.id for r in old}
+    return [r for r in records if r.id not in stale]
+
+
 @handlers.on(lambda s: s.instance_events_all(), InstanceEvent,
              expect=lambda s, e: s.instance_event(e.app, e.id, e.event))
 async def on_instance_event(ctx: Context, event: InstanceEvent) -> None:
@@ -100,7 +122,7 @@ async def on_instance_event(ctx: Context, event: InstanceEvent) -> None:
         failures[event.app] = failures.get(event.app, 0) + 1
     if event.event == EventKind.CLAIMED:
         await refill_after_settle(ctx, event.app)
-    elif event.event in (EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING):
+    elif event.event in (EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING, EventKind.READY):
         await top_up_soon(ctx, event.app)
     if event.event in (EventKind.READY, EventKind.FAILED, EventKind.REMOVED):  # a start slot is free
         for app in sorted(ctx.state(KeeperState).starved - {event.app}):
@@ -115,6 +137,12 @@ async def on_settled(ctx: Context, message: Settled) -> None:
     await ctx.store.update(message.app, message.id, lambda r: msgspec.structs.replace(r, settled_at=message.at)
                            if r.state == "claimed" and r.settled_at is None else None)
     await top_up(ctx, message.app)
+
+
+async def _learn_image(ctx: Context, image: str) -> None:
+    image_id = await ctx.swarm.resolve_image(image)
+    if image_id:
+        ctx.state(KeeperState).image_ids[image] = image_id
 
 
 async def refill_after_settle(ctx: Context, app: str) -> None:
@@ -176,5 +204,7 @@ async def reconcile(ctx: Context, tick: Tick) -> None:
     await ctx.each("fail dead instance", (lifecycle.fail(ctx, r.app, r.id, reason)
                                           for r, reason in dead_instances(records, {k: t.state for k, t in tasks.items()})))
     await ctx.config.mark_reconciled(gap)
+    for spec in list(ctx.catalogue.apps.values()):  # a tag moved to another image recycles its instances
+        await ctx.isolated(f"image of {spec.name}", _learn_image(ctx, spec.image))
     for app in ctx.catalogue.apps:
         await ctx.isolated(f"top up {app}", top_up(ctx, app))

@@ -12,6 +12,7 @@ from swarmpool.bus.messages import Instance
 from swarmpool.bus.runtime import Context
 from swarmpool.bus.spec import AppSpec, Settings
 from swarmpool.bus.state import Conflict, InvalidTransition
+from swarmpool.functions.policy import spec_version
 from swarmpool.ids import instance_prefix, new_instance_id, short_id
 from swarmpool.swarm.adapter import InstanceSpec
 
@@ -36,7 +37,8 @@ def instance_spec(spec: AppSpec, instance_id: str, settings: Settings) -> Instan
 
 async def reserve(ctx: Context, spec: AppSpec) -> Instance:
     """Write a `starting` record, so the new instance counts at once, here and on every host."""
-    record = Instance(id=new_instance_id(), app=spec.name, state="starting", created_at=ctx.clock())
+    record = Instance(id=new_instance_id(), app=spec.name, state="starting", created_at=ctx.clock(),
+                      spec=spec_version(spec))
     await ctx.store.create(record)
     return record
 

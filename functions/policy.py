@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from datetime import datetime, timezone as dt_timezone
 from collections.abc import Iterable, Mapping
@@ -10,7 +12,7 @@ from typing import NamedTuple
 import msgspec
 
 from swarmpool.bus.messages import Activity, Instance, PoolOverride
-from swarmpool.bus.spec import AppSpec
+from swarmpool.bus.spec import AppSpec, Session
 from swarmpool.functions import schedule
 
 
@@ -96,10 +98,39 @@ def backoff_delay(consecutive_failures: int) -> float:
     return float(min(60, 2 ** (consecutive_failures - 2)))
 
 
+def spec_version(spec: AppSpec) -> str:
+    """A digest of what an instance of `spec` runs: a reload that changes it recycles the warm ones."""
+    what = [spec.image, spec.command, sorted(spec.env.items()), spec.prefix_env, spec.port, spec.user,
+            sorted(spec.cap_add), spec.strip_prefix]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
+
+
+RECYCLE_BATCH = 2  # outdated ready instances retired per top-up, at most
+
+
+def outdated(r: Instance, version: str, image_id: str) -> bool:
+    """Whether a record runs another spec than the catalogue's, or another image behind the same
+    name (records from before versions were kept, or not yet knowing their image, are current)."""
+    return bool(r.spec and r.spec != version) or bool(image_id and r.image and r.image != image_id)
+
+
+def plan_recycle(records: list[Instance], version: str, image_id: str, target: int,
+                 batch: int = RECYCLE_BATCH) -> tuple[list[Instance], list[Instance]]:
+    """(outdated warm instances, those to retire now). Starting ones go at once; ready ones only
+    while current ready ones keep the pool at `target`, `batch` at a time. Claimed ones never."""
+    old = [r for r in records if r.state in ("ready", "starting") and outdated(r, version, image_id)]
+    old_ready = sorted((r for r in old if r.state == "ready"), key=lambda r: (r.ready_at or r.created_at, r.id))
+    current_ready = sum(r.state == "ready" for r in records) - len(old_ready)
+    room = max(0, current_ready + len(old_ready) - target)
+    return old, [r for r in old if r.state == "starting"] + old_ready[:min(batch, room)]
+
+
 def retire_reason(r: Instance, spec: AppSpec | None, now: float) -> str | None:
     """Why this instance should be retired now, or None. The reason is logged as is."""
-    if spec is None:
-        return "app no longer in the catalogue" if r.state in ("ready", "starting", "failed") else None
+    if spec is None:  # removed by a reload: the warm pool drains, sessions end by the default rules
+        if r.state in ("ready", "starting", "failed"):
+            return "app no longer in the catalogue"
+        return _session_over(r, Session(), now) if r.state == "claimed" else None
     if r.state == "failed":
         return r.reason or "failed"
     if r.state == "starting":
@@ -114,7 +145,11 @@ def retire_reason(r: Instance, spec: AppSpec | None, now: float) -> str | None:
         return None
     if r.state != "claimed":
         return None
-    s = spec.session
+    return _session_over(r, spec.session, now)
+
+
+def _session_over(r: Instance, s: Session, now: float) -> str | None:
+    """Why a claimed instance's session is over by the rules `s`, or None."""
     claimed_at = r.claimed_at if r.claimed_at is not None else r.created_at
     if s.max_lifetime is not None and now - claimed_at > s.max_lifetime:
         return f"max lifetime {now - claimed_at:.0f} s > {s.max_lifetime:.0f} s"

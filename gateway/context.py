@@ -37,6 +37,12 @@ class Gateway:
     open_sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)  # id -> client sockets
     background: set[asyncio.Task[object]] = field(default_factory=set)  # fire-and-forget closes
     static: StaticCache | None = None  # the shared static cache (made on first use, sized by the settings)
+    catalogue_version: str = ""
+
+    def use(self, catalogue: Catalogue, version: str) -> None:
+        """Follow a reloaded catalogue (listener settings, like timeouts, keep their values until restart)."""
+        self.catalogue, self.catalogue_version = catalogue, version
+        self.routes.use(catalogue)
 
 
 # The browser id (random, HttpOnly, Path=/launch/): the per-browser session limit counts by it.

@@ -37,6 +37,10 @@ class RouteTable:
         self._ended: OrderedDict[str, str] = OrderedDict()  # id -> app, bounded
         self._removed_listeners: list[Callable[[str], None]] = []
 
+    def use(self, catalogue: Catalogue) -> None:
+        """A reloaded catalogue: new routes follow it (a removed app's sessions keep their routes)."""
+        self._catalogue = catalogue
+
     def __len__(self) -> int:
         return len(self._routes)
 

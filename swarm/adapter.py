@@ -268,6 +268,17 @@ class Swarm:
         """The id `image` had at the last create (instances of one id serve identical files)."""
         return self._image_ids.get(image, "")
 
+    async def resolve_image(self, image: str) -> str:
+        """The id `image` stands for now on this node ("" if absent): a tag moved means new instances."""
+
+        def inspect() -> str:
+            try:
+                return str(self._docker().api.inspect_image(image)["Id"])
+            except docker.errors.ImageNotFound:
+                return ""
+
+        return await self._run(inspect)
+
     def _create(self, spec: InstanceSpec, name: str) -> str:
         api = self._docker().api
         try:

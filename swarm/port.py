@@ -22,6 +22,10 @@ class SwarmPort(Protocol):
         """The id `image` (as the catalogue names it) had at the last create here; "" if none yet."""
         ...
 
+    async def resolve_image(self, image: str) -> str:
+        """The id `image` (as the catalogue names it) stands for now on this node; "" if absent."""
+        ...
+
     async def remove(self, service_id: str) -> bool:
         """Remove a service; False when it was already gone."""
         ...

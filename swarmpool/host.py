@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -9,32 +11,86 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from nats.aio.client import Client as NATS
 
+from swarmpool.bus.messages import CatalogueFile, Requester
 from swarmpool.bus.runtime import Context, Runtime
 from swarmpool.bus.service import Endpoint, serve
 from swarmpool.bus.spec import Catalogue
-from swarmpool.bus.state import ConfigStore, InstanceStore
+from swarmpool.bus.state import CatalogueStore, ConfigStore, InstanceStore
 from swarmpool.bus.subjects import QUEUE_FUNCTIONS, Subjects
 from swarmpool.functions import all_handlers
 from swarmpool.swarm import SwarmPort
 
+log = logging.getLogger(__name__)
+
+
+def catalogue_version(text: str) -> str:
+    """A short digest of a catalogue file's text: hosts on one version run one catalogue."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def catalogue_file(text: str, source: str, at: float, by: Requester | None = None) -> CatalogueFile:
+    return CatalogueFile(text=text, source=source, version=catalogue_version(text), at=at, by=by or Requester())
+
+
+def parse_file(file: CatalogueFile) -> Catalogue | None:
+    """The catalogue of a stored file, parsed by the loader every host starts with (None: refused)."""
+    from swarmpool.catalogue import CatalogueError, parse
+
+    try:
+        return parse(file.text, file.source or "<catalogue>")
+    except CatalogueError as err:  # never stored by swarmpool (validated before), but the bucket is shared
+        log.error("ignoring the stored catalogue %s: %s", file.version, err)
+        return None
+
 
 @asynccontextmanager
 async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, namespace: str = "sp",
-                         host: str | None = None) -> AsyncIterator[Context]:
-    """Run every function (keeper, prober, claimer, ...) on `nc` until the block exits."""
+                         host: str | None = None, catalogue_text: str | None = None,
+                         catalogue_source: str = "", replace_catalogue: bool = False) -> AsyncIterator[Context]:
+    """Run every function (keeper, prober, claimer, ...) on `nc` until the block exits.
+
+    The catalogue every host follows lives on the bus. `catalogue_text` is the file `catalogue`
+    was parsed from: `up` stores it (`replace_catalogue`), other hosts only when none is stored;
+    then every host follows the stored one (`admin reload` stores a new one)."""
     subjects = Subjects(namespace)
     store = await InstanceStore.open(nc, subjects, time.time)
     config = await ConfigStore.open(nc, subjects)
+    catalogues = await CatalogueStore.open(nc, subjects)
     ctx = Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=catalogue,
-                  swarm=swarm, namespace=namespace, host=host or f"{socket.gethostname()}-{id(store):x}")
-    unfollow = ctx.metrics.follow(store, lambda: {a: status_target(ctx, a) for a in catalogue.apps})
+                  swarm=swarm, namespace=namespace, host=host or f"{socket.gethostname()}-{id(store):x}",
+                  catalogues=catalogues)
+    if catalogue_text is not None:
+        ctx.catalogue_version = catalogue_version(catalogue_text)
+        await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time()),
+                                 only_if_absent=not replace_catalogue)
+    catalogues.on_change(lambda file: adopt(ctx, file))
+    stored = catalogues.current()
+    if stored is not None:
+        adopt(ctx, stored)
+    unfollow = ctx.metrics.follow(store, lambda: {a: status_target(ctx, a) for a in ctx.catalogue.apps})
     try:
         async with Runtime(ctx, all_handlers()), admin_service(ctx):
             yield ctx
     finally:
         unfollow()
+        await catalogues.close()
         await config.close()
         await store.close()
+
+
+def adopt(ctx: Context, file: CatalogueFile) -> None:
+    """Swap in a newer stored catalogue: new apps warm up at the next top-up, removed ones drain
+    (the reaper), changed ones are recycled by the keeper."""
+    if file.version == ctx.catalogue_version:
+        return
+    catalogue = parse_file(file)
+    if catalogue is None:
+        return
+    before = set(ctx.catalogue.apps)
+    ctx.catalogue, ctx.catalogue_version = catalogue, file.version
+    added, removed = sorted(set(catalogue.apps) - before), sorted(before - set(catalogue.apps))
+    log.info("catalogue %s from %s: %d apps%s%s", file.version, file.source or "?", len(catalogue.apps),
+             f", added {', '.join(added)}" if added else "", f", removed {', '.join(removed)}" if removed else "")
 
 
 def _version() -> str:

@@ -22,13 +22,14 @@ from nats.js.errors import BucketNotFoundError
 from swarmpool.bus.roles import Access
 from swarmpool.bus.runtime import Context, connect
 from swarmpool.bus.spec import Catalogue
-from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.messages import CatalogueFile
+from swarmpool.bus.state import CatalogueStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
 from swarmpool.swarm import Swarm, SwarmUnavailable
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
 from swarmpool.catalogue import default_catalogue_path
-from swarmpool.host import functions_host
+from swarmpool.host import functions_host, parse_file
 from swarmpool.natsd import EmbeddedNats, free_port
 
 log = logging.getLogger("swarmpool")
@@ -122,9 +123,20 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
     except BucketNotFoundError:
         raise Unavailable(f"no instance records in namespace {namespace} yet: start `swarmpool functions` "
                           "first") from None
-    async with store:
+    catalogues = await CatalogueStore.open(nc, subjects)  # the catalogue on the bus (admin reload)
+    async with store, _closing(catalogues):
         app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=catalogue,
                        host_label=f"gw-{socket.gethostname()}-{os.getpid()}")
+        gw = app[GATEWAY]
+
+        def follow(file: CatalogueFile) -> None:
+            if file.version != gw.catalogue_version and (parsed := parse_file(file)) is not None:
+                gw.use(parsed, file.version)
+                log.info("gateway follows catalogue %s (%d apps)", file.version, len(parsed.apps))
+
+        catalogues.on_change(follow)
+        if (stored := catalogues.current()) is not None:
+            follow(stored)
         app[GATEWAY].metrics.include(*extra_metrics)
         runner = make_runner(app, catalogue)
         await runner.setup()
@@ -137,6 +149,20 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
             yield runner
         finally:
             await runner.cleanup()
+
+
+@asynccontextmanager
+async def _closing(store: CatalogueStore) -> AsyncIterator[CatalogueStore]:
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def catalogue_text(args: argparse.Namespace) -> tuple[str, str]:
+    """The text and path of the catalogue file `args` name (it was just loaded from there)."""
+    path = Path(args.catalogue or default_catalogue_path()).resolve()
+    return path.read_text(), str(path)
 
 
 async def _progress(ctx: Context, stop: asyncio.Event) -> None:
@@ -185,8 +211,11 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         stack.push_async_callback(nc.drain)
         stack.push_async_callback(_remove_instances, swarm, nc, args.namespace, owner)
         # a name that outlives the process: after a crash, its singletons' leases are taken back at once
+        text, source = catalogue_text(args)
         ctx = await stack.enter_async_context(functions_host(nc, catalogue, swarm, args.namespace,
-                                                             host=f"up-{socket.gethostname()}"))
+                                                             host=f"up-{socket.gethostname()}",
+                                                             catalogue_text=text, catalogue_source=source,
+                                                             replace_catalogue=True))
         # whatever happened while no copy ran (an engine restart, a power cut) was not seen
         await ctx.config.mark_gap("swarmpool up started")
         gw_nc = await _connect(url, "gateway", args.namespace, gw_access)
@@ -295,7 +324,9 @@ async def functions(catalogue: Catalogue, args: argparse.Namespace) -> None:
     try:
         nc = await _connect(args.nats_url, "functions", args.namespace, access)
         try:
-            async with functions_host(nc, catalogue, swarm, args.namespace) as ctx, \
+            text, source = catalogue_text(args)
+            async with functions_host(nc, catalogue, swarm, args.namespace, catalogue_text=text,
+                                      catalogue_source=source) as ctx, \
                     serve_metrics(ctx.metrics, args.metrics_host, args.metrics_port):
                 print("functions running", flush=True)
                 await stop.wait()

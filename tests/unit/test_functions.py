@@ -49,6 +49,9 @@ class FakeSwarm:
     def image_id(self, image: str) -> str:
         return "sha256:" + image
 
+    async def resolve_image(self, image: str) -> str:
+        return "sha256:" + image
+
     async def remove(self, service_id: str) -> bool:
         return True
 

@@ -1,0 +1,113 @@
+"""`swarmpool admin reload FILE` against a real pool: new apps warm up, removed ones drain (their claimed
+session goes on), a changed command recycles the warm instances and never the claimed one, the gateway
+follows the catalogue on the bus, and a bad file is refused as at start with nothing changed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from swarmpool.bus.state import CatalogueStore
+from swarmpool.bus.subjects import Subjects
+from tests.integration.test_admin import admin, status_json
+from tests.stack import echo_catalogue, running_stack, wait_for
+
+pytestmark = pytest.mark.docker
+
+SECOND_APP = """
+[apps.echo2]
+image = "swarmpool/echo:latest"
+port = 8888
+[apps.echo2.probe]
+path = "healthz"
+timeout = "60s"
+interval = 0.1
+[apps.echo2.pool]
+size = 1
+[apps.echo2.limits]
+memory = "96m"
+"""
+# the echo image's own command, named: another spec, the same behaviour
+COMMAND = 'deep_link = "hello"\ncommand = ["python3", "/app/app.py"]'
+
+
+async def check(path: Path) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "swarmpool.cli", "check", str(path),
+                                                stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    return proc.returncode or 0, err.decode()
+
+
+async def test_reload_adds_recycles_and_removes(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = nats_server.url
+    async with running_stack(url, namespace, echo_catalogue(size=2, max_=6), hosts=2) as s:
+        await s.wait_ready(2)
+        launched = await s.launch()
+        assert launched.status == 303
+        claimed = s.records("claimed")[0] if s.records("claimed") else await wait_for(
+            lambda: s.records("claimed") and s.records("claimed")[0], timeout=10, what="the claim")
+        async with s.http.get(f"{s.url}{launched.headers['Location']}") as page:
+            assert page.status == 200
+        old_warm = {r.id for r in s.records() if r.state in ("ready", "starting")}
+
+        changed = tmp_path / "changed.toml"
+        changed.write_text(echo_catalogue(size=2, max_=6).replace('deep_link = "hello"', COMMAND) + SECOND_APP)
+        code, out, err = await admin(url, namespace, "reload", str(changed))
+        assert code == 0, err
+        assert "added echo2" in out and "recycling echo" in out
+
+        def recycled() -> bool:
+            warm = [r for r in s.store.all("echo") if r.state == "ready"]
+            return len(warm) == 2 and not {r.id for r in warm} & old_warm
+        await wait_for(recycled, timeout=90, what="the warm echo instances to be replaced")
+        await wait_for(lambda: [r for r in s.store.all("echo2") if r.state == "ready"], timeout=60,
+                       what="the new app to warm up")
+        still = s.store.get("echo", claimed.id)
+        assert still is not None and still.instance.state == "claimed"  # never touched
+        async with s.http.get(f"{s.url}{launched.headers['Location']}") as page:
+            assert page.status == 200
+        for host in s.hosts:  # every host follows the catalogue on the bus
+            assert set(host.catalogue.apps) == {"echo", "echo2"}
+        assert (await s.launch("echo2")).status == 303  # and so does the gateway
+
+        removed = tmp_path / "removed.toml"
+        removed.write_text(echo_catalogue(size=2, max_=6).split("[apps.echo]")[0] + SECOND_APP)
+        code, out, err = await admin(url, namespace, "reload", str(removed))
+        assert code == 0, err
+        assert "removed (draining) echo" in out
+        await wait_for(lambda: not [r for r in s.store.all("echo") if r.state in ("ready", "starting")],
+                       timeout=30, what="the removed app's warm pool to drain")
+        still = s.store.get("echo", claimed.id)
+        assert still is not None and still.instance.state == "claimed"  # its session goes on
+        async with s.http.get(f"{s.url}{launched.headers['Location']}") as page:
+            assert page.status == 200
+        assert (await s.launch("echo")).status == 404
+        assert set(await status_json(url, namespace)) == {"echo2"}
+
+
+async def test_reload_refuses_a_bad_file(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = nats_server.url
+    async with running_stack(url, namespace, echo_catalogue(size=1)) as s:
+        await s.wait_ready(1)
+        catalogues = await CatalogueStore.open(s.nc, Subjects(namespace))
+        try:
+            good = tmp_path / "good.toml"
+            good.write_text(echo_catalogue(size=1))
+            assert (await admin(url, namespace, "reload", str(good)))[0] == 0
+            await wait_for(catalogues.current, timeout=5, what="the stored catalogue")
+            before = catalogues.current()
+            bad = tmp_path / "bad.toml"
+            bad.write_text(echo_catalogue(size=1).replace("port = 8888", 'port = "eighty"'))
+            code, out, err = await admin(url, namespace, "reload", str(bad))
+            assert code == 2 and out == ""
+            check_code, check_err = await check(bad)
+            assert check_code == 2 and err == check_err  # the same error as at start
+            assert "apps.echo.port" in err
+            assert catalogues.current() == before
+            assert set(s.hosts[0].catalogue.apps) == {"echo"}
+            assert (await status_json(url, namespace))["echo"]["target"] == 1
+        finally:
+            await catalogues.close()
