@@ -23,6 +23,10 @@ class GatewayMetrics:
                                        ["app"], registry=self.registry)
         self.ws_open = Gauge("swarmpool_gateway_websockets_open", "WebSocket connections open",
                              ["app"], registry=self.registry)
+        self.static_cache = Counter("swarmpool_gateway_static_cache",
+                                    "Requests below an app's static paths: hit (answered from the shared cache), "
+                                    "pass (the student's instance answered), fill (one fetch from a ready instance)",
+                                    ["app", "outcome"], registry=self.registry)
         self.claim_latency = Histogram("swarmpool_gateway_claim_seconds", "Claim request latency",
                                        ["app"], registry=self.registry,
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))

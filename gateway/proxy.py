@@ -213,11 +213,12 @@ async def _from_static_cache(request: web.Request, gw: Gateway, instance_id: str
     key = Key(image=image, path=relative, query=request.rel_url.raw_query_string)
     asset = cache.get(key)
     if asset is None:
-        if not cache.accepts(key):
-            return None
-        asset = await cache.load(key, lambda: _fill(request, gw, route, key))
+        if cache.accepts(key):
+            asset = await cache.load(key, lambda: _fill(request, gw, route, key))
         if asset is None:
+            gw.metrics.static_cache.labels(route.app, "pass").inc()
             return None
+    gw.metrics.static_cache.labels(route.app, "hit").inc()
     return _asset_response(request, asset)
 
 
@@ -232,6 +233,7 @@ async def _fill(request: web.Request, gw: Gateway, route: Route, key: Key) -> As
     prefix = "/" if route.strip_prefix else instance_prefix(source.id)
     url = URL(f"http://{source.endpoint}{prefix}{key.path}" + (f"?{key.query}" if key.query else ""), encoded=True)
     cache = static_cache(gw)
+    gw.metrics.static_cache.labels(route.app, "fill").inc()
     try:
         async with asyncio.timeout(FILL_TIMEOUT):
             async with request.app[UPSTREAM].get(url, headers={"Accept-Encoding": "identity"},

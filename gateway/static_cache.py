@@ -62,14 +62,19 @@ def static_path(relative: str, static_paths: Iterable[str]) -> bool:
 
 def cacheable(method: str, status: int, headers: Mapping[str, str]) -> bool:
     """A response every student of the image may get: a plain GET 200 that sets no cookie and is
-    neither private, nor negotiated on anything but its encoding, nor already compressed."""
+    neither private, nor negotiated on anything but its encoding, nor already compressed.
+
+    `no-cache` (store, but revalidate before use) is accepted: jupyter_server sends it for every
+    labextension file. The key holds the image id and an image never changes, so a revalidation
+    with any untouched instance of the image would always confirm the stored copy. `no-store` and
+    `private` (per-user answers) are refused."""
     h = CIMultiDict(headers)
     if method != "GET" or status != 200 or "Set-Cookie" in h:
         return False
     if h.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
         return False
     cache_control = ",".join(h.getall("Cache-Control", [])).lower()
-    if any(word in cache_control for word in ("no-store", "private", "no-cache")):
+    if any(word in cache_control for word in ("no-store", "private")):
         return False
     vary = {v.strip().lower() for v in ",".join(h.getall("Vary", [])).split(",") if v.strip()}
     return vary <= {"accept-encoding"}

@@ -63,6 +63,12 @@ def _upstream_app(upstream: Upstream) -> web.Application:
             response = web.Response(text="x", content_type="application/javascript")
             response.set_cookie("secret", upstream.label)
             return response
+        if relative == "static/lab.js":  # as jupyter_server serves labextension files
+            return web.Response(body=SCRIPT, content_type="application/javascript",
+                                headers={"Cache-Control": "no-cache"})
+        if relative == "static/nostore.js":
+            return web.Response(text="x", content_type="application/javascript",
+                                headers={"Cache-Control": "no-store"})
         if relative == "other/app.js":
             return web.Response(text="dynamic", content_type="application/javascript")
         if relative == "":
@@ -177,7 +183,23 @@ async def test_compressed_and_plain_clients_get_identical_content(pool: Pool) ->
         assert status == 304 and body == b""
 
 
-@pytest.mark.parametrize("relative", ["other/app.js", "static/cookie.js", "static/missing.js"])
+async def test_no_cache_answers_are_shared_and_counted(pool: Pool) -> None:
+    """jupyter_server marks every labextension file `no-cache`: one image, one answer, stored once."""
+    for label in ("a", "b", "a", "b"):
+        status, body, _ = await fetch(pool, label, "static/lab.js")
+        assert status == 200 and body == SCRIPT
+    assert pool.ready.seen["static/lab.js"] == 1
+    assert pool.a.seen["static/lab.js"] == 0 and pool.b.seen["static/lab.js"] == 0
+    await fetch(pool, "a", "static/nostore.js")
+    async with pool.http.get(pool.url + "/metrics") as r:
+        text = await r.text()
+    assert 'swarmpool_gateway_static_cache_total{app="echo",outcome="hit"} 4.0' in text
+    assert 'swarmpool_gateway_static_cache_total{app="echo",outcome="fill"} 2.0' in text  # lab.js, nostore.js
+    assert 'swarmpool_gateway_static_cache_total{app="echo",outcome="pass"} 1.0' in text  # nostore.js
+
+
+@pytest.mark.parametrize("relative", ["other/app.js", "static/cookie.js", "static/missing.js",
+                                      "static/nostore.js"])
 async def test_never_cached_outside_static_paths_with_set_cookie_or_not_200(pool: Pool, relative: str) -> None:
     for _ in range(2):
         await fetch(pool, "a", relative)

@@ -55,6 +55,8 @@ def test_no_static_paths_no_cache() -> None:
     ("GET", 200, {**JS, "Set-Cookie": "_xsrf=abc; Path=/"}, False),
     ("GET", 200, {**JS, "Cache-Control": "no-store"}, False),
     ("GET", 200, {**JS, "Cache-Control": "private, max-age=60"}, False),
+    ("GET", 200, {**JS, "Cache-Control": "no-cache, no-store, must-revalidate"}, False),
+    ("GET", 200, {**JS, "Cache-Control": "no-cache"}, True),  # jupyter_server's labextension files
     ("GET", 200, {**JS, "Vary": "Cookie"}, False),
     ("GET", 200, {**JS, "Content-Encoding": "gzip"}, False),
 ])
