@@ -51,6 +51,7 @@ def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: C
     app.router.add_get("/", launch.index)
     app.router.add_get("/launch/{app}", launch.launch, allow_head=False)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
     app.router.add_get("/robots.txt", launch.robots)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", INSTANCE_ROUTE.rstrip("/"), proxy.proxy)  # redirected to its prefix
@@ -154,6 +155,19 @@ async def healthz(request: web.Request) -> web.Response:
     if not gw.bus.is_connected:
         return web.json_response({"status": "nats disconnected", "routes": len(gw.routes)}, status=503)
     return web.json_response({"status": "ok", "routes": len(gw.routes)})
+
+
+async def status(request: web.Request) -> web.Response:
+    """Public availability per app, aggregate only (no ids, no sessions): available, busy (no warm
+    instance now: a click waits), or not accepting (paused or drained: nothing warm, nothing starting)."""
+    gw = request.app[GATEWAY]
+    apps = {}
+    for name in gw.catalogue.apps:
+        records = gw.store.all(name)
+        ready = sum(r.state == "ready" for r in records)
+        starting = sum(r.state == "starting" for r in records)
+        apps[name] = {"status": "available" if ready else "busy" if starting else "unavailable", "ready": ready}
+    return web.json_response({"apps": apps}, headers={"Cache-Control": "no-store"})
 
 
 async def metrics(request: web.Request) -> web.Response:

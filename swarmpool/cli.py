@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where the embedded nats-server keeps JetStream and the bus credentials "
                          f"(default: {DEFAULT_STATE_DIR})")
     up.add_argument("--no-build", action="store_true", help="fail instead of building missing app images")
+    up.add_argument("--dashboard-port", type=int, default=8001,
+                    help="the operators' dashboard port, its own origin (default: 8001; 0: none)")
+    up.add_argument("--dashboard-host", default="127.0.0.1", help="the dashboard's address (default: 127.0.0.1)")
 
     fn = sub.add_parser("functions", help="run the function handlers (a replica of the pool logic)")
     common(fn, True)

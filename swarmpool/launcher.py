@@ -152,6 +152,28 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
 
 
 @asynccontextmanager
+async def serve_dashboard(nc: NATS, namespace: str, host: str, port: int, state_dir: Path,
+                          catalogue_path: str | None) -> AsyncIterator[str]:
+    """The operators' dashboard on its own listener (its own origin), connected as the operator;
+    yields its one-time login URL."""
+    from swarmpool.bus.client import Bus
+    from swarmpool.gateway.dashboard import DASHBOARD, load_key, make_dashboard
+
+    app = make_dashboard(Bus(nc), Subjects(namespace), load_key(state_dir), catalogue_path)
+    runner = web.AppRunner(app, access_log=None)  # login URLs carry tokens
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as err:
+        await runner.cleanup()
+        raise Unavailable(f"cannot serve the dashboard on {host}:{port}: {err.strerror}") from None
+    try:
+        yield f"http://{host}:{port}/login?token={app[DASHBOARD].new_login()}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def _closing(store: CatalogueStore) -> AsyncIterator[CatalogueStore]:
     try:
         yield store
@@ -223,6 +245,12 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         await stack.enter_async_context(serve_gateway(gw_nc, catalogue, args.namespace, args.host, args.port,
                                                       extra_metrics=(ctx.metrics.registry,)))
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+        if fn_access is not None and getattr(args, "dashboard_port", None):
+            ops_nc = await _connect(url, "operator", args.namespace, natsd.access("operator"))
+            stack.push_async_callback(ops_nc.drain)
+            login = await stack.enter_async_context(serve_dashboard(
+                ops_nc, args.namespace, args.dashboard_host, args.dashboard_port, state_dir, source))
+            print(f"dashboard: {login}  (one-time login link; operators only)", flush=True)
         print(f"swarmpool is up: http://{shown}:{args.port}/  (Ctrl-C stops it)", flush=True)
         for name in catalogue.apps:
             print(f"  student link for {name}: http://{shown}:{args.port}/launch/{name}", flush=True)

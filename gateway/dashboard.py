@@ -1,0 +1,331 @@
+"""The operators' dashboard: its own aiohttp app on its own listener (never the students' origin),
+holding the operator's bus credentials, behind a one-time login link and a signed session cookie.
+
+It shows each pool live (ready / starting / in use / failed as bars), the last hour of pool depth
+and claims per minute (inline SVG, samples kept in memory), the latest events, and buttons for
+scale, pause, resume, drain and reload (POST forms with the session's CSRF token). Everything is
+inline: no script, style or font from anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import logging
+import secrets
+import socket
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from swarmpool.bus.client import Bus, BusError
+from swarmpool.bus.messages import (AdminEvent, AdminResult, AppStatus, DrainRequest, ErrorReply, InstanceEvent,
+                                    PauseRequest, ReloadRequest, Requester, ResumeRequest, ScaleRequest,
+                                    StatusRequest)
+from swarmpool.bus.operator import ask_admin, follow_events
+from swarmpool.bus.subjects import Subjects
+from swarmpool.ids import short_id
+
+log = logging.getLogger(__name__)
+
+# "sp_" prefixed: the students' gateway strips it from every request it forwards to an instance
+# (cookies are per host, not per port: on one host name the browser also sends it to the gateway)
+SESSION_COOKIE = "sp_ops_session"
+SESSION_SECONDS = 12 * 3600
+SAMPLE_EVERY = 3.0  # seconds between two samples of the pools (admin status)
+HISTORY = 3600.0  # seconds of samples kept for the plot
+EVENTS_SHOWN = 30
+
+
+@dataclass
+class Dashboard:
+    bus: Bus
+    subjects: Subjects
+    key: bytes  # signs sessions and CSRF tokens (a file in the state dir)
+    catalogue_path: str | None  # what `reload` reads (the file `up` started with)
+    login_tokens: set[str] = field(default_factory=set)  # one-time: consumed on first use
+    pools: dict[str, AppStatus] = field(default_factory=dict)
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=int(HISTORY / SAMPLE_EVERY) + 1))
+    claims: Counter[int] = field(default_factory=Counter)  # minute -> claims
+    events: deque[str] = field(default_factory=lambda: deque(maxlen=EVENTS_SHOWN))
+    error: str = ""
+
+    def new_login(self) -> str:
+        token = secrets.token_urlsafe(24)
+        self.login_tokens.add(token)
+        return token
+
+    def sign(self, text: str) -> str:
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+
+    def session(self, request: web.Request) -> str | None:
+        """The session's nonce, when the cookie is ours, intact and unexpired."""
+        value = request.cookies.get(SESSION_COOKIE, "")
+        parts = value.split(".")
+        if len(parts) != 3:
+            return None
+        expires, nonce, signature = parts
+        if not hmac.compare_digest(self.sign(f"{expires}.{nonce}"), signature):
+            return None
+        if not expires.isdigit() or int(expires) < time.time():
+            return None
+        return nonce
+
+    def csrf(self, nonce: str) -> str:
+        return self.sign(f"csrf.{nonce}")[:32]
+
+    def learn(self, event: InstanceEvent | AdminEvent) -> None:
+        at = datetime.fromtimestamp(event.at, timezone.utc).strftime("%H:%M:%S")
+        if isinstance(event, InstanceEvent):
+            if event.event == "claimed":
+                self.claims[int(event.at // 60)] += 1
+            line = f"{at} {short_id(event.app, event.id)} {event.event}" + (f": {event.reason}" if event.reason else "")
+        else:
+            line = f"{at} admin {event.verb} by {event.by.user or '?'}@{event.by.host or '?'}: {event.reason}"
+        self.events.appendleft(line)
+
+
+DASHBOARD = web.AppKey("dashboard", Dashboard)
+
+
+def load_key(state_dir: Path) -> bytes:
+    """The signing key of sessions, made once per state dir (mode 0600): a restart keeps sessions."""
+    path = state_dir / "dashboard.key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.chmod(0o600)
+        tmp.write_text(secrets.token_hex(32))
+        tmp.replace(path)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def make_dashboard(bus: Bus, subjects: Subjects, key: bytes, catalogue_path: str | None) -> web.Application:
+    app = web.Application(middlewares=[_headers])
+    app[DASHBOARD] = Dashboard(bus=bus, subjects=subjects, key=key, catalogue_path=catalogue_path)
+    app.router.add_get("/login", login)
+    app.router.add_get("/", page)
+    app.router.add_get("/live", live)
+    app.router.add_post("/act", act)
+    app.cleanup_ctx.append(_sampling)
+    return app
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    response.headers.update({
+        "Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src "
+                                   "'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'"})
+    return response
+
+
+async def _sampling(app: web.Application) -> AsyncIterator[None]:
+    dash = app[DASHBOARD]
+    stop = await follow_events(dash.bus, dash.subjects, dash.learn)
+
+    async def sample() -> None:
+        while True:
+            await refresh(dash)
+            await asyncio.sleep(SAMPLE_EVERY)
+
+    task = asyncio.create_task(sample(), name="dashboard-samples")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stop()
+
+
+async def refresh(dash: Dashboard) -> None:
+    """One sample of the pools from the admin service."""
+    try:
+        reply = await ask_admin(dash.bus, dash.subjects, "status", StatusRequest(), timeout=5)
+    except BusError as err:
+        dash.error = f"admin service not answering: {err}"
+        return
+    if isinstance(reply, AdminResult):
+        dash.pools, dash.error = dict(reply.apps), ""
+        dash.samples.append((time.time(), sum(a.ready for a in reply.apps.values())))
+
+
+# ---- login ----
+
+
+async def login(request: web.Request) -> web.Response:
+    dash = request.app[DASHBOARD]
+    token = request.query.get("token", "")
+    if token not in dash.login_tokens:
+        return web.Response(status=403, text="this login link is not valid (each one works once): "
+                                             "use the line `swarmpool up` printed, or restart it for a new one")
+    dash.login_tokens.discard(token)
+    expires = int(time.time() + SESSION_SECONDS)
+    nonce = secrets.token_urlsafe(16)
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(SESSION_COOKIE, f"{expires}.{nonce}.{dash.sign(f'{expires}.{nonce}')}", path="/",
+                        max_age=SESSION_SECONDS, httponly=True, samesite="Strict",
+                        secure=request.secure)
+    raise response
+
+
+def _session_or_refuse(request: web.Request) -> str:
+    nonce = request.app[DASHBOARD].session(request)
+    if nonce is None:
+        raise web.HTTPUnauthorized(text="log in with the one-time link that `swarmpool up` printed")
+    return nonce
+
+
+# ---- the page ----
+
+STYLE = """
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.3em}
+.bar{display:flex;height:22px;width:480px;background:#eee;border-radius:3px;overflow:hidden}
+.bar div{height:100%}.ready{background:#2a9d4b}.starting{background:#e9b020}.inuse{background:#3a6fd8}
+.failed{background:#d33}.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}
+table{border-collapse:collapse}td,th{padding:4px 10px;text-align:left;vertical-align:middle}
+form{display:inline}input[type=number]{width:4em}#events{font:12px monospace;white-space:pre-wrap}
+.err{color:#b00}
+"""
+
+SCRIPT = """
+setInterval(async () => {
+  const r = await fetch('/live', {credentials: 'same-origin'});
+  if (r.ok) document.getElementById('live').innerHTML = await r.text();
+}, 2000);
+"""
+
+
+def _bar(a: AppStatus) -> str:
+    total = max(a.ready + a.starting + a.claimed + a.failed, a.target, 1)
+    parts = "".join(f'<div class="{cls}" style="width:{100 * n / total:.1f}%" title="{label} {n}"></div>'
+                    for cls, label, n in (("ready", "ready", a.ready), ("starting", "starting", a.starting),
+                                          ("inuse", "in use", a.claimed), ("failed", "failed", a.failed)))
+    return f'<div class="bar" data-app="{html.escape(a.app)}">{parts}</div>'
+
+
+def _plot(dash: Dashboard, now: float) -> str:
+    """Pool depth (ready, all apps) and claims per minute over the last hour, as inline SVG."""
+    w, h = 480, 120
+    depth = [(t, n) for t, n in dash.samples if now - t <= HISTORY]
+    minute = int(now // 60)
+    claims = [(m * 60.0, dash.claims.get(m, 0)) for m in range(minute - 59, minute + 1)]
+    top = max([n for _, n in depth] + [n for _, n in claims] + [1])
+
+    def line(points: list[tuple[float, int]]) -> str:
+        return " ".join(f"{w * (1 - (now - t) / HISTORY):.1f},{h - h * n / top:.1f}" for t, n in points)
+
+    return (f'<svg id="plot" width="{w}" height="{h + 20}" viewBox="0 0 {w} {h + 20}">'
+            f'<rect width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>'
+            f'<polyline fill="none" stroke="#2a9d4b" stroke-width="2" points="{line(depth)}"/>'
+            f'<polyline fill="none" stroke="#3a6fd8" stroke-width="1.5" points="{line(claims)}"/>'
+            f'<text x="2" y="{h + 15}" font-size="11">-60 min · green: ready (all apps) · blue: claims/min · '
+            f'max {top}</text></svg>')
+
+
+def live_html(dash: Dashboard) -> str:
+    rows = "".join(
+        f'<tr class="pool" data-app="{html.escape(a.app)}" data-ready="{a.ready}" data-paused="{str(a.paused).lower()}">'
+        f"<th>{html.escape(a.app)}</th><td>{_bar(a)}</td>"
+        f"<td>{a.ready} ready · {a.starting} starting · {a.claimed} in use · {a.failed} failed · target {a.target} "
+        f"({html.escape(a.target_source)})</td></tr>" for a in dash.pools.values())
+    events = "\n".join(html.escape(e) for e in dash.events) or "(no events since the dashboard started)"
+    error = f'<p class="err">{html.escape(dash.error)}</p>' if dash.error else ""
+    return (f"{error}<table>{rows}</table>{_plot(dash, time.time())}"
+            f"<h2>Latest events</h2><div id=\"events\">{events}</div>")
+
+
+def _controls(dash: Dashboard, csrf: str) -> str:
+    def form(verb: str, app: str, label: str, extra: str = "") -> str:
+        return (f'<form method="post" action="/act"><input type="hidden" name="csrf" value="{csrf}">'
+                f'<input type="hidden" name="verb" value="{verb}"><input type="hidden" name="app" '
+                f'value="{html.escape(app)}">{extra}<button name="do" value="{verb}" data-app="{html.escape(app)}">'
+                f"{label}</button></form>")
+
+    rows = "".join(
+        f"<tr><th>{html.escape(a)}</th><td>"
+        + form("scale", a, "scale", '<input type="number" name="size" min="0" max="10000" required>')
+        + form("pause", a, "pause") + form("resume", a, "resume") + form("drain", a, "drain") + "</td></tr>"
+        for a in dash.pools)
+    reload = form("reload", "", f"reload {html.escape(dash.catalogue_path or '')}") if dash.catalogue_path else ""
+    return f"<h2>Actions</h2><table>{rows}</table><p>{reload}</p>"
+
+
+async def page(request: web.Request) -> web.Response:
+    nonce = _session_or_refuse(request)
+    dash = request.app[DASHBOARD]
+    await refresh(dash)
+    legend = ('<p class="legend"><span class="ready"></span>ready<span class="starting"></span>starting'
+              '<span class="inuse"></span>in use<span class="failed"></span>failed</p>')
+    note = request.query.get("done", "")
+    body = (f"<!doctype html><html><head><meta charset=utf-8><title>swarmpool dashboard</title>"
+            f"<style>{STYLE}</style></head><body><h1>swarmpool · {html.escape(dash.subjects.prefix)}</h1>"
+            + (f'<p id="done">{html.escape(note)}</p>' if note else "")
+            + f'{legend}<div id="live">{live_html(dash)}</div>{_controls(dash, dash.csrf(nonce))}'
+            f"<script>{SCRIPT}</script></body></html>")
+    return web.Response(text=body, content_type="text/html")
+
+
+async def live(request: web.Request) -> web.Response:
+    _session_or_refuse(request)
+    return web.Response(text=live_html(request.app[DASHBOARD]), content_type="text/html")
+
+
+# ---- actions ----
+
+
+async def act(request: web.Request) -> web.Response:
+    nonce = _session_or_refuse(request)
+    dash = request.app[DASHBOARD]
+    form = await request.post()
+    if not hmac.compare_digest(str(form.get("csrf", "")), dash.csrf(nonce)):
+        raise web.HTTPForbidden(text="stale or missing form token: reload the page")
+    verb, app = str(form.get("verb", "")), str(form.get("app", "")) or None
+    by = Requester(user="dashboard", host=socket.gethostname())
+    try:
+        request_struct: Any
+        if verb == "scale":
+            request_struct = ScaleRequest(app=app or "", size=int(str(form.get("size", ""))), by=by)
+        elif verb in ("pause", "resume", "drain"):
+            kind = {"pause": PauseRequest, "resume": ResumeRequest, "drain": DrainRequest}[verb]
+            request_struct = kind(app=app, by=by)
+        elif verb == "reload" and dash.catalogue_path:
+            from swarmpool.catalogue import CatalogueError, load
+
+            try:
+                load(dash.catalogue_path)
+            except CatalogueError as err:
+                raise web.HTTPBadRequest(text=f"bad catalogue: {err}") from None
+            request_struct = ReloadRequest(text=Path(dash.catalogue_path).read_text(), source=dash.catalogue_path,
+                                           by=by)
+        else:
+            raise web.HTTPBadRequest(text=f"unknown action {verb!r}")
+        request_struct = msgspec.convert(msgspec.to_builtins(request_struct), type(request_struct))  # validated
+    except (ValueError, msgspec.ValidationError) as err:
+        raise web.HTTPBadRequest(text=f"{verb}: {err}") from None
+    try:
+        reply = await ask_admin(dash.bus, dash.subjects, verb, request_struct)
+    except BusError as err:
+        raise web.HTTPServiceUnavailable(text=f"admin service not answering: {err}") from None
+    if isinstance(reply, ErrorReply):
+        raise web.HTTPBadRequest(text=f"{verb}: {reply.error}: {reply.detail}")
+    await refresh(dash)
+    raise web.HTTPSeeOther(f"/?{urlencode({'done': reply.detail})}")
+
+
+def urlencode(query: dict[str, str]) -> str:
+    from urllib.parse import urlencode as encode
+
+    return encode(query)
