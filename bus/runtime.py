@@ -81,7 +81,8 @@ async def connect(url: str, name: str = "swarmpool", *, access: Access | None = 
     options = access.options(url) if access is not None else {}
     if inbox_prefix:
         options["inbox_prefix"] = inbox_prefix
-    return await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=-1,
+    servers = [server.strip() for server in url.split(",") if server.strip()]  # a cluster: every server's URL
+    return await nats.connect(servers, name=name, connect_timeout=5, max_reconnect_attempts=-1,
                               error_cb=on_error, **options)
 
 

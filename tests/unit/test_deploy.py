@@ -1,0 +1,139 @@
+"""The stack `swarmpool deploy` writes: compose file, NATS cluster configs, the deployed catalogue (pure, no Docker)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from swarmpool.bus.roles import Access
+from swarmpool.catalogue import CatalogueError, parse
+from swarmpool.deploy import DeployError, Options, Tls, cluster_catalogue, compose, nats_config, write_files
+from swarmpool.swarm.stack import engine_socket
+
+CATALOGUE = """
+[settings]
+reconcile_interval = "2s"
+
+[apps.echo]
+image = "swarmpool/echo:latest"
+port = 8888
+env = { GREETING = "hi \\"there\\"" }
+[apps.echo.probe]
+path = "healthz"
+[apps.echo.pool]
+size = 3
+"""
+
+
+def stack(tmp_path: Path, **kw: object) -> tuple[dict, dict[str, str]]:
+    options = Options(image="swarmpool/control:test", **kw)  # type: ignore[arg-type]
+    compose_file, files = write_files(options, tmp_path, "cat.toml", CATALOGUE, Tls(), None)
+    return json.loads(compose_file.read_text()), files
+
+
+def test_three_nats_servers_with_stable_names_on_managers_by_dnsrr(tmp_path: Path) -> None:
+    spec, files = stack(tmp_path)
+    for name in ("nats-1", "nats-2", "nats-3"):
+        service = spec["services"][name]
+        assert service["deploy"]["endpoint_mode"] == "dnsrr"
+        assert service["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+        assert service["command"] == ["-c", f"/run/secrets/{name}.conf"]
+        config = json.loads(Path(files[f"{name}.conf"]).read_text())
+        assert config["server_name"] == name and config["jetstream"] == {"store_dir": "/data"}
+        routes = config["cluster"]["routes"]
+        assert sorted(r.rsplit("@", 1)[1] for r in routes) == sorted(f"{o}:6222" for o in
+                                                                       {"nats-1", "nats-2", "nats-3"} - {name})
+        assert {u["user"] for u in config["authorization"]["users"]} == {
+            "swarmpool-functions", "swarmpool-gateway", "swarmpool-operator"}
+        assert "ports" not in service  # NATS stays inside the swarm unless --nats-port (with TLS)
+
+
+def test_one_nats_server_has_no_cluster() -> None:
+    config = nats_config(Options(nats_replicas=1), "nats-1", {"functions": "x"}, "r")
+    assert "cluster" not in config
+
+
+def test_functions_mount_the_deploying_engines_socket_and_gateways_publish_in_host_mode(tmp_path: Path) -> None:
+    spec, _ = stack(tmp_path, docker_socket="/var/lib/test-engine/docker.sock", port=18000, stack="cls")
+    functions = spec["services"]["functions"]
+    assert functions["deploy"]["replicas"] == 2
+    assert functions["volumes"] == [{"type": "bind", "source": "/var/lib/test-engine/docker.sock",
+                                     "target": "/var/run/docker.sock"}]
+    assert "--namespace" in functions["command"] and "cls" in functions["command"]
+    gateway = spec["services"]["gateway"]
+    assert gateway["deploy"]["mode"] == "global"
+    assert gateway["ports"] == [{"target": 8000, "published": 18000, "protocol": "tcp", "mode": "host"}]
+    assert set(gateway["networks"]) == {"control", "instances"}
+    assert spec["networks"]["instances"]["driver"] == "overlay"
+
+
+def test_gateway_label_places_gateways(tmp_path: Path) -> None:
+    spec, _ = stack(tmp_path, gateway_label="swarmpool.gateway")
+    assert spec["services"]["gateway"]["deploy"]["placement"]["constraints"] == [
+        "node.labels.swarmpool.gateway == true"]
+
+
+def test_secrets_are_content_addressed_and_reused_on_redeploy(tmp_path: Path) -> None:
+    first, files = stack(tmp_path)
+    second, _ = stack(tmp_path)
+    assert first["secrets"] == second["secrets"]  # same passwords: a redeploy changes nothing
+    assert all(name.startswith("sp_") for name in (s["name"] for s in first["secrets"].values()))
+    assert all(Path(f).stat().st_mode & 0o077 == 0 for f in files.values())
+    access = Access.load(files["gateway.json"])
+    assert access.url == "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"
+
+
+def test_deployed_catalogue_puts_instances_on_the_overlay_without_ports() -> None:
+    text = cluster_catalogue(CATALOGUE, Options(stack="cls"))
+    catalogue = parse(text)
+    assert catalogue.settings.publish_ports is False
+    assert catalogue.settings.network == "cls_instances"
+    assert catalogue.settings.reconcile_interval == 2.0
+    assert tomllib.loads(text)["apps"]["echo"]["env"] == {"GREETING": 'hi "there"'}
+
+
+@pytest.mark.parametrize("options, problem", [
+    (Options(stack="Bad-Name"), "stack name"),
+    (Options(stack="averyveryverylongname"), "stack name"),
+    (Options(nats_replicas=2), "nats-replicas"),
+    (Options(port=0), "--port"),
+    (Options(nats_port=4222), "tls-cert"),
+    (Options(docker_socket="docker.sock"), "absolute"),
+])
+def test_bad_options_are_clear_errors(options: Options, problem: str) -> None:
+    with pytest.raises(DeployError, match=problem):
+        options.check()
+
+
+def test_bad_catalogue_names_the_field() -> None:
+    with pytest.raises(CatalogueError, match="apps.echo.port"):
+        cluster_catalogue(CATALOGUE.replace("port = 8888", 'port = "x"'), Options())
+
+
+def test_tls_wiring(tmp_path: Path) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text(name)
+    options = Options(tls=True, tls_ca=True, nats_port=14222, image="i")
+    compose_file, files = write_files(options, tmp_path / "state", "c", CATALOGUE,
+                                      Tls(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"),
+                                          str(tmp_path / "ca.pem")), "10.9.0.2")
+    spec = json.loads(compose_file.read_text())
+    config = json.loads(Path(files["nats-1.conf"]).read_text())
+    assert config["tls"]["ca_file"] == "/run/secrets/nats-ca.pem"
+    assert spec["services"]["nats-1"]["ports"][0]["published"] == 14222
+    assert Access.load(files["functions.json"]).url.startswith("tls://nats-1:4222")
+    operator = Access.load(tmp_path / "state" / "stacks" / "sp" / "credentials" / "operator.json")
+    assert operator.url == "tls://10.9.0.2:14222" and operator.ca == str(tmp_path / "ca.pem")
+
+
+def test_engine_socket_comes_from_docker_host() -> None:
+    assert engine_socket("unix:///var/lib/x/docker.sock") == "/var/lib/x/docker.sock"
+    assert engine_socket("") == "/var/run/docker.sock"
+
+
+def test_compose_needs_every_file() -> None:
+    with pytest.raises(KeyError):
+        compose(Options(), {})
