@@ -24,6 +24,14 @@ images:
     apps/echo/build.sh
     apps/voila-demo/build.sh
 
+# the control-plane image swarmpool/control:<version> (NATS, functions, gateway) for `swarmpool deploy`
+control-image *ARGS:
+    apps/control/build.sh {{ARGS}}
+
+# the stack on a real 2-node swarm of two namespaced engines (root; a few minutes)
+test-cluster *ARGS:
+    python -m pytest tests/integration/test_cluster.py -q {{ARGS}}
+
 # click -> 303 latency against a warm pool of N echo instances, NATS round trip as the floor
 bench-claim N="100" *ARGS:
     python -m bench.bench_claim -n {{N}} {{ARGS}}
