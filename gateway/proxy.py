@@ -32,6 +32,7 @@ from swarmpool.gateway.static_cache import (
     Key,
     StaticCache,
     cacheable,
+    fill_cookie,
     make_asset,
     not_modified,
     response_parts,
@@ -234,10 +235,16 @@ async def _fill(request: web.Request, gw: Gateway, route: Route, key: Key) -> As
     url = URL(f"http://{source.endpoint}{prefix}{key.path}" + (f"?{key.query}" if key.query else ""), encoded=True)
     cache = static_cache(gw)
     gw.metrics.static_cache.labels(route.app, "fill").inc()
+    ask: dict[str, str] = {"Accept-Encoding": "identity"}
     try:
         async with asyncio.timeout(FILL_TIMEOUT):
-            async with request.app[UPSTREAM].get(url, headers={"Accept-Encoding": "identity"},
-                                                 allow_redirects=False) as upstream:
+            upstream = await request.app[UPSTREAM].get(url, headers=ask, allow_redirects=False)
+            cookie = fill_cookie(upstream.headers.getall("Set-Cookie", [])) if upstream.status == 200 else ""
+            if cookie:  # an identity for the gateway's own cookie-less request: answer it once
+                upstream.release()
+                upstream = await request.app[UPSTREAM].get(url, headers={**ask, "Cookie": cookie},
+                                                           allow_redirects=False)
+            async with upstream:
                 if not cacheable("GET", upstream.status, upstream.headers):
                     return None
                 length = upstream.headers.get("Content-Length")

@@ -80,6 +80,23 @@ def cacheable(method: str, status: int, headers: Mapping[str, str]) -> bool:
     return vary <= {"accept-encoding"}
 
 
+def fill_cookie(set_cookies: Iterable[str]) -> str:
+    """The Cookie header that answers an untouched instance's Set-Cookie (e.g. jupyter_server's
+    anonymous identity, set on every cookie-less request): the fill asks once more with it, and
+    stores only an answer that then sets no cookie. "" when there is nothing to send back."""
+    from http.cookies import CookieError, SimpleCookie
+
+    pairs = []
+    for line in set_cookies:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(line)
+        except CookieError:
+            return ""
+        pairs += [f"{name}={morsel.coded_value}" for name, morsel in jar.items()]
+    return "; ".join(pairs)
+
+
 def compressible(content_type: str) -> bool:
     kind = content_type.split(";")[0].strip().lower()
     return kind.startswith(_TEXT_TYPES) or kind.endswith(("+json", "+xml"))

@@ -66,6 +66,11 @@ def _upstream_app(upstream: Upstream) -> web.Application:
         if relative == "static/lab.js":  # as jupyter_server serves labextension files
             return web.Response(body=SCRIPT, content_type="application/javascript",
                                 headers={"Cache-Control": "no-cache"})
+        if relative == "static/ident.js":  # jupyter_server: an anonymous identity for a cookie-less request
+            response = web.Response(body=SCRIPT, content_type="application/javascript")
+            if "ident" not in request.cookies:
+                response.set_cookie("ident", "anon-" + upstream.label, httponly=True)
+            return response
         if relative == "static/nostore.js":
             return web.Response(text="x", content_type="application/javascript",
                                 headers={"Cache-Control": "no-store"})
@@ -196,6 +201,16 @@ async def test_no_cache_answers_are_shared_and_counted(pool: Pool) -> None:
     assert 'swarmpool_gateway_static_cache_total{app="echo",outcome="hit"} 4.0' in text
     assert 'swarmpool_gateway_static_cache_total{app="echo",outcome="fill"} 2.0' in text  # lab.js, nostore.js
     assert 'swarmpool_gateway_static_cache_total{app="echo",outcome="pass"} 1.0' in text  # nostore.js
+
+
+async def test_an_identity_cookie_for_the_fill_itself_is_answered_and_never_passed_on(pool: Pool) -> None:
+    """The fill's cookie-less request gets an identity; asked again with it, the untouched
+    instance sets none, and that answer is stored: students never see the fill's cookie."""
+    for label in ("a", "b", "a"):
+        status, body, headers = await fetch(pool, label, "static/ident.js")
+        assert status == 200 and body == SCRIPT and "Set-Cookie" not in headers
+    assert pool.ready.seen["static/ident.js"] == 2  # asked, then asked with its own cookie; stored
+    assert pool.a.seen["static/ident.js"] == 0 and pool.b.seen["static/ident.js"] == 0
 
 
 @pytest.mark.parametrize("relative", ["other/app.js", "static/cookie.js", "static/missing.js",

@@ -12,6 +12,7 @@ from swarmpool.gateway.static_cache import (
     StaticCache,
     accepts_gzip,
     cacheable,
+    fill_cookie,
     make_asset,
     not_modified,
     response_parts,
@@ -168,3 +169,12 @@ async def test_a_failing_fill_answers_none_to_everyone() -> None:
         raise OSError("instance gone")
 
     assert await cache.load(Key("img", "s/a.js"), loader) is None
+
+
+def test_fill_cookie_answers_the_identity_an_untouched_instance_set() -> None:
+    jupyter = ('username-127-0-0-1-8866="2|1:0|10:179|24:username|8:eyJ1c2VyIjoxfQ==|7d2a"; '
+               'expires=Sun, 27 Dec 2026 10:48:42 GMT; HttpOnly; Path=/i/abc/')
+    assert fill_cookie([jupyter]) == 'username-127-0-0-1-8866="2|1:0|10:179|24:username|8:eyJ1c2VyIjoxfQ==|7d2a"'
+    assert fill_cookie(["a=1; Path=/", "b=2; HttpOnly"]) == "a=1; b=2"
+    assert fill_cookie([]) == ""
+    assert fill_cookie(["not a cookie at all ;;; ="]) == ""
