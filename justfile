@@ -44,6 +44,10 @@ bench-proxy *ARGS:
 bench-notebook *ARGS:
     python -m bench.bench_click_to_notebook {{ARGS}}
 
+# a class clicks at once: N students (Chromium contexts) direct / gateway / nginx+gateway, with and without 10 Mbit/s each
+bench-class N="12" *ARGS:
+    python -m bench.bench_class --students {{N}} {{ARGS}}
+
 # render the production nginx config: just nginx example.org /etc/ssl/x.pem /etc/ssl/x.key
 nginx SERVER_NAME CERT KEY GATEWAY="127.0.0.1:8000" OUT="nginx/out":
     python nginx/render.py --server-name {{SERVER_NAME}} --cert {{CERT}} --key {{KEY}} --gateway {{GATEWAY}} --out {{OUT}}

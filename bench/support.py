@@ -195,3 +195,17 @@ async def chromium() -> AsyncIterator[Any]:
             yield browser
         finally:
             await browser.close()
+
+
+def class_catalogue(*, size: int, max_: int, settings: str = "") -> str:
+    """The Voila demo exactly as apps/catalogue.toml declares it (static_paths, settle_on), alone,
+    with a pool of `size` (at most `max_`) and fast clocks; `settings` lines go into [settings]."""
+    text = (REPO / "apps" / "catalogue.toml").read_text()
+    start = text.index(f"[apps.{VOILA_APP}]")
+    following = re.compile(r"^\[apps\.(?!" + re.escape(VOILA_APP) + r"[.\]])", re.MULTILINE).search(text, start + 1)
+    app = text[start:following.start() if following else len(text)]
+    app = re.sub(r'^build = .*\n', "", app, flags=re.MULTILINE)  # the benches build it first (ensure_voila_image)
+    app = _replace_once(app, r"^size = \d+$", f"size = {size}")
+    app = _replace_once(app, r"^max = \d+$", f"max = {max_}")
+    head = FAST_SETTINGS.replace("max_instances = 40\n", f"max_instances = {max_ + 4}\n{settings}")
+    return head + "\n" + app
