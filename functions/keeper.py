@@ -13,8 +13,8 @@ from swarmpool.bus.messages import EventKind, Instance, InstanceEvent, Period, P
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.functions import lifecycle
 from swarmpool.bus.spec import AppSpec
-from swarmpool.functions.policy import (dead_instances, ghost_records, leaked_services, plan_recycle, plan_top_up,
-                                        spec_version, target)
+from swarmpool.functions.policy import (dead_instances, engine_fault, failed_start, ghost_records,
+                                        leaked_services, plan_recycle, plan_top_up, spec_version, target)
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,12 @@ async def on_instance_event(ctx: Context, event: InstanceEvent) -> None:
     failures = ctx.state(KeeperState).failures
     if event.event == EventKind.READY:
         failures[event.app] = 0
-    elif event.event == EventKind.FAILED:
+    elif event.event == EventKind.FAILED and failed_start(event.reason):
         failures[event.app] = failures.get(event.app, 0) + 1
     if event.event == EventKind.CLAIMED:
         await refill_after_settle(ctx, event.app)
+    elif engine_fault(event.reason):
+        pass  # the engine failed it: the next reconcile tops up (no start loop while it is away)
     elif event.event in (EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING, EventKind.READY):
         await top_up_soon(ctx, event.app)
     if event.event in (EventKind.READY, EventKind.FAILED, EventKind.REMOVED):  # a start slot is free

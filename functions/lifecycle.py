@@ -14,7 +14,7 @@ from swarmpool.bus.spec import AppSpec, Settings
 from swarmpool.bus.state import Conflict, InvalidTransition
 from swarmpool.functions.policy import spec_version
 from swarmpool.ids import instance_prefix, new_instance_id, short_id
-from swarmpool.swarm.adapter import InstanceSpec
+from swarmpool.swarm.adapter import ENGINE_FAULT, InstanceSpec, SwarmUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ async def start(ctx: Context, spec: AppSpec, record: Instance, slots: asyncio.Se
             service_id = await ctx.swarm.create(instance_spec(spec, record.id, ctx.settings))
         except Exception as err:
             log.warning("could not start %s: %s", record.short, err)
-            await fail(ctx, record.app, record.id, f"service not created: {err}")
+            fault = f"{ENGINE_FAULT}: " if isinstance(err, SwarmUnavailable) and ENGINE_FAULT not in str(err) else ""
+            await fail(ctx, record.app, record.id, f"service not created: {fault}{err}")
             return
     image = ctx.swarm.image_id(spec.image)
     updated = await ctx.store.update(

@@ -230,6 +230,18 @@ def ghost_records(records: Iterable[Instance], service_ids: set[str], now: float
 
 
 ENDED_TASK = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
+FOUND_DEAD = "(found by reconcile)"  # a running instance that died (with its engine, most often)
+ENGINE_FAULT = "engine unavailable"  # in a reason when the engine failed the start, not the app
+
+
+def engine_fault(reason: str) -> bool:
+    """Whether a failure was the engine's (unreachable, not a manager yet, restarted under a start)."""
+    return ENGINE_FAULT in reason
+
+
+def failed_start(reason: str) -> bool:
+    """Whether a failure counts towards the start backoff: not the engine's, not a running one's death."""
+    return not engine_fault(reason) and FOUND_DEAD not in reason
 
 
 def dead_instances(records: Iterable[Instance], task_states: Mapping[str, str]) -> list[tuple[Instance, str]]:
@@ -243,5 +255,5 @@ def dead_instances(records: Iterable[Instance], task_states: Mapping[str, str]) 
         if state is None or r.state not in ("starting", "ready", "claimed"):
             continue
         if state in ENDED_TASK or (r.state != "starting" and state != "running"):
-            dead.append((r, f"container {state} (found by reconcile)"))
+            dead.append((r, f"container {state} {FOUND_DEAD}"))
     return dead

@@ -108,14 +108,26 @@ class EngineEvent(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
 
 
-def bridge_name(namespace: str) -> str:
-    """The Linux interface of a namespace's instance bridge (at most 15 characters)."""
-    return f"sp-{namespace}"
+GENERATIONS = "0123456789abcdefghijklmnopqrstuvwxyz"  # of a namespace's instance bridge (see _ensure_bridge)
+ENGINE_FAULT = "engine unavailable"  # starts in a failure's reason when the engine, not the app, failed
+_STALE_NETWORK = re.compile(r"^network \S+ exists$|networks have same bridge name")
 
 
-def instance_network_name(namespace: str) -> str:
+def bridge_name(namespace: str, generation: str = "+") -> str:
+    """The Linux interface of a namespace's instance bridge of one generation (at most 15 characters);
+    by default the packet filter's pattern for all of them ('.' is in no namespace)."""
+    return f"sp{namespace}.{generation}"
+
+
+def instance_network_name(namespace: str, generation: str = "0") -> str:
     """The swarm-scoped bridge network that published instances of a namespace join."""
-    return f"{namespace}-instances"
+    return f"{namespace}-instances" + ("" if generation == "0" else f"-{generation}")
+
+
+def stale_network(error: str) -> bool:
+    """Whether a task was rejected because this node's engine kept a dead copy of our bridge across its
+    restart (moby#38318: "network <id> exists", then "networks have same bridge name")."""
+    return bool(_STALE_NETWORK.search(error))
 
 
 def run_as(image_user: str, wanted: str | None) -> tuple[str, bool]:
@@ -165,6 +177,8 @@ class Swarm:
         self._http: aiohttp.ClientSession | None = None  # readiness probes, created on first use
         self._bridge_lock = threading.Lock()
         self._bridge_ready = False
+        self._bridge_generation = ""  # "": not chosen yet
+        self._bridge_stale = False  # a task was rejected by this generation's dead copy: use the next
         self._image_ids: dict[str, str] = {}  # catalogue image -> its id at the last create
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -280,6 +294,14 @@ class Swarm:
         return await self._run(inspect)
 
     def _create(self, spec: InstanceSpec, name: str) -> str:
+        try:
+            return self._create_service(spec, name)
+        except SwarmError:
+            raise
+        except Exception as e:  # requests' connection errors: the engine is restarting or gone
+            raise SwarmUnavailable(f"{ENGINE_FAULT} while creating {name}: {e}") from e
+
+    def _create_service(self, spec: InstanceSpec, name: str) -> str:
         api = self._docker().api
         try:
             image = api.inspect_image(spec.image)
@@ -336,11 +358,16 @@ class Swarm:
                 networks=[network] if network else None,
             )
         except docker.errors.APIError as e:
-            if spec.publish and not spec.network and e.status_code == 404:
-                self._bridge_ready = False  # removed by another process's remove_all: create it again next time
+            if spec.publish and not spec.network and (e.status_code == 404 or f"network {network} not found"
+                                                      in str(e.explanation or e)):
+                # removed by another process's remove_all, or a dead copy listed in its place: a new one
+                self._bridge_ready, self._bridge_stale = False, True
+                raise SwarmUnavailable(f"{ENGINE_FAULT}: cannot create {name}: {e.explanation or e}") from e
+            if e.status_code == 503 or "not a swarm manager" in str(e.explanation or e):
+                raise SwarmUnavailable(f"{ENGINE_FAULT}: cannot create {name}: {e.explanation or e}") from e
             raise SwarmError(f"cannot create service {name} (image {spec.image}): {e.explanation or e}") from e
         except docker.errors.DockerException as e:
-            raise SwarmUnavailable(f"Docker engine unavailable while creating {name}: {e}") from e
+            raise SwarmUnavailable(f"{ENGINE_FAULT} while creating {name}: {e}") from e
         service_id: str = result["ID"]
         log.debug("created service %s for %s", service_id[:12], short_id(spec.app, spec.id))
         return service_id
@@ -349,9 +376,16 @@ class Swarm:
         """The namespace's instance bridge: published ports bind 127.0.0.1 only, no traffic between instances.
 
         A swarm-scoped bridge takes driver options only from a node-local "config-only" network.
+        An engine restarted while instances ran keeps a dead copy of the bridge that rejects every
+        task (moby#38318) and can be removed by no API: once a task says so, the next generation
+        (a new network and bridge name; the dead one's config network stays, in use by the copy).
         """
-        name = instance_network_name(self.namespace)
         with self._bridge_lock:
+            if self._bridge_generation == "":
+                self._bridge_generation = self._first_generation()
+            if self._bridge_stale:
+                self._next_generation()
+            name = instance_network_name(self.namespace, self._bridge_generation)
             if self._bridge_ready:
                 return name
             api = self._docker().api
@@ -361,7 +395,7 @@ class Swarm:
                 requests.append({
                     "Name": name + "-config", "ConfigOnly": True, "Labels": {LABEL_OWNER: self.namespace},
                     "Options": {
-                        "com.docker.network.bridge.name": bridge_name(self.namespace),
+                        "com.docker.network.bridge.name": bridge_name(self.namespace, self._bridge_generation),
                         "com.docker.network.bridge.host_binding_ipv4": "127.0.0.1",
                         "com.docker.network.bridge.enable_icc": "false",
                     },
@@ -378,25 +412,56 @@ class Swarm:
             self._bridge_ready = True
             return name
 
+    def _next_generation(self) -> None:
+        """Move to the next generation (another host may have created it already: it is shared)."""
+        later = GENERATIONS[GENERATIONS.index(self._bridge_generation) + 1:]
+        if not later:
+            raise SwarmError(f"every instance bridge generation of {self.namespace} is taken; restart dockerd "
+                             f"with no instances running, then remove the {self.namespace}-instances* networks")
+        log.warning("instance bridge %s was kept dead by an engine restart; using %s",
+                    bridge_name(self.namespace, self._bridge_generation), bridge_name(self.namespace, later[0]))
+        self._bridge_generation, self._bridge_stale, self._bridge_ready = later[0], False, False
+
+    def _first_generation(self) -> str:
+        """The newest generation whose config network exists (in use by another host, or a dead copy's
+        that the first rejected task moves past), else the first."""
+        ours = {n["Name"] for n in self._docker().api.networks(filters={"label": f"{LABEL_OWNER}={self.namespace}"})}
+        found = [g for g in GENERATIONS if instance_network_name(self.namespace, g) + "-config" in ours]
+        return found[-1] if found else GENERATIONS[0]
+
+    def _note_task_error(self, error: str) -> str:
+        """A task's error, marked as the engine's fault when a dead copy of our bridge rejected it."""
+        if not stale_network(error):
+            return error
+        self._bridge_stale = True
+        return f"{ENGINE_FAULT}: instance bridge kept dead by an engine restart ({error})"
+
     def _remove_bridge(self) -> None:
-        """Remove the namespace's instance bridge once its containers have left it (if it exists)."""
-        name = instance_network_name(self.namespace)
+        """Remove the namespace's instance bridges once their containers have left them (if they exist)."""
         api = self._docker().api
         deadline = time.monotonic() + _NETWORK_TIMEOUT
         with self._bridge_lock:
             self._bridge_ready = False
-            for network in (name, name + "-config"):
+            ours = {n["Name"] for n in api.networks(filters={"name": instance_network_name(self.namespace)})}
+            names = [instance_network_name(self.namespace, g) for g in GENERATIONS]
+            for network in [n for n in names if n in ours]:
                 while True:
                     try:
                         api.remove_network(network)
                         break
                     except docker.errors.NotFound:
                         break
-                    except docker.errors.APIError as e:  # "has active endpoints": tasks still shutting down
+                    except docker.errors.APIError as e:  # "in use"/"has active endpoints": tasks shutting down
                         if time.monotonic() > deadline:
                             log.warning("could not remove network %s: %s", network, e.explanation or e)
-                            return
+                            break
                         time.sleep(0.2)
+            for network in [names[0] + "-config"] + [n + "-config" for n in names[1:] if n + "-config" in ours]:
+                try:  # a dead copy left by an engine restart keeps its config network in use (moby#38318)
+                    api.remove_network(network)
+                except docker.errors.APIError as e:
+                    if e.status_code != 404:
+                        log.info("network %s stays: %s", network, e.explanation or e)
 
     async def status(self, service_id: str) -> TaskStatus:
         """The state of the service's (single, newest) task; "missing" once the service is gone."""
@@ -423,7 +488,7 @@ class Swarm:
             state=state,
             endpoint=endpoint,
             exit_code=exit_code if state in ("complete", "failed", "shutdown", "rejected") else None,
-            error=status.get("Err", "") or "",
+            error=self._note_task_error(status.get("Err", "") or ""),
             container_id=container.get("ContainerID", "") or "",
         )
 
@@ -451,7 +516,7 @@ class Swarm:
         for service_id, task in newest.items():
             status = task.get("Status") or {}
             container_id = (status.get("ContainerStatus") or {}).get("ContainerID", "") or ""
-            state, error = status.get("State", "new"), status.get("Err", "") or ""
+            state, error = status.get("State", "new"), self._note_task_error(status.get("Err", "") or "")
             exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
             if state == "running" and node and task.get("NodeID") == node:
                 container = containers.get(container_id)
