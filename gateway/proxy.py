@@ -7,6 +7,7 @@ Only ids in the route table (claimed instances) reach an upstream; anything else
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
@@ -279,8 +280,8 @@ def _asset_response(request: web.Request, asset: Asset) -> web.Response:
     return web.Response(body=body, headers=headers)
 
 
-def _ended(request: web.Request, gw: Gateway, instance_id: str) -> web.Response:
-    app = gw.routes.ended_app(instance_id) if valid_id(instance_id) else None
+def _ended(request: web.Request, gw: Gateway, instance_id: str, app: str | None = None) -> web.Response:
+    app = app or (gw.routes.ended_app(instance_id) if valid_id(instance_id) else None)
     spec = gw.catalogue.apps.get(app) if app else None
     if wants_json(request):
         return web.json_response({"status": "ended", "app": spec.name if spec else None}, status=404)
@@ -288,8 +289,20 @@ def _ended(request: web.Request, gw: Gateway, instance_id: str) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
-def _not_answering(request: web.Request, gw: Gateway, route: Route, err: BaseException) -> web.Response:
+def refused(err: BaseException) -> bool:
+    """The upstream's host refused the connection: nothing listens on its port any more. A claimed
+    instance is never restarted (restart policy none), so its session has ended; a timeout or any
+    other error may pass and stays "not answering"."""
+    cause = err.os_error if isinstance(err, aiohttp.ClientConnectorError) else err
+    return isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
+
+
+def _not_answering(request: web.Request, gw: Gateway, route: Route, err: BaseException,
+                   instance_id: str = "") -> web.Response:
     gw.metrics.upstream_errors.labels(route.app).inc()
+    if instance_id and refused(err):
+        log.info("upstream of %s refused the connection: its session has ended", route.app)
+        return _ended(request, gw, instance_id, route.app)
     log.warning("upstream of %s not answering: %s", route.app, type(err).__name__)
     if wants_json(request):
         return web.json_response({"status": "not_answering", "app": route.app}, status=502)
@@ -310,7 +323,7 @@ async def _http(request: web.Request, gw: Gateway, instance_id: str, route: Rout
         if upload is not None and upload.timed_out:
             log.info("request body to %s stalled: cut", route.app)
             raise web.HTTPRequestTimeout(headers={"Connection": "close"}) from None
-        return _not_answering(request, gw, route, err)
+        return _not_answering(request, gw, route, err, instance_id)
     request[FROM_INSTANCE] = True
     if (request.method == "GET" and upstream.status == 200
             and upstream.headers.get("Content-Type", "").lower().startswith("text/html")):
@@ -403,7 +416,7 @@ async def _websocket(request: web.Request, gw: Gateway, instance_id: str, route:
             log.info("upstream of %s refused a websocket: %s", route.app, err.status)
             return web.Response(status=status, text="websocket refused by the app")
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
-            return _not_answering(request, gw, route, err)
+            return _not_answering(request, gw, route, err, instance_id)
 
         client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
                                        autoping=False, autoclose=False, max_msg_size=int(settings.ws_max_message),

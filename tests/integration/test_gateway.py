@@ -498,14 +498,42 @@ async def test_first_bytes_arrive_before_the_upstream_finishes(gateway: Running,
         assert time.monotonic() - started < 0.9  # not buffered until the end (about 3 s)
 
 
-async def test_an_unreachable_upstream_is_502(gateway: Running, store: InstanceStore) -> None:
+async def test_a_refused_connection_ends_the_session(gateway: Running, store: InstanceStore) -> None:
+    """Item 5 of issue 8 (the 502 window): a claimed instance whose container is dead (nothing
+    listens on its port: the connection is refused) shows the session-ended page at once, before
+    any reconcile has failed its record; a claimed instance is never restarted, so it cannot come back."""
     instance = await claimed_instance(store, f"127.0.0.1:{closed_port()}")
     async with gateway.http.get(gateway.url + f"/i/{instance.id}/") as r:
-        assert r.status == 502
-        assert "not answering" in await r.text()
+        page = await r.text()
+        assert r.status == 404 and "session has ended" in page and "/launch/echo" in page, (r.status, page[:200])
+        assert r.headers["Cache-Control"] == "no-store"
+    async with gateway.http.get(gateway.url + f"/i/{instance.id}/api", headers=JSON) as r:
+        assert r.status == 404 and await r.json() == {"status": "ended", "app": "echo"}
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await gateway.http.ws_connect(gateway.url + f"/i/{instance.id}/ws")
-    assert refused.value.status == 502
+    assert refused.value.status == 404
+
+
+async def test_an_upstream_that_hangs_up_is_502(gateway: Running, store: InstanceStore) -> None:
+    """Anything short of a refused connection (here: accepted, then closed without an answer) may
+    pass: "not answering" (502), never the session-ended page."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        instance = await claimed_instance(store, f"127.0.0.1:{port}")
+        async with gateway.http.get(gateway.url + f"/i/{instance.id}/") as r:
+            assert r.status == 502
+            assert "not answering" in await r.text()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as failed:
+            await gateway.http.ws_connect(gateway.url + f"/i/{instance.id}/ws")
+        assert failed.value.status == 502
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_websocket_echo_text_binary_and_close_code(gateway: Running, store: InstanceStore,
