@@ -34,7 +34,7 @@ class Period(StrEnum):
 # allowed transitions; anything else is a bug and is refused by bus.state
 TRANSITIONS: dict[str, frozenset[str]] = {
     "starting": frozenset({"starting", "ready", "failed", "retiring"}),
-    "ready": frozenset({"claimed", "retiring", "failed"}),
+    "ready": frozenset({"ready", "claimed", "retiring", "failed"}),  # ready -> ready: a field (node) changes
     "claimed": frozenset({"claimed", "retiring"}),
     "failed": frozenset({"retiring"}),
     "retiring": frozenset({"retiring"}),
@@ -65,6 +65,7 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     image: str = ""  # id of the image it runs (the gateway's static cache is shared per image)
     settled_at: float | None = None  # when its student's page had loaded (a gateway's Settled)
     spec: str = ""  # version of what it runs (image name, command, ...): a reload that changes it recycles
+    node: str = ""  # swarm node id its task runs on ("" until reconcile has seen it placed)
 
     @property
     def key(self) -> str:

@@ -14,7 +14,8 @@ from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.functions import lifecycle
 from swarmpool.bus.spec import AppSpec
 from swarmpool.functions.policy import (dead_instances, engine_fault, failed_start, ghost_records,
-                                        leaked_services, plan_recycle, plan_top_up, spec_version, target)
+                                        leaked_services, lost_node_instances, placed_nodes, plan_recycle,
+                                        plan_top_up, spec_version, target)
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,12 @@ async def on_settled(ctx: Context, message: Settled) -> None:
     await top_up(ctx, message.app)
 
 
+async def _record_node(ctx: Context, key: str, node: str) -> None:
+    app, instance_id = key.split(".", 1)
+    await ctx.store.update(app, instance_id, lambda r: msgspec.structs.replace(r, node=node)
+                           if r.node != node and r.state in ("starting", "ready", "claimed") else None)
+
+
 async def _learn_image(ctx: Context, image: str) -> None:
     image_id = await ctx.swarm.resolve_image(image)
     if image_id:
@@ -192,6 +199,7 @@ async def reconcile(ctx: Context, tick: Tick) -> None:
     records = ctx.store.all()  # before listing: a ghost must have been a record already then
     services = await ctx.swarm.list_ours()
     tasks = await ctx.swarm.task_states()
+    nodes = await ctx.swarm.nodes()
     now = ctx.clock()
     grace = float(ctx.settings.orphan_grace)
     by_key = {f"{s.app}.{s.id}": s for s in services}
@@ -203,8 +211,14 @@ async def reconcile(ctx: Context, tick: Tick) -> None:
         await ctx.isolated("remove leaked service", ctx.swarm.remove(leak.service_id))
     for ghost in ghost_records(records, {s.service_id for s in services}, now, grace):
         await ctx.isolated("fail ghost record", lifecycle.fail(ctx, ghost.app, ghost.id, "service vanished"))
-    await ctx.each("fail dead instance", (lifecycle.fail(ctx, r.app, r.id, reason)
-                                          for r, reason in dead_instances(records, {k: t.state for k, t in tasks.items()})))
+    dead = dead_instances(records, {k: t.state for k, t in tasks.items()})
+    task_nodes = {k: t.node for k, t in tasks.items()}
+    dead_keys = {r.key for r, _ in dead}
+    dead += [(r, why) for r, why in lost_node_instances(records, task_nodes, nodes) if r.key not in dead_keys]
+    await ctx.each("fail dead instance", (lifecycle.fail(ctx, r.app, r.id, reason) for r, reason in dead))
+    dead_keys = {r.key for r, _ in dead}
+    await ctx.each("record node", (_record_node(ctx, key, node) for key, node in
+                                   placed_nodes(records, task_nodes).items() if key not in dead_keys))
     await ctx.config.mark_reconciled(gap)
     for spec in list(ctx.catalogue.apps.values()):  # a tag moved to another image recycles its instances
         await ctx.isolated(f"image of {spec.name}", _learn_image(ctx, spec.image))

@@ -257,3 +257,30 @@ def dead_instances(records: Iterable[Instance], task_states: Mapping[str, str]) 
         if state in ENDED_TASK or (r.state != "starting" and state != "running"):
             dead.append((r, f"container {state} {FOUND_DEAD}"))
     return dead
+
+
+LIVE_NODE = "ready"  # a node in any other state (down, unknown, disconnected) or no longer listed is lost
+
+
+def lost_node_instances(records: Iterable[Instance], task_nodes: Mapping[str, str],
+                        nodes: Mapping[str, str]) -> list[tuple[Instance, str]]:
+    """Records whose task is placed on a node the swarm no longer sees as ready (`task_nodes`: service
+    id -> node id of its newest task; `nodes`: node id -> state), each with the reason. A task on a
+    Down node keeps reporting `running`, so only the node tells: warm ones fail (and are replaced
+    elsewhere), claimed ones end. A task not placed yet (no node) is not lost."""
+    lost = []
+    for r in records:
+        node = task_nodes.get(r.service_id, "") if r.service_id else ""
+        if not node or r.state not in ("starting", "ready", "claimed"):
+            continue
+        state = nodes.get(node, "gone")
+        if state != LIVE_NODE:
+            lost.append((r, f"node {node[:12]} {state} {FOUND_DEAD}"))
+    return lost
+
+
+def placed_nodes(records: Iterable[Instance], task_nodes: Mapping[str, str]) -> dict[str, str]:
+    """Record key -> node id for records whose task's node is known and not yet recorded."""
+    return {r.key: task_nodes[r.service_id] for r in records
+            if r.service_id and task_nodes.get(r.service_id) and r.node != task_nodes[r.service_id]
+            and r.state in ("starting", "ready", "claimed")}

@@ -93,6 +93,7 @@ class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
     error: str = ""
     container_id: str = ""
+    node: str = ""  # swarm node id the task is placed on ("" before it is scheduled)
 
 
 class EngineEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -490,6 +491,7 @@ class Swarm:
             exit_code=exit_code if state in ("complete", "failed", "shutdown", "rejected") else None,
             error=self._note_task_error(status.get("Err", "") or ""),
             container_id=container.get("ContainerID", "") or "",
+            node=task.get("NodeID", "") or "",
         )
 
     async def task_states(self) -> dict[str, TaskStatus]:
@@ -526,7 +528,21 @@ class Swarm:
                     exit_code = None
             states[service_id] = TaskStatus(
                 state=state, exit_code=exit_code if state in ("complete", "failed", "shutdown", "rejected") else None,
-                error=error, container_id=container_id)
+                error=error, container_id=container_id, node=task.get("NodeID", "") or "")
+        return states
+
+    async def nodes(self) -> dict[str, str]:
+        """Node id -> state (ready, down, unknown, disconnected) of every node of the swarm, in one
+        listing; the node of this engine is ready (we are talking to it). A task on a Down node keeps
+        reporting `running`: only the node's state tells that it is lost."""
+        return await self._run(self._nodes)
+
+    def _nodes(self) -> dict[str, str]:
+        client = self._docker()
+        states = {n["ID"]: ((n.get("Status") or {}).get("State") or "unknown") for n in client.api.nodes()}
+        here = ((client.info().get("Swarm") or {}).get("NodeID")) or ""
+        if here:
+            states[here] = "ready"
         return states
 
     @staticmethod

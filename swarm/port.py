@@ -42,6 +42,10 @@ class SwarmPort(Protocol):
         """The newest task of every service of this namespace, by service id, in one listing."""
         ...
 
+    async def nodes(self) -> dict[str, str]:
+        """Node id -> state (ready, down, unknown, ...) of every swarm node, in one listing."""
+        ...
+
     async def logs_contain(self, service_id: str, marker: str) -> bool:
         """Whether the service's log has shown `marker`."""
         ...

@@ -64,6 +64,9 @@ class FakeSwarm:
     async def task_states(self) -> dict[str, TaskStatus]:
         return {}
 
+    async def nodes(self) -> dict[str, str]:
+        return {}
+
     async def logs_contain(self, service_id: str, marker: str) -> bool:
         return marker in self.log
 
