@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -48,11 +49,27 @@ class Versioned(msgspec.Struct, frozen=True):
     revision: int
 
 
+REPLICAS_ENV = "SWARMPOOL_NATS_REPLICAS"  # set by `swarmpool deploy` on function hosts; `up` has one server
+
+
+def stream_replicas() -> int:
+    """Copies of every bucket and of the event log across the NATS cluster: SWARMPOOL_NATS_REPLICAS (the
+    deploy's --nats-replicas, 1 to 5), else 1."""
+    raw = os.environ.get(REPLICAS_ENV, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or not 1 <= int(raw) <= 5:
+        raise ValueError(f"{REPLICAS_ENV} must be a number of NATS servers from 1 to 5, got {raw!r}")
+    return int(raw)
+
+
 async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
-    """Create the buckets and the event stream if missing (idempotent)."""
-    await js.create_key_value(bucket=subjects.instances_bucket, history=1)
-    await js.create_key_value(bucket=subjects.config_bucket, history=1)
-    await js.create_key_value(bucket=subjects.leases_bucket, history=1, ttl=15)
+    """Create the buckets and the event stream if missing (idempotent), each with `stream_replicas()`
+    copies: a record or event written is on that many servers before the write is answered."""
+    replicas = stream_replicas()
+    await js.create_key_value(bucket=subjects.instances_bucket, history=1, replicas=replicas)
+    await js.create_key_value(bucket=subjects.config_bucket, history=1, replicas=replicas)
+    await js.create_key_value(bucket=subjects.leases_bucket, history=1, ttl=15, replicas=replicas)
     await ensure_event_log(js, subjects)
 
 
@@ -66,15 +83,17 @@ async def ensure_event_log(js: JetStreamContext, subjects: Subjects) -> api.Stre
     config = api.StreamConfig(name=subjects.events_stream,
                               subjects=[subjects.instance_events_all(), subjects.audit_all()],
                               max_age=EVENTS_MAX_AGE, max_bytes=EVENTS_MAX_BYTES,
-                              storage=api.StorageType.FILE, discard=api.DiscardPolicy.OLD)
+                              storage=api.StorageType.FILE, discard=api.DiscardPolicy.OLD,
+                              num_replicas=stream_replicas())
     try:
         info = await js.stream_info(subjects.events_stream)
     except nats.js.errors.NotFoundError:
         return await js.add_stream(config)
     have = info.config
     if (sorted(have.subjects or []) != sorted(config.subjects or []) or have.max_age != config.max_age
-            or have.max_bytes != config.max_bytes):
-        log.info("upgrading the event log %s in place (subjects, age and size limits)", subjects.events_stream)
+            or have.max_bytes != config.max_bytes or (have.num_replicas or 1) != config.num_replicas):
+        log.info("upgrading the event log %s in place (subjects, age and size limits, replicas)",
+                 subjects.events_stream)
         return await js.update_stream(config)
     return info
 

@@ -132,6 +132,8 @@ def compose(options: Options, files: dict[str, str]) -> dict[str, Any]:
     services["functions"] = {
         "image": options.image,
         "command": ["functions", *common, "--credentials", "/run/secrets/functions.json"],
+        # buckets and the event log with one copy per NATS server (bus/state.py stream_replicas)
+        "environment": {"SWARMPOOL_NATS_REPLICAS": str(options.nats_replicas)},
         "networks": ["control", "instances"],
         "volumes": [{"type": "bind", "source": options.docker_socket, "target": "/var/run/docker.sock"}],
         "configs": [{"source": "catalogue", "target": "/etc/swarmpool/catalogue.toml", "mode": 0o444}],
