@@ -354,6 +354,9 @@ async def main(args: argparse.Namespace) -> int:
     size = n + EXTRA
     catalogue = class_catalogue(size=size, max_=2 * n + EXTRA + 2,
                                 settings=f"settle_cap = {args.settle_cap}\n")
+    # the direct row bypasses the gateway, so no request of its students is seen: without this, a
+    # slow page load would outlast unused_grace and its instance be retired under the student
+    catalogue = catalogue.replace("[apps.voila-demo.session]\n", '[apps.voila-demo.session]\nunused_grace = "1h"\n', 1)
     kinds = [k.strip() for k in args.rows.split(",")]
     conditions: list[float | None] = [None, args.mbit] if args.mbit else [None]
     rows: list[Row] = []
