@@ -389,11 +389,26 @@ def deploy(args: Any) -> int:
         return 2 if isinstance(err, (DeployError, CatalogueError)) else 1
     print(f"gateway: {url} (every manager{' labelled ' + options.gateway_label if options.gateway_label else ''} "
           f"answers on port {options.port})")
-    operator = stack_dir(args.state_dir, options.stack) / "credentials" / "operator.json"
-    if operator.exists():
-        print(f"operator credentials: {operator}\n  swarmpool admin status --namespace {options.stack} "
-              f"--state-dir {operator.parent.parent}")
+    print(next_steps(options, stack_dir(args.state_dir, options.stack)), end="")
     return 0
+
+
+def next_steps(options: Options, home: Path) -> str:
+    """What the operator does next, printed after a deploy."""
+    lines = ["next steps:",
+             f"  put TLS (nginx or a load balancer) in front of port {options.port} of every gateway node",
+             f"  watch instances: docker service ls --filter label=swarmpool.owner={options.stack}"]
+    operator = home / "credentials" / "operator.json"
+    if operator.exists():
+        lines += [f"  operator credentials: {operator}",
+                  f"  status: swarmpool admin status --namespace {options.stack} --state-dir {home}",
+                  f"  a changed catalogue: swarmpool admin reload FILE --namespace {options.stack} --state-dir {home}"
+                  " (a redeploy does not replace the catalogue stored on the bus)"]
+    else:
+        lines += ["  operator access (admin, reload, events) needs NATS published with TLS: redeploy with "
+                  "--tls-cert/--tls-key and --nats-port"]
+    lines.append("  no dashboard runs in the stack (see README, Running on a cluster)")
+    return "\n".join(lines) + "\n"
 
 
 def undeploy(args: Any) -> int:

@@ -43,6 +43,15 @@ class Cluster:
         """Cut a node's link (as a pulled cable): its host end of the veth goes down."""
         _run("ip", "link", "set", f"vh-{engine.name}"[:15], "down")
 
+    def restore(self, engine: Engine) -> None:
+        """Plug a cut node's link back in."""
+        _run("ip", "link", "set", f"vh-{engine.name}"[:15], "up")
+
+    def node_state(self, engine: Engine) -> str:
+        """The state (ready, down, ...) the manager sees for `engine`'s node."""
+        return self.manager.docker("node", "inspect", "--format", "{{.Status.State}}",
+                                   engine.name).stdout.decode().strip()  # the node name is the engine's
+
 
 def _copy_image(image: str, engine: Engine) -> None:
     save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)

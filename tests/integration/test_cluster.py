@@ -39,7 +39,7 @@ path = "healthz"
 timeout = "60s"
 [apps.echo.pool]
 size = {POOL}
-max = 10
+max = 16
 [apps.echo.limits]
 memory = "128m"
 """
@@ -153,6 +153,194 @@ def test_clicks_get_distinct_live_instances_on_both_nodes(deployed: Cluster) -> 
             assert json.loads(body)["id"] == instance
         nodes = {placed.get(i) for i in claimed}
         assert "spc-w" in nodes, f"no claimed instance on the worker: {nodes}"
+    finally:
+        client.close()
+
+
+# -- faults on the deployed stack: one gateway, one NATS server, one function host, the worker's link ----------
+
+_RECORDS = """
+import asyncio, json
+from swarmpool.bus.roles import Access
+from swarmpool.bus.subjects import Subjects
+from swarmpool.launcher import _connect
+
+async def main():
+    s = Subjects({stack!r})
+    access = Access.load("/run/secrets/functions.json")
+    nc = await _connect(access.url, "functions", {stack!r}, access)
+    js = nc.jetstream()
+    kv = await js.key_value(s.instances_bucket)
+    records = {{}}
+    try:
+        keys = await kv.keys()
+    except Exception:  # no keys yet
+        keys = []
+    for key in keys:
+        entry = await kv.get(key)
+        value = json.loads(entry.value)
+        records[key] = {{"state": value["state"], "node": value.get("node", "")}}
+    replicas = [(await js.stream_info(name)).config.num_replicas
+                for name in ("KV_" + s.instances_bucket, "KV_" + s.config_bucket, s.events_stream)]
+    print(json.dumps({{"records": records, "replicas": replicas}}))
+    await nc.close()
+
+asyncio.run(main())
+""".format(stack=STACK)
+
+
+def _bus(cluster: Cluster) -> dict[str, object]:
+    """The instance records (key -> state, node) and the replica counts of the stack's streams, read on the bus
+    from inside a function host (NATS is reachable only on the stack's overlay)."""
+    client = cluster.manager.client()
+    try:
+        for host in client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_functions"}):
+            code, out = host.exec_run(["python3", "-c", _RECORDS])
+            if code == 0:
+                return json.loads(out.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+        raise AssertionError("no function host could read the bus")
+    finally:
+        client.close()
+
+
+def _bus_or_none(cluster: Cluster) -> dict[str, object] | None:
+    try:
+        return _bus(cluster)
+    except (AssertionError, ValueError, docker.errors.APIError):
+        return None
+
+
+def _claim(cluster: Cluster, timeout: float = 60) -> str:
+    """One click that gets a live instance (waiting rooms retried); its id, checked to answer as itself."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, headers, _ = _get(cluster, "/launch/echo")
+        except OSError:
+            status, headers = 0, {}
+        if status == 303:
+            instance = headers["Location"].split("/")[2]
+            assert _answers(cluster, instance), f"a click was handed an instance that does not answer: {status}"
+            return instance
+        time.sleep(0.5)
+    raise AssertionError(f"no click answered with an instance within {timeout:.0f} s")
+
+
+def _answers(cluster: Cluster, instance: str) -> bool:
+    status, _, body = _get(cluster, f"/i/{instance}/")
+    return status == 200 and json.loads(body)["id"] == instance
+
+
+def _kill_one(cluster: Cluster, service: str) -> str:
+    """Kill one running container of a stack service on the manager; its id."""
+    client = cluster.manager.client()
+    try:
+        running = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_{service}"})
+        assert running, f"no {service} container runs"
+        running[0].kill()
+        return running[0].id  # type: ignore[no-any-return]
+    finally:
+        client.close()
+
+
+def _restarted(cluster: Cluster, service: str, killed: str, count: int) -> bool:
+    """Whether the swarm runs `count` containers of `service` again, none of them the killed one."""
+    client = cluster.manager.client()
+    try:
+        running = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_{service}"})
+        return len(running) >= count and killed not in {c.id for c in running}
+    finally:
+        client.close()
+
+
+def test_streams_are_replicated_on_the_three_nats_servers(deployed: Cluster) -> None:
+    assert _bus(deployed)["replicas"] == [3, 3, 3]
+
+
+def test_a_killed_gateway_comes_back_with_its_sessions(deployed: Cluster) -> None:
+    session = _claim(deployed)
+    killed = _kill_one(deployed, "gateway")
+    _wait(lambda: _restarted(deployed, "gateway", killed, 1), 60, "the swarm restarts the gateway")
+
+    def healthy() -> bool:
+        try:
+            return _get(deployed, "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    _wait(healthy, 60, "the restarted gateway answers")
+    assert _answers(deployed, session), "the session did not survive the gateway's restart"
+    _claim(deployed)
+
+
+def test_killing_one_nats_server_loses_no_record_and_no_click(deployed: Cluster) -> None:
+    session = _claim(deployed)
+    before = _bus(deployed)["records"]
+    assert before[f"echo.{session}"]["state"] == "claimed"  # type: ignore[index]
+    killed = _kill_one(deployed, "nats-2")
+    claimed = [_claim(deployed) for _ in range(2)]  # the other two servers keep the quorum
+    assert _answers(deployed, session)
+    after = _wait(lambda: _bus_or_none(deployed), 60, "the bus answers")
+    records = after["records"]  # type: ignore[index]
+    assert records[f"echo.{session}"]["state"] == "claimed"
+    for instance in claimed:
+        assert records[f"echo.{instance}"]["state"] == "claimed"
+    lost = {k for k, v in before.items() if v["state"] == "claimed"} - set(records)  # type: ignore[union-attr]
+    assert not lost, f"claimed records lost with a NATS server: {len(lost)}"
+    _wait(lambda: _restarted(deployed, "nats-2", killed, 1), 60, "the swarm restarts the NATS server")
+
+
+def test_killing_one_function_host_loses_no_record_and_no_click(deployed: Cluster) -> None:
+    session = _claim(deployed)
+    before = _bus(deployed)["records"]
+    killed = _kill_one(deployed, "functions")
+    claimed = [_claim(deployed) for _ in range(2)]  # the other host answers claims (queue groups)
+    assert _answers(deployed, session)
+    records = _bus(deployed)["records"]
+    for instance in [session, *claimed]:
+        assert records[f"echo.{instance}"]["state"] == "claimed"  # type: ignore[index]
+    lost = {k for k, v in before.items() if v["state"] == "claimed"} - set(records)  # type: ignore[union-attr,arg-type]
+    assert not lost, f"claimed records lost with a function host: {len(lost)}"
+    _wait(lambda: _restarted(deployed, "functions", killed, 2), 60, "the swarm restarts the function host")
+
+
+def test_losing_the_worker_ends_its_sessions_and_refills_on_the_manager(deployed: Cluster) -> None:
+    client = deployed.manager.client()
+    try:
+        worker_node = deployed.node_id(deployed.worker)
+        on_worker: list[str] = []
+        on_manager: list[str] = []
+        for _ in range(12):  # sessions on both nodes (the swarm spreads instances)
+            instance = _claim(deployed)
+            (on_worker if _ready_instances(client).get(instance) == "spc-w" else on_manager).append(instance)
+            if on_worker and on_manager:
+                break
+        assert on_worker and on_manager, f"no sessions on both nodes: {len(on_worker)}, {len(on_manager)}"
+        records = _wait(lambda: (lambda b: b if b["records"][f"echo.{on_worker[0]}"]["node"] else None)(_bus(deployed)),
+                        30, "the worker's session records its node")
+        assert records["records"][f"echo.{on_worker[0]}"]["node"] == worker_node  # type: ignore[index]
+        deployed.cut(deployed.worker)
+        try:
+            _wait(lambda: deployed.node_state(deployed.worker) == "down", 60, "the manager marks the worker down")
+
+            def ended(instance: str) -> bool:
+                try:
+                    status, _, body = _get(deployed, f"/i/{instance}/")
+                except OSError:  # the gateway still tried the lost node (before the reconcile)
+                    return False
+                return status == 404 and b"session has ended" in body
+
+            _wait(lambda: ended(on_worker[0]), 30, "the worker's session ends with the session-ended page")
+            assert _answers(deployed, on_manager[0]), "a session on the manager did not survive"
+            bus = _bus(deployed)["records"]
+            assert all(v["node"] != worker_node for v in bus.values()  # type: ignore[union-attr]
+                       if v["state"] in ("ready", "claimed")), "records on the lost node are still live"
+            for _ in range(POOL + 2):  # the pool refills on the manager; every click answers as itself
+                instance = _claim(deployed, timeout=90)
+                assert _ready_instances(client).get(instance) == "spc-m"
+        finally:
+            deployed.restore(deployed.worker)
+        _wait(lambda: deployed.node_state(deployed.worker) == "ready", 90, "the worker is back")
     finally:
         client.close()
 

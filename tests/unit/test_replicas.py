@@ -36,3 +36,15 @@ def test_deploy_tells_function_hosts_how_many_copies_to_keep(tmp_path: Path, ser
                                   "cat.toml", catalogue, Tls(), None)
     spec = json.loads(compose_file.read_text())
     assert spec["services"]["functions"]["environment"] == {REPLICAS_ENV: str(servers)}
+
+
+def test_deploy_prints_the_operators_next_steps(tmp_path: Path) -> None:
+    from swarmpool.deploy import next_steps
+
+    options = Options(stack="cls", port=18000)
+    without = next_steps(options, tmp_path)
+    assert "port 18000" in without and "--nats-port" in without and "no dashboard" in without
+    (tmp_path / "credentials").mkdir()
+    (tmp_path / "credentials" / "operator.json").write_text("{}")
+    with_operator = next_steps(options, tmp_path)
+    assert f"swarmpool admin reload FILE --namespace cls --state-dir {tmp_path}" in with_operator
