@@ -9,18 +9,29 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import docker
 import docker.errors
+import msgspec
+import nats
+import nats.js.errors
 import pytest
+from nats.aio.client import Client as NATS
+from nats.js import api
 
+from swarmpool.bus.messages import Instance
+from swarmpool.bus.subjects import Subjects
+from swarmpool.natsd import EmbeddedNats, free_port
 from tests.engine import Engine, namespaced_engine
-from tests.stack import echo_catalogue, wait_for
+from tests.integration.test_crash import functions_process
+from tests.stack import Stack, echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -232,3 +243,238 @@ async def test_second_copy_is_refused_and_touches_nothing(engine: Engine, tmp_pa
         assert before <= set(services(engine)) and first.proc.returncode is None
     assert services(engine) == {}  # the owner's clean stop removed its own
 
+
+
+# ---- the control plane's own processes killed -9 (on the host's swarm, a namespace per test) ----
+
+
+async def claimed_events(nc: NATS, namespace: str) -> Counter[str]:
+    """How often the event log says each instance was claimed (every event so far, read in order)."""
+    subjects = Subjects(namespace)
+    js = nc.jetstream()
+    last = (await js.stream_info(subjects.events_stream)).state.last_seq
+    seen: Counter[str] = Counter()
+    sub = await js.subscribe(subjects.instance_events_all(), ordered_consumer=True,
+                             deliver_policy=api.DeliverPolicy.ALL)
+    try:
+        while last:
+            msg = await sub.next_msg(timeout=10)
+            *_, instance_id, event = msg.subject.split(".")
+            if event == "claimed":
+                seen[instance_id] += 1
+            if msg.metadata.sequence.stream >= last:
+                break
+    finally:
+        await sub.unsubscribe()
+    return seen
+
+
+async def stored_records(url: str, namespace: str) -> dict[str, Instance]:
+    """Every record in the instance bucket, read from KV itself on a fresh connection (no mirror)."""
+    nc = await nats.connect(url)
+    try:
+        kv = await nc.jetstream().key_value(Subjects(namespace).instances_bucket)
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        found = {}
+        for key in keys:
+            entry = await kv.get(key)
+            if entry.value:
+                found[key] = msgspec.json.decode(entry.value, type=Instance)
+        return found
+    finally:
+        await nc.close()
+
+
+def instance_of(location: str) -> str:
+    """The id in a `/i/<id>/...` location."""
+    assert location.startswith("/i/"), location
+    return location.split("/")[2]
+
+
+async def click(s: Stack) -> str | None:
+    """One click through the stack's gateway: the location of the instance, or None (waiting room)."""
+    response = await s.launch()
+    if response.status == 303:
+        return response.headers["Location"]
+    assert response.status in (200, 503), f"a click answered {response.status}"
+    return None
+
+
+async def answered_by(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """What the echo instance behind a session URL says about itself (its id and container), after
+    loading its HTML page as a student's browser would (the claim has settled: its refill starts)."""
+    async with http.get(url.rsplit("/", 1)[0] + "/page", allow_redirects=False) as r:
+        assert r.status == 200, (r.status, (await r.text())[:200])
+    async with http.get(url, allow_redirects=False) as r:
+        assert r.status == 200, (r.status, (await r.text())[:200])
+        answer: dict[str, Any] = await r.json()
+        return answer
+
+
+async def test_nats_server_kill_9_loses_no_record_and_hands_out_nothing_twice(
+        namespace: str, echo_image: str, tmp_path: Path) -> None:
+    """Invariant 1 (handed out at most once) across a nats-server kill -9 and restart on the same
+    JetStream store and port, and no record lost: every record from before is still there (claimed
+    ones still claimed by the same claim), claims resume within a bounded time, no id is handed out
+    twice (the clicks' locations and the event log's `claimed` events, each id at most once)."""
+    server = EmbeddedNats(tmp_path / "nats", free_port(), auth=False)
+    await server.start()
+    try:
+        async with running_stack(server.url, namespace, echo_catalogue(size=3, max_=8)) as s:
+            await s.wait_ready(3)
+            handed = [await click(s) for _ in range(2)]
+            for location in handed:
+                assert location is not None
+                await answered_by(s.http, s.url + location)
+            await wait_for(lambda: len(s.records("ready")) == 3, timeout=60, what="the pool refilled")
+            before = await stored_records(server.url, namespace)
+            assert sum(r.state == "claimed" for r in before.values()) == 2 and len(before) == 5
+
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGKILL)
+            await server.stop()  # reaps the killed process
+            await server.start()  # same state dir (JetStream store) and port
+
+            # once JetStream has recovered its store (a moment after the port opens, under load),
+            # every record from before is there again
+            async def recovered() -> dict[str, Instance] | None:
+                found = await stored_records(server.url, namespace)
+                return found if set(before) <= set(found) else None
+
+            after = await wait_for(recovered, timeout=15, interval=0.2, what="every record from before the kill")
+            for key, old in before.items():
+                if old.state == "claimed":
+                    assert after[key].state == "claimed" and after[key].claimed_at == old.claimed_at
+            restarted = time.monotonic()
+            while len(handed) < 6:  # claims resume once the hosts have reconnected
+                assert time.monotonic() - restarted < 30, f"claims did not resume ({len(handed) - 2} after)"
+                location = await click(s)
+                if location is None:
+                    await asyncio.sleep(0.2)  # the waiting room retries by itself; so does this browser
+                    continue
+                handed.append(location)
+                assert (await answered_by(s.http, s.url + location))["id"] == instance_of(location)
+            ids = [instance_of(h) for h in handed if h]
+            assert len(set(ids)) == len(ids), f"handed out twice: {ids}"
+            claims = await claimed_events(s.nc, namespace)
+            assert max(claims.values()) == 1, f"claimed twice in the event log: {claims}"
+            assert set(ids) <= set(claims)
+    finally:
+        await server.stop()
+
+
+async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_nothing(
+        nats_server: EmbeddedNats, namespace: str, echo_image: str, tmp_path: Path) -> None:
+    """Invariants 1 and 3: two `swarmpool functions` processes share a pool of 10; 30 students click
+    at once and one host is killed -9 at the burst's third claim, claims and starts under way. Every
+    click is answered (a session or the waiting room), claims go on on the other host, no instance is
+    handed out twice (the 303s' ids are distinct; the event log has at most one `claimed` per id),
+    and within a reconcile period (plus the orphan grace) every service labelled ours has a record
+    and every record a service, none left starting, failed or retiring."""
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(echo_catalogue(size=10, max_=24, parallel=6).replace(
+        "max_instances = 120", "max_instances = 120\norphan_grace = 3\nsettle_cap = 2"))
+    async with running_stack(nats_server.url, namespace, catalogue.read_text(), hosts=0) as s, \
+            functions_process(nats_server.url, namespace, catalogue) as doomed, \
+            functions_process(nats_server.url, namespace, catalogue) as survivor:
+        await s.wait_ready(10)
+        killed_at: list[int] = []  # how many clicks had been answered then
+        burst: list[asyncio.Task[str | None]] = []
+
+        def kill_at_third_claim(old: Instance | None, new: Instance | None) -> None:
+            if not killed_at and len(s.records("claimed")) >= 3:
+                doomed.kill()  # SIGKILL, from the mirror's listener: most claims still under way
+                killed_at.append(sum(t.done() for t in burst))
+
+        stop_listening = s.store.on_change(kill_at_third_claim)
+        burst += [asyncio.create_task(click(s)) for _ in range(30)]
+        await wait_for(lambda: killed_at, timeout=10, what="the host killed mid-burst")
+        stop_listening()
+        await doomed.wait()
+        assert killed_at[0] < 10, f"killed after {killed_at[0]} answers: not in the middle of the burst"
+        # every click answered: a session or the waiting room (a claim the dead host took and never
+        # answered is lost to its student, who waits and clicks again; never handed to another)
+        locations = [a for a in await asyncio.gather(*burst) if a is not None]
+        for location in locations:
+            assert (await answered_by(s.http, s.url + location))["id"] == instance_of(location)
+        after_burst = len(locations)
+        later = time.monotonic()
+        while len(locations) < after_burst + 5:  # claims go on on the surviving host
+            assert time.monotonic() - later < 45, f"claims did not go on ({len(locations) - after_burst} after)"
+            location = await click(s)
+            if location is None:
+                await asyncio.sleep(0.2)  # the waiting room retries by itself; so does this browser
+                continue
+            assert (await answered_by(s.http, s.url + location))["id"] == instance_of(location)
+            locations.append(location)
+        assert survivor.returncode is None
+        ids = [instance_of(location) for location in locations]
+        assert len(set(ids)) == len(ids), f"handed out twice: {Counter(ids).most_common(3)}"
+        claims = await claimed_events(s.nc, namespace)
+        assert max(claims.values()) == 1, f"claimed twice in the event log: {claims.most_common(3)}"
+        assert set(ids) <= set(claims)
+
+        async def agree() -> bool:
+            services = {x.id for x in await s.swarm.list_ours()}
+            records = await stored_records(nats_server.url, namespace)
+            return (services == {r.id for r in records.values()}
+                    and all(r.state in ("ready", "claimed") for r in records.values()))
+
+        await wait_for(agree, timeout=45, interval=0.5, what="services and records to agree (no leak, no ghost)")
+        records = await stored_records(nats_server.url, namespace)
+        assert set(ids) <= {r.id for r in records.values() if r.state == "claimed"}
+
+
+@asynccontextmanager
+async def gateway_process(nats_url: str, namespace: str, catalogue: Path,
+                          port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`swarmpool gateway` as a real separate process, answering /healthz."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpool.cli", "gateway", "--nats-url", nats_url, "--namespace", namespace,
+        "--catalogue", str(catalogue), "--host", "127.0.0.1", "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def healthy() -> bool:
+                assert proc.returncode is None, f"the gateway exited with {proc.returncode}"
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(healthy, timeout=30, interval=0.1, what="the gateway's /healthz")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_gateway_kill_9_sessions_continue(nats_server: EmbeddedNats, namespace: str, echo_image: str,
+                                                tmp_path: Path) -> None:
+    """A gateway killed -9 loses no session: a new gateway (another port) rebuilds its route table
+    from the records in KV, and the session's URL answers from the same instance (same id, same
+    container), still claimed (invariant 5: only claimed instances are routable, from any gateway)."""
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(echo_catalogue(size=2))
+    async with running_stack(nats_server.url, namespace, catalogue.read_text(), gateway=False) as s:
+        await s.wait_ready(2)
+        first_port = free_port()
+        async with gateway_process(nats_server.url, namespace, catalogue, first_port) as first:
+            async with s.http.get(f"http://127.0.0.1:{first_port}/launch/echo", allow_redirects=False) as r:
+                assert r.status == 303, r.status
+                location = r.headers["Location"]
+            before = await answered_by(s.http, f"http://127.0.0.1:{first_port}{location}")
+            first.kill()
+            await first.wait()
+        second_port = free_port()
+        async with gateway_process(nats_server.url, namespace, catalogue, second_port):
+            after = await answered_by(s.http, f"http://127.0.0.1:{second_port}{location}")
+        assert after["id"] == before["id"] == instance_of(location)
+        assert after["hostname"] == before["hostname"]  # the same container
+        record = s.store.get("echo", instance_of(location))
+        assert record is not None and record.instance.state == "claimed"
