@@ -170,7 +170,7 @@ async def login(request: web.Request) -> web.Response:
     token = request.query.get("token", "")
     if token not in dash.login_tokens:
         return web.Response(status=403, text="this login link is not valid (each one works once): "
-                                             "use the line `swarmpool up` printed, or restart it for a new one")
+                                             "use the line `swarmpool up` or `swarmpool dashboard` printed, or restart it for a new one")
     dash.login_tokens.discard(token)
     expires = int(time.time() + SESSION_SECONDS)
     nonce = secrets.token_urlsafe(16)
@@ -184,7 +184,7 @@ async def login(request: web.Request) -> web.Response:
 def _session_or_refuse(request: web.Request) -> str:
     nonce = request.app[DASHBOARD].session(request)
     if nonce is None:
-        raise web.HTTPUnauthorized(text="log in with the one-time link that `swarmpool up` printed")
+        raise web.HTTPUnauthorized(text="log in with the one-time link that `swarmpool up` or `swarmpool dashboard` printed")
     return nonce
 
 

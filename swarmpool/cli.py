@@ -1,4 +1,4 @@
-"""The `swarmpool` command: up (embedded default), functions, gateway, admin, events."""
+"""The `swarmpool` command: up (embedded default), functions, gateway, admin, events, dashboard, deploy."""
 
 from __future__ import annotations
 
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     fn.add_argument("--metrics-port", type=int, metavar="PORT",
                     help="serve this host's prometheus metrics on http://HOST:PORT/metrics (default: none)")
     fn.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port (default: 127.0.0.1)")
+    fn.add_argument("--catalogue-deployed-at", type=float, metavar="EPOCH",
+                    help="when --catalogue was deployed (unix time; `swarmpool deploy` sets it): it replaces a "
+                         "different catalogue stored on the bus before then (default: store it only if none is)")
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway")
     common(gw, True)
@@ -97,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     fmt = ev.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object per line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header line")
+
+    db = sub.add_parser("dashboard", parents=[operator],
+                        help="serve the operators' dashboard here and print its one-time login URL",
+                        description="The operators' dashboard of a running `up` (--state-dir: its state dir) or a "
+                                    "deployed stack (--state-dir <state-dir>/stacks/<stack> --namespace <stack>).")
+    db.add_argument("--host", default="127.0.0.1", help="the dashboard's address (default: 127.0.0.1)")
+    db.add_argument("--port", type=int, default=8001, help="the dashboard's port (default: 8001)")
+    db.add_argument("--catalogue", metavar="FILE", help="the file its reload button sends (default: no button)")
 
     dp = sub.add_parser("deploy", help="deploy the control plane as a swarm stack (DOCKER_HOST: a manager)")
     dp.add_argument("--catalogue", help="catalogue TOML file (default: the demo catalogue)")
@@ -160,8 +171,18 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(asyncio.run(read_events(args)))
         except KeyboardInterrupt:
             raise SystemExit(0) from None
-    catalogue = _catalogue_or_exit(args.catalogue)  # before touching anything
     from swarmpool import launcher
+
+    if args.command == "dashboard":
+        try:
+            _run(launcher.dashboard(args))
+        except launcher.Unavailable as err:
+            print(f"swarmpool: {err}", file=sys.stderr)
+            raise SystemExit(EXIT_UNAVAILABLE) from None
+        except KeyboardInterrupt:
+            pass
+        return
+    catalogue = _catalogue_or_exit(args.catalogue)  # before touching anything
 
     try:
         if args.command == "up":

@@ -95,11 +95,12 @@ def _manager() -> dict[str, Any]:
     return {"constraints": ["node.role == manager"]}
 
 
-def compose(options: Options, files: dict[str, str]) -> dict[str, Any]:
+def compose(options: Options, files: dict[str, str], catalogue_at: float | None = None) -> dict[str, Any]:
     """The stack's compose file as a dict (JSON is YAML, so `docker stack deploy -c` reads it as it is).
 
     `files` maps each secret and config name (nats-1.conf, functions.json, gateway.json, catalogue.toml,
-    and the TLS files when given) to the local file it is created from."""
+    and the TLS files when given) to the local file it is created from; `catalogue_at` is when this
+    catalogue was first deployed (function hosts store it over an older one on the bus)."""
     options.check()
     names = nats_names(options)
     catalogue_config = f"{options.stack}_catalogue_{_digest(files['catalogue.toml'])}"
@@ -131,7 +132,8 @@ def compose(options: Options, files: dict[str, str]) -> dict[str, Any]:
               "--nats-url", nats_urls(options)]
     services["functions"] = {
         "image": options.image,
-        "command": ["functions", *common, "--credentials", "/run/secrets/functions.json"],
+        "command": ["functions", *common, "--credentials", "/run/secrets/functions.json",
+                    *(["--catalogue-deployed-at", f"{catalogue_at:.3f}"] if catalogue_at is not None else [])],
         # buckets and the event log with one copy per NATS server (bus/state.py stream_replicas)
         "environment": {"SWARMPOOL_NATS_REPLICAS": str(options.nats_replicas)},
         "networks": ["control", "instances"],
@@ -298,6 +300,7 @@ def write_files(options: Options, state_dir: str | Path, catalogue_path: str, ca
             except OSError as err:
                 raise DeployError(f"cannot read {source}: {err.strerror}") from None
     put("catalogue.toml", cluster_catalogue(catalogue_text, options, catalogue_path))
+    catalogue_at = deployed_at(home, _digest(files["catalogue.toml"]))
     # the operator's own credentials, for `swarmpool admin|events --state-dir <this dir>`
     if options.nats_port is not None and operator_host:
         url = f"tls://{operator_host}:{options.nats_port}"
@@ -305,8 +308,23 @@ def write_files(options: Options, state_dir: str | Path, catalogue_path: str, ca
                ca=str(Path(tls.ca).expanduser().resolve()) if tls.ca else None).save(
             home / "credentials" / "operator.json", subjects.inbox("operator"), f"swarmpool operator ({url})")
     compose_file = home / "compose.json"
-    compose_file.write_text(json.dumps(compose(options, files), indent=2) + "\n")
+    compose_file.write_text(json.dumps(compose(options, files, catalogue_at), indent=2) + "\n")
     return compose_file, files
+
+
+def deployed_at(home: Path, digest: str) -> float:
+    """When this catalogue (by digest) was first deployed from this state dir: kept while it is unchanged,
+    so a redeploy of the same file (an image upgrade) neither restarts function hosts nor undoes a reload."""
+    record = home / "catalogue-deployed.json"
+    try:
+        known = json.loads(record.read_text())
+        if known.get("digest") == digest and isinstance(known.get("at"), (int, float)):
+            return float(known["at"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    at = time.time()
+    _private(record, json.dumps({"digest": digest, "at": at}) + "\n")
+    return at
 
 
 def _private(path: Path, content: str | bytes) -> None:
@@ -402,12 +420,14 @@ def next_steps(options: Options, home: Path) -> str:
     if operator.exists():
         lines += [f"  operator credentials: {operator}",
                   f"  status: swarmpool admin status --namespace {options.stack} --state-dir {home}",
-                  f"  a changed catalogue: swarmpool admin reload FILE --namespace {options.stack} --state-dir {home}"
-                  " (a redeploy does not replace the catalogue stored on the bus)"]
+                  f"  dashboard (prints a one-time login link): swarmpool dashboard --namespace {options.stack} "
+                  f"--state-dir {home} --port 8001",
+                  f"  a changed catalogue: deploy it again, or swarmpool admin reload FILE --namespace "
+                  f"{options.stack} --state-dir {home}"]
     else:
-        lines += ["  operator access (admin, reload, events) needs NATS published with TLS: redeploy with "
-                  "--tls-cert/--tls-key and --nats-port"]
-    lines.append("  no dashboard runs in the stack (see README, Running on a cluster)")
+        lines += ["  operator access (admin, reload, events, swarmpool dashboard) needs NATS published with TLS: "
+                  "redeploy with --tls-cert/--tls-key and --nats-port",
+                  "  a changed catalogue: deploy it again"]
     return "\n".join(lines) + "\n"
 
 

@@ -43,15 +43,27 @@ def parse_file(file: CatalogueFile) -> Catalogue | None:
         return None
 
 
+def should_store(stored: CatalogueFile | None, version: str, replace: bool, deployed_at: float | None) -> bool:
+    """Whether a starting host stores its own catalogue file over the one on the bus: `up` always does
+    (`replace`), any host when none is stored, and a deployed host when its file differs from the stored one
+    and was deployed after that one was stored (a redeploy of a changed file; a later `admin reload`, or a
+    host restarted with an older deploy, keeps the stored one)."""
+    if replace or stored is None:
+        return True
+    return deployed_at is not None and stored.version != version and stored.at < deployed_at
+
+
 @asynccontextmanager
 async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, namespace: str = "sp",
                          host: str | None = None, catalogue_text: str | None = None,
-                         catalogue_source: str = "", replace_catalogue: bool = False) -> AsyncIterator[Context]:
+                         catalogue_source: str = "", replace_catalogue: bool = False,
+                         catalogue_deployed_at: float | None = None) -> AsyncIterator[Context]:
     """Run every function (keeper, prober, claimer, ...) on `nc` until the block exits.
 
     The catalogue every host follows lives on the bus. `catalogue_text` is the file `catalogue`
-    was parsed from: `up` stores it (`replace_catalogue`), other hosts only when none is stored;
-    then every host follows the stored one (`admin reload` stores a new one)."""
+    was parsed from: `up` stores it (`replace_catalogue`), other hosts when none is stored or when
+    it was deployed (`catalogue_deployed_at`) after the stored one (`should_store`); then every host
+    follows the stored one (`admin reload` stores a new one)."""
     subjects = Subjects(namespace)
     store = await InstanceStore.open(nc, subjects, time.time)
     config = await ConfigStore.open(nc, subjects)
@@ -61,8 +73,13 @@ async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, names
                   catalogues=catalogues)
     if catalogue_text is not None:
         ctx.catalogue_version = catalogue_version(catalogue_text)
-        await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time()),
-                                 only_if_absent=not replace_catalogue)
+        stored = catalogues.current()
+        if should_store(stored, ctx.catalogue_version, replace_catalogue, catalogue_deployed_at):
+            await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time()),
+                                     only_if_absent=stored is None and not replace_catalogue)
+        elif stored is not None and stored.version != ctx.catalogue_version:
+            log.info("following the stored catalogue %s (stored %s), not this host's %s", stored.version,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stored.at)), ctx.catalogue_version)
     catalogues.on_change(lambda file: adopt(ctx, file))
     stored = catalogues.current()
     if stored is not None:

@@ -258,6 +258,32 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         print("stopping: removing the instances of this swarmpool ...", flush=True)
 
 
+async def dashboard(args: argparse.Namespace) -> None:
+    """`swarmpool dashboard`: the operators' dashboard alone, on this machine, as the operator of a running
+    `up` (its state dir) or deployed stack (`<state-dir>/stacks/<stack>`); prints the one-time login URL."""
+    from swarmpool.bus.roles import credentials_path
+
+    stop = _stop_event()
+    state_dir = Path(args.state_dir).expanduser().resolve()
+    found = credentials_path(state_dir, "operator")
+    if not args.credentials and not found.exists():
+        raise Unavailable(f"no operator credentials in {state_dir}: give the state dir of `swarmpool up`, "
+                          "or `<state-dir>/stacks/<stack>` of a deploy with --nats-port, or --credentials")
+    try:
+        access = Access.load(args.credentials or found)
+    except ValueError as err:
+        raise Unavailable(str(err)) from None
+    url = args.nats_url or access.url or "nats://127.0.0.1:4222"
+    async with AsyncExitStack() as stack:
+        nc = await _connect(url, "operator", args.namespace, access)
+        stack.push_async_callback(nc.drain)
+        login = await stack.enter_async_context(serve_dashboard(
+            nc, args.namespace, args.host, args.port, state_dir, args.catalogue))
+        print(f"dashboard of {args.namespace} on {url}: {login}  (one-time login link; operators only; "
+              "Ctrl-C stops it)", flush=True)
+        await stop.wait()
+
+
 OWNER_RENEW = 5.0  # seconds between renewals of the namespace's owner lease on the engine
 OWNER_TTL = 20.0  # a lease not renewed for this long belonged to a copy that died
 
@@ -354,7 +380,8 @@ async def functions(catalogue: Catalogue, args: argparse.Namespace) -> None:
         try:
             text, source = catalogue_text(args)
             async with functions_host(nc, catalogue, swarm, args.namespace, catalogue_text=text,
-                                      catalogue_source=source) as ctx, \
+                                      catalogue_source=source,
+                                      catalogue_deployed_at=args.catalogue_deployed_at) as ctx, \
                     serve_metrics(ctx.metrics, args.metrics_host, args.metrics_port):
                 print("functions running", flush=True)
                 await stop.wait()

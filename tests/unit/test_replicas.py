@@ -43,8 +43,9 @@ def test_deploy_prints_the_operators_next_steps(tmp_path: Path) -> None:
 
     options = Options(stack="cls", port=18000)
     without = next_steps(options, tmp_path)
-    assert "port 18000" in without and "--nats-port" in without and "no dashboard" in without
+    assert "port 18000" in without and "--nats-port" in without and "swarmpool dashboard" in without
     (tmp_path / "credentials").mkdir()
     (tmp_path / "credentials" / "operator.json").write_text("{}")
     with_operator = next_steps(options, tmp_path)
     assert f"swarmpool admin reload FILE --namespace cls --state-dir {tmp_path}" in with_operator
+    assert f"swarmpool dashboard --namespace cls --state-dir {tmp_path}" in with_operator
