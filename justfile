@@ -36,6 +36,10 @@ test-cluster *ARGS:
 bench-claim N="100" *ARGS:
     python -m bench.bench_claim -n {{N}} {{ARGS}}
 
+# the same, then again through `swarmpool deploy` on this machine's single-node swarm (both tables)
+bench-claim-stack N="50" *ARGS:
+    python -m bench.bench_claim -n {{N}} --stack {{ARGS}}
+
 # HTTP and WebSocket through direct / gateway / nginx+gateway / configurable-http-proxy
 bench-proxy *ARGS:
     python -m bench.bench_proxy {{ARGS}}

@@ -3,9 +3,11 @@
 Runs `swarmpool up` (embedded nats-server, real swarm, echo app) as a separate process, waits
 for a warm pool of N, then fires N clicks at once (burst) and, after refill, N clicks one after
 another (sequential); prints p50/p99/max, the time until the pool is full again, and the NATS
-round trip measured in the same run.
+round trip on a bare local nats-server measured in the same run. With --stack it then deploys the control plane on this
+machine's single-node swarm (`swarmpool deploy`: NATS, several function hosts and a gateway, each
+its own process, so both cores work) and prints the same rounds through the deployed gateway.
 
-    python -m bench.bench_claim [-n 100]
+    python -m bench.bench_claim [-n 100] [--stack]
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import nats
 
-from swarmpool.natsd import free_port
+from swarmpool.natsd import EmbeddedNats, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,90 +90,99 @@ async def click(http: aiohttp.ClientSession, url: str) -> tuple[float, int, str]
         return (time.perf_counter() - t) * 1000, r.status, r.headers.get("Location", "")
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int, default=100, help="pool size and clicks per round")
-    parser.add_argument("--no-refill", action="store_true",
-                        help="pool max = n: measure the click path alone, without refills competing for CPU")
-    args = parser.parse_args()
-    n = args.n
+Clicks = list[tuple[float, int, str]]
+
+
+@dataclass
+class Rounds:
+    sequential: Clicks
+    burst: Clicks
+    burst_wall: float  # seconds from the first click of the burst to the last answer
+    refill_seq: float | None  # seconds until the pool was full again (None: no refill)
+    refill_burst: float | None
+
+
+async def rounds(port: int, n: int, no_refill: bool, full_again: Callable[[float], Awaitable[float]]) -> Rounds:
+    """Sequential clicks first (latency of one click), then a burst (many students at once);
+    `full_again(since)` waits until the pool is full again and says how many seconds after `since`."""
+    base = f"http://127.0.0.1:{port}/launch/echo"
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await click(http, f"http://127.0.0.1:{port}/healthz")
+        seq_n = n // 2 if no_refill else n
+        burst_n = n - seq_n if no_refill else n
+        sequential = [await click(http, base) for _ in range(seq_n)]
+        refill_seq = None if no_refill else await full_again(time.perf_counter())
+        t0 = time.perf_counter()
+        burst = await asyncio.gather(*(click(http, base) for _ in range(burst_n)))
+        burst_done = time.perf_counter()
+        refill_burst = None if no_refill else await full_again(burst_done)
+    for name, results in (("burst", burst), ("sequential", sequential)):
+        ids = [loc.split("/")[2] for _, status, loc in results if status == 303]
+        assert len(ids) == len(results) == len(set(ids)), f"{name}: {len(ids)} claims, {len(set(ids))} distinct"
+    return Rounds(sequential, list(burst), burst_done - t0, refill_seq, refill_burst)
+
+
+def table(title: str, floor: list[float], r: Rounds, floor_note: str = "NATS request/reply (floor)") -> None:
+    f50 = statistics.median(floor)
+    print()
+    print(title)
+    print("| measurement                        | count |      p50 |      p99 |      max |   ratio |")
+    print("|------------------------------------|-------|----------|----------|----------|---------|")
+    print(row(floor_note, floor, f50))
+    print(row("click, sequential", [ms for ms, _, _ in r.sequential], f50))
+    print(row(f"click, {len(r.burst)} at once", [ms for ms, _, _ in r.burst], f50))
+    print(f"| {'whole burst of ' + str(len(r.burst)):<34} |     1 | {r.burst_wall * 1000:>8.1f} |          |"
+          f"          |         |")
+    print()
+    if r.refill_seq is not None and r.refill_burst is not None:
+        print(f"pool full again: {r.refill_seq:.1f} s after the sequential run, {r.refill_burst:.1f} s after the burst")
+    else:
+        print("no refill (--no-refill: pool max = n), so no container starts compete with the clicks")
+
+
+async def single_process(n: int, no_refill: bool) -> tuple[list[float], Rounds]:
+    """`swarmpool up` as a process: the NATS floor on its embedded server, and the click rounds."""
     state = Path(tempfile.mkdtemp(prefix="bench-claim-"))
-    (state / "catalogue.toml").write_text(catalogue(n, refill=not args.no_refill))
+    (state / "catalogue.toml").write_text(catalogue(n, refill=not no_refill))
     port = free_port()
     namespace = "bench" + str(os.getpid() % 10000)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(state / "catalogue.toml"),
-        "--port", str(port), "--state-dir", str(state), "--namespace", namespace,
+        "--port", str(port), "--state-dir", str(state), "--namespace", namespace, "--dashboard-port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     assert proc.stdout is not None
-    nats_url = ""
     ready = re.compile(rf"echo (\d+)/{n} ready")
     full_at: list[float] = []
 
     async def follow() -> None:
-        nonlocal nats_url
         assert proc.stdout is not None
         async for raw in proc.stdout:
             line = raw.decode()
-            if m := re.search(r"embedded nats-server on (\S+)", line):
-                nats_url = m.group(1)
             if (m := ready.search(line)) and int(m.group(1)) >= n:
                 full_at.append(time.perf_counter())
 
+    async def full_again(since: float) -> float:
+        """Seconds from `since` until the progress line last showed the pool full again."""
+        while not full_at:
+            await asyncio.sleep(0.05)
+        full = full_at[-1]
+        full_at.clear()
+        return max(0.0, full - since)
+
     reader = asyncio.create_task(follow())
-    base = f"http://127.0.0.1:{port}/launch/echo"
     try:
         started = time.perf_counter()
         while not full_at:
             if proc.returncode is not None:
                 raise SystemExit("swarmpool up exited early")
             await asyncio.sleep(0.2)
-        print(f"warm pool of {n} ready in {full_at[-1] - started:.1f} s", file=sys.stderr)
-        floor = await nats_floor(nats_url, 200)
-        connector = aiohttp.TCPConnector(limit=0)
-
-        async def refill_time(since: float) -> float | None:
-            """Seconds from `since` until the progress line shows the pool full again (None: no refill)."""
-            if args.no_refill:
-                return None
-            while not full_at:
-                await asyncio.sleep(0.05)
-            full = full_at[-1]
-            full_at.clear()
-            return full - since
-
-        async with aiohttp.ClientSession(connector=connector) as http:
-            await click(http, f"http://127.0.0.1:{port}/healthz")
-            # sequential first (latency of one click), then a burst (many students at once)
-            seq_n = n // 2 if args.no_refill else n
-            burst_n = n - seq_n if args.no_refill else n
-            full_at.clear()
-            sequential = []
-            for _ in range(seq_n):
-                sequential.append(await click(http, base))
-            refill_seq = await refill_time(time.perf_counter())
-            t0 = time.perf_counter()
-            burst = await asyncio.gather(*(click(http, base) for _ in range(burst_n)))
-            burst_done = time.perf_counter()
-            refill_burst = await refill_time(burst_done)
-        for name, results in (("burst", burst), ("sequential", sequential)):
-            ids = [loc.split("/")[2] for _, status, loc in results if status == 303]
-            assert len(ids) == len(results) == len(set(ids)), f"{name}: {len(ids)} claims, {len(set(ids))} distinct"
-        f50 = statistics.median(floor)
-        print()
-        print(f"click -> 303 against a warm pool of {n} echo instances (ms; ratio = p50 / NATS floor p50)")
-        print("| measurement                        | count |      p50 |      p99 |      max |   ratio |")
-        print("|------------------------------------|-------|----------|----------|----------|---------|")
-        print(row("NATS request/reply (floor)", floor, f50))
-        print(row(f"click, sequential", [ms for ms, _, _ in sequential], f50))
-        print(row(f"click, {burst_n} at once", [ms for ms, _, _ in burst], f50))
-        print(f"| {'whole burst of ' + str(burst_n):<34} |     1 | {(burst_done - t0) * 1000:>8.1f} |          |"
-              f"          |         |")
-        print()
-        if refill_seq is not None and refill_burst is not None:
-            print(f"pool full again: {refill_seq:.1f} s after the sequential run, {refill_burst:.1f} s after the burst")
-        else:
-            print("no refill (--no-refill: pool max = n), so no container starts compete with the clicks")
+        print(f"single process: warm pool of {n} ready in {full_at[-1] - started:.1f} s", file=sys.stderr)
+        # the same nats-server binary, in the open mode: up's own server admits only its roles
+        async with EmbeddedNats(state / "floor", auth=False) as bare:
+            floor = await nats_floor(bare.url, 200)
+        full_at.clear()
+        return floor, await rounds(port, n, no_refill, full_again)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -178,6 +191,92 @@ async def main() -> None:
         except TimeoutError:
             proc.kill()
         reader.cancel()
+
+
+async def swarmpool_command(*args: str, timeout: float) -> None:
+    """Run one `swarmpool` command to its end, its output on stderr; a failure ends the benchmark."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "swarmpool.cli", *args, stdout=sys.stderr)
+    try:
+        async with asyncio.timeout(timeout):
+            code = await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        raise SystemExit(f"swarmpool {args[0]} did not finish within {timeout:.0f} s") from None
+    except asyncio.CancelledError:  # Ctrl-C: the command goes with us (undeploy runs next)
+        proc.kill()
+        await proc.wait()
+        raise
+    if code != 0:
+        raise SystemExit(f"swarmpool {args[0]} failed (exit {code})")
+
+
+async def ready_count(http: aiohttp.ClientSession, port: int) -> int:
+    """Warm echo instances as the gateway sees them (its public /status: aggregates only)."""
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/status") as r:
+            return int((await r.json())["apps"]["echo"]["ready"]) if r.status == 200 else 0
+    except (aiohttp.ClientError, KeyError, ValueError):
+        return 0
+
+
+async def deployed_stack(n: int, no_refill: bool, functions: int) -> Rounds:
+    """`swarmpool deploy` on this machine's engine (a single-node swarm: 1 NATS server, `functions`
+    function hosts, one gateway in host mode on a free port), the click rounds through its gateway,
+    then `swarmpool undeploy`. Warm-up and refills are read from the gateway's public /status."""
+    state = Path(tempfile.mkdtemp(prefix="bench-claim-stack-"))
+    (state / "catalogue.toml").write_text(catalogue(n, refill=not no_refill))
+    port = free_port()
+    stack = "bench" + str(os.getpid() % 10000)
+    build = await asyncio.create_subprocess_exec(str(ROOT / "apps/control/build.sh"), "--force", stdout=sys.stderr)
+    if await build.wait() != 0:  # the stack runs this checkout, as the cluster tests do
+        raise SystemExit("apps/control/build.sh failed")
+    started = time.perf_counter()
+    try:
+        await swarmpool_command("deploy", "--catalogue", str(state / "catalogue.toml"), "--stack", stack,
+                                "--port", str(port), "--nats-replicas", "1", "--functions-replicas",
+                                str(functions), "--state-dir", str(state), "--timeout", "300", timeout=420)
+        async with aiohttp.ClientSession() as http:
+            async def full_again(since: float) -> float:
+                """Seconds from `since` until /status shows the pool full again, once it was seen short
+                (the gateway's copy of the records may lag the last 303 by a moment)."""
+                short, patience = False, time.perf_counter() + 2.0
+                while True:
+                    ready = await ready_count(http, port)
+                    if ready < n:
+                        short = True
+                    elif short or time.perf_counter() > patience:
+                        return time.perf_counter() - since
+                    await asyncio.sleep(0.1)
+
+            async with asyncio.timeout(900):
+                while await ready_count(http, port) < n:
+                    await asyncio.sleep(0.2)
+            print(f"deployed stack: warm pool of {n} ready in {time.perf_counter() - started:.1f} s "
+                  "(deploy included)", file=sys.stderr)
+            return await rounds(port, n, no_refill, full_again)
+    finally:
+        await swarmpool_command("undeploy", "--stack", stack, "--timeout", "300", timeout=420)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=100, help="pool size and clicks per round")
+    parser.add_argument("--no-refill", action="store_true",
+                        help="pool max = n: measure the click path alone, without refills competing for CPU")
+    parser.add_argument("--stack", action="store_true",
+                        help="then the same rounds against `swarmpool deploy` on this machine's single-node swarm")
+    parser.add_argument("--functions-replicas", type=int, default=2, help="function hosts of the stack (default: 2)")
+    args = parser.parse_args()
+    n = args.n
+    floor, single = await single_process(n, args.no_refill)
+    stack = await deployed_stack(n, args.no_refill, args.functions_replicas) if args.stack else None
+    table(f"click -> 303 against a warm pool of {n} echo instances, `swarmpool up` (one process; "
+          "ms; ratio = p50 / NATS floor p50)", floor, single)
+    if stack is not None:
+        # deploy publishes the stack's NATS port only with TLS, so its own floor is not measured here
+        table(f"click -> 303 against a warm pool of {n} echo instances, `swarmpool deploy` on this node "
+              f"(1 NATS server, {args.functions_replicas} function hosts, 1 gateway; ms; ratio = p50 / the "
+              "single process's NATS floor)", floor, stack, floor_note="NATS floor (single process's)")
 
 
 if __name__ == "__main__":
