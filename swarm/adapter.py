@@ -52,6 +52,10 @@ class SwarmError(Exception):
     """The engine refused or failed an operation on our services."""
 
 
+class _BridgeGone(SwarmError):
+    """The namespace's instance bridge vanished between our check and the create."""
+
+
 class SwarmUnavailable(SwarmError):
     """The Docker engine cannot be reached (or is not a swarm manager)."""
 
@@ -296,7 +300,17 @@ class Swarm:
 
     def _create(self, spec: InstanceSpec, name: str) -> str:
         try:
+            try:
+                return self._create_service(spec, name)
+            except _BridgeGone:  # removed by another process: made anew by _ensure_bridge
+                pass
+            try:
+                return self._create_service(spec, name)
+            except _BridgeGone:  # still "not found": a dead copy is listed in its place
+                self._bridge_stale = True  # the next generation
             return self._create_service(spec, name)
+        except _BridgeGone as e:
+            raise SwarmUnavailable(f"{ENGINE_FAULT}: cannot create {name}: {e}") from e
         except SwarmError:
             raise
         except Exception as e:  # requests' connection errors: the engine is restarting or gone
@@ -361,9 +375,9 @@ class Swarm:
         except docker.errors.APIError as e:
             if spec.publish and not spec.network and (e.status_code == 404 or f"network {network} not found"
                                                       in str(e.explanation or e)):
-                # removed by another process's remove_all, or a dead copy listed in its place: a new one
-                self._bridge_ready, self._bridge_stale = False, True
-                raise SwarmUnavailable(f"{ENGINE_FAULT}: cannot create {name}: {e.explanation or e}") from e
+                # removed meanwhile (another process's remove_all): made anew, and the create tried once more
+                self._bridge_ready = False
+                raise _BridgeGone(str(e.explanation or e)) from e
             if e.status_code == 503 or "not a swarm manager" in str(e.explanation or e):
                 raise SwarmUnavailable(f"{ENGINE_FAULT}: cannot create {name}: {e.explanation or e}") from e
             raise SwarmError(f"cannot create service {name} (image {spec.image}): {e.explanation or e}") from e
@@ -441,6 +455,11 @@ class Swarm:
         """Remove the namespace's instance bridges once their containers have left them (if they exist)."""
         api = self._docker().api
         deadline = time.monotonic() + _NETWORK_TIMEOUT
+        # removing a swarm network while a container still leaves it can leave a dead local copy that
+        # rejects the next create ("not found"): wait for the namespace's containers to be gone first
+        label = f"{LABEL_OWNER}={self.namespace}"
+        while api.containers(all=True, filters={"label": label}) and time.monotonic() < deadline:
+            time.sleep(0.2)
         with self._bridge_lock:
             self._bridge_ready = False
             ours = {n["Name"] for n in api.networks(filters={"name": instance_network_name(self.namespace)})}

@@ -121,9 +121,10 @@ async def test_a_neighbour_instance_cannot_reach_another(
         swarm: Swarm, echo_image: str, firewall: Firewall, docker_client: docker.DockerClient) -> None:
     (_, mine), (_, neighbour) = await asyncio.gather(running_echo(swarm, echo_image),
                                                      running_echo(swarm, echo_image))
-    network = instance_network_name(swarm.namespace)
     inside = docker_client.containers.get(mine.container_id)
-    settings = docker_client.api.inspect_container(neighbour.container_id)["NetworkSettings"]["Networks"][network]
+    networks = docker_client.api.inspect_container(neighbour.container_id)["NetworkSettings"]["Networks"]
+    # the namespace's instance bridge, of whichever generation the adapter uses now
+    settings = next(v for k, v in networks.items() if k.startswith(instance_network_name(swarm.namespace)))
     neighbour_port = neighbour.endpoint.rsplit(":", 1)[1]
 
     def connect(host: str, port: str | int) -> str:
