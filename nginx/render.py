@@ -10,6 +10,7 @@ Then: nginx -c OUT/nginx.conf -p OUT/ -e OUT/logs/error.log   (pid, logs and tem
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 import sys
 from pathlib import Path
@@ -130,8 +131,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.instance_domain is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?",
                                                              args.instance_domain):
         parser.error("--instance-domain is a lowercase domain name without port, e.g. apps.example.org")
-    if not re.fullmatch(r"\d+r/[sm]", args.launch_rate):
-        parser.error("--launch-rate looks like 10r/s or 300r/m")
+    if not re.fullmatch(r"\d+r/[sm]", args.launch_rate) or int(args.launch_rate.split("r")[0]) < 1:
+        parser.error("--launch-rate looks like 10r/s or 300r/m, at least 1")
+    if args.launch_burst < 1:
+        parser.error(f"--launch-burst must be at least 1, got {args.launch_burst}")
+    if args.worker_connections < 16:
+        parser.error(f"--worker-connections must be at least 16, got {args.worker_connections}")
+    if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) >= 1):
+        parser.error(f"--workers is 'auto' or a number of at least 1, got {args.workers!r}")
+    if args.log_level not in ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"):
+        parser.error(f"--log-level is one of nginx's levels (debug ... emerg), got {args.log_level!r}")
+    for option, value in (("--gateway", args.gateway), ("--listen", args.listen), ("--listen-http", args.listen_http)):
+        port = value.rsplit(":", 1)[-1].split()[0]
+        if not (port.isdigit() and 1 <= int(port) <= 65535) or (option == "--gateway" and ":" not in value):
+            parser.error(f"{option} needs {'host:' if option == '--gateway' else ''}port with a port in 1..65535, "
+                         f"got {value!r}")
+    for allowed in args.metrics_allow or ():
+        try:
+            ipaddress.ip_network(allowed, strict=False)
+        except ValueError:
+            parser.error(f"--metrics-allow takes an address or CIDR, got {allowed!r}")
     return args
 
 
