@@ -108,6 +108,7 @@ def _slow_consumer(sub: Any) -> None:
 S = TypeVar("S")
 LEASE_RENEW = 3.0  # seconds between renewals of a singleton's lease (the lease expires after 15 s)
 PENDING_LIMIT = 4096  # messages a subscription buffers while its handlers are all busy; then dropped
+STOP_TIMEOUT = 10.0  # seconds the runtime waits for its tasks to stop
 
 
 @dataclass
@@ -245,9 +246,17 @@ class Runtime:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()  # unsubscribe first: no new work
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = set(self._tasks)
+        deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT
+        while pending:
+            # cancel again each round: on 3.11 a cancel that meets a completing wait_for (nats-py's
+            # requests use one) can be swallowed, and the task would run on
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            if pending and asyncio.get_running_loop().time() > deadline:
+                log.warning("%d tasks did not stop: %s", len(pending), ", ".join(t.get_name() for t in pending))
+                break
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
