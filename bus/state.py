@@ -98,16 +98,40 @@ async def ensure_event_log(js: JetStreamContext, subjects: Subjects) -> api.Stre
     return info
 
 
-async def _stop_watch(watcher: Any, task: asyncio.Task[None] | None) -> None:
-    """Stop a KV watch and the task that follows it (the owner closes both, in this order)."""
-    if watcher is not None:
+class _Mirror:
+    """One KV watch followed by a task of its own: `apply(entry)` for every change (a failing entry is
+    logged and skipped, never stops the mirror); started once the initial values are in."""
+
+    def __init__(self, watcher: Any, apply: Callable[[Any], None], name: str) -> None:
+        self._watcher = watcher
+        self._apply = apply
+        self._synced = asyncio.Event()
+        self._task = asyncio.create_task(self._follow(), name=name)
+
+    @classmethod
+    async def start(cls, watcher: Any, apply: Callable[[Any], None], name: str) -> "_Mirror":
+        mirror = cls(watcher, apply, name)
+        await asyncio.wait_for(mirror._synced.wait(), timeout=10)
+        return mirror
+
+    async def _follow(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # end of the initial values
+                self._synced.set()
+                continue
+            try:
+                self._apply(entry)
+            except Exception:
+                log.exception("%s: bad entry under key %s", self._task.get_name(), entry.key.split(".")[0])
+
+    async def stop(self) -> None:
+        """Stop the watch, then the task that follows it."""
         try:
-            await watcher.stop()
+            await self._watcher.stop()
         except Exception:  # the connection may already be gone at shutdown
             log.debug("watch stop failed", exc_info=True)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
 
 class InstanceStore:
@@ -122,9 +146,7 @@ class InstanceStore:
         self._clock = clock
         self._records: dict[str, Versioned] = {}
         self._changed = asyncio.Condition()
-        self._synced = asyncio.Event()
-        self._watch_task: asyncio.Task[None] | None = None
-        self._watcher: Any = None
+        self._mirror: _Mirror | None = None
         self._listeners: list[Callable[[Instance | None, Instance | None], None]] = []
 
     @classmethod
@@ -149,19 +171,7 @@ class InstanceStore:
     # ---- the mirror ----
 
     async def _start(self) -> None:
-        self._watcher = await self._kv.watchall()
-        self._watch_task = asyncio.create_task(self._follow(), name="instance-mirror")
-        await asyncio.wait_for(self._synced.wait(), timeout=10)
-
-    async def _follow(self) -> None:
-        async for entry in self._watcher:
-            if entry is None:  # end of the initial values
-                self._synced.set()
-                continue
-            try:
-                self._apply(entry)
-            except Exception:  # one bad record must not stop the mirror
-                log.exception("bad record under key %s", entry.key.split(".")[0])
+        self._mirror = await _Mirror.start(await self._kv.watchall(), self._apply, "instance-mirror")
 
     def _apply(self, entry: Any) -> None:
         key = entry.key
@@ -220,7 +230,8 @@ class InstanceStore:
                 return False
 
     async def close(self) -> None:
-        await _stop_watch(self._watcher, self._watch_task)
+        if self._mirror is not None:
+            await self._mirror.stop()
 
     # ---- reads (from the mirror) ----
 
@@ -310,8 +321,7 @@ class ConfigStore:
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
         self._overrides: dict[str, tuple[PoolOverride, int]] = {}  # app -> (override, revision)
-        self._watcher: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._mirror: _Mirror | None = None
         self._trust: tuple[EngineTrust, int] = (EngineTrust(), 0)  # and its revision
         self._trust_changed = asyncio.Condition()
 
@@ -320,30 +330,24 @@ class ConfigStore:
         js = nc.jetstream()
         await ensure_streams(js, subjects)
         store = cls(await js.key_value(subjects.config_bucket))
-        store._watcher = await store._kv.watchall()  # pool.<app> overrides and engine.trust
-        synced = asyncio.Event()
-        store._task = asyncio.create_task(store._follow(synced), name="config-mirror")
-        await asyncio.wait_for(synced.wait(), 10)
+        # pool.<app> overrides and engine.trust
+        store._mirror = await _Mirror.start(await store._kv.watchall(), store._apply, "config-mirror")
         return store
 
-    async def _follow(self, synced: asyncio.Event) -> None:
-        async for entry in self._watcher:
-            if entry is None:
-                synced.set()
-                continue
-            if entry.key == TRUST_KEY:
-                self._learn_trust(entry)
-                continue
-            if not entry.key.startswith("pool."):
-                continue
-            app = entry.key.split(".", 1)[1]
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._overrides.pop(app, None)
-                continue
-            try:
-                self._learn(app, _decode_override(entry.value), entry.revision or 0)
-            except msgspec.DecodeError:
-                log.warning("ignoring malformed pool override for %s", app)
+    def _apply(self, entry: Any) -> None:
+        if entry.key == TRUST_KEY:
+            self._learn_trust(entry)
+            return
+        if not entry.key.startswith("pool."):
+            return
+        app = entry.key.split(".", 1)[1]
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._overrides.pop(app, None)
+            return
+        try:
+            self._learn(app, _decode_override(entry.value), entry.revision or 0)
+        except msgspec.DecodeError:
+            log.warning("ignoring malformed pool override for %s", app)
 
     def _learn(self, app: str, override: PoolOverride, revision: int) -> None:
         known = self._overrides.get(app)
@@ -462,7 +466,8 @@ class ConfigStore:
         raise Conflict(f"{TRUST_KEY}: gave up after {attempts} attempts")
 
     async def close(self) -> None:
-        await _stop_watch(self._watcher, self._task)
+        if self._mirror is not None:
+            await self._mirror.stop()
 
 
 class CatalogueStore:
@@ -474,30 +479,23 @@ class CatalogueStore:
         self._kv = kv
         self._current: tuple[CatalogueFile, int] | None = None
         self._listeners: list[Callable[[CatalogueFile], None]] = []
-        self._watcher: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._mirror: _Mirror | None = None
 
     @classmethod
     async def open(cls, nc: NATS, subjects: Subjects) -> "CatalogueStore":
         """Follow the key (the bucket must exist: the functions create it)."""
         store = cls(await nc.jetstream().key_value(subjects.config_bucket))
-        store._watcher = await store._kv.watch(CATALOGUE_KEY)
-        synced = asyncio.Event()
-        store._task = asyncio.create_task(store._follow(synced), name="catalogue-mirror")
-        await asyncio.wait_for(synced.wait(), 10)
+        store._mirror = await _Mirror.start(await store._kv.watch(CATALOGUE_KEY), store._apply,
+                                            "catalogue-mirror")
         return store
 
-    async def _follow(self, synced: asyncio.Event) -> None:
-        async for entry in self._watcher:
-            if entry is None:
-                synced.set()
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                continue
-            try:
-                self._learn(_decode_catalogue(entry.value), entry.revision or 0)
-            except msgspec.DecodeError:
-                log.warning("ignoring a malformed %s", CATALOGUE_KEY)
+    def _apply(self, entry: Any) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            return
+        try:
+            self._learn(_decode_catalogue(entry.value), entry.revision or 0)
+        except msgspec.DecodeError:
+            log.warning("ignoring a malformed %s", CATALOGUE_KEY)
 
     def _learn(self, file: CatalogueFile, revision: int) -> None:
         if self._current is not None and self._current[1] >= revision:
@@ -542,7 +540,8 @@ class CatalogueStore:
         raise Conflict(f"{CATALOGUE_KEY}: gave up after 8 attempts")
 
     async def close(self) -> None:
-        await _stop_watch(self._watcher, self._task)
+        if self._mirror is not None:
+            await self._mirror.stop()
 
 
 class Lease:
