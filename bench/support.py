@@ -49,8 +49,9 @@ max_instances = 40
 # ---- catalogues ----
 
 
-def echo_catalogue(*, size: int = 2, max_: int | None = None) -> str:
-    """A catalogue with one app, the echo test app (apps/echo), and fast clocks."""
+def echo_catalogue(*, size: int = 2, max_: int | None = None, idle: str = "10m", grace: str = "2m",
+                   lifetime: str = "2h", parallel: int = 8, extra: str = "") -> str:
+    """A catalogue with one app, the echo test app (apps/echo), and fast clocks (benches and tests)."""
     return f"""
 [settings]
 tick_interval = 0.2
@@ -73,13 +74,14 @@ interval = 0.1
 [apps.echo.pool]
 size = {size}
 max = {max_ if max_ is not None else size * 3}
-max_parallel_starts = 8
+max_parallel_starts = {parallel}
 [apps.echo.session]
-idle_timeout = "10m"
-disconnect_grace = "2m"
-max_lifetime = "2h"
+idle_timeout = "{idle}"
+disconnect_grace = "{grace}"
+max_lifetime = "{lifetime}"
 [apps.echo.limits]
 memory = "96m"
+{extra}
 """
 
 

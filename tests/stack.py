@@ -28,43 +28,9 @@ from swarmpool.host import functions_host
 from swarmpool.launcher import serve_gateway
 from swarmpool.natsd import free_port
 
+from bench.support import echo_catalogue  # noqa: F401  (re-exported: one home for benches and tests)
+
 T = TypeVar("T")
-
-
-def echo_catalogue(*, size: int = 2, max_: int | None = None, idle: str = "10m", grace: str = "2m",
-                   lifetime: str = "2h", parallel: int = 8, extra: str = "") -> str:
-    """A catalogue with one app, the echo test app, and fast clocks for tests."""
-    return f"""
-[settings]
-tick_interval = 0.2
-reconcile_interval = 1
-heartbeat_interval = 0.5
-claim_wait = 1.5
-refill_delay = 0.2
-max_instances = 120
-
-[apps.echo]
-title = "Echo"
-image = "swarmpool/echo:latest"
-port = 8888
-deep_link = "hello"
-[apps.echo.probe]
-path = "healthz"
-log_marker = "echo ready"
-timeout = "60s"
-interval = 0.1
-[apps.echo.pool]
-size = {size}
-max = {max_ if max_ is not None else size * 3}
-max_parallel_starts = {parallel}
-[apps.echo.session]
-idle_timeout = "{idle}"
-disconnect_grace = "{grace}"
-max_lifetime = "{lifetime}"
-[apps.echo.limits]
-memory = "96m"
-{extra}
-"""
 
 
 async def wait_for(probe: Callable[[], T | None | Awaitable[T | None]], *, timeout: float = 60.0,

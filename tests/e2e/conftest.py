@@ -9,8 +9,8 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.support import NGINX, ensure_voila_image
-from tests.e2e.support import chromium as launch_chromium
+from bench.support import NGINX, ensure_voila_image
+from bench.support import chromium as launch_chromium
 from tests.fixtures import random_namespace, register_namespace
 from tests.fixtures_real import (  # noqa: F401
     docker_client,

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from swarmpool.bus.messages import Instance
-from tests.e2e.support import VOILA_APP, Front, instance_id_of, open_voila, voila_browser_check, voila_catalogue, voila_front
+from bench.support import VOILA_APP, instance_id_of, voila_catalogue
+from tests.e2e.support import Front, open_voila, voila_browser_check, voila_front
 from tests.stack import wait_for
 
 pytestmark = pytest.mark.e2e

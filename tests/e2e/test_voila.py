@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.support import ARTIFACTS, VOILA_APP, Front, instance_id_of, voila_browser_check, voila_catalogue, voila_front
+from bench.support import VOILA_APP, instance_id_of, voila_catalogue
+from tests.e2e.support import ARTIFACTS, Front, voila_browser_check, voila_front
 
 pytestmark = pytest.mark.e2e
 
