@@ -34,6 +34,7 @@ async def follow_events(bus: Bus, subjects: Subjects,
             except msgspec.DecodeError:
                 pass
         subs.append(await nc.subscribe(subject, cb=handle))
+    await nc.flush()  # following from the moment we return: the SUBs have reached the server
 
     async def stop() -> None:
         for sub in subs:

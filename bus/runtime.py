@@ -242,6 +242,8 @@ class Runtime:
             for single in table.singletons:
                 self._spawn(self._guard(single.body.__name__, functools.partial(self._hold, single)),
                             name=single.body.__name__)
+        if any(table.subscriptions for table in self.tables):
+            await self.ctx.nc.flush()  # ready means the server routes to us: our SUBs have reached it
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -53,6 +53,7 @@ async def serve(nc: NATS, *, name: str, version: str, description: str, endpoint
             await service.add_endpoint(name=endpoint.name, subject=endpoint.subject,
                                        handler=_handler(endpoint, metrics),
                                        metadata={"description": endpoint.description})
+        await nc.flush()  # ready means requests reach us: the endpoints' SUBs have reached the server
         yield service
     finally:
         await service.stop()
