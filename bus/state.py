@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -148,6 +150,8 @@ class InstanceStore:
         self._changed = asyncio.Condition()
         self._mirror: _Mirror | None = None
         self._listeners: list[Callable[[Instance | None, Instance | None], None]] = []
+        self._seen = 0  # the bucket's last revision the watch has delivered
+        self._seen_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @classmethod
     async def open(cls, nc: NATS, subjects: Subjects, clock: Callable[[], float],
@@ -174,6 +178,7 @@ class InstanceStore:
         self._mirror = await _Mirror.start(await self._kv.watchall(), self._apply, "instance-mirror")
 
     def _apply(self, entry: Any) -> None:
+        self._saw(entry.revision or 0)
         key = entry.key
         old = self._records.get(key)
         if old is not None and old.revision >= entry.revision:
@@ -212,6 +217,30 @@ class InstanceStore:
     async def _wake(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    def _saw(self, revision: int) -> None:
+        self._seen = max(self._seen, revision)
+        waiting = []
+        for target, done in self._seen_waiters:
+            if target <= self._seen or done.done():
+                if not done.done():
+                    done.set_result(None)
+            else:
+                waiting.append((target, done))
+        self._seen_waiters = waiting
+
+    async def caught_up(self, timeout: float = 5.0) -> None:
+        """Wait until the mirror holds every write the bucket had when called, other hosts' too: a
+        decision that counts records (how many to start) then counts them all. TimeoutError if the
+        watch lags that long."""
+        info = await self._js.stream_info(f"KV_{self._subjects.instances_bucket}")
+        target = info.state.last_seq
+        if target <= self._seen:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._seen_waiters.append((target, done))
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow cancellation on 3.11
+            await done
 
     def on_change(self, listener: Callable[[Instance | None, Instance | None], None]) -> Callable[[], None]:
         """Call `listener(old, new)` synchronously for every change the mirror sees; returns the
@@ -592,3 +621,42 @@ class Lease:
             except Exception:
                 pass
             self._revision = None
+
+
+MUTEX_POLL = 0.01  # seconds between two tries to take a held mutex
+
+
+class Mutex:
+    """A lock across hosts for one short critical section, in the leases bucket: taking it is a KV
+    create, which one host at a time wins; a holder that dies frees it when its key expires there
+    (the bucket's 15 s)."""
+
+    def __init__(self, kv: KeyValue, name: str) -> None:
+        self._kv = kv
+        self.name = name
+
+    @classmethod
+    async def open(cls, nc: NATS, subjects: Subjects, name: str) -> "Mutex":
+        return cls(await nc.jetstream().key_value(subjects.leases_bucket), name)
+
+    @asynccontextmanager
+    async def held(self, timeout: float = 20.0) -> AsyncIterator[None]:
+        token = uuid.uuid4().hex.encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                revision = await self._kv.create(self.name, token)
+                break
+            # held; or (not found) released or expired between create's two steps: try again
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                if loop.time() > deadline:
+                    raise TimeoutError(f"the {self.name} mutex stayed held for {timeout:.0f} s") from None
+                await asyncio.sleep(MUTEX_POLL)
+        try:
+            yield
+        finally:
+            try:
+                await self._kv.delete(self.name, last=revision)
+            except Exception:  # expired meanwhile, or the connection is gone: the TTL frees it
+                log.debug("releasing the %s mutex failed", self.name, exc_info=True)

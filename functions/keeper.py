@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import msgspec
 
 from swarmpool.bus.messages import EventKind, Instance, InstanceEvent, Period, PoolOverride, Settled, Tick
 from swarmpool.bus.runtime import Context, Handlers
+from swarmpool.bus.state import Mutex
 from swarmpool.functions import lifecycle
 from swarmpool.bus.spec import AppSpec
 from swarmpool.functions.policy import (dead_instances, engine_fault, failed_start, ghost_records,
@@ -31,14 +34,31 @@ class KeeperState:
     refill_pending: set[str] = field(default_factory=set)  # apps with a coalesced top-up on its way
     settle_pending: set[str] = field(default_factory=set)  # apps whose claims' refills wait for a settle
     starved: set[str] = field(default_factory=set)  # apps whose starts the engine's budget held back
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # app -> top-ups never interleave
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # this host's top-ups wait here, not on the bus
+    mutex: Mutex | None = None  # ... and all hosts' on this one (see `counting`)
     image_ids: dict[str, str] = field(default_factory=dict)  # image name -> its id at the last reconcile
-
-    def lock(self, app: str) -> asyncio.Lock:
-        return self.locks.setdefault(app, asyncio.Lock())
 
 
 handlers = Handlers(state=KeeperState)
+
+MUTEX = "keeper-top-up"
+
+
+@asynccontextmanager
+async def counting(ctx: Context) -> AsyncIterator[None]:
+    """One top-up at a time across all hosts, each seeing every record written before it.
+
+    A top-up counts records, then writes the ones it starts; two hosts (or two apps, which share
+    `max_instances` and the start budget) counting at once would both start the same missing
+    instances and overshoot `max`. So top-ups take a mutex on the bus, then wait for this host's
+    mirror to hold every write made before (the last holder's reservations included)."""
+    state = ctx.state(KeeperState)
+    async with state.lock:
+        if state.mutex is None:
+            state.mutex = await Mutex.open(ctx.nc, ctx.subjects, MUTEX)
+        async with state.mutex.held():
+            await ctx.store.caught_up()
+            yield
 
 
 def unsettled_claims(records: list[Instance], now: float, cap: float) -> list[Instance]:
@@ -63,7 +83,7 @@ async def top_up(ctx: Context, app: str) -> int:
     if spec is None:
         return 0
     state = ctx.state(KeeperState)
-    async with state.lock(app):
+    async with counting(ctx):
         failures = state.failures.get(app, 0)
         override = ctx.config.cached(app)
         current = ctx.store.all(app)
@@ -98,7 +118,7 @@ async def top_up(ctx: Context, app: str) -> int:
 
 
 async def _recycle(ctx: Context, spec: AppSpec, records: list[Instance], override: PoolOverride) -> list[Instance]:
-    """Retire the outdated warm instances the plan allows now (under the app's lock, so two top-ups
+    """Retire the outdated warm instances the plan allows now (while `counting`, so two top-ups
     never both count the same current ones); the records that count for the pool (current ones)."""
     version = spec_version(spec)
     image_id = ctx.state(KeeperState).image_ids.get(spec.image, "")

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from contextlib import AsyncExitStack
 
 import docker
+import nats
 import pytest
 
 from swarmpool.bus.messages import Period
+from swarmpool.bus.runtime import Context
+from swarmpool.bus.state import ConfigStore, InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.catalogue import parse
+from swarmpool.functions import keeper
+from swarmpool.swarm import Swarm
 from tests.stack import echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
@@ -205,3 +214,30 @@ async def test_warm_up_never_overshoots_the_target(nats_server, namespace, echo_
         await ticks.unsubscribe()
         assert highest == 6
         assert len(s.records("ready")) == 6 and len(await s.swarm.list_ours()) == 10
+
+
+async def test_two_hosts_topping_up_at_once_never_start_more_than_max(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    """Each host counts the pool, then writes the records it starts: counting at the same moment,
+    both used to start the same missing instances (a pool of max 3 got 6; CI saw a 51st of 50)."""
+    text = echo_catalogue(size=3, max_=3).replace("max_instances = 120", "max_instances = 120\nstart_budget = 8")
+    catalogue = parse(text, "test-catalogue")
+    subjects = Subjects(namespace)
+    swarm = Swarm(namespace)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(swarm.close)
+        stack.push_async_callback(swarm.remove_all)
+        hosts = []
+        for name in ("a", "b"):  # each host its own connection and mirror, like separate processes
+            nc = await nats.connect(nats_server.url)
+            stack.push_async_callback(nc.drain)
+            store = await stack.enter_async_context(await InstanceStore.open(nc, subjects, time.time))
+            config = await ConfigStore.open(nc, subjects)
+            stack.push_async_callback(config.close)
+            hosts.append(Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=catalogue,
+                                 swarm=swarm, namespace=namespace, host=name))
+        started = await asyncio.gather(*(keeper.top_up(ctx, "echo") for ctx in hosts))
+        assert sorted(started) == [0, 3]  # one host started the pool; the other counted its records
+        for ctx in hosts:
+            await ctx.store.caught_up()
+            assert len(ctx.store.all("echo")) == 3
+        assert len(await swarm.list_ours()) == 3
