@@ -52,6 +52,10 @@ bench-notebook *ARGS:
 bench-class N="12" *ARGS:
     python -m bench.bench_class --students {{N}} {{ARGS}}
 
+# what a top-up pays for counting the pool across hosts (cluster mutex + mirror catch-up), local lock as baseline
+bench-topup-lock *ARGS:
+    python -m bench.bench_topup_lock {{ARGS}}
+
 # render the production nginx config: just nginx example.org /etc/ssl/x.pem /etc/ssl/x.key
 nginx SERVER_NAME CERT KEY GATEWAY="127.0.0.1:8000" OUT="nginx/out":
     python nginx/render.py --server-name {{SERVER_NAME}} --cert {{CERT}} --key {{KEY}} --gateway {{GATEWAY}} --out {{OUT}}

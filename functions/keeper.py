@@ -107,11 +107,11 @@ async def top_up(ctx: Context, app: str) -> int:
                      plan.starts - deferred - starts, plan.starts - deferred, budget)
         else:
             state.starved.discard(app)
-        # records are written under the lock: the next top-up counts them
+        # records are written while counting: the next top-up, on any host, counts them
         reserved = [await lifecycle.reserve(ctx, spec) for _ in range(starts)]
-    for record in plan.surplus:
-        await ctx.isolated("retire surplus", lifecycle.retire(ctx, app, record.id,
-                                                              f"surplus: more than {plan.target} ready"))
+        surplus = [await lifecycle.begin_retire(ctx, app, record.id, f"surplus: more than {plan.target} ready")
+                   for record in plan.surplus]
+    await ctx.each("retire surplus", (lifecycle.remove(ctx, record) for record in surplus if record is not None))
     slots = state.start_slots.setdefault(app, asyncio.Semaphore(spec.pool.max_parallel_starts))
     await ctx.each("start", (lifecycle.start(ctx, spec, record, slots) for record in reserved))
     return starts

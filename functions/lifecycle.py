@@ -78,13 +78,17 @@ async def fail(ctx: Context, app: str, instance_id: str, reason: str) -> None:
 
 async def retire(ctx: Context, app: str, instance_id: str, reason: str) -> None:
     """Mark retiring (CAS), remove the service, delete the record. Safe to repeat after a crash."""
+    record = await begin_retire(ctx, app, instance_id, reason)
+    if record is not None:
+        await remove(ctx, record)
 
+
+async def begin_retire(ctx: Context, app: str, instance_id: str, reason: str) -> Instance | None:
+    """Mark retiring (CAS): from here the instance counts as gone. None if it was not there."""
     record = await _transition(ctx, app, instance_id, lambda r: retiring(r, reason, ctx.clock()), "retire")
-    if record is None:
-        return
-    if record.reason == reason:
+    if record is not None and record.reason == reason:
         log.info("retiring %s (%s)", record.short, reason)
-    await remove(ctx, record)
+    return record
 
 
 async def remove(ctx: Context, record: Instance) -> None:
