@@ -7,6 +7,8 @@ Everything it creates is labelled with a fresh namespace and removed by label af
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -31,6 +33,35 @@ from swarmpool.natsd import free_port
 from bench.support import echo_catalogue  # noqa: F401  (re-exported: one home for benches and tests)
 
 T = TypeVar("T")
+
+
+async def cli_process(stack: AsyncExitStack, *args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """`python -m swarmpool.cli ARGS` as a real process whose output lines are collected; on the
+    stack's exit it is interrupted like Ctrl-C (then killed after 60 s) unless it already ended."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "swarmpool.cli", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    lines: list[str] = []
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            lines.append(raw.decode())
+
+    reader = asyncio.create_task(read())
+
+    async def stop() -> None:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            async with asyncio.timeout(60):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        await reader
+
+    stack.push_async_callback(stop)
+    return proc, lines
 
 
 async def wait_for(probe: Callable[[], T | None | Awaitable[T | None]], *, timeout: float = 60.0,

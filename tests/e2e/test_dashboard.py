@@ -4,11 +4,9 @@ the students' gateway answers a public /status with aggregates only."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import signal
-import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import aiohttp
 import pytest
 
 from swarmpool.natsd import free_port
-from tests.stack import echo_catalogue, wait_for
+from tests.stack import cli_process, echo_catalogue, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -27,20 +25,12 @@ async def test_dashboard_login_bars_and_buttons(tmp_path: Path, namespace: str, 
     catalogue.write_text(echo_catalogue(size=1, max_=4))
     port, ops = free_port(), free_port()
     state = tmp_path / "state"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(catalogue), "--port", str(port),
-        "--dashboard-port", str(ops), "--state-dir", str(state), "--namespace", namespace,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    lines: list[str] = []
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            lines.append(raw.decode())
-
-    reader = asyncio.create_task(read())
-    context = await browser.new_context()
-    try:
+    async with AsyncExitStack() as stack:
+        _, lines = await cli_process(stack, "up", "--catalogue", str(catalogue), "--port", str(port),
+                                     "--dashboard-port", str(ops), "--state-dir", str(state),
+                                     "--namespace", namespace)
+        context = await browser.new_context()
+        stack.push_async_callback(context.close)
         await wait_for(lambda: any("echo 1/1 ready" in line for line in lines), timeout=90, what="warm-up")
         (login,) = [m.group(1) for line in lines if "dashboard" in line
                     and (m := re.search(r"(http://127\.0\.0\.1:\d+/login\?token=\S+)", line))]
@@ -93,14 +83,3 @@ async def test_dashboard_login_bars_and_buttons(tmp_path: Path, namespace: str, 
             status = json.loads(body)["apps"]["echo"]
             assert status["ready"] == 2 and status["status"] == "available"
             assert not re.search(r"[a-z2-7]{26}", body)
-    finally:
-        await context.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                async with asyncio.timeout(60):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        reader.cancel()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -15,37 +14,9 @@ import aiohttp
 import pytest
 
 from swarmpool.natsd import free_port
-from tests.stack import echo_catalogue, wait_for
+from tests.stack import cli_process, echo_catalogue, wait_for
 
 pytestmark = pytest.mark.docker
-
-
-async def _process(stack: AsyncExitStack, *args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
-    """A `swarmpool` subprocess whose output lines are collected; interrupted (then killed) on exit."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "swarmpool.cli", *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    lines: list[str] = []
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            lines.append(raw.decode())
-
-    reader = asyncio.create_task(read())
-
-    async def stop() -> None:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            async with asyncio.timeout(60):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        await reader
-
-    stack.push_async_callback(stop)
-    return proc, lines
 
 
 async def test_dashboard_command_prints_a_login_url_that_logs_in_once(tmp_path: Path, namespace: str,
@@ -55,15 +26,15 @@ async def test_dashboard_command_prints_a_login_url_that_logs_in_once(tmp_path: 
     state = tmp_path / "state"
     port, ops = free_port(), free_port()
     async with AsyncExitStack() as stack:
-        up, up_lines = await _process(stack, "up", "--catalogue", str(catalogue), "--port", str(port),
-                                      "--dashboard-port", "0", "--state-dir", str(state), "--namespace", namespace)
+        up, up_lines = await cli_process(stack, "up", "--catalogue", str(catalogue), "--port", str(port),
+                                         "--dashboard-port", "0", "--state-dir", str(state), "--namespace", namespace)
         await wait_for(lambda: any("swarmpool is up" in line for line in up_lines) or up.returncode is not None,
                        timeout=60, what="swarmpool up")
         assert up.returncode is None, "".join(up_lines)
         assert not any("dashboard:" in line for line in up_lines)  # up serves none here: the command does
 
-        dash, lines = await _process(stack, "dashboard", "--state-dir", str(state), "--namespace", namespace,
-                                     "--port", str(ops))
+        dash, lines = await cli_process(stack, "dashboard", "--state-dir", str(state), "--namespace", namespace,
+                                        "--port", str(ops))
         pattern = re.compile(rf"(http://127\.0\.0\.1:{ops}/login\?token=\S+)")
         await wait_for(lambda: any(pattern.search(line) for line in lines) or dash.returncode is not None,
                        timeout=20, what="the dashboard's login URL")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from swarmpool.natsd import free_port
-from tests.stack import echo_catalogue, wait_for
+from tests.stack import cli_process, echo_catalogue, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -22,19 +22,9 @@ async def test_up_serves_clicks_and_cleans_up_on_sigint(tmp_path: Path, namespac
     catalogue = tmp_path / "catalogue.toml"
     catalogue.write_text(echo_catalogue(size=2))
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(catalogue), "--port", str(port),
-        "--state-dir", str(tmp_path / "state"), "--namespace", namespace,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    lines: list[str] = []
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            lines.append(raw.decode())
-
-    reader = asyncio.create_task(read())
-    try:
+    async with AsyncExitStack() as stack:
+        proc, lines = await cli_process(stack, "up", "--catalogue", str(catalogue), "--port", str(port),
+                                        "--state-dir", str(tmp_path / "state"), "--namespace", namespace)
         await wait_for(lambda: any("swarmpool is up" in line for line in lines), timeout=60, what="startup")
         await wait_for(lambda: any("echo 2/2 ready" in line for line in lines), timeout=60,
                        what="warm-up progress to reach 2/2")
@@ -49,11 +39,6 @@ async def test_up_serves_clicks_and_cleans_up_on_sigint(tmp_path: Path, namespac
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(60):
             assert await proc.wait() == 0
-        await reader
-        assert any("removed" in line for line in lines)
+        # the output may still be on its way from the pipe
+        await wait_for(lambda: any("removed" in line for line in lines), timeout=10, what="the removal reported")
         assert docker_client.services.list(filters={"label": label}) == []
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        reader.cancel()
