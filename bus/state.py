@@ -220,14 +220,10 @@ class InstanceStore:
 
     def _saw(self, revision: int) -> None:
         self._seen = max(self._seen, revision)
-        waiting = []
         for target, done in self._seen_waiters:
-            if target <= self._seen or done.done():
-                if not done.done():
-                    done.set_result(None)
-            else:
-                waiting.append((target, done))
-        self._seen_waiters = waiting
+            if target <= self._seen and not done.done():
+                done.set_result(None)
+        self._seen_waiters = [(t, d) for t, d in self._seen_waiters if not d.done()]
 
     async def caught_up(self, timeout: float = 5.0) -> None:
         """Wait until the mirror holds every write the bucket had when called, other hosts' too: a
@@ -596,7 +592,8 @@ class Lease:
             else:
                 self._revision = await self._kv.update(self.name, self.holder.encode(), last=self._revision)
             return True
-        except nats.js.errors.KeyWrongLastSequenceError:
+        # held by another; or (not found) freed between the two steps of nats-py's create
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
             self._revision = None
             return await self._take_back()
 
@@ -627,9 +624,8 @@ MUTEX_POLL = 0.01  # seconds between two tries to take a held mutex
 
 
 class Mutex:
-    """A lock across hosts for one short critical section, in the leases bucket: taking it is a KV
-    create, which one host at a time wins; a holder that dies frees it when its key expires there
-    (the bucket's 15 s)."""
+    """A lock across hosts for one short critical section: a `Lease` in a holder name of its own,
+    taken once and let go; a holder that dies frees it when its key expires (the bucket's 15 s)."""
 
     def __init__(self, kv: KeyValue, name: str) -> None:
         self._kv = kv
@@ -641,22 +637,14 @@ class Mutex:
 
     @asynccontextmanager
     async def held(self, timeout: float = 20.0) -> AsyncIterator[None]:
-        token = uuid.uuid4().hex.encode()
+        lease = Lease(self._kv, self.name, uuid.uuid4().hex)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            try:
-                revision = await self._kv.create(self.name, token)
-                break
-            # held; or (not found) released or expired between create's two steps: try again
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-                if loop.time() > deadline:
-                    raise TimeoutError(f"the {self.name} mutex stayed held for {timeout:.0f} s") from None
-                await asyncio.sleep(MUTEX_POLL)
+        while not await lease.acquire_or_renew():
+            if loop.time() > deadline:
+                raise TimeoutError(f"the {self.name} mutex stayed held for {timeout:.0f} s")
+            await asyncio.sleep(MUTEX_POLL)
         try:
             yield
         finally:
-            try:
-                await self._kv.delete(self.name, last=revision)
-            except Exception:  # expired meanwhile, or the connection is gone: the TTL frees it
-                log.debug("releasing the %s mutex failed", self.name, exc_info=True)
+            await lease.release()  # if that fails (expired, connection gone), the TTL frees it
