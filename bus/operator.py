@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 
 from swarmpool.bus.client import Bus
 from swarmpool.bus.messages import AdminCommand, AdminEvent, AdminResult, ErrorReply, InstanceEvent
+from swarmpool.bus.runtime import subscribed
 from swarmpool.bus.subjects import Subjects
 
 _reply = msgspec.json.Decoder(AdminResult | ErrorReply)
@@ -34,7 +35,7 @@ async def follow_events(bus: Bus, subjects: Subjects,
             except msgspec.DecodeError:
                 pass
         subs.append(await nc.subscribe(subject, cb=handle))
-    await nc.flush()  # following from the moment we return: the SUBs have reached the server
+    await subscribed(nc)  # following from the moment we return
 
     async def stop() -> None:
         for sub in subs:

@@ -47,6 +47,24 @@ def encode(message: Any) -> bytes:
     return _encoder.encode(message)
 
 
+async def subscribed(nc: NATS, timeout: float = 10.0) -> None:
+    """Return once the server holds every subscription `nc` has made so far: from then on a publish
+    from any connection reaches them. Call it before saying "ready".
+
+    ``nc.flush()`` alone does not promise this: nats-py writes the PING of a flush straight to the
+    socket, ahead of SUBs still waiting in its buffer for the flusher task, so the PONG may come
+    back before the server has seen them. A request goes out through that buffer, behind the SUBs,
+    and the server handles one connection's commands in order: its answer means they are in place.
+    ``$JS.API.INFO`` is one the server answers itself and every role that subscribes may send (an
+    error or "no responders" answer proves the same)."""
+    import nats.errors
+
+    try:
+        await nc.request("$JS.API.INFO", b"", timeout=timeout)
+    except nats.errors.NoRespondersError:
+        pass
+
+
 async def connect(url: str, name: str = "swarmpool", *, access: Access | None = None,
                   inbox_prefix: str | None = None) -> NATS:
     """Connect to NATS, failing fast (ConnectionError) if no server answers now; later outages are
@@ -243,7 +261,7 @@ class Runtime:
                 self._spawn(self._guard(single.body.__name__, functools.partial(self._hold, single)),
                             name=single.body.__name__)
         if any(table.subscriptions for table in self.tables):
-            await self.ctx.nc.flush()  # ready means the server routes to us: our SUBs have reached it
+            await subscribed(self.ctx.nc)  # ready means the server routes to us
         return self
 
     async def __aexit__(self, *exc: object) -> None:

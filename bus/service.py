@@ -21,7 +21,7 @@ from nats.micro.service import Service
 
 from swarmpool.bus.messages import ErrorReply
 from swarmpool.bus.metrics import HostMetrics
-from swarmpool.bus.runtime import encode, log_safe_text
+from swarmpool.bus.runtime import encode, log_safe_text, subscribed
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ async def serve(nc: NATS, *, name: str, version: str, description: str, endpoint
             await service.add_endpoint(name=endpoint.name, subject=endpoint.subject,
                                        handler=_handler(endpoint, metrics),
                                        metadata={"description": endpoint.description})
-        await nc.flush()  # ready means requests reach us: the endpoints' SUBs have reached the server
+        await subscribed(nc)  # ready means requests reach us
         yield service
     finally:
         await service.stop()
