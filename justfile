@@ -56,6 +56,10 @@ bench-class N="12" *ARGS:
 bench-topup-lock *ARGS:
     python -m bench.bench_topup_lock {{ARGS}}
 
+# what a host pays to say "ready" only once the server holds its subscriptions, flush() as baseline
+bench-ready *ARGS:
+    python -m bench.bench_ready {{ARGS}}
+
 # render the production nginx config: just nginx example.org /etc/ssl/x.pem /etc/ssl/x.key
 nginx SERVER_NAME CERT KEY GATEWAY="127.0.0.1:8000" OUT="nginx/out":
     python nginx/render.py --server-name {{SERVER_NAME}} --cert {{CERT}} --key {{KEY}} --gateway {{GATEWAY}} --out {{OUT}}
