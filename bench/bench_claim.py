@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 import nats
 
+from bench.support import pct
 from swarmpool.natsd import EmbeddedNats, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,11 +54,6 @@ max_parallel_starts = 12
 [apps.echo.limits]
 memory = "96m"
 """
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def row(name: str, ms: list[float], floor: float) -> str:

@@ -41,7 +41,6 @@ import os
 import random
 import re
 import signal
-import statistics
 import string
 import subprocess
 import sys
@@ -59,7 +58,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.support import (VOILA_APP, chromium, class_catalogue, ensure_voila_image, instance_id_of, nginx_front,
-                           stop_process)
+                           pct, stop_process)
 from swarmpool.bus.messages import ClaimRequest, Claimed, Instance, RetireRequest
 from swarmpool.bus.roles import Access, credentials_path
 from swarmpool.bus.runtime import connect, encode
@@ -275,11 +274,6 @@ class Row:
 
     def ok(self) -> list[Student]:
         return [s for s in self.students if not s.error]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
 
 
 def counters_delta(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[str, float]:

@@ -19,13 +19,9 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NATS
 
+from bench.support import pct
 from swarmpool.bus.runtime import subscribed
 from swarmpool.natsd import EmbeddedNats
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 async def timed(nc: NATS, name: str, n: int, subs: int, ready: Callable[[], Awaitable[None]]) -> list[float]:

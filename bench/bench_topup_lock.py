@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nats
 
+from bench.support import pct
 from swarmpool.bus.messages import Instance
 from swarmpool.bus.runtime import Context
 from swarmpool.bus.spec import Catalogue
@@ -25,11 +26,6 @@ from swarmpool.bus.state import ConfigStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.keeper import KeeperState, counting
 from swarmpool.natsd import EmbeddedNats
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 async def timed(n: int, enter: object) -> list[float]:

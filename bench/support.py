@@ -46,6 +46,12 @@ max_instances = 40
 """
 
 
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of `values`; nan when there are none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+
+
 # ---- catalogues ----
 
 
