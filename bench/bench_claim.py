@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 import nats
 
-from bench.support import pct
+from bench.support import pct, stop_child
 from swarmpool.natsd import EmbeddedNats, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,12 +180,7 @@ async def single_process(n: int, no_refill: bool) -> tuple[list[float], Rounds]:
         full_at.clear()
         return floor, await rounds(port, n, no_refill, full_again)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            async with asyncio.timeout(120):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
+        await stop_child(proc, signal.SIGINT, timeout=120)
         reader.cancel()
 
 

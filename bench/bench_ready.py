@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NATS
 
-from bench.support import pct
+from bench.support import print_rows
 from swarmpool.bus.runtime import subscribed
 from swarmpool.natsd import EmbeddedNats
 
@@ -45,11 +44,7 @@ async def main(n: int, subs: int) -> None:
                                                                   lambda: subscribed(nc)))]
             finally:
                 await nc.close()
-    base = statistics.median(rows[0][1])
-    print(f"{'round':34} {'median ms':>10} {'p99 ms':>8} {'x baseline':>11}")
-    for name, values in rows:
-        med = statistics.median(values)
-        print(f"{name:34} {med:10.3f} {pct(values, 99):8.3f} {med / base:11.1f}")
+    print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import nats
 
-from bench.support import pct
+from bench.support import print_rows
 from swarmpool.bus.messages import Instance
 from swarmpool.bus.runtime import Context
 from swarmpool.bus.spec import Catalogue
@@ -59,11 +58,7 @@ async def main(n: int, records: int, contenders: int) -> None:
             if contenders > 1:
                 per_host = await asyncio.gather(*(timed(n, lambda c=c: counting(c)) for c in hosts))
                 rows.append((f"counting, {contenders} hosts at once", [v for h in per_host for v in h]))
-            base = statistics.median(rows[0][1])
-            print(f"{'round':40} {'median ms':>10} {'p99 ms':>8} {'x baseline':>11}")
-            for name, values in rows:
-                med = statistics.median(values)
-                print(f"{name:40} {med:10.3f} {pct(values, 99):8.3f} {med / base:11.0f}")
+            print_rows(rows, decimals=0)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ every process started here has one owner that stops it).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +52,16 @@ def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank) of `values`; nan when there are none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def print_rows(rows: list[tuple[str, list[float]]], decimals: int = 1) -> None:
+    """The benches' table: each round's median and p99 (ms), and its median against the first round's."""
+    width = max(len("round"), *(len(name) for name, _ in rows))
+    base = statistics.median(rows[0][1])
+    print(f"{'round':{width}} {'median ms':>10} {'p99 ms':>8} {'x baseline':>11}")
+    for name, values in rows:
+        med = statistics.median(values)
+        print(f"{name:{width}} {med:10.3f} {pct(values, 99):8.3f} {med / base:11.{decimals}f}")
 
 
 # ---- catalogues ----
@@ -140,6 +152,18 @@ def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, ti
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def stop_child(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """`stop_process` for a process started with asyncio: signal it, wait, kill it if it hangs; reaped."""
+    if process.returncode is None:
+        process.send_signal(sig)
+        try:
+            async with asyncio.timeout(timeout):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:

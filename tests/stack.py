@@ -31,6 +31,7 @@ from swarmpool.launcher import serve_gateway
 from swarmpool.natsd import free_port
 
 from bench.support import echo_catalogue  # noqa: F401  (re-exported: one home for benches and tests)
+from bench.support import stop_child
 
 T = TypeVar("T")
 
@@ -50,14 +51,7 @@ async def cli_process(stack: AsyncExitStack, *args: str) -> tuple[asyncio.subpro
     reader = asyncio.create_task(read())
 
     async def stop() -> None:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            async with asyncio.timeout(60):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_child(proc, signal.SIGINT, timeout=60)
         await reader
 
     stack.push_async_callback(stop)

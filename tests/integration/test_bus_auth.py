@@ -8,7 +8,6 @@ one namespace of their own.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from swarmpool.host import functions_host
 from swarmpool.launcher import serve_gateway
 from swarmpool.natsd import EmbeddedNats, free_port
 from swarmpool.swarm import Swarm
+from bench.support import stop_child
 from tests.fixtures import random_namespace, register_namespace
 from tests.stack import echo_catalogue, wait_for
 
@@ -244,13 +244,7 @@ async def test_a_heartbeat_flood_leaves_memory_flat_and_claims_working(server: E
         assert proc.returncode is None
     finally:
         await gw.close()
-        proc.terminate()
-        try:
-            async with asyncio.timeout(20):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_child(proc)
         await swarm.remove_all()
         await swarm.close()
     log = stderr.read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.ids import new_instance_id
 from swarmpool.bus.subjects import Subjects
 from swarmpool.swarm import InstanceSpec, Swarm
+from bench.support import stop_child
 from tests.stack import echo_catalogue, wait_for
 
 pytestmark = pytest.mark.docker
@@ -37,14 +37,7 @@ async def functions_process(nats_url: str, namespace: str, catalogue: Path) -> A
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(20):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_child(proc)
 
 
 def consistent(store: InstanceStore, services: list, ready: int) -> bool:  # type: ignore[type-arg]
