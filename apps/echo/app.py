@@ -3,12 +3,16 @@
 import asyncio
 import os
 import socket
+import subprocess
 
 from aiohttp import WSMsgType, web
 
 PREFIX = "/" + os.environ.get("SWARMPOOL_PREFIX", "/").strip("/") + "/"
 PREFIX = "/" if PREFIX == "//" else PREFIX
 ID = os.environ.get("SWARMPOOL_ID", "")
+# ECHO_SHELL=1: POST <prefix>run runs its body with `sh -c` inside the instance and answers its output,
+# as a notebook cell would. Only for tests that act as a student running code; never in a demo catalogue.
+SHELL = os.environ.get("ECHO_SHELL") == "1"
 
 
 def route(request: web.Request) -> str:
@@ -58,9 +62,26 @@ async def big(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_post(request: web.Request) -> web.Response:
-    if route(request) != "echo":
+    tail = route(request)
+    if tail == "run" and SHELL:
+        return await run(request)
+    if tail != "echo":
         raise web.HTTPNotFound()
     return web.Response(body=await request.read(), content_type=request.content_type)
+
+
+async def run(request: web.Request) -> web.Response:
+    """A shell command from the body, run in the instance (as a student's notebook cell would): rc and output."""
+    command = (await request.read()).decode()
+    timeout = float(request.query.get("timeout", "20"))
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run, ["sh", "-c", command], capture_output=True, text=True, timeout=timeout
+        )
+        result = {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+    except subprocess.TimeoutExpired as e:
+        result = {"rc": -1, "stdout": str(e.stdout or ""), "stderr": "timeout"}
+    return web.json_response(result)
 
 
 async def main() -> None:
