@@ -104,6 +104,21 @@ class ClaimRefused(msgspec.Struct, frozen=True, kw_only=True, tag="refused"):
 ClaimReply = Claimed | ClaimRefused
 
 
+# ---- releases (sp.release.<app>, request/reply): a browser at its limit ends its sessions ----
+
+
+class ReleaseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """End every live session of `app` that `browser` holds (the browser asked, on its limit page)."""
+
+    app: str
+    browser: str  # opaque browser key (hash of the gateway's cookie); never empty
+
+
+class Released(msgspec.Struct, frozen=True, kw_only=True, tag="released"):
+    app: str
+    ended: int  # sessions that began retiring
+
+
 class ErrorReply(msgspec.Struct, frozen=True, kw_only=True, tag="error"):
     """What the runtime's error boundary answers when a handler fails or a request is malformed."""
 

@@ -1,7 +1,7 @@
 """Who may do what on the bus: the NATS users of swarmpool (one per role), their subject
 permissions for a namespace, and how a process logs in as one (a credentials file).
 
-Three roles: ``gateway`` (publish claims and activity, receive its replies, read instance
+Three roles: ``gateway`` (publish claims, releases and activity, receive its replies, read instance
 records), ``functions`` (what the handlers need; the only role that creates buckets and
 streams or writes KV), ``operator`` (admin verbs, the event log, reading records). The
 ``$JS.*`` and ``$KV.*`` patterns below are NATS' own JetStream API subjects, named here
@@ -83,11 +83,12 @@ def permissions(role: str, namespace: str) -> Permissions:
             publish += _own_stream(kv_stream(bucket)) + [f"$KV.{bucket}.>"]
         # the event log's limits change with versions: its stream is updated in place
         publish += _own_stream(s.events_stream) + [f"$JS.API.STREAM.UPDATE.{s.events_stream}", "$JS.API.INFO"]
-        subscribe = [s.claim_all(), s.activity_all(), s.settled_all(), s.docker_all(), s.tick_all(),
+        subscribe = [s.claim_all(), s.release_all(), s.activity_all(), s.settled_all(), s.docker_all(), s.tick_all(),
                      s.admin_all(), s.instance_events_all()] + _discovery(s.admin_service)
         return Permissions(publish, subscribe + [s.inbox(role) + ".>"], allow_responses=True)
     if role == "gateway":
-        publish = [s.claim_all(), s.activity_all(), s.settled_all()] + _read_stream(kv_stream(s.instances_bucket))
+        publish = [s.claim_all(), s.release_all(), s.activity_all(), s.settled_all()]
+        publish += _read_stream(kv_stream(s.instances_bucket))
         publish += _read_stream(kv_stream(s.config_bucket))  # the catalogue every host follows (reload)
         return Permissions(publish, [s.inbox(role) + ".>"])
     if role == "operator":

@@ -46,6 +46,21 @@ def parse_time_zone(value: object) -> TimeZone:
     return TimeZone(value)
 
 
+class ProxyNetwork(str):
+    """An address or CIDR ("127.0.0.1", "10.1.0.0/16", "::1"), normalised ("127.0.0.1/32")."""
+
+
+def parse_proxy_network(value: object) -> ProxyNetwork:
+    import ipaddress
+
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address or CIDR like '127.0.0.1' or '10.1.0.0/16', got {value!r}")
+    try:
+        return ProxyNetwork(str(ipaddress.ip_network(value.strip(), strict=False)))
+    except ValueError:
+        raise ValueError(f"expected an address or CIDR like '127.0.0.1' or '10.1.0.0/16', got {value!r}") from None
+
+
 MIN_MEMORY = 32 * 1024**2
 
 
@@ -87,6 +102,8 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return parse_size(obj)
     if type_ is TimeZone:
         return parse_time_zone(obj)
+    if type_ is ProxyNetwork:
+        return parse_proxy_network(obj)
     if type_ is MemorySize:
         size = parse_size(obj)
         if size < MIN_MEMORY:
@@ -237,6 +254,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # (wildcard DNS and certificate); None keeps one origin and path-based confinement
     instance_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")] | None = None
     timezone: TimeZone | None = None  # of schedule entries that name none (default: UTC)
+    # addresses (or CIDRs) of the proxies in front of the gateway (nginx): only from these are
+    # X-Forwarded-For and -Proto believed; anyone else's are replaced by what the connection says.
+    # Default loopback: nginx on the same machine. [] when clients on this machine reach the gateway directly
+    trusted_proxies: tuple[ProxyNetwork, ...] = (ProxyNetwork("127.0.0.0/8"), ProxyNetwork("::1/128"))
 
 
 class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -28,6 +28,14 @@ class Subjects:
         """Wildcard the claimers subscribe to."""
         return f"{self.prefix}.claim.*"
 
+    def release(self, app: str) -> str:
+        """Request/reply: a gateway asks the claimers to end one browser's sessions of `app` (its limit page)."""
+        return f"{self.prefix}.release.{app}"
+
+    def release_all(self) -> str:
+        """Wildcard the claimers subscribe to for releases."""
+        return f"{self.prefix}.release.*"
+
     def activity(self, app: str, instance_id: str) -> str:
         """Publish: a gateway reports client traffic and open connections of one instance."""
         return f"{self.prefix}.activity.{app}.{instance_id}"

@@ -10,15 +10,17 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from swarmpool.bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claimed
+from swarmpool.bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claimed, Released, ReleaseRequest
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.state import Conflict
+from swarmpool.functions import lifecycle
 from swarmpool.functions.policy import live_sessions, pick_claim_order
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 10.0
 RECONCILING_RETRY = 1.0  # seconds a waiting room waits while the pool is reconciled with the engine
+RELEASED = "ended by its browser"  # the retire reason of a session its browser asked to end
 UNKNOWN_APP = "_unknown"  # one metrics label for every unknown app name, so labels stay bounded
 
 
@@ -115,3 +117,20 @@ async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
             ctx.metrics.claims.labels(app, "empty").inc()
             return ClaimRefused(app=app, reason="empty", retry_after=3)
         await ctx.store.wait_changed(remaining)
+
+
+# a browser at its limit ends its own sessions (they are found by its key, never by id: nothing to forge)
+@handlers.on(lambda s: s.release_all(), ReleaseRequest, reply=True,
+             expect=lambda s, request: s.release(request.app))
+async def release(ctx: Context, request: ReleaseRequest) -> Released:
+    app = request.app
+    if ctx.app(app) is None or not request.browser:
+        return Released(app=app, ended=0)
+    async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
+        # retiring under the browser's turn: its next claim already sees them gone
+        mine = live_sessions(ctx.store.all(app), request.browser)
+        marked = [await lifecycle.begin_retire(ctx, app, r.id, RELEASED) for r in mine]
+    ending = [r for r in marked if r is not None and r.reason == RELEASED]
+    log.info("released %d session(s) of %s for one browser", len(ending), app)
+    await ctx.each("remove released", (lifecycle.remove(ctx, r) for r in ending))
+    return Released(app=app, ended=len(ending))

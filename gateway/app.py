@@ -44,12 +44,14 @@ def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: C
     routes.on_removed(activity.forget)
     routes.on_removed(lambda instance_id: _close_sockets(gw, instance_id))
 
-    app = web.Application(middlewares=[origin.origin_guard(catalogue.settings.instance_domain, _not_found)])
+    app = web.Application(middlewares=[origin.origin_guard(catalogue.settings.instance_domain, _not_found,
+                                                           catalogue.settings.trusted_proxies)])
     app[GATEWAY] = gw
     app[proxy.WS_PENDING] = {}
     app.on_response_prepare.append(_gateway_page_headers)
     app.router.add_get("/", launch.index)
     app.router.add_get("/launch/{app}", launch.launch, allow_head=False)
+    app.router.add_post("/launch/{app}", launch.end_sessions)  # the limit page's "end my sessions"
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
     app.router.add_get("/robots.txt", launch.robots)

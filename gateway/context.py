@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from swarmpool.bus.client import Bus
-from swarmpool.bus.messages import Claimed, ClaimRefused, ErrorReply
+from swarmpool.bus.messages import Claimed, ClaimRefused, ErrorReply, Released
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -34,6 +34,8 @@ class Gateway:
     metrics: GatewayMetrics
     claim_decoder: msgspec.json.Decoder[Claimed | ClaimRefused | ErrorReply] = field(
         default_factory=lambda: msgspec.json.Decoder(Claimed | ClaimRefused | ErrorReply))
+    release_decoder: msgspec.json.Decoder[Released | ErrorReply] = field(
+        default_factory=lambda: msgspec.json.Decoder(Released | ErrorReply))
     open_sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)  # id -> client sockets
     background: set[asyncio.Task[object]] = field(default_factory=set)  # fire-and-forget closes
     static: StaticCache | None = None  # the shared static cache (made on first use, sized by the settings)

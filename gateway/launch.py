@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
 import re
@@ -13,12 +14,13 @@ import msgspec
 from aiohttp import web
 
 from swarmpool.bus.client import BusError, NoResponders, RequestTimeout
-from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply
+from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply, Released, ReleaseRequest
 from swarmpool.bus.spec import AppSpec
 from swarmpool.gateway import pages
 from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY, Gateway, wants_json
 from swarmpool.gateway.metrics import UNKNOWN_APP
-from swarmpool.gateway.origin import launch_location
+from swarmpool.gateway.intent import launch_verdict
+from swarmpool.gateway.origin import launch_location, public_scheme
 from swarmpool.ids import short_id, valid_id
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ PREVIEW_AGENTS = re.compile(
     r"|embedly|iframely|pinterestbot|vkshare|\bcrawler\b|\bspider\b",
     re.IGNORECASE,
 )
+RELEASE_WAIT = 5.0  # seconds a release (ending a browser's sessions) may take on the bus
+_TOKEN_CONTEXT = b"swarmpool end-sessions token\x00"
 ROBOTS_TXT = "User-agent: *\nDisallow: /launch/\nDisallow: /i/\n"
 
 
@@ -59,12 +63,28 @@ async def launch(request: web.Request) -> web.StreamResponse:
         return web.Response(text=pages.description_page(spec), content_type="text/html",
                             headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
 
+    verdict = launch_verdict(request.headers)
+    if verdict != "claim":  # fetch(), <img>, a frame, prefetch or prerender: never a session
+        gw.metrics.launches.labels(spec.name, verdict).inc()
+        return _not_a_click(request, spec, verdict)
+
     browser, new_cookie = browser_key(request) if gw.catalogue.settings.per_browser_limit else ("", None)
     response = await _answer(request, gw, spec, browser)
     if new_cookie is not None:
         response.set_cookie(BROWSER_COOKIE, new_cookie, path="/launch/", max_age=BROWSER_COOKIE_AGE,
                             httponly=True, samesite="Lax", secure=_https(request))
     return response
+
+
+def _not_a_click(request: web.Request, spec: AppSpec, verdict: str) -> web.Response:
+    """The answer to a request that is no tab's navigation: 403, never cached, nothing claimed (a
+    prefetch or prerender that got a 2xx would be shown instead of the real click's claim)."""
+    headers = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
+    if wants_json(request) or verdict == "not_navigation":
+        return web.json_response({"status": "not_a_click", "app": spec.name, "reason": verdict},
+                                 status=403, headers=headers)
+    return web.Response(text=pages.open_in_tab_page(spec), content_type="text/html", status=403,
+                        headers=headers)
 
 
 async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str) -> web.Response:
@@ -78,21 +98,14 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
         gw.routes.add_claimed(reply.id, spec.name, reply.endpoint)
         gw.metrics.launches.labels(spec.name, "claimed").inc()
         log.info("launch %s: claimed %s", spec.name, short_id(spec.name, reply.id))
-        location = launch_location(request, gw.catalogue.settings.instance_domain, reply.id, reply.deep_link)
+        settings = gw.catalogue.settings
+        location = launch_location(request, settings.instance_domain, reply.id, reply.deep_link,
+                                   settings.trusted_proxies)
         return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
     if isinstance(reply, ClaimRefused) and reply.reason == "limit":
         gw.metrics.launches.labels(spec.name, "limit").inc()
-        # the browser's own capabilities, sent only to it: never cached, never in a Referer
-        domain = gw.catalogue.settings.instance_domain
-        sessions = [launch_location(request, domain, i, spec.deep_link) for i in reply.sessions if valid_id(i)]
-        limit = gw.catalogue.settings.per_browser_limit
-        headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-        if wants_json(request):
-            return web.json_response({"status": "limit", "app": spec.name, "limit": limit, "sessions": sessions},
-                                     status=429, headers=headers)
-        return web.Response(text=pages.limit_page(spec, limit, sessions), content_type="text/html",
-                            status=429, headers=headers)
+        return _limit(request, gw, spec, reply)
 
     paused = isinstance(reply, ClaimRefused) and reply.reason == "paused"
     retry = DEFAULT_RETRY_AFTER
@@ -112,18 +125,135 @@ def is_preview_agent(user_agent: str) -> bool:
     return PREVIEW_AGENTS.search(user_agent) is not None
 
 
+def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused) -> web.Response:
+    """The browser holds its limit of sessions. One shared origin: they are named, never linked (any
+    script on the origin can read this answer), with a form that ends them; with per-instance
+    origins (instance_domain) the links are the browser's own and safe to show."""
+    settings = gw.catalogue.settings
+    limit = settings.per_browser_limit
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    ids = [i for i in reply.sessions if valid_id(i)]
+    if settings.instance_domain is not None:
+        links = [launch_location(request, settings.instance_domain, i, spec.deep_link, settings.trusted_proxies)
+                 for i in ids]
+        if wants_json(request):
+            return web.json_response({"status": "limit", "app": spec.name, "limit": limit, "sessions": links},
+                                     status=429, headers=headers)
+        return web.Response(text=pages.limit_page(spec, limit, links), content_type="text/html",
+                            status=429, headers=headers)
+    started = []
+    for instance_id in ids:
+        record = gw.store.get(spec.name, instance_id)
+        started.append(record.instance.claimed_at if record is not None else None)
+    cookie, _ = browser_cookie(request)
+    token = end_token(cookie) if cookie else ""
+    if wants_json(request):
+        sessions = [{"started": at} for at in started]
+        return web.json_response({"status": "limit", "app": spec.name, "limit": limit, "sessions": sessions,
+                                  "end": {"method": "POST", "url": f"/launch/{spec.name}", "token": token}},
+                                 status=429, headers=headers)
+    return web.Response(text=pages.limit_page_unlinked(spec, limit, started, token, time.time()),
+                        content_type="text/html", status=429, headers=headers)
+
+
+def browser_cookie(request: web.Request) -> tuple[str | None, bool]:
+    """The gateway's browser cookie as sent, and whether it was sent more than once.
+
+    A page on the shared origin can set a second `sp_browser` (path=/) beside the gateway's own:
+    then neither is believed (no "last one wins")."""
+    values: list[str] = []
+    for header in request.headers.getall("Cookie", []):
+        for part in header.split(";"):
+            name, sep, value = part.strip().partition("=")
+            if sep and name.strip() == BROWSER_COOKIE:
+                values.append(value.strip())
+    if len(values) > 1:
+        return None, True
+    return (values[0] if values else None), False
+
+
 def browser_key(request: web.Request) -> tuple[str, str | None]:
     """The browser's opaque key for the bus (a hash: the cookie itself never leaves the gateway),
-    and a new cookie value to set when it came without a valid one."""
-    value = request.cookies.get(BROWSER_COOKIE, "")
+    and a new cookie value to set when it came without a valid one. A cookie sent twice counts as
+    none: no key (not limited, as a cookie-less client) and no new cookie."""
+    value, twice = browser_cookie(request)
+    if twice:
+        return "", None
     new = None
-    if not _BROWSER_VALUE.fullmatch(value):
+    if value is None or not _BROWSER_VALUE.fullmatch(value):
         value = new = secrets.token_urlsafe(16)
     return hashlib.sha256(value.encode()).hexdigest()[:32], new
 
 
+def end_token(cookie: str) -> str:
+    """The limit page's form token: derived from the browser's cookie (HttpOnly, 128 random bits),
+    so a page on another site, which cannot read it, cannot make the browser end its sessions."""
+    return hashlib.sha256(_TOKEN_CONTEXT + cookie.encode()).hexdigest()[:32]
+
+
+def _same_origin(request: web.Request, proxies: tuple[str, ...]) -> bool:
+    """The browser says the request comes from this origin (Sec-Fetch-Site, Origin), or says nothing."""
+    site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    if site and site != "same-origin":
+        return False
+    origin = request.headers.get("Origin", "").strip().lower()
+    if origin:
+        return origin == f"{public_scheme(request, proxies)}://{request.host.lower()}"
+    return True
+
+
+async def end_sessions(request: web.Request) -> web.StreamResponse:
+    """POST /launch/<app> from the limit page: end this browser's sessions of the app, then a fresh click."""
+    gw = request.app[GATEWAY]
+    name = request.match_info["app"]
+    spec = gw.catalogue.apps.get(name)
+    if spec is None:
+        return web.json_response({"status": "unknown_app"}, status=404)
+    headers = {"Cache-Control": "no-store"}
+    cookie, twice = browser_cookie(request)
+    if twice or cookie is None or not _BROWSER_VALUE.fullmatch(cookie):
+        return web.json_response({"status": "refused", "reason": "cookie"}, status=400, headers=headers)
+    if not _same_origin(request, gw.catalogue.settings.trusted_proxies):
+        return web.json_response({"status": "refused", "reason": "origin"}, status=403, headers=headers)
+    if request.content_length is not None and request.content_length > 4096:
+        return web.json_response({"status": "refused", "reason": "body"}, status=413, headers=headers)
+    try:
+        form = await request.post()
+    except ValueError:
+        return web.json_response({"status": "refused", "reason": "body"}, status=400, headers=headers)
+    token = form.get("token")
+    if not isinstance(token, str) or not hmac.compare_digest(token.encode(), end_token(cookie).encode()):
+        return web.json_response({"status": "refused", "reason": "token"}, status=403, headers=headers)
+    browser = hashlib.sha256(cookie.encode()).hexdigest()[:32]
+    ended = await _release(gw, spec.name, browser)
+    if ended is None:
+        return web.json_response({"status": "unavailable"}, status=503, headers={**headers, "Retry-After": "3"})
+    gw.metrics.launches.labels(spec.name, "released").inc()
+    if wants_json(request):
+        return web.json_response({"status": "ended", "app": spec.name, "ended": ended}, headers=headers)
+    raise web.HTTPSeeOther(f"/launch/{spec.name}", headers=headers)
+
+
+async def _release(gw: Gateway, app: str, browser: str) -> int | None:
+    """Ask the claimers to end the browser's sessions of `app`; how many began to end, None if nobody answered."""
+    try:
+        data = await gw.bus.request(gw.subjects.release(app), ReleaseRequest(app=app, browser=browser),
+                                    timeout=RELEASE_WAIT)
+        reply = gw.release_decoder.decode(data)
+    except BusError as err:
+        log.warning("release %s failed: %s", app, err)
+        return None
+    except msgspec.DecodeError as err:
+        log.error("release %s: malformed reply: %s", app, err)
+        return None
+    if isinstance(reply, ErrorReply):
+        log.error("release %s: claimer error %s (%s)", app, reply.error, reply.detail)
+        return None
+    return reply.ended
+
+
 def _https(request: web.Request) -> bool:
-    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+    return public_scheme(request, request.app[GATEWAY].catalogue.settings.trusted_proxies) == "https"
 
 
 async def robots(request: web.Request) -> web.Response:

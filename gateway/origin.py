@@ -10,9 +10,10 @@ the id, so host names (in clear in DNS and TLS SNI) never carry the capability.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -24,11 +25,29 @@ GATEWAY_COOKIE_PREFIXES = ("swarmpool", "sp_")  # the gateway's own cookies: nev
 LABEL_LENGTH = 20  # base32 characters of the host label: 100 bits, no collisions in practice
 _LABEL_CONTEXT = b"swarmpool instance host label\x00"
 
-# Response headers an instance may not send: each acts on the whole origin (or host), not one path.
+# Response headers an instance may not send: each acts beyond the response (on the whole origin,
+# host or site, or on later requests to other paths), so one instance would act on its neighbours.
+# Chosen by going through the IANA and Fetch/HTML header registries for headers whose scope is
+# not the response or its document (docs/security-gateway.md says how); one line, one reason.
 ORIGIN_WIDE = frozenset(istr(h) for h in (
     "Service-Worker-Allowed",  # would let a worker at /i/<id>/sw.js control / and /launch/
     "Clear-Site-Data",  # would wipe every instance's storage on this origin
     "Strict-Transport-Security",  # the operator's front decides this for the host
+    "NEL",  # a Network Error Logging policy reports later URLs of the whole origin (others' /i/<id>/)
+    "Report-To",  # names report endpoints the origin's NEL and other reports go to
+    "Reporting-Endpoints",  # the same for the Reporting API v1
+    "Alt-Svc",  # moves the whole origin's later traffic to another host or port
+    "Origin-Agent-Cluster",  # the first answer decides the agent cluster of every page of the origin
+    "Origin-Isolation",  # the earlier name of Origin-Agent-Cluster
+    "Accept-CH",  # client-hint preferences the browser keeps for the whole origin
+    "Critical-CH",  # retries the request with the origin's client hints (works with Accept-CH)
+    "Set-Login",  # FedCM login status, kept per origin
+    "Speculation-Rules",  # prefetch/prerender of any same-origin URL (/launch/ claims, others' paths)
+    "Public-Key-Pins",  # host-wide certificate pins (obsolete, still dropped)
+    "Public-Key-Pins-Report-Only",  # the same, reporting only
+    "Expect-CT",  # host-wide Certificate Transparency policy (obsolete, still dropped)
+    "Sec-Session-Registration",  # device-bound session credentials: binds the origin's cookies
+    "Set-Cookie2",  # obsolete cookie header: escapes the Path confinement of Set-Cookie if ever honoured
 ))
 # Request headers that only a trusted front may set, and this gateway never forwards.
 NEVER_FORWARDED = frozenset(istr(h) for h in (
@@ -36,14 +55,43 @@ NEVER_FORWARDED = frozenset(istr(h) for h in (
 ))
 
 
-def trusted_peer(remote: str | None) -> bool:
-    """Forwarding headers are believed only from loopback (nginx) or a unix socket."""
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")  # nginx on the same machine
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(proxies: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+
+
+def trusted_peer(remote: str | None, proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> bool:
+    """Forwarding headers are believed only from a configured proxy address or a unix socket."""
     if remote is None:
         return True
     try:
-        return ipaddress.ip_address(remote).is_loopback
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _networks(tuple(proxies)))
+
+
+def client_address(forwarded_for: Sequence[str], remote: str | None, proxies: Sequence[str]) -> str:
+    """The client's address: the peer, or, behind trusted proxies, the right-most address of their
+    X-Forwarded-For chain that is not itself a trusted proxy (what a client wrote further left is
+    never believed)."""
+    peer = remote or "unix"
+    if not trusted_peer(remote, proxies):
+        return peer
+    chain = [a.strip() for value in forwarded_for for a in value.split(",") if a.strip()]
+    for address in reversed(chain):
+        try:
+            ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return peer  # garbage in the chain: only the connection is known
+        if not trusted_peer(address, proxies):
+            return address
+    return chain[0] if chain else peer
 
 
 def bare_prefix(instance_id: str) -> str:
@@ -152,20 +200,21 @@ def instance_url(scheme: str, instance_domain: str, instance_id: str, tail: str 
     return f"{scheme}://{host_label(instance_id)}.{instance_domain}{instance_prefix(instance_id)}{tail.lstrip('/')}"
 
 
-def public_scheme(request: web.Request) -> str:
-    """The scheme the browser used: the front's X-Forwarded-Proto when the peer is trusted."""
-    if trusted_peer(request.remote):
+def public_scheme(request: web.Request, proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> str:
+    """The scheme the browser used: the front's X-Forwarded-Proto when the peer is a trusted proxy."""
+    if trusted_peer(request.remote, proxies):
         forwarded = request.headers.get("X-Forwarded-Proto", "").strip().lower()
         if forwarded in ("http", "https"):
             return forwarded
     return request.scheme
 
 
-def launch_location(request: web.Request, instance_domain: str | None, instance_id: str, deep_link: str) -> str:
+def launch_location(request: web.Request, instance_domain: str | None, instance_id: str, deep_link: str,
+                    proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> str:
     """Where `/launch/<app>` sends the browser: the instance's prefix, on its own origin if configured."""
     if instance_domain is None:
         return instance_prefix(instance_id) + deep_link.lstrip("/")
-    return instance_url(public_scheme(request), instance_domain, instance_id, deep_link)
+    return instance_url(public_scheme(request, proxies), instance_domain, instance_id, deep_link)
 
 
 # ---- the middleware: every response's origin rules in one place ----
@@ -181,8 +230,8 @@ def _id_in_path(path: str) -> str | None:
     return candidate if valid_id(candidate) else None
 
 
-def origin_guard(instance_domain: str | None,
-                 not_found: Callable[[web.Request], web.StreamResponse]) -> Middleware:
+def origin_guard(instance_domain: str | None, not_found: Callable[[web.Request], web.StreamResponse],
+                 proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> Middleware:
     """Subdomain mode: an instance host serves only its own `/i/<id>/`; the main host serves no `/i/`.
 
     `/i/<id>/...` asked on the main host (an old link) is redirected to the instance's host for
@@ -203,7 +252,7 @@ def origin_guard(instance_domain: str | None,
             if instance_id is not None and request.method in ("GET", "HEAD"):
                 tail = request.rel_url.raw_path[len(instance_prefix(instance_id)):]
                 query = request.rel_url.raw_query_string
-                location = instance_url(public_scheme(request), instance_domain, instance_id, tail)
+                location = instance_url(public_scheme(request, proxies), instance_domain, instance_id, tail)
                 raise web.HTTPTemporaryRedirect(location + (f"?{query}" if query else ""),
                                                 headers={"Referrer-Policy": "no-referrer"})
             return not_found(request)

@@ -1,8 +1,9 @@
-"""The gateway's few HTML pages; every dynamic value is escaped; no instance id appears on a public page
-(only the limit page, sent no-store to one browser, links that browser's own sessions)."""
+"""The gateway's few HTML pages; every dynamic value is escaped; no instance id appears on a page of the
+shared origin (with per-instance origins, the limit page, sent no-store to one browser, links its own sessions)."""
 
 from __future__ import annotations
 
+import time
 from html import escape
 
 from swarmpool.bus.spec import AppSpec
@@ -85,3 +86,34 @@ def limit_page(app: AppSpec, limit: int, sessions: list[str]) -> str:
                  f"<p>Go back to one of them:</p><ul>{links}</ul>"
                  "<p>A session ends a couple of minutes after its tab is closed; then you can start a new one "
                  f"<a href=\"/launch/{escape(app.name)}\">here</a>.</p>")
+
+
+def _ago(at: float | None, now: float) -> str:
+    if at is None:
+        return "started a moment ago"
+    minutes = max(0, int(now - at) // 60)
+    clock = time.strftime("%H:%M", time.gmtime(at))
+    return f"started {clock} UTC ({minutes} min ago)" if minutes else f"started {clock} UTC (just now)"
+
+
+def limit_page_unlinked(app: AppSpec, limit: int, started: list[float | None], token: str, now: float) -> str:
+    """The limit page on a shared origin: the sessions are named, never linked (any script on the origin
+    could read a link), and a form (token bound to the browser's cookie) ends them all."""
+    title = escape(app.title or app.name)
+    items = "".join(f"<li>{title} session {n}, {escape(_ago(at, now))}</li>" for n, at in enumerate(started, 1))
+    form = (f"<form method=\"post\" action=\"/launch/{escape(app.name)}\">"
+            f"<input type=\"hidden\" name=\"token\" value=\"{escape(token)}\">"
+            f"<button type=\"submit\">End these sessions and start a new one</button></form>") if token else ""
+    return _page(f"{app.title or app.name}: sessions open",
+                 f"<h1>You already have {limit} {title} session{'s' if limit != 1 else ''} open</h1>"
+                 f"<ul>{items}</ul><p>Go back to the tab of one of them, or end them (their unsaved work is "
+                 f"lost):</p>{form}"
+                 "<p>A session also ends by itself a couple of minutes after its tab is closed.</p>")
+
+
+def open_in_tab_page(app: AppSpec) -> str:
+    """What a frame or a prefetch gets at /launch/<app>: no session, a link that opens one in a tab."""
+    title = escape(app.title or app.name)
+    return _page(app.title or app.name, f"<h1>{title}</h1><p>{escape(app.description)}</p>"
+                 f"<p><a href=\"/launch/{escape(app.name)}\" target=\"_blank\" rel=\"noopener\">"
+                 "Open a session in a new tab</a></p>")

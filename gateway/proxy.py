@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import aiohttp
 from aiohttp import WebSocketError, WSMsgType, web
@@ -19,9 +19,11 @@ from yarl import URL
 from swarmpool.gateway import pages
 from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway, wants_json
 from swarmpool.gateway.origin import (
+    DEFAULT_TRUSTED_PROXIES,
     NEVER_FORWARDED,
     ORIGIN_WIDE,
     bare_prefix,
+    client_address,
     confine_location,
     confine_set_cookie,
     trusted_peer,
@@ -72,17 +74,17 @@ def without_hop_by_hop(headers: Mapping[str, str]) -> CIMultiDict[str]:
 
 
 def forwarding(client: CIMultiDict[str], *, remote: str | None, scheme: str, host: str,
-               prefix: str | None) -> CIMultiDict[str]:
-    """The X-Forwarded-* headers for the upstream, given the client's request headers."""
-    trusted = trusted_peer(remote)
+               prefix: str | None, proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> CIMultiDict[str]:
+    """The X-Forwarded-* headers for the upstream, set from the connection: a client's own are
+    believed only from a trusted proxy, and X-Forwarded-Host is always the Host the gateway saw."""
+    trusted = trusted_peer(remote, proxies)
     out: CIMultiDict[str] = CIMultiDict()
-    peer = remote or "unix"
-    earlier = (client.get("X-Forwarded-For") or client.get("X-Real-IP")) if trusted else None
-    out["X-Forwarded-For"] = f"{earlier}, {peer}" if earlier else peer
-    if trusted and "X-Real-IP" in client:
-        out["X-Real-IP"] = client["X-Real-IP"]
-    out["X-Forwarded-Proto"] = (client.get("X-Forwarded-Proto") if trusted else None) or scheme
-    out["X-Forwarded-Host"] = (client.get("X-Forwarded-Host") if trusted else None) or host
+    address = client_address(client.getall("X-Forwarded-For", []), remote, proxies)
+    out["X-Forwarded-For"] = address
+    out["X-Real-IP"] = address
+    proto = client.get("X-Forwarded-Proto", "").strip().lower() if trusted else ""
+    out["X-Forwarded-Proto"] = proto if proto in ("http", "https") else scheme
+    out["X-Forwarded-Host"] = host
     if prefix:
         out["X-Forwarded-Prefix"] = prefix
     return out
@@ -119,8 +121,10 @@ def _upstream_headers(request: web.Request, instance_id: str, route: Route) -> C
     if cookies:
         headers["Cookie"] = cookies
     headers.popall("Expect", None)  # the gateway already answered 100-continue itself
+    proxies = request.app[GATEWAY].catalogue.settings.trusted_proxies
     headers.extend(forwarding(CIMultiDict(request.headers), remote=request.remote, scheme=request.scheme,
-                              host=request.host, prefix=_bare_prefix(instance_id) if route.strip_prefix else None))
+                              host=request.host, prefix=_bare_prefix(instance_id) if route.strip_prefix else None,
+                              proxies=proxies))
     return headers
 
 
