@@ -217,6 +217,7 @@ async def _from_static_cache(request: web.Request, gw: Gateway, instance_id: str
         return None
     cache = static_cache(gw)
     key = Key(image=image, path=relative, query=request.rel_url.raw_query_string)
+    cache.note(key, instance_id)  # demand: which sessions ask for this query (it decides which variants stay)
     asset = cache.get(key)
     if asset is None:
         if cache.accepts(key):

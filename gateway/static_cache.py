@@ -19,6 +19,11 @@ from multidict import CIMultiDict
 # a browser may keep what it got for as long as the session lives
 CACHE_CONTROL = "public, max-age=86400, immutable"
 COMPRESS_MIN = 512  # smaller bodies gain nothing from gzip
+# demand kept per static path, to choose which query variants deserve its slots: the sessions that
+# asked for each query (a count that saturates), for a few times more queries than there are slots
+DEMAND_CAP = 64  # sessions remembered per query: past this, every popular variant ties
+DEMAND_QUERIES = 4  # queries remembered per path, times max_variants
+DEMAND_PATHS = 4096  # paths with query demand remembered, all images
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "application/xml", "image/svg+xml",
                "application/wasm", "application/manifest+json", "font/ttf", "font/otf", "application/x-javascript")
 _KEPT_HEADERS = ("Content-Type", "Last-Modified", "Content-Language")
@@ -163,7 +168,13 @@ def response_parts(asset: Asset, accept_encoding: str) -> tuple[bytes, CIMultiDi
 
 
 class StaticCache:
-    """LRU of assets bounded in bytes, at most `max_variants` queries per path, one image per app."""
+    """LRU of assets bounded in bytes, at most `max_variants` queries per path, one image per app.
+
+    Which queries of a path hold its slots is decided by demand: how many different sessions asked
+    for each. A new query is admitted to a full path only when more sessions asked for it than for
+    the least asked-for query there, which it then replaces; so one client's junk query strings (one
+    session each, however often repeated) never keep out a variant that students keep requesting.
+    """
 
     def __init__(self, max_bytes: int, max_variants: int = 8, max_asset: int | None = None) -> None:
         self.max_bytes = max_bytes
@@ -173,7 +184,9 @@ class StaticCache:
         self.hits = 0
         self.fills = 0
         self._assets: OrderedDict[Key, Asset] = OrderedDict()
-        self._variants: dict[tuple[str, str], int] = {}
+        self._variants: dict[tuple[str, str], dict[str, None]] = {}  # (image, path) -> cached queries
+        # (image, path) -> query -> the sessions that asked for it (first one first), oldest query first
+        self._demand: OrderedDict[tuple[str, str], OrderedDict[str, dict[str, None]]] = OrderedDict()
         self._image_of: dict[str, str] = {}  # app -> the image its entries come from
         self._apps: dict[str, str] = {}  # image -> app
         self._loading: dict[Key, asyncio.Future[Asset | None]] = {}
@@ -188,16 +201,70 @@ class StaticCache:
             self.hits += 1
         return asset
 
+    def note(self, key: Key, session: str) -> None:
+        """One session asked for `key` (only queries are counted: a path without one always has its slot)."""
+        if not key.query:
+            return
+        path = (key.image, key.path)
+        queries = self._demand.get(path)
+        if queries is None:
+            queries = self._demand[path] = OrderedDict()
+            while len(self._demand) > DEMAND_PATHS:
+                self._demand.popitem(last=False)
+        else:
+            self._demand.move_to_end(path)
+        sessions = queries.get(key.query)
+        if sessions is None:
+            self._make_room(key, session, queries)
+            sessions = queries[key.query] = {session: None}
+        elif len(sessions) < DEMAND_CAP:
+            sessions[session] = None
+
+    def _make_room(self, key: Key, session: str, queries: OrderedDict[str, dict[str, None]]) -> None:
+        """Bound a path's demand before a new query joins it. A session's own queries that nobody
+        else asked for go first (one client cannot push out what others asked for), then, over the
+        bound, the least asked-for; a query holding a slot is never forgotten."""
+        def loose(query: str) -> bool:
+            return Key(key.image, key.path, query) not in self._assets
+
+        own = [q for q, asked in queries.items() if len(asked) == 1 and session in asked and loose(q)]
+        for query in own[:max(0, len(own) - self.max_variants + 1)]:
+            del queries[query]
+        excess = len(queries) + 1 - DEMAND_QUERIES * self.max_variants
+        if excess > 0:
+            candidates = sorted((q for q in queries if loose(q)), key=lambda q: len(queries[q]))  # stable: oldest first
+            for query in candidates[:excess]:
+                del queries[query]
+
+    def demand(self, key: Key) -> int:
+        """How many sessions asked for `key` (saturating at DEMAND_CAP)."""
+        queries = self._demand.get((key.image, key.path))
+        return len(queries.get(key.query, ())) if queries is not None else 0
+
+    def _weakest(self, key: Key) -> Key | None:
+        """The cached query of `key`'s path that fewest sessions asked for (the least recent among ties)."""
+        held = [Key(key.image, key.path, q) for q in self._variants.get((key.image, key.path), {})]
+        return min(held, key=self.demand, default=None)  # in order of storing: min keeps the oldest
+
     def accepts(self, key: Key) -> bool:
-        """Whether a new entry for `key` may be stored (a cap on query variants per path)."""
+        """Whether a new entry for `key` may be stored: a free variant slot on its path, or more
+        demand than the least asked-for variant there."""
         if key in self._assets or not key.query:
             return True
-        return self._variants.get((key.image, key.path), 0) < self.max_variants
+        if len(self._variants.get((key.image, key.path), ())) < self.max_variants:
+            return True  # a free slot: a first variant is cached at its first request
+        weakest = self._weakest(key)
+        return weakest is not None and self.demand(key) > self.demand(weakest)
 
     def put(self, app: str, key: Key, asset: Asset) -> bool:
         """Store `asset`; an image new for `app` drops the entries of the image before it."""
         if asset.size > self.max_asset or not self.accepts(key):
             return False
+        full = len(self._variants.get((key.image, key.path), ())) >= self.max_variants
+        if key not in self._assets and key.query and full:
+            weakest = self._weakest(key)
+            if weakest is not None:
+                self._evict(weakest)  # more asked for than the weakest variant: takes its slot
         previous = self._image_of.get(app)
         if previous is not None and previous != key.image:
             self.drop_image(previous)
@@ -207,7 +274,7 @@ class StaticCache:
         if old is not None:
             self.bytes -= old.size
         elif key.query:
-            self._variants[(key.image, key.path)] = self._variants.get((key.image, key.path), 0) + 1
+            self._variants.setdefault((key.image, key.path), {})[key.query] = None
         self._assets[key] = asset
         self.bytes += asset.size
         self.fills += 1
@@ -220,6 +287,8 @@ class StaticCache:
         gone = [k for k in self._assets if k.image == image]
         for key in gone:
             self._evict(key)
+        for path in [p for p in self._demand if p[0] == image]:
+            del self._demand[path]
         app = self._apps.pop(image, None)
         if app is not None and self._image_of.get(app) == image:
             del self._image_of[app]
@@ -230,7 +299,7 @@ class StaticCache:
         self.bytes -= asset.size
         if key.query:
             variant = (key.image, key.path)
-            self._variants[variant] -= 1
+            self._variants[variant].pop(key.query, None)
             if not self._variants[variant]:
                 del self._variants[variant]
 

@@ -175,6 +175,27 @@ async def test_a_static_file_is_fetched_once_per_image_and_served_to_every_stude
         await sub.unsubscribe()
 
 
+async def test_junk_query_strings_from_one_session_never_keep_out_the_variant_students_request(pool: Pool) -> None:
+    slots = CATALOGUE.settings.static_cache_variants
+    for n in range(slots + 4):  # student a fills the path's slots with junk, and asks for more
+        for _ in range(2):
+            assert (await fetch(pool, "a", f"static/app.js?junk={n}"))[0] == 200
+    assert pool.ready.seen["static/app.js"] == slots  # the first junk filled every slot
+    # the real, versioned URL: a's first ask ties with the junk and goes to a's own instance; b's is a
+    # second session: more asked for than any junk, it takes a slot (one fill from the ready instance)
+    await fetch(pool, "a", "static/app.js?v=1.2.3")
+    status, body, _ = await fetch(pool, "b", "static/app.js?v=1.2.3")
+    assert status == 200 and body == SCRIPT
+    assert pool.ready.seen["static/app.js"] == slots + 1
+    for n in range(100, 120):  # more junk, each asked for twice: it never pushes the real variant out
+        for _ in range(2):
+            await fetch(pool, "a", f"static/app.js?junk={n}")
+    for label in ("a", "b", "b", "a"):
+        status, body, _ = await fetch(pool, label, "static/app.js?v=1.2.3")
+        assert status == 200 and body == SCRIPT  # from the cache: the image's file, for both students
+    assert pool.ready.seen["static/app.js"] == slots + 1 and pool.b.seen["static/app.js"] == 0
+
+
 async def test_compressed_and_plain_clients_get_identical_content(pool: Pool) -> None:
     _, plain, plain_headers = await fetch(pool, "a", "static/app.js", **{"Accept-Encoding": "identity"})
     _, packed, packed_headers = await fetch(pool, "b", "static/app.js", **{"Accept-Encoding": "gzip, br"})

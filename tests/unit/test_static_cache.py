@@ -123,12 +123,73 @@ def test_lru_bounded_in_bytes() -> None:
 def test_query_variants_are_capped_per_path() -> None:
     cache = StaticCache(max_bytes=10_000, max_variants=2)
     for query in ("v=1", "v=2"):
+        cache.note(Key("img", "s/a.js", query), "s1")
         assert cache.put("app", Key("img", "s/a.js", query), make_asset(b"x", {}))
-    assert not cache.accepts(Key("img", "s/a.js", "v=3"))
+    cache.note(Key("img", "s/a.js", "v=3"), "s1")
+    assert not cache.accepts(Key("img", "s/a.js", "v=3"))  # asked for no more than the others
     assert not cache.put("app", Key("img", "s/a.js", "v=3"), make_asset(b"x", {}))
     assert cache.accepts(Key("img", "s/a.js", "v=1"))  # already there
     assert cache.accepts(Key("img", "s/a.js"))  # no query: always one slot
     assert cache.accepts(Key("img", "s/b.js", "v=3"))
+
+
+def _ask(cache: StaticCache, key: Key, session: str) -> bool:
+    """What the proxy does for one request: count it, serve a hit, or store a miss if admitted."""
+    cache.note(key, session)
+    if cache.get(key) is not None:
+        return True
+    if cache.accepts(key):
+        cache.put("app", key, make_asset(key.query.encode(), {}))
+    return False
+
+
+def test_junk_query_strings_from_one_client_never_keep_out_a_variant_students_request() -> None:
+    cache = StaticCache(max_bytes=100_000, max_variants=8)
+    real = Key("img", "s/app.js", "v=1.2.3")
+    for n in range(200):  # one client, one session: many junk queries, each asked for again and again
+        for _ in range(3):
+            _ask(cache, Key("img", "s/app.js", f"junk={n}"), "attacker")
+    assert len(cache) == 8  # the junk filled the slots
+    hits = [_ask(cache, real, f"student{n}") for n in range(5)]
+    assert hits == [False, False, True, True, True]  # admitted once a second session asked for it
+    for n in range(200, 400):  # more junk: it never evicts the variant students keep asking for
+        _ask(cache, Key("img", "s/app.js", f"junk={n}"), "attacker")
+        _ask(cache, Key("img", "s/app.js", f"junk={n}"), "attacker")
+    assert cache.get(real) is not None
+    assert len(cache) == 8
+
+
+def test_junk_between_two_students_does_not_erase_the_first_ones_demand() -> None:
+    cache = StaticCache(max_bytes=100_000, max_variants=2)
+    for n in range(2):
+        _ask(cache, Key("img", "s/a.js", f"junk={n}"), "attacker")
+    real = Key("img", "s/a.js", "v=2")
+    assert not _ask(cache, real, "alice")
+    for n in range(2, 500):  # far more queries than the demand table keeps
+        _ask(cache, Key("img", "s/a.js", f"junk={n}"), "attacker")
+    assert cache.demand(real) == 1
+    assert not _ask(cache, real, "bob")  # second session: admitted now
+    assert cache.get(real) is not None
+
+
+@pytest.mark.parametrize(("asked", "newcomer", "admitted"), [
+    ({"v=1": 3, "v=2": 1}, 2, True),  # more than the weakest (v=2): takes its slot
+    ({"v=1": 3, "v=2": 2}, 2, False),  # a tie keeps the variant already there
+    ({"v=1": 3, "v=2": 3}, 1, False),
+])
+def test_a_full_path_admits_by_the_number_of_sessions_asking(asked: dict[str, int], newcomer: int,
+                                                              admitted: bool) -> None:
+    cache = StaticCache(max_bytes=10_000, max_variants=2)
+    for query, sessions in asked.items():
+        for n in range(sessions):
+            _ask(cache, Key("img", "s/a.js", query), f"{query}-{n}")
+    new = Key("img", "s/a.js", "v=3")
+    for n in range(newcomer):
+        cache.note(new, f"new-{n}")
+    assert cache.accepts(new) is admitted
+    assert cache.put("app", new, make_asset(b"x", {})) is admitted
+    if admitted:
+        assert cache.get(Key("img", "s/a.js", "v=2")) is None and cache.get(Key("img", "s/a.js", "v=1"))
 
 
 def test_a_new_image_drops_the_old_images_entries() -> None:
