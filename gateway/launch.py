@@ -197,9 +197,14 @@ def _same_origin(request: web.Request, proxies: tuple[str, ...]) -> bool:
     if site and site != "same-origin":
         return False
     origin = request.headers.get("Origin", "").strip().lower()
-    if origin:
-        return origin == f"{public_scheme(request, proxies)}://{request.host.lower()}"
-    return True
+    if not origin:
+        return True
+    scheme, _, authority = origin.partition("://")
+    host = request.host.strip().lower()
+    if scheme != public_scheme(request, proxies):
+        return False
+    # nginx forwards `$host`, which has no port: then the host name alone must match
+    return authority == host if ":" in host.rsplit("]", 1)[-1] else authority.rsplit(":", 1)[0] == host
 
 
 async def end_sessions(request: web.Request) -> web.StreamResponse:

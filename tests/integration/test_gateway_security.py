@@ -7,6 +7,7 @@ raw sockets where a client misbehaves below HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import struct
@@ -14,23 +15,30 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from nats.aio.client import Client as NATS
 
 from swarmpool.bus.client import Bus
-from swarmpool.bus.messages import Claimed
+from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, Released, ReleaseRequest
+from swarmpool.bus.runtime import encode
 from swarmpool.bus.spec import AppSpec, ByteSize, Catalogue, Duration, Settings
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import make_app
 from swarmpool.gateway.app import make_runner
+from swarmpool.gateway.launch import end_token
 from swarmpool.gateway.origin import host_label
 from swarmpool.ids import new_instance_id
 from tests.integration.test_gateway import Claimer, claimed_instance, claimer  # noqa: F401
+from tests.integration.test_nginx import Upstream as NginxUpstream
+from tests.integration.test_nginx import running_nginx
 
 WS_LIMIT = 64 * 1024
 TIMEOUT = 1.0  # keep-alive/header, body and upstream read timeouts of the gateway under test
@@ -133,16 +141,30 @@ async def test_set_cookie_is_confined_to_the_instance(gw: World) -> None:
         assert r.headers["Set-Cookie"] == f"e=5; Path=/i/{plain.id}/api"
 
 
+# every header the issue names (and the earlier three): an instance must not act on the whole origin
+ORIGIN_WIDE_SENT = {
+    "Service-Worker-Allowed": "/", "Clear-Site-Data": '"cookies", "storage"',
+    "Strict-Transport-Security": "max-age=99999999; includeSubDomains",
+    "NEL": '{"report_to":"spy","max_age":31536000,"include_subdomains":true}',
+    "Report-To": '{"group":"spy","max_age":31536000,"endpoints":[{"url":"https://spy.example/r"}]}',
+    "Reporting-Endpoints": 'spy="https://spy.example/r"', "Alt-Svc": 'h2="spy.example:443"; ma=86400',
+    "Origin-Agent-Cluster": "?0", "Accept-CH": "Sec-CH-UA-Full-Version-List", "Critical-CH": "Sec-CH-UA-Model",
+    "Set-Login": "logged-in", "Speculation-Rules": '"/i/x/rules.json"', "Public-Key-Pins": 'pin-sha256="x"; max-age=9',
+    "Expect-CT": "max-age=86400, enforce",
+}
+
+
 async def test_origin_wide_response_headers_never_reach_the_browser(gw: World) -> None:
     instance = await claimed_instance(gw.store, gw.endpoint)
-    query = [("h", "Service-Worker-Allowed:/"), ("h", 'Clear-Site-Data:"cookies", "storage"'),
-             ("h", "Strict-Transport-Security:max-age=99999999; includeSubDomains"), ("h", "X-Kept:yes")]
+    query = [("h", f"{name}:{value}") for name, value in ORIGIN_WIDE_SENT.items()] + [("h", "X-Kept:yes")]
     async with gw.http.get(gw.url + f"/i/{instance.id}/sw.js", params=query) as r:
         assert r.status == 200
-        for name in ("Service-Worker-Allowed", "Clear-Site-Data", "Strict-Transport-Security"):
-            assert name not in r.headers
+        assert [name for name in ORIGIN_WIDE_SENT if name in r.headers] == []
         assert r.headers["X-Kept"] == "yes"
         assert "Referrer-Policy" not in r.headers  # the instance's own answer: its own policy
+    plain = await claimed_instance(gw.store, gw.endpoint, app="plain")  # a strip-prefix app too
+    async with gw.http.get(gw.url + f"/i/{plain.id}/", params=query) as r:
+        assert [name for name in ORIGIN_WIDE_SENT if name in r.headers] == []
 
 
 async def test_location_of_a_strip_prefix_app_goes_back_into_its_prefix(gw: World) -> None:
@@ -168,14 +190,48 @@ async def test_location_of_a_strip_prefix_app_goes_back_into_its_prefix(gw: Worl
 async def test_untrusted_forwarding_headers_and_gateway_cookies_never_reach_an_instance(gw: World) -> None:
     instance = await claimed_instance(gw.store, gw.endpoint)
     sent = {"Forwarded": "for=1.2.3.4;host=evil", "X-Original-URL": "/admin", "X-Rewrite-URL": "/admin",
-            "X-Forwarded-Server": "evil", "Cookie": "sp_browser=secret-of-the-gateway; mine=1; swarmpool-x=2"}
+            "X-Forwarded-Server": "evil", "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "1",
+            "Cookie": "sp_browser=secret-of-the-gateway; mine=1; swarmpool-x=2"}
     async with gw.http.get(gw.url + f"/i/{instance.id}/", headers=sent) as r:
         seen = CIMultiDict((await r.json())["headers"])
-    for name in ("Forwarded", "X-Original-URL", "X-Rewrite-URL", "X-Forwarded-Server"):
+    for name in ("Forwarded", "X-Original-URL", "X-Rewrite-URL", "X-Forwarded-Server", "X-Forwarded-Port"):
         assert name not in seen
+    # even from loopback (a trusted proxy by default), X-Forwarded-Host is the Host the gateway saw
+    assert seen["X-Forwarded-Host"] == gw.host and seen["Host"] == gw.host
     assert seen["Cookie"] == "mine=1"
     async with gw.http.get(gw.url + f"/i/{instance.id}/", headers={"Cookie": "sp_browser=only"}) as r:
         assert "Cookie" not in (await r.json())["headers"]
+
+
+FORGED = {"X-Forwarded-For": "203.0.113.66", "X-Real-IP": "203.0.113.66", "X-Forwarded-Proto": "https",
+          "X-Forwarded-Host": "evil.example"}
+
+
+async def test_forged_forwarding_headers_from_a_client_that_is_no_proxy_never_reach_the_instance(
+        nc: NATS, subjects: Subjects, store: InstanceStore) -> None:
+    # the test client connects from loopback: with no trusted proxy, it is a client like any other
+    async with world(nc, subjects, store, catalogue(trusted_proxies=[])) as w:
+        instance = await claimed_instance(w.store, w.endpoint)
+        async with w.http.get(w.url + f"/i/{instance.id}/", headers=FORGED) as r:
+            seen = CIMultiDict((await r.json())["headers"])
+    assert seen.getall("X-Forwarded-For") == ["127.0.0.1"] and seen.getall("X-Real-IP") == ["127.0.0.1"]
+    assert seen["X-Forwarded-Proto"] == "http"
+    assert seen.getall("X-Forwarded-Host") == [w.host] and seen["Host"] == w.host
+
+
+async def test_through_real_nginx_forged_forwarding_headers_never_reach_the_instance(
+        gw: World, tmp_path: Path) -> None:
+    instance = await claimed_instance(gw.store, gw.endpoint)
+    gateway_port = int(gw.host.rsplit(":", 1)[1])
+    with running_nginx(NginxUpstream(port=gateway_port, app=web.Application()), tmp_path / "nginx") as front:
+        async with gw.http.get(front.url + f"/i/{instance.id}/", headers=FORGED) as r:
+            assert r.status == 200
+            seen = CIMultiDict((await r.json())["headers"])
+    # nginx sets (never appends to) X-Forwarded-For; the gateway believes it from loopback, its trusted proxy
+    assert seen.getall("X-Forwarded-For") == ["127.0.0.1"] and seen.getall("X-Real-IP") == ["127.0.0.1"]
+    assert seen["X-Forwarded-Proto"] == "http"
+    host = front.url.removeprefix("http://").split(":")[0]  # nginx forwards $host: the public host, no port
+    assert seen["Host"] == host and seen.getall("X-Forwarded-Host") == [host]
 
 
 async def test_gateway_pages_send_no_referrer(gw: World, claimer: Claimer) -> None:
@@ -184,6 +240,117 @@ async def test_gateway_pages_send_no_referrer(gw: World, claimer: Claimer) -> No
     for path in ("/", "/launch/echo", f"/i/{new_instance_id()}/", "/launch/nope"):
         async with gw.http.get(gw.url + path, allow_redirects=False) as r:
             assert r.headers.get("Referrer-Policy") == "no-referrer", path
+
+
+# ---- /launch/: what a click is, and what the limit page hands out ----
+
+NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none",
+            "Sec-Fetch-User": "?1"}
+
+
+@pytest.mark.parametrize(("headers", "claims", "status"), [
+    ({}, True, 303),  # a client that says nothing (curl, an old browser, plain HTTP): as before
+    (NAVIGATE, True, 303),  # a tab's navigation
+    ({"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "same-origin"}, False, 403),  # fetch()
+    ({"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image", "Sec-Fetch-Site": "same-origin"}, False, 403),  # <img>
+    ({"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe", "Sec-Fetch-Site": "same-origin"}, False, 403),
+    ({**NAVIGATE, "Sec-Purpose": "prefetch"}, False, 403),  # <link rel=prefetch>, speculation rules
+    ({**NAVIGATE, "Sec-Purpose": "prefetch;prerender"}, False, 403),
+    ({"Purpose": "prefetch"}, False, 403),  # older browsers' prefetch
+])
+async def test_launch_claims_only_for_a_tabs_navigation(gw: World, claimer: Claimer, headers: dict[str, str],
+                                                        claims: bool, status: int) -> None:
+    instance = await claimed_instance(gw.store, gw.endpoint)
+    claimer.answer = lambda app: Claimed(id=instance.id, app=app, endpoint=gw.endpoint)
+    async with gw.http.get(gw.url + "/launch/echo", headers=headers, allow_redirects=False) as r:
+        assert r.status == status
+        assert "no-store" in r.headers["Cache-Control"]
+        if not claims:
+            assert instance.id not in await r.text() and "Set-Cookie" not in r.headers
+    assert claimer.requests == (["echo"] if claims else [])
+
+
+class ClaimRequests:
+    """Every claim request as the claimers get it (beside the stand-in claimer that answers)."""
+
+    def __init__(self) -> None:
+        self.seen: list[ClaimRequest] = []
+
+    async def on_request(self, msg: Any) -> None:
+        self.seen.append(msgspec.json.decode(msg.data, type=ClaimRequest))
+
+
+async def test_the_limit_page_of_a_shared_origin_names_sessions_without_handing_out_their_urls(
+        gw: World, claimer: Claimer, nc: NATS, subjects: Subjects) -> None:
+    mine = [await claimed_instance(gw.store, gw.endpoint) for _ in range(2)]
+    claimer.answer = lambda app: ClaimRefused(app=app, reason="limit", sessions=[i.id for i in mine])
+    requests = ClaimRequests()
+    sub = await nc.subscribe(subjects.claim_all(), cb=requests.on_request)
+    cookie = {"Cookie": "sp_browser=" + "k" * 22}
+    try:
+        async with gw.http.get(gw.url + "/launch/echo", headers=cookie, allow_redirects=False) as r:
+            assert r.status == 429 and "no-store" in r.headers["Cache-Control"]
+            page = await r.text()
+        assert "/i/" not in page and not any(i.id in page or i.id[:8] in page for i in mine)
+        assert page.count("<li>") == 2 and 'method="post"' in page and 'name="token"' in page
+        async with gw.http.get(gw.url + "/launch/echo", headers={**cookie, "Accept": "application/json"}) as r:
+            assert r.status == 429
+            body = await r.json()
+            text = json.dumps(body)
+        assert "/i/" not in text and not any(i.id in text for i in mine)
+        assert body["status"] == "limit" and len(body["sessions"]) == 2
+        assert body["end"]["method"] == "POST" and body["end"]["url"] == "/launch/echo" and body["end"]["token"]
+
+        # a second sp_browser (set by a page on the origin with path=/): neither counts, no key travels
+        twice = {"Cookie": "sp_browser=" + "k" * 22 + "; sp_browser=" + "a" * 22}
+        async with gw.http.get(gw.url + "/launch/echo", headers=twice, allow_redirects=False) as r:
+            assert "Set-Cookie" not in r.headers
+        await wait_until(lambda: len(requests.seen) == 3, "three claim requests")
+        assert requests.seen[0].browser and requests.seen[0].browser == requests.seen[1].browser
+        assert requests.seen[2].browser == ""
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_ending_the_sessions_needs_the_cookie_its_token_and_the_same_origin(
+        gw: World, nc: NATS, subjects: Subjects) -> None:
+    asked: list[ReleaseRequest] = []
+
+    async def on_release(msg: Any) -> None:
+        asked.append(msgspec.json.decode(msg.data, type=ReleaseRequest))
+        await msg.respond(encode(Released(app="echo", ended=2)))
+
+    sub = await nc.subscribe(subjects.release_all(), cb=on_release)
+    value = "k" * 22
+    token = end_token(value)
+    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, "Sec-Fetch-Site": "same-origin"}
+    try:
+        refused = [
+            ({**own, "Cookie": ""}, {"token": token}, 400),  # no cookie
+            ({**own, "Cookie": f"sp_browser={value}; sp_browser={value}"}, {"token": token}, 400),  # twice
+            (own, {"token": end_token("x" * 22)}, 403),  # another browser's token
+            (own, {}, 403),
+            ({**own, "Origin": "https://evil.example"}, {"token": token}, 403),  # another site posts the form
+            ({**own, "Sec-Fetch-Site": "cross-site"}, {"token": token}, 403),
+        ]
+        for headers, form, status in refused:
+            async with gw.http.post(gw.url + "/launch/echo", headers=headers, data=form,
+                                    allow_redirects=False) as r:
+                assert r.status == status, (headers, form)
+        assert asked == []
+        async with gw.http.post(gw.url + "/launch/echo", headers=own, data={"token": token},
+                                allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/launch/echo"  # then a fresh click
+        assert [(a.app, len(a.browser)) for a in asked] == [("echo", 32)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def wait_until(check: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 # ---- WebSocket bounds ----
@@ -352,6 +519,16 @@ async def test_subdomain_mode_sends_each_instance_to_its_own_host(sub: World, cl
         async with sub.http.get(sub.url + path, headers=headers, allow_redirects=False) as r:
             assert r.status == 404, (path, headers)
     assert claimer.requests == ["echo", "echo"]
+
+
+async def test_with_per_instance_origins_the_limit_page_links_the_browsers_own_sessions(
+        sub: World, claimer: Claimer) -> None:
+    mine = [await claimed_instance(sub.store, sub.endpoint) for _ in range(2)]
+    claimer.answer = lambda app: ClaimRefused(app=app, reason="limit", sessions=[i.id for i in mine])
+    async with sub.http.get(sub.url + "/launch/echo", allow_redirects=False) as r:
+        assert r.status == 429
+        page = await r.text()
+    assert all(f'href="http://{host_label(i.id)}.{DOMAIN}/i/{i.id}/tree"' in page for i in mine)
 
 
 # ---- logs ----
