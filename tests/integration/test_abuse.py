@@ -7,6 +7,7 @@ import asyncio
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from swarmpool.bus.messages import Activity, Instance
 from swarmpool.bus.runtime import encode
@@ -110,13 +111,33 @@ async def test_one_browser_holds_at_most_the_limit_and_previews_never_claim(
             assert "no-store" in refused.headers["Cache-Control"]
             async with browser.get(launch, allow_redirects=False) as r:
                 page = await r.text()
-            assert all(f"/i/{i}/hello" in page for i in mine)  # links to the browser's own sessions
+            # one shared origin: any script on it could read this page, so it names the sessions, links none
+            assert "/i/" not in page and not any(i in page for i in mine)
             async with browser.get(launch, allow_redirects=False, headers={"Accept": "application/json"}) as r:
                 assert r.status == 429
                 body = await r.json()
-            assert body["status"] == "limit" and body["limit"] == 2
-            assert sorted(body["sessions"]) == sorted(f"/i/{i}/hello" for i in mine)
+            assert body["status"] == "limit" and body["limit"] == 2 and len(body["sessions"]) == 2
+            assert not any(i in str(body) for i in mine)
 
+            # a page on the origin sets a second sp_browser (path=/, the key it knows): neither is believed
+            key = browser.cookie_jar.filter_cookies(URL(launch))[BROWSER_COOKIE].value
+            doubled = {"Cookie": f"{BROWSER_COOKIE}={key}; {BROWSER_COOKIE}={key}"}
+            async with s.http.get(launch, allow_redirects=False, headers={**doubled, "Accept": "application/json"}) as r:
+                assert r.status == 303  # a cookie-less click: its own fresh session, nothing of that key's
+                answer = (await r.read()).decode() + r.headers["Location"]
+            assert not any(i in answer for i in mine)
+            extra = instance_id(r.headers["Location"])
+
+            # the student closed the tabs: the form ends the browser's sessions, and the next click claims
+            async with browser.post(launch, data={"token": body["end"]["token"]}, allow_redirects=False,
+                                    headers={"Origin": s.url, "Accept": "application/json"}) as r:
+                assert r.status == 200 and (await r.json())["ended"] == 2
+            await wait_for(lambda: not any(s.store.get("echo", i) for i in mine), timeout=30,
+                           what="the browser's sessions retired")
+            assert (await click()).status == 303
+            assert s.store.get("echo", extra) is not None  # another browser's session is untouched
+
+        await s.wait_ready(5)
         # clients without cookies (tests, benchmarks, a class behind one NAT address) are not limited together
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as anonymous:
             for _ in range(3):
