@@ -29,6 +29,8 @@ from swarmpool.bus.runtime import connect, encode
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
+from swarmpool.gateway.context import BROWSER_COOKIE
+from swarmpool.gateway.launch import end_token
 from swarmpool.host import functions_host
 from swarmpool.launcher import serve_gateway
 from swarmpool.natsd import EmbeddedNats, free_port
@@ -183,6 +185,12 @@ async def test_gateway_routes_and_claims_under_its_restricted_user(server: Embed
         await gw.flush()
         await wait_for(lambda: ctx.metrics.value("swarmpool_messages_dropped_total", handler="activity.heartbeat",
                                                  reason="slow_consumer") > 0, timeout=20, what="drops to be counted")
+
+        # the limit page's "end my sessions": the gateway asks, the claimer (functions role) retires
+        cookie = r.cookies[BROWSER_COOKIE].value
+        async with http.post(f"http://127.0.0.1:{port}/launch/echo", data={"token": end_token(cookie)},
+                             headers={"Cookie": f"{BROWSER_COOKIE}={cookie}", "Accept": "application/json"}) as ended:
+            assert ended.status == 200 and (await ended.json())["ended"] == 1
     assert violations(log, since) == []
 
 
