@@ -64,6 +64,12 @@ def test_good_catalogue_parses_durations_and_sizes() -> None:
     (("[apps.echo]", "[settings]\ntick_interval = 0\n[apps.echo]"), "settings.tick_interval", "more than 0"),
     (("[apps.echo]", "[settings]\norphan_grace = 0\n[apps.echo]"), "settings.orphan_grace", "more than 0"),
     (("[apps.echo]", "[settings]\nclaim_wait = inf\n[apps.echo]"), "settings.claim_wait", "finite"),
+    (("[apps.echo]", '[settings]\ntrusted_proxies = ["nginx"]\n[apps.echo]'), "settings.trusted_proxies[0]",
+     "address or CIDR"),
+    (("[apps.echo]", '[settings]\ntrusted_proxies = ["10.0.0.0/33"]\n[apps.echo]'), "settings.trusted_proxies[0]",
+     "address or CIDR"),
+    (("[apps.echo]", '[settings]\ntrusted_proxies = "127.0.0.1"\n[apps.echo]'), "settings.trusted_proxies",
+     "Expected `array`"),
 ])
 def test_each_mistake_names_its_field(change: tuple[str, str], field: str, words: str) -> None:
     text = GOOD.replace(*change)
@@ -101,3 +107,10 @@ def test_cli_exits_2_naming_the_field_before_touching_anything(tmp_path: Path, c
     assert done.returncode == 2, done.stderr
     assert "bad.toml" in done.stderr and "apps.echo.port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_trusted_proxies_are_normalised_and_default_to_loopback() -> None:
+    assert parse(GOOD).settings.trusted_proxies == ("127.0.0.0/8", "::1/128")
+    text = GOOD.replace("[apps.echo]", '[settings]\ntrusted_proxies = ["10.1.0.9", "::1", "10.2.0.0/16"]\n[apps.echo]')
+    assert parse(text).settings.trusted_proxies == ("10.1.0.9/32", "::1/128", "10.2.0.0/16")
+    assert parse(GOOD.replace("[apps.echo]", "[settings]\ntrusted_proxies = []\n[apps.echo]")).settings.trusted_proxies == ()
