@@ -118,6 +118,8 @@ def enc_hook(obj: Any) -> Any:
         return float(obj)
     if isinstance(obj, ByteSize):
         return int(obj)
+    if isinstance(obj, str):  # TimeZone, ProxyNetwork
+        return str(obj)
     raise NotImplementedError(f"cannot encode {type(obj)}")
 
 
