@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec.inspect as mi
+
+from swarmpool.bus.spec import Catalogue
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
@@ -44,3 +48,83 @@ def test_docs_link_only_to_docs_that_exist_or_are_announced() -> None:
             if not path.exists() and rel not in pending:
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, "links to missing files:\n" + "\n".join(broken)
+
+
+# ---- the catalogue reference (docs/catalogue.md) against bus/spec.py ----
+
+_HEADING = re.compile(r"^### `(\[\[?[a-z_.<>]+\]\]?)`\s*$")
+_ROW = re.compile(r"^\| `([a-z_]+)` \|")
+
+
+def _unwrap(t: mi.Type) -> tuple[mi.StructType | None, bool]:
+    """The Struct a field's type holds (through optional, dict values and lists), and whether it is a list."""
+    if isinstance(t, mi.Metadata):
+        return _unwrap(t.type)
+    if isinstance(t, mi.StructType):
+        return t, False
+    if isinstance(t, mi.UnionType):
+        for member in t.types:
+            struct, many = _unwrap(member)
+            if struct is not None:
+                return struct, many
+    if isinstance(t, mi.ListType):
+        return _unwrap(t.item_type)[0], True
+    if isinstance(t, mi.DictType):
+        return _unwrap(t.value_type)
+    return None, False
+
+
+def spec_tables() -> dict[str, set[str]]:
+    """Every table of the catalogue (`[settings]`, `[apps.<name>.probe]`, `[[apps.<name>.schedule]]`) -> its
+    plain fields, walked from the Catalogue Struct of bus/spec.py (a field that holds a Struct is a table)."""
+    tables: dict[str, set[str]] = {}
+
+    def walk(struct: mi.StructType, path: str, many: bool) -> None:
+        if path:
+            tables[f"[[{path}]]" if many else f"[{path}]"] = set()
+        for field in struct.fields:
+            inner, inner_many = _unwrap(field.type)
+            here = ".".join(p for p in (path, field.name) if p)
+            if isinstance(field.type, mi.DictType) and inner is not None:
+                here += ".<name>"
+            if inner is not None:
+                walk(inner, here, inner_many)
+            elif path:
+                tables[f"[[{path}]]" if many else f"[{path}]"].add(field.name)
+
+    root = mi.type_info(Catalogue)
+    assert isinstance(root, mi.StructType)
+    walk(root, "", False)
+    return tables
+
+
+def documented_tables() -> dict[str, set[str]]:
+    """The reference section of docs/catalogue.md: each `### [table]` heading -> the fields of its table."""
+    text = (ROOT / "docs/catalogue.md").read_text()
+    assert "## Reference" in text, "docs/catalogue.md has no Reference section"
+    tables: dict[str, set[str]] = {}
+    current: set[str] | None = None
+    for line in text.split("## Reference", 1)[1].splitlines():
+        if heading := _HEADING.match(line):
+            current = tables.setdefault(heading.group(1), set())
+        elif current is not None and (row := _ROW.match(line)):
+            current.add(row.group(1))
+    return tables
+
+
+def test_the_walk_of_the_spec_sees_every_table() -> None:
+    """Guard against a vacuous pass: the walk finds what is known to be there."""
+    tables = spec_tables()
+    assert {"[settings]", "[apps.<name>]", "[apps.<name>.probe]", "[[apps.<name>.schedule]]"} <= set(tables)
+    assert "max_instances" in tables["[settings]"] and "image" in tables["[apps.<name>]"]
+    assert "probe" not in tables["[apps.<name>]"]  # a table of its own, not a plain field
+
+
+def test_every_catalogue_field_is_documented_and_no_documented_field_is_gone() -> None:
+    spec, docs = spec_tables(), documented_tables()
+    problems = [f"table {t} of bus/spec.py has no '### `{t}`' section" for t in sorted(set(spec) - set(docs))]
+    problems += [f"docs/catalogue.md documents table {t}, which bus/spec.py does not have" for t in sorted(set(docs) - set(spec))]
+    for table in sorted(set(spec) & set(docs)):
+        problems += [f"{table} {f}: in bus/spec.py, not documented" for f in sorted(spec[table] - docs[table])]
+        problems += [f"{table} {f}: documented, not in bus/spec.py" for f in sorted(docs[table] - spec[table])]
+    assert not problems, "docs/catalogue.md and bus/spec.py disagree:\n" + "\n".join(problems)
