@@ -1,4 +1,5 @@
-"""The docs stay true where the code can check them: README's size and commands, what CI runs."""
+"""The docs stay true where the code can check them: README's size and commands, what CI runs, the catalogue
+reference against bus/spec.py and the admin verbs against bus/verbs.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import msgspec.inspect as mi
 
 from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.verbs import VERBS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -128,3 +130,41 @@ def test_every_catalogue_field_is_documented_and_no_documented_field_is_gone() -
         problems += [f"{table} {f}: in bus/spec.py, not documented" for f in sorted(spec[table] - docs[table])]
         problems += [f"{table} {f}: documented, not in bus/spec.py" for f in sorted(docs[table] - spec[table])]
     assert not problems, "docs/catalogue.md and bus/spec.py disagree:\n" + "\n".join(problems)
+
+
+# ---- the admin verbs (docs/operating.md) against the one verb table, bus/verbs.py ----
+
+_VERB_ROW = re.compile(r"^\| `([a-z]+)[^`]*` \| ([^|]+) \|")
+
+
+def documented_verbs() -> dict[str, str]:
+    """The verb table of docs/operating.md: verb -> where the dashboard offers it (per_app, page or none)."""
+    text = (ROOT / "docs/operating.md").read_text()
+    table = text.split("| verb | on the dashboard |", 1)
+    assert len(table) == 2, "docs/operating.md has no verb table (| verb | on the dashboard | what it does |)"
+    verbs: dict[str, str] = {}
+    for line in table[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        row = _VERB_ROW.match(line)
+        assert row, f"not a verb row: {line}"
+        shown = row.group(2).strip()
+        verbs[row.group(1)] = "per_app" if shown == "per app" else "page" if shown.startswith("once") else "none"
+    return verbs
+
+
+def test_operating_lists_exactly_the_verbs_of_the_table_and_where_the_dashboard_offers_them() -> None:
+    documented = documented_verbs()
+    assert set(documented) == set(VERBS), (f"docs/operating.md lists {sorted(documented)}, bus/verbs.py has "
+                                           f"{sorted(VERBS)}")
+    assert documented == {name: verb.dashboard for name, verb in VERBS.items()}
+
+
+def test_every_verb_of_the_table_has_a_handler_and_the_cli_offers_exactly_the_table() -> None:
+    from swarmpool.cli import _parser
+    from swarmpool.functions.admin import RUN
+
+    assert set(RUN) == set(VERBS)
+    admin = next(a for a in _parser()._subparsers._group_actions[0].choices.items() if a[0] == "admin")[1]  # type: ignore[union-attr]
+    verbs = admin._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(verbs) == set(VERBS)
