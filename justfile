@@ -60,6 +60,10 @@ bench-topup-lock *ARGS:
 bench-ready *ARGS:
     python -m bench.bench_ready {{ARGS}}
 
+# every bench above in its smoke mode (tiny counts; the stack bench too): they still run (CI runs the same tests)
+bench-smoke *ARGS:
+    python -m pytest tests/integration/test_bench_smoke.py -q {{ARGS}}
+
 # render the production nginx config: just nginx example.org /etc/ssl/x.pem /etc/ssl/x.key
 nginx SERVER_NAME CERT KEY GATEWAY="127.0.0.1:8000" OUT="nginx/out":
     python nginx/render.py --server-name {{SERVER_NAME}} --cert {{CERT}} --key {{KEY}} --gateway {{GATEWAY}} --out {{OUT}}
