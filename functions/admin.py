@@ -22,7 +22,7 @@ from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import catalogue_file
 from swarmpool.bus.verbs import Verb
-from swarmpool.catalogue import CatalogueError, parse
+from swarmpool.catalogue import CatalogueError, parse, restart_only_changes
 from swarmpool.functions import keeper, lifecycle
 from swarmpool.functions.policy import counts, spec_version, target
 from swarmpool.ids import short_id
@@ -170,6 +170,8 @@ async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     parts = [f"reload {request.source}: version {file.version}"]
     parts += [f"{what} {', '.join(apps)}" for what, apps in
               (("added", added), ("removed (draining)", removed), ("recycling", _changed(old, new))) if apps]
+    if kept := restart_only_changes(old, new):
+        parts.append(f"restart-only, unchanged until the hosts and gateways restart: {', '.join(kept)}")
     for app in added:
         await ctx.isolated(f"top up {app}", keeper.top_up(ctx, app))
     return AdminResult(detail="; ".join(parts), apps=_statuses(ctx, list(new.apps)))

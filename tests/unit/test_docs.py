@@ -168,3 +168,14 @@ def test_every_verb_of_the_table_has_a_handler_and_the_cli_offers_exactly_the_ta
     admin = next(a for a in _parser()._subparsers._group_actions[0].choices.items() if a[0] == "admin")[1]  # type: ignore[union-attr]
     verbs = admin._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert set(verbs) == set(VERBS)
+
+
+def test_operating_lists_exactly_the_restart_only_settings() -> None:
+    from swarmpool.catalogue import RESTART_ONLY
+
+    text = (ROOT / "docs/operating.md").read_text()
+    table = text.split("| restart-only | why |", 1)
+    assert len(table) == 2, "docs/operating.md has no restart-only table"
+    rows = [line for line in table[1].splitlines()[2:] if line.startswith("|")]
+    documented = {re.match(r"^\| `([^`]+)` \|", row).group(1) for row in rows}  # type: ignore[union-attr]
+    assert documented == set(RESTART_ONLY)
