@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -184,6 +185,7 @@ async def single_process(n: int, no_refill: bool, floor_rounds: int = 200) -> tu
     finally:
         await stop_child(proc, signal.SIGINT, timeout=120)
         reader.cancel()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 async def swarmpool_command(*args: str, timeout: float) -> None:
@@ -251,6 +253,7 @@ async def deployed_stack(n: int, no_refill: bool, functions: int) -> Rounds:
             return await rounds(port, n, no_refill, full_again)
     finally:
         await swarmpool_command("undeploy", "--stack", stack, "--timeout", "300", timeout=420)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 async def main() -> None:

@@ -40,6 +40,7 @@ import asyncio
 import os
 import random
 import re
+import shutil
 import signal
 import string
 import subprocess
@@ -193,6 +194,7 @@ async def swarmpool_up(catalogue_text: str, pool_size: int) -> AsyncIterator[Poo
     finally:
         stop_process(proc, signal.SIGINT, timeout=180)  # up removes its instances on the way out
         log.close()
+    shutil.rmtree(state, ignore_errors=True)  # kept (with up.log) only when the run failed
 
 
 # ---- students ----
