@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.bench_smoke]
 
 # just recipe -> (the smoke's arguments to python, a line of the table it prints)
 SMOKES: dict[str, tuple[list[str], str]] = {

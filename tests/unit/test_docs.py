@@ -179,3 +179,21 @@ def test_operating_lists_exactly_the_restart_only_settings() -> None:
     rows = [line for line in table[1].splitlines()[2:] if line.startswith("|")]
     documented = {re.match(r"^\| `([^`]+)` \|", row).group(1) for row in rows}  # type: ignore[union-attr]
     assert documented == set(RESTART_ONLY)
+
+
+def test_just_test_leaves_out_exactly_the_slow_lanes_and_ci_runs_them_all() -> None:
+    """Slow lanes are the markers pyproject.toml declares as such: `just test` (the fast lane) deselects each,
+    each has its own recipe, and CI runs README's test command with no marker filter (every lane)."""
+    import tomllib
+
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    slow = {m.split(":")[0] for m in markers if "slow lane" in m}
+    assert {"cluster", "faults", "bench_smoke"} <= slow, slow
+    justfile = (ROOT / "justfile").read_text()
+    fast = re.search(r"^test \*ARGS:\n\s+(.*)$", justfile, re.M)
+    assert fast, "no `test` recipe in the justfile"
+    assert set(re.findall(r"not (\w+)", fast.group(1))) == slow, fast.group(1)
+    for marker in slow:
+        assert re.search(rf"^\s+python -m pytest -m {marker} ", justfile, re.M), f"no recipe runs the {marker} lane"
+    ci = (ROOT / ".ci/run").read_text()
+    assert "bash bootstrap.sh test\n" in ci and " -m " not in ci
