@@ -6,8 +6,12 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 up *ARGS:
     bash bootstrap.sh up {{ARGS}}
 
-# the whole test suite (unit, integration on a real swarm + nats-server, e2e in Chromium)
+# the fast lane, run many times a session: every real part (nats-server, swarm, nginx, Chromium), all but the slow lanes
 test *ARGS:
+    bash bootstrap.sh test -m "not cluster and not faults and not bench_smoke and not pluto" {{ARGS}}
+
+# every lane, the fast one and the slow ones: what CI runs (README's `bash bootstrap.sh test`)
+test-all *ARGS:
     bash bootstrap.sh test {{ARGS}}
 
 # pure-decision tests only (seconds, no Docker)
@@ -28,9 +32,17 @@ images:
 control-image *ARGS:
     apps/control/build.sh {{ARGS}}
 
-# the stack on a real 2-node swarm of two namespaced engines (root; a few minutes)
+# slow lane: the stack on a real 2-node swarm of two namespaced engines (root; a few minutes)
 test-cluster *ARGS:
-    python -m pytest tests/integration/test_cluster.py -q {{ARGS}}
+    python -m pytest -m cluster -q {{ARGS}}
+
+# slow lane: engine restarts, power cuts, kill -9 of nats-server, function hosts and gateways
+test-faults *ARGS:
+    python -m pytest -m faults -q {{ARGS}}
+
+# slow lane: Pluto.jl notebooks end to end
+test-pluto *ARGS:
+    python -m pytest -m pluto -q {{ARGS}}
 
 # click -> 303 latency against a warm pool of N echo instances, NATS round trip as the floor
 bench-claim N="100" *ARGS:
@@ -59,6 +71,10 @@ bench-topup-lock *ARGS:
 # what a host pays to say "ready" only once the server holds its subscriptions, flush() as baseline
 bench-ready *ARGS:
     python -m bench.bench_ready {{ARGS}}
+
+# slow lane: every bench above in its smoke mode (tiny counts; the stack bench too): they still run (CI runs it)
+bench-smoke *ARGS:
+    python -m pytest -m bench_smoke -q {{ARGS}}
 
 # render the production nginx config: just nginx example.org /etc/ssl/x.pem /etc/ssl/x.key
 nginx SERVER_NAME CERT KEY GATEWAY="127.0.0.1:8000" OUT="nginx/out":

@@ -7,7 +7,9 @@ round trip on a bare local nats-server measured in the same run. With --stack it
 machine's single-node swarm (`swarmpool deploy`: NATS, several function hosts and a gateway, each
 its own process, so both cores work) and prints the same rounds through the deployed gateway.
 
-    python -m bench.bench_claim [-n 100] [--stack]
+    python -m bench.bench_claim [-n 100] [--stack] [--smoke]
+
+`--smoke`: a pool of 3 and 20 floor round trips, so CI sees the bench still runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -137,7 +140,7 @@ def table(title: str, floor: list[float], r: Rounds, floor_note: str = "NATS req
         print("no refill (--no-refill: pool max = n), so no container starts compete with the clicks")
 
 
-async def single_process(n: int, no_refill: bool) -> tuple[list[float], Rounds]:
+async def single_process(n: int, no_refill: bool, floor_rounds: int = 200) -> tuple[list[float], Rounds]:
     """`swarmpool up` as a process: the NATS floor on its embedded server, and the click rounds."""
     state = Path(tempfile.mkdtemp(prefix="bench-claim-"))
     (state / "catalogue.toml").write_text(catalogue(n, refill=not no_refill))
@@ -176,12 +179,13 @@ async def single_process(n: int, no_refill: bool) -> tuple[list[float], Rounds]:
         print(f"single process: warm pool of {n} ready in {full_at[-1] - started:.1f} s", file=sys.stderr)
         # the same nats-server binary, in the open mode: up's own server admits only its roles
         async with EmbeddedNats(state / "floor", auth=False) as bare:
-            floor = await nats_floor(bare.url, 200)
+            floor = await nats_floor(bare.url, floor_rounds)
         full_at.clear()
         return floor, await rounds(port, n, no_refill, full_again)
     finally:
         await stop_child(proc, signal.SIGINT, timeout=120)
         reader.cancel()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 async def swarmpool_command(*args: str, timeout: float) -> None:
@@ -223,9 +227,11 @@ async def deployed_stack(n: int, no_refill: bool, functions: int) -> Rounds:
         raise SystemExit("apps/control/build.sh failed")
     started = time.perf_counter()
     try:
+        image = os.environ.get("SWARMPOOL_CONTROL_IMAGE")  # the name build.sh gave it, when not the default
         await swarmpool_command("deploy", "--catalogue", str(state / "catalogue.toml"), "--stack", stack,
                                 "--port", str(port), "--nats-replicas", "1", "--functions-replicas",
-                                str(functions), "--state-dir", str(state), "--timeout", "300", timeout=420)
+                                str(functions), "--state-dir", str(state), "--timeout", "300",
+                                *(("--image", image) if image else ()), timeout=420)
         async with aiohttp.ClientSession() as http:
             async def full_again(since: float) -> float:
                 """Seconds from `since` until /status shows the pool full again, once it was seen short
@@ -247,6 +253,7 @@ async def deployed_stack(n: int, no_refill: bool, functions: int) -> Rounds:
             return await rounds(port, n, no_refill, full_again)
     finally:
         await swarmpool_command("undeploy", "--stack", stack, "--timeout", "300", timeout=420)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 async def main() -> None:
@@ -257,9 +264,10 @@ async def main() -> None:
     parser.add_argument("--stack", action="store_true",
                         help="then the same rounds against `swarmpool deploy` on this machine's single-node swarm")
     parser.add_argument("--functions-replicas", type=int, default=2, help="function hosts of the stack (default: 2)")
+    parser.add_argument("--smoke", action="store_true", help="a pool of 3, 20 floor round trips: does it still run (CI)")
     args = parser.parse_args()
-    n = args.n
-    floor, single = await single_process(n, args.no_refill)
+    n = min(args.n, 3) if args.smoke else args.n
+    floor, single = await single_process(n, args.no_refill, floor_rounds=20 if args.smoke else 200)
     stack = await deployed_stack(n, args.no_refill, args.functions_replicas) if args.stack else None
     table(f"click -> 303 against a warm pool of {n} echo instances, `swarmpool up` (one process; "
           "ms; ratio = p50 / NATS floor p50)", floor, single)

@@ -1,6 +1,6 @@
 """Benchmark: a click on the student link until the executed notebook is visible in Chromium.
 
-    python -m bench.bench_click_to_notebook [--launches 20] [--pool 2]
+    python -m bench.bench_click_to_notebook [--launches 20] [--pool 2] [--smoke]
 
 Runs swarmpool as separate processes (embedded nats-server, `swarmpool functions`,
 `swarmpool gateway`) with the Voila demo on the real swarm, and a real Chromium (Playwright):
@@ -108,7 +108,7 @@ async def direct_sample(pool: SeparateStack, browser: Any) -> Sample:
 async def claimed_direct_sample(pool: SeparateStack, browser: Any) -> Sample:
     """Claim over NATS as a click does (so the refill starts and competes for the CPU just the same),
     then open the instance directly: the difference to a click is the gateway hop and the 303 alone."""
-    reply = await pool.nc.request(Subjects(pool.namespace).claim(VOILA_APP),
+    reply = await pool.claims.request(Subjects(pool.namespace).claim(VOILA_APP),
                                   encode(ClaimRequest(app=VOILA_APP, wait=5)), timeout=10)
     claimed = msgspec.json.decode(reply.data, type=Claimed)
     in_page, wall, _, parts = await open_and_time(browser, f"http://{claimed.endpoint}{instance_prefix(claimed.id)}")
@@ -185,4 +185,8 @@ if __name__ == "__main__":
     parser.add_argument("--pool", type=int, default=2, help="warm pool size")
     parser.add_argument("--refill-delay", type=float, default=None,
                         help="settings.refill_delay: seconds between a claim and the refill it triggers")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    parser.add_argument("--smoke", action="store_true", help="one sample of each kind: does it still run (CI)")
+    arguments = parser.parse_args()
+    if arguments.smoke:
+        arguments.launches, arguments.pool = 1, 1
+    sys.exit(asyncio.run(main(arguments)))

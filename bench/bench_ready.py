@@ -3,7 +3,7 @@ through the client's buffer behind its SUBs, answered by the server; beside the 
 nats-py's flush() (a PING that may overtake the SUBs, so no guarantee), measured in the same run on
 a local nats-server. Each round first makes --subs fresh subscriptions, as a starting host does.
 
-    python -m bench.bench_ready [-n 300] [--subs 10]
+    python -m bench.bench_ready [-n 300] [--subs 10] [--smoke]
 """
 
 from __future__ import annotations
@@ -51,5 +51,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=300)
     parser.add_argument("--subs", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: does the bench still run (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.subs = min(args.n, 10), min(args.subs, 2)
     asyncio.run(main(args.n, args.subs))

@@ -3,7 +3,7 @@ take the cluster-wide mutex in the leases bucket, catch the mirror up with the i
 go; beside the baseline of the host-local lock alone, measured in the same run on a local
 nats-server. With --contenders K, K hosts (own connection and mirror each) top up at once.
 
-    python -m bench.bench_topup_lock [-n 300] [--records 100] [--contenders 2]
+    python -m bench.bench_topup_lock [-n 300] [--records 100] [--contenders 2] [--smoke]
 """
 
 from __future__ import annotations
@@ -66,5 +66,8 @@ if __name__ == "__main__":
     parser.add_argument("-n", type=int, default=300)
     parser.add_argument("--records", type=int, default=100)
     parser.add_argument("--contenders", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: does the bench still run (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.records = min(args.n, 10), min(args.records, 5)
     asyncio.run(main(args.n, args.records, args.contenders))

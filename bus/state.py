@@ -8,6 +8,7 @@ published as an ``InstanceEvent`` on ``sp.instance.<app>.<id>.<event>`` (kept in
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import uuid
@@ -21,7 +22,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from swarmpool.bus.messages import TRANSITIONS, CatalogueFile, EngineTrust, EventKind, Instance, InstanceEvent, PoolOverride
+from swarmpool.bus.messages import (TRANSITIONS, CatalogueFile, EngineTrust, EventKind, Instance, InstanceEvent, PoolOverride,
+                                    Requester)
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import short_id
 
@@ -493,6 +495,16 @@ class ConfigStore:
     async def close(self) -> None:
         if self._mirror is not None:
             await self._mirror.stop()
+
+
+def catalogue_version(text: str) -> str:
+    """A short digest of a catalogue file's text: hosts on one version run one catalogue."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def catalogue_file(text: str, source: str, at: float, by: Requester | None = None) -> CatalogueFile:
+    """The record of one catalogue file as it is stored for every host to follow."""
+    return CatalogueFile(text=text, source=source, version=catalogue_version(text), at=at, by=by or Requester())
 
 
 class CatalogueStore:

@@ -1,9 +1,8 @@
-"""admin: the operators' verbs, one table that drives both the admin service's endpoints
-(``sp.admin.<verb>``, a nats.micro service run by every functions host) and the CLI's arguments.
+"""admin: what runs each operator verb of bus/verbs.py (``sp.admin.<verb>``, a nats.micro service run by
+every functions host).
 
-Each verb has a tagged request Struct (bus/messages.py), answers an ``AdminResult`` or a typed
-``ErrorReply``, and every verb but status is kept in the event log with who asked.
-Adding a verb is one more entry in ``VERBS``.
+Each verb answers an ``AdminResult`` or a typed ``ErrorReply``, and every verb but status is kept in the
+event log with who asked. Adding a verb is one entry in ``bus/verbs.VERBS`` and its handler in ``RUN``.
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Awaitable, Callable
-import dataclasses
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeAlias
 
@@ -22,9 +19,11 @@ from swarmpool.bus.messages import (AdminCommand, AdminEvent, AdminResult, AppSt
                                     PauseRequest, ReloadRequest, ResumeRequest, RetireRequest, ScaleRequest,
                                     StatusRequest)
 from swarmpool.bus.runtime import Context, Handlers
-from swarmpool.bus.spec import parse_duration
-from swarmpool.functions import keeper, lifecycle
 from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.state import catalogue_file
+from swarmpool.bus.verbs import Verb
+from swarmpool.catalogue import CatalogueError, parse, restart_only_changes
+from swarmpool.functions import keeper, lifecycle
 from swarmpool.functions.policy import counts, spec_version, target
 from swarmpool.ids import short_id
 
@@ -32,29 +31,6 @@ log = logging.getLogger(__name__)
 handlers = Handlers()  # the verbs are served by the admin service (swarmpool/host.py), not the runtime
 
 Reply: TypeAlias = "AdminResult | ErrorReply"
-
-
-@dataclass(frozen=True)
-class Arg:
-    """How the CLI gives one field of a verb's request: argparse flags and options, and a converter."""
-
-    field: str
-    flags: tuple[str, ...]
-    help: str
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    convert: Callable[[Any], Any] | None = None
-
-
-@dataclass(frozen=True)
-class Verb:
-    """One operator verb: its request Struct, what runs it, and how the CLI asks for it."""
-
-    name: str
-    request: type[AdminCommand]
-    run: Callable[[Context, Any], Awaitable[Reply]]
-    help: str
-    args: tuple[Arg, ...] = ()
-    changes: bool = True  # kept in the event log
 
 
 # ---- status ----
@@ -181,9 +157,6 @@ def _changed(old: Catalogue, new: Catalogue) -> list[str]:
 async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     """Store a new catalogue on the bus for every host: parsed by the loader every host starts with,
     so a bad file is refused with the same error as at start, and nothing changes."""
-    from swarmpool.catalogue import CatalogueError, parse
-    from swarmpool.host import adopt, catalogue_file
-
     try:
         new = parse(request.text, request.source)
     except CatalogueError as err:
@@ -192,12 +165,13 @@ async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     file = catalogue_file(request.text, request.source, ctx.clock(), request.by)
     if ctx.catalogues is None:
         return ErrorReply(error="unavailable", detail="this host does not follow the catalogue on the bus")
-    await ctx.catalogues.publish(file)
-    adopt(ctx, file)  # here at once; the other hosts and gateways follow the key
+    await ctx.catalogues.publish(file)  # this host adopts it within publish (its on_change); the others follow the key
     added, removed = sorted(set(new.apps) - set(old.apps)), sorted(set(old.apps) - set(new.apps))
     parts = [f"reload {request.source}: version {file.version}"]
     parts += [f"{what} {', '.join(apps)}" for what, apps in
               (("added", added), ("removed (draining)", removed), ("recycling", _changed(old, new))) if apps]
+    if kept := restart_only_changes(old, new):
+        parts.append(f"restart-only, unchanged until the hosts and gateways restart: {', '.join(kept)}")
     for app in added:
         await ctx.isolated(f"top up {app}", keeper.top_up(ctx, app))
     return AdminResult(detail="; ".join(parts), apps=_statuses(ctx, list(new.apps)))
@@ -205,30 +179,10 @@ async def reload(ctx: Context, request: ReloadRequest) -> Reply:
 
 # ---- the table ----
 
-APP = Arg("app", ("app",), "the app (a name from the catalogue)")
-APP_OR_ALL = (Arg("app", ("app",), "the app (or --all)", {"nargs": "?"}),
-              Arg("all", ("--all",), "every app in the catalogue", {"action": "store_true"}))
-
-VERBS: dict[str, Verb] = {v.name: v for v in (
-    Verb("status", StatusRequest, status, "where each pool stands: target (and the rule that set it), "
-         "ready, starting, claimed, retiring, failed", (Arg("app", ("app",), "one app only", {"nargs": "?"}),),
-         changes=False),
-    Verb("scale", ScaleRequest, scale, "keep N ready instances of an app, overriding the catalogue and "
-         "its schedule (until changed, or for a while with --for)",
-         (APP, Arg("size", ("size",), "ready instances to keep", {"type": int, "metavar": "N"}),
-          Arg("for_seconds", ("--for",), "only this long, e.g. 90m or 2h (then the catalogue's rules again)",
-              {"metavar": "DURATION"}, convert=lambda text: float(parse_duration(text))))),
-    Verb("pause", PauseRequest, pause, "refuse new claims (the warm pool stays)", APP_OR_ALL),
-    Verb("resume", ResumeRequest, resume, "accept claims again and refill the pool", APP_OR_ALL),
-    Verb("drain", DrainRequest, drain, "pause and retire the warm pool; running sessions go on", APP_OR_ALL),
-    Verb("reload", ReloadRequest, reload, "load a new catalogue file on every host: new apps warm up, removed "
-         "ones drain, changed ones are recycled gradually (claimed instances are never touched)",
-         (Arg("text", ("catalogue",), "the catalogue file (read and checked here, as at start)",
-              {"metavar": "FILE"}),)),
-    Verb("retire", RetireRequest, retire, "retire one instance by its id or its short prefix",
-         (Arg("id", ("id",), "the instance id, or its first 4+ characters", {"metavar": "ID_PREFIX"}),
-          Arg("app", ("--app",), "look in this app only"))),
-)}
+RUN: dict[str, Callable[[Context, Any], Awaitable[Reply]]] = {
+    "status": status, "scale": scale, "pause": pause, "resume": resume, "drain": drain, "reload": reload,
+    "retire": retire,
+}
 
 
 def describe(request: AdminCommand, reply: Reply) -> str:
@@ -240,7 +194,7 @@ def describe(request: AdminCommand, reply: Reply) -> str:
 
 async def run(ctx: Context, verb: Verb, request: AdminCommand) -> Reply:
     """Run one verb; keep what it changed in the event log, with who asked (self-reported)."""
-    reply = await verb.run(ctx, request)
+    reply = await RUN[verb.name](ctx, request)
     ok = not isinstance(reply, ErrorReply)
     ctx.metrics.admin_commands.labels(verb.name, reply.error if isinstance(reply, ErrorReply) else "ok").inc()
     if verb.changes:

@@ -28,11 +28,11 @@ import msgspec
 from aiohttp import web
 
 from swarmpool.bus.client import Bus, BusError
-from swarmpool.bus.messages import (AdminEvent, AdminResult, AppStatus, DrainRequest, ErrorReply, InstanceEvent,
-                                    PauseRequest, ReloadRequest, Requester, ResumeRequest, ScaleRequest,
-                                    StatusRequest)
+from swarmpool.bus.messages import AdminEvent, AdminResult, AppStatus, ErrorReply, InstanceEvent, Requester, StatusRequest
 from swarmpool.bus.operator import ask_admin, follow_events
 from swarmpool.bus.subjects import Subjects
+from swarmpool.bus.verbs import VERBS, Verb, request_from
+from swarmpool.catalogue import CatalogueError
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -248,19 +248,20 @@ def live_html(dash: Dashboard) -> str:
 
 
 def _controls(dash: Dashboard, csrf: str) -> str:
-    def form(verb: str, app: str, label: str, extra: str = "") -> str:
+    """The buttons of the verbs the table offers on the dashboard (bus/verbs.py), with the inputs it names."""
+    def form(verb: Verb, app: str, label: str) -> str:
+        inputs = "".join(f'<input name="{arg.field}" {arg.form_input}>' for arg in verb.args if arg.form_input)
         return (f'<form method="post" action="/act"><input type="hidden" name="csrf" value="{csrf}">'
-                f'<input type="hidden" name="verb" value="{verb}"><input type="hidden" name="app" '
-                f'value="{html.escape(app)}">{extra}<button name="do" value="{verb}" data-app="{html.escape(app)}">'
+                f'<input type="hidden" name="verb" value="{verb.name}"><input type="hidden" name="app" '
+                f'value="{html.escape(app)}">{inputs}<button name="do" value="{verb.name}" data-app="{html.escape(app)}">'
                 f"{label}</button></form>")
 
-    rows = "".join(
-        f"<tr><th>{html.escape(a)}</th><td>"
-        + form("scale", a, "scale", '<input type="number" name="size" min="0" max="10000" required>')
-        + form("pause", a, "pause") + form("resume", a, "resume") + form("drain", a, "drain") + "</td></tr>"
-        for a in dash.pools)
-    reload = form("reload", "", f"reload {html.escape(dash.catalogue_path or '')}") if dash.catalogue_path else ""
-    return f"<h2>Actions</h2><table>{rows}</table><p>{reload}</p>"
+    per_app = [v for v in VERBS.values() if v.dashboard == "per_app"]
+    rows = "".join(f"<tr><th>{html.escape(a)}</th><td>" + "".join(form(v, a, v.name) for v in per_app) + "</td></tr>"
+                   for a in dash.pools)
+    page = "".join(form(v, "", f"{v.name} {html.escape(dash.catalogue_path)}")
+                   for v in VERBS.values() if v.dashboard == "page" and dash.catalogue_path)
+    return f"<h2>Actions</h2><table>{rows}</table><p>{page}</p>"
 
 
 async def page(request: web.Request) -> web.Response:
@@ -292,35 +293,28 @@ async def act(request: web.Request) -> web.Response:
     form = await request.post()
     if not hmac.compare_digest(str(form.get("csrf", "")), dash.csrf(nonce)):
         raise web.HTTPForbidden(text="stale or missing form token: reload the page")
-    verb, app = str(form.get("verb", "")), str(form.get("app", "")) or None
-    by = Requester(user="dashboard", host=socket.gethostname())
+    name = str(form.get("verb", ""))
+    verb = VERBS.get(name)
+    if verb is None or verb.dashboard == "none" or (verb.dashboard == "page" and not dash.catalogue_path):
+        raise web.HTTPBadRequest(text=f"unknown action {name!r}")
+    if verb.dashboard == "page":  # reload: the file the dashboard was started with, never one the form names
+        values: dict[str, Any] = {"text": dash.catalogue_path}
+    else:
+        values = {"app": str(form.get("app", ""))}
+        values |= {arg.field: str(form.get(arg.field, "")) for arg in verb.args if arg.form_input}
     try:
-        request_struct: Any
-        if verb == "scale":
-            request_struct = ScaleRequest(app=app or "", size=int(str(form.get("size", ""))), by=by)
-        elif verb in ("pause", "resume", "drain"):
-            kind = {"pause": PauseRequest, "resume": ResumeRequest, "drain": DrainRequest}[verb]
-            request_struct = kind(app=app, by=by)
-        elif verb == "reload" and dash.catalogue_path:
-            from swarmpool.catalogue import CatalogueError, load
-
-            try:
-                load(dash.catalogue_path)
-            except CatalogueError as err:
-                raise web.HTTPBadRequest(text=f"bad catalogue: {err}") from None
-            request_struct = ReloadRequest(text=Path(dash.catalogue_path).read_text(), source=dash.catalogue_path,
-                                           by=by)
-        else:
-            raise web.HTTPBadRequest(text=f"unknown action {verb!r}")
-        request_struct = msgspec.convert(msgspec.to_builtins(request_struct), type(request_struct))  # validated
-    except (ValueError, msgspec.ValidationError) as err:
-        raise web.HTTPBadRequest(text=f"{verb}: {err}") from None
+        request_struct = msgspec.structs.replace(request_from(verb, values),
+                                                 by=Requester(user="dashboard", host=socket.gethostname()))
+    except CatalogueError as err:
+        raise web.HTTPBadRequest(text=f"bad catalogue: {err}") from None
+    except (ValueError, OSError) as err:
+        raise web.HTTPBadRequest(text=f"{err}") from None
     try:
-        reply = await ask_admin(dash.bus, dash.subjects, verb, request_struct)
+        reply = await ask_admin(dash.bus, dash.subjects, verb.name, request_struct)
     except BusError as err:
         raise web.HTTPServiceUnavailable(text=f"admin service not answering: {err}") from None
     if isinstance(reply, ErrorReply):
-        raise web.HTTPBadRequest(text=f"{verb}: {reply.error}: {reply.detail}")
+        raise web.HTTPBadRequest(text=f"{verb.name}: {reply.error}: {reply.detail}")
     await refresh(dash)
     raise web.HTTPSeeOther(f"/?{urlencode({'done': reply.detail})}")
 

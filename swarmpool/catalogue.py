@@ -110,3 +110,32 @@ def load(path: str | Path | None = None) -> Catalogue:
     except OSError as err:
         raise CatalogueError(str(file), "", f"cannot read the file: {err.strerror}") from None
     return parse(text, str(file))
+
+
+# What `admin reload` cannot change on running hosts: these are read once when a host or gateway starts.
+# Every other field takes effect on reload (new instances, the next click, tick or request). `admin reload`
+# names the ones a new catalogue changes; tests/unit/test_docs.py checks docs/operating.md lists these.
+RESTART_ONLY: dict[str, str] = {
+    "settings.heartbeat_interval": "the gateway's activity tracker is built at its start",
+    "settings.instance_domain": "the gateway's origin guard is built at its start (its launch redirects already "
+                                "use the new domain: restart the gateways at once)",
+    "settings.static_cache_size": "the gateway's static cache is sized when first used",
+    "settings.static_cache_variants": "the gateway's static cache is sized when first used",
+    "settings.keepalive_timeout": "the gateway's listener is made at its start",
+    "settings.upstream_read_timeout": "the gateway's client to instances is made at its start",
+    "settings.publish_ports": "the instance bridge and packet filter of `up` are set up at its start",
+    "apps.*.pool.max_parallel_starts": "each functions host sizes an app's start slots when it first starts one",
+}
+
+
+def restart_only_changes(old: Catalogue, new: Catalogue) -> list[str]:
+    """The restart-only fields (RESTART_ONLY) whose value `new` changes, as "settings.x" or "apps.<name>.pool.y"."""
+    changed = [key for key in RESTART_ONLY if key.startswith("settings.")
+               and getattr(old.settings, key.split(".", 1)[1]) != getattr(new.settings, key.split(".", 1)[1])]
+    for key in RESTART_ONLY:
+        if key.startswith("apps.*."):
+            section, field = key.split(".")[2:]
+            changed += [f"apps.{name}.{section}.{field}" for name in sorted(set(old.apps) & set(new.apps))
+                        if getattr(getattr(old.apps[name], section), field)
+                        != getattr(getattr(new.apps[name], section), field)]
+    return changed

@@ -12,13 +12,13 @@ from typing import Any
 import msgspec
 
 from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.verbs import VERBS, request_from
 from swarmpool.catalogue import CatalogueError, load
+from swarmpool.exits import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 
 DEFAULT_STATE_DIR = str(Path.home() / ".local/state/swarmpool")
 CREDENTIALS_HELP = ("bus credentials of the {role} role: a `nats` context JSON (user, password, ca, cert, "
                     "key) as `swarmpool up` writes into its state dir, or a NATS .creds file")
-EXIT_BAD_INPUT = 2
-EXIT_UNAVAILABLE = 1
 
 log = logging.getLogger("swarmpool")
 
@@ -77,8 +77,6 @@ def _parser() -> argparse.ArgumentParser:
                           + "; default: the operator's file in --state-dir, when there")
     operator.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                           help=f"the state dir of `swarmpool up` (default: {DEFAULT_STATE_DIR})")
-
-    from swarmpool.functions.admin import VERBS
 
     ad = sub.add_parser("admin", help="operator commands (the admin service on the bus)",
                         description="Operator commands, answered by the admin service of the functions hosts.")
@@ -198,61 +196,18 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
 
-async def operator_connection(args: argparse.Namespace) -> Any:
-    """Connect as the operator role (credentials from --credentials or up's state dir); an int is an exit code."""
-    from swarmpool.bus.roles import Access, credentials_path
-    from swarmpool.bus.runtime import connect
-    from swarmpool.bus.subjects import Subjects
-
-    found = credentials_path(args.state_dir, "operator")
-    path = args.credentials or (found if found.exists() else None)
-    try:
-        access = Access.load(path) if path else None
-    except ValueError as err:
-        print(f"swarmpool: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    url = args.nats_url or (access.url if access and access.url else "nats://127.0.0.1:4222")
-    try:
-        return await connect(url, name=f"swarmpool-{args.command}", access=access,
-                             inbox_prefix=Subjects(args.namespace).inbox("operator"))
-    except Exception as err:
-        print(f"swarmpool: cannot reach NATS at {url}: {err or type(err).__name__}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-
-
-def requester() -> Any:
-    """Who asks, as the event log keeps it: self-reported user and host name, not verified."""
-    import getpass
-    import socket
-
-    from swarmpool.bus.messages import Requester
-
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = ""
-    return Requester(user=user, host=socket.gethostname())
-
-
 def admin_request(args: argparse.Namespace) -> Any:
     """The verb's request Struct from the command line (validated like the service will); ValueError if bad."""
-    from swarmpool.functions.admin import VERBS
-
     verb = VERBS[args.verb]
-    fields: dict[str, Any] = {}
-    if verb.name == "reload":  # the file is read and checked here, by the loader `up` starts with
-        _catalogue_or_exit(args.text)
-        return msgspec.convert({"text": Path(args.text).read_text(), "source": str(Path(args.text).resolve())},
-                               verb.request), verb
-    for arg in verb.args:
-        value = getattr(args, arg.field)
-        if value is None or value is False:
-            continue
-        fields[arg.field] = arg.convert(value) if arg.convert else value
     try:
-        return msgspec.convert(fields, verb.request), verb
-    except msgspec.ValidationError as err:
-        raise ValueError(f"admin {verb.name}: {err}") from None
+        return request_from(verb, vars(args)), verb
+    except CatalogueError as err:  # reload: the file is read and checked here, by the loader `up` starts with
+        print(f"swarmpool: bad catalogue: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except ValueError as err:
+        raise ValueError(f"admin {err}") from None
+    except OSError as err:
+        raise ValueError(f"admin {verb.name}: cannot read {args.text}: {err.strerror}") from None
 
 
 async def _admin(args: argparse.Namespace) -> int:
@@ -261,6 +216,7 @@ async def _admin(args: argparse.Namespace) -> int:
     from swarmpool.bus.messages import AdminResult, ErrorReply
     from swarmpool.bus.runtime import encode
     from swarmpool.bus.subjects import Subjects
+    from swarmpool.operator import operator_connection, requester
 
     try:
         request, verb = admin_request(args)

@@ -17,7 +17,8 @@ from nats.js import api
 from swarmpool.bus.messages import AdminEvent, InstanceEvent
 from swarmpool.bus.spec import parse_duration
 from swarmpool.bus.subjects import Subjects
-from swarmpool.cli import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, operator_connection
+from swarmpool.exits import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
+from swarmpool.operator import operator_connection
 from swarmpool.ids import short_id
 
 FIELDS = ("time", "app", "event", "instance", "state", "reason", "by")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import time
@@ -11,31 +10,23 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from nats.aio.client import Client as NATS
 
-from swarmpool.bus.messages import CatalogueFile, Requester
+from swarmpool.bus.messages import CatalogueFile
 from swarmpool.bus.runtime import Context, Runtime
 from swarmpool.bus.service import Endpoint, serve
 from swarmpool.bus.spec import Catalogue
-from swarmpool.bus.state import CatalogueStore, ConfigStore, InstanceStore
+from swarmpool.bus.state import CatalogueStore, ConfigStore, InstanceStore, catalogue_file, catalogue_version
 from swarmpool.bus.subjects import QUEUE_FUNCTIONS, Subjects
-from swarmpool.functions import all_handlers
+from swarmpool.bus.verbs import VERBS, Verb
+from swarmpool.catalogue import CatalogueError, parse
+from swarmpool.functions import admin, all_handlers
+from swarmpool.functions.policy import target
 from swarmpool.swarm import SwarmPort
 
 log = logging.getLogger(__name__)
 
 
-def catalogue_version(text: str) -> str:
-    """A short digest of a catalogue file's text: hosts on one version run one catalogue."""
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def catalogue_file(text: str, source: str, at: float, by: Requester | None = None) -> CatalogueFile:
-    return CatalogueFile(text=text, source=source, version=catalogue_version(text), at=at, by=by or Requester())
-
-
 def parse_file(file: CatalogueFile) -> Catalogue | None:
     """The catalogue of a stored file, parsed by the loader every host starts with (None: refused)."""
-    from swarmpool.catalogue import CatalogueError, parse
-
     try:
         return parse(file.text, file.source or "<catalogue>")
     except CatalogueError as err:  # never stored by swarmpool (validated before), but the bucket is shared
@@ -120,16 +111,12 @@ def _version() -> str:
 
 
 def status_target(ctx: Context, app: str) -> int:
-    from swarmpool.functions.policy import target
-
     return target(ctx.app(app), ctx.config.cached(app), ctx.clock(), ctx.settings.timezone).size
 
 
 def admin_service(ctx: Context) -> AbstractAsyncContextManager[object]:
     """The admin verbs as a nats.micro service (discoverable as ``$SRV.INFO.<ctx.subjects.admin_service>``)."""
-    from swarmpool.functions import admin
-
-    def endpoint(verb: admin.Verb) -> Endpoint:
+    def endpoint(verb: Verb) -> Endpoint:
         async def handle(request: object) -> object:
             return await admin.run(ctx, verb, request)  # type: ignore[arg-type]
         return Endpoint(name=verb.name, subject=ctx.subjects.admin(verb.name), request=verb.request,
@@ -137,5 +124,5 @@ def admin_service(ctx: Context) -> AbstractAsyncContextManager[object]:
 
     return serve(ctx.nc, name=ctx.subjects.admin_service, version=_version(),
                  description="swarmpool operators' verbs (swarmpool admin --help)",
-                 endpoints=[endpoint(v) for v in admin.VERBS.values()], metrics=ctx.metrics,
+                 endpoints=[endpoint(v) for v in VERBS.values()], metrics=ctx.metrics,
                  queue=f"{QUEUE_FUNCTIONS}.{ctx.namespace}", metadata={"namespace": ctx.namespace})

@@ -18,7 +18,7 @@ import pytest
 from swarmpool.deploy import control_image
 from tests.cluster import Cluster, two_node_swarm
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = "spcl"

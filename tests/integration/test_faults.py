@@ -33,7 +33,7 @@ from tests.engine import Engine, namespaced_engine
 from tests.integration.test_crash import functions_process
 from tests.stack import Stack, echo_catalogue, running_stack, wait_for
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
 NAMESPACE = "spfault"
 PORT = 8000

@@ -111,3 +111,15 @@ async def test_reload_refuses_a_bad_file(nats_server, namespace, echo_image, tmp
             assert (await status_json(url, namespace))["echo"]["target"] == 1
         finally:
             await catalogues.close()
+
+
+async def test_reload_names_the_restart_only_settings_it_changes(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = nats_server.url
+    async with running_stack(url, namespace, echo_catalogue(size=0, max_=1), gateway=False):
+        changed = tmp_path / "changed.toml"
+        changed.write_text(echo_catalogue(size=0, max_=1).replace("heartbeat_interval = 0.5", "heartbeat_interval = 2")
+                           .replace("claim_wait = 1.5", "claim_wait = 3"))
+        code, out, err = await admin(url, namespace, "reload", str(changed))
+        assert code == 0, err
+        assert "restart-only, unchanged until the hosts and gateways restart: settings.heartbeat_interval" in out
+        assert "claim_wait" not in out  # applied on reload

@@ -1,4 +1,5 @@
-"""Invariant 6 as a test: who may import what (docker only in swarm/, NATS only in bus/), and one installed name."""
+"""Invariant 6 as a test (docs/architecture.md): who may import what (docker only in swarm/, NATS only in bus/),
+one installed name, no import cycles (lazy imports included), the floor below everything and the front door on top."""
 
 from __future__ import annotations
 
@@ -137,3 +138,93 @@ def test_the_built_package_has_one_top_level_name_and_every_module(tmp_path: Pat
     built = {p.relative_to(out) for p in out.rglob("*.py")}
     expected = {Path(*module_package(p).split("."), p.name) for p in source_files()}
     assert not expected - built, f"modules missing from the wheel: {sorted(map(str, expected - built))}"
+
+
+# ---- no import cycles among our modules, lazy (function-level) imports included ----
+
+
+def module_name(path: Path) -> str:
+    """The installed module of a source file: bus/state.py -> swarmpool.bus.state, bus/__init__.py -> swarmpool.bus."""
+    package = module_package(path)
+    return package if path.name == "__init__.py" else f"{package}.{path.stem}"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports anywhere in its file (at the top or inside a function).
+
+    `from pkg import sub` names the submodule `pkg.sub` when there is one (Python loads the package `pkg` first
+    either way: a parent is never counted as an edge, or every submodule would cycle with its package)."""
+    files = {module_name(p): p for p in source_files()}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        edges: set[str] = set()
+        for _, statement, modules in imports(path):
+            if statement.startswith("from ") and len(modules) > 1:  # `from a import b, c`: a.b if a module, else a
+                ours = {sub if sub in files else modules[0] for sub in modules[1:]}
+            else:
+                ours = set(modules)
+            edges.update(m for m in ours if m in files and m != name)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One shortest cycle through each module that lies on any (each cycle listed once, smallest name first)."""
+    found: set[tuple[str, ...]] = set()
+    for start in sorted(graph):
+        paths: dict[str, list[str]] = {start: [start]}
+        frontier = [start]
+        while frontier and start not in [m for f in frontier for m in graph[f]]:
+            nxt = []
+            for module in frontier:
+                for dep in sorted(graph[module]):
+                    if dep not in paths:
+                        paths[dep] = paths[module] + [dep]
+                        nxt.append(dep)
+            frontier = nxt
+        closing = [f for f in frontier if start in graph[f]]
+        if closing:
+            loop = paths[min(closing, key=lambda f: len(paths[f]))]
+            i = loop.index(min(loop))
+            found.add(tuple(loop[i:] + loop[:i]))
+    return [list(c) for c in sorted(found)]
+
+
+def test_no_import_cycles_lazy_imports_included() -> None:
+    loops = cycles(import_graph())
+    assert not loops, "import cycles (a lazy import inside a function counts: it only hides the cycle):\n" + "\n".join(
+        " -> ".join([*loop, loop[0]]) for loop in loops)
+
+
+def test_the_cycle_finder_finds_a_lazy_cycle() -> None:
+    """Guard against a vacuous pass: known shapes, and the graph sees lazy imports."""
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    graph = import_graph()
+    assert "swarmpool.launcher" in graph["swarmpool.cli"]  # imported inside main() only
+    assert "swarmpool.gateway.pages" in graph["swarmpool.gateway.launch"]  # `from swarmpool.gateway import pages`
+    assert "swarmpool.gateway" not in graph["swarmpool.gateway.launch"]
+    assert "swarmpool.gateway.app" in graph["swarmpool.gateway"]  # `from swarmpool.gateway.app import make_app`
+
+
+# ---- floors: a base that imports nothing above it, the front door on top ----
+
+# the floor: what every part may import; each imports nothing of ours but the floor
+FLOOR = {"swarmpool.ids", "swarmpool.exits", "swarmpool.bus.spec", "swarmpool.catalogue"}
+# the front door's own modules: nothing below the top imports them
+FRONT_DOOR = {"swarmpool.cli", "swarmpool.launcher", "swarmpool.deploy", "swarmpool.host", "swarmpool.events",
+              "swarmpool.natsd", "swarmpool.operator"}
+
+
+def test_the_floor_imports_only_the_floor() -> None:
+    graph = import_graph()
+    assert FLOOR <= set(graph) and FRONT_DOOR <= set(graph), "a module named here no longer exists"
+    broken = {m: sorted(graph[m] - FLOOR) for m in sorted(FLOOR) if graph[m] - FLOOR}
+    assert not broken, f"floor modules import above the floor: {broken}"
+
+
+def test_nothing_below_the_front_door_imports_it() -> None:
+    graph = import_graph()
+    below = [m for m in graph if m.split(".")[1:2] and m.split(".")[1] in BARE]  # bus/, swarm/, functions/, gateway/
+    broken = {m: sorted(graph[m] & FRONT_DOOR) for m in sorted(below) if graph[m] & FRONT_DOOR}
+    assert not broken, f"bus/, swarm/, functions/, gateway/ import the front door: {broken}"
