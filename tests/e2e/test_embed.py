@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from swarmpool.bus.client import Bus
-from swarmpool.bus.messages import Claimed
+from swarmpool.bus.messages import Claimed, ClaimRequest
 from swarmpool.bus.spec import AppSpec, Catalogue, Duration, FrameAncestor, Settings
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -169,3 +170,44 @@ async def test_any_other_framing_page_is_refused_and_claims_nothing(
         assert (await _launches(sites.gateway, app)).get("claimed", 0) == 0
     finally:
         await context.close()
+
+
+class ClaimRequests:
+    """Every claim request as the claimers get it: which browser (the gateway's cookie) asked."""
+
+    def __init__(self) -> None:
+        self.browsers: list[str] = []
+
+    async def on_request(self, msg: Any) -> None:
+        self.browsers.append(msgspec.json.decode(msg.data, type=ClaimRequest).browser)
+
+
+@pytest.mark.parametrize("https", [True, False])
+async def test_the_browser_cookie_works_in_an_allowed_frame_over_https_only(
+        sites: Sites, browser: Any, store: InstanceStore, claimer: Claimer, nc: NATS,  # noqa: F811
+        subjects: Subjects, https: bool) -> None:
+    """Behind an HTTPS front (X-Forwarded-Proto from a trusted proxy), the frame keeps its partitioned
+    cookie: two launches in the course page are one browser, a tab on the gateway's own site another
+    (another partition). Over plain HTTP the frame keeps no cookie: every launch is a new browser."""
+    requests = ClaimRequests()
+    sub = await nc.subscribe(subjects.claim_all(), cb=requests.on_request)
+    context = await browser.new_context(extra_http_headers={"X-Forwarded-Proto": "https"} if https else {})
+    try:
+        page = await context.new_page()
+        for n in (1, 2):
+            fresh = await claimed_instance(store, sites.endpoint, app="embed")
+            claimer.answer = lambda app, i=fresh.id: Claimed(id=i, app=app, endpoint=sites.endpoint, deep_link="page")
+            await page.goto(f"{sites.allowed}/embed", wait_until="load", timeout=15_000)
+            assert await _frame_of(page, f"{sites.gateway}/i/{fresh.id}/page") is not None
+            assert len(requests.browsers) == n
+        await page.goto(f"{sites.gateway}/launch/embed", wait_until="load", timeout=15_000)  # a tab of its own
+        assert len(requests.browsers) == 3
+        first, second, tab = requests.browsers
+        assert first and second and tab
+        if https:
+            assert first == second != tab
+        else:
+            assert len({first, second, tab}) == 3
+    finally:
+        await context.close()
+        await sub.unsubscribe()
