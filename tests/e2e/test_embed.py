@@ -24,7 +24,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from swarmpool.bus.client import Bus
-from swarmpool.bus.messages import Claimed, ClaimRequest
+from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest
 from swarmpool.bus.spec import AppSpec, Catalogue, Duration, FrameAncestor, Settings
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -138,6 +138,26 @@ async def test_an_allowed_course_page_shows_a_session_in_its_frame(
         await frame.wait_for_selector("#who", timeout=15_000)
         assert await frame.inner_text("#who") == "session page"  # the instance's own "frame-ancestors 'none'" gave way
         assert claimer.requests == ["embed"]
+        assert (await _launches(sites.gateway, "embed")).get("claimed") == 1
+    finally:
+        await context.close()
+
+
+async def test_the_waiting_room_inside_an_allowed_frame_retries_into_a_session(
+        sites: Sites, browser: Any, store: InstanceStore, claimer: Claimer) -> None:  # noqa: F811
+    """The waiting room's own retry is a navigation of the frame by the gateway's page (same-origin,
+    no Referer): it claims, since the browser showed that page only inside an allowed parent."""
+    fresh = await claimed_instance(store, sites.endpoint, app="embed")
+    claimer.answer = lambda app: ClaimRefused(app=app, reason="empty", retry_after=1)
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{sites.allowed}/embed", wait_until="load", timeout=15_000)
+        waiting = await _frame_of(page, f"{sites.gateway}/launch/embed")
+        assert waiting is not None and "Just a moment" in await waiting.inner_text("h1")
+        claimer.answer = lambda app: Claimed(id=fresh.id, app=app, endpoint=sites.endpoint, deep_link="page")
+        assert await _frame_of(page, f"{sites.gateway}/i/{fresh.id}/page") is not None
+        assert claimer.requests[-1] == "embed" and len(claimer.requests) >= 2
         assert (await _launches(sites.gateway, "embed")).get("claimed") == 1
     finally:
         await context.close()
