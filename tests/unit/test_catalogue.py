@@ -70,7 +70,8 @@ def test_good_catalogue_parses_durations_and_sizes() -> None:
      "address or CIDR"),
     (("[apps.echo]", '[settings]\ntrusted_proxies = "127.0.0.1"\n[apps.echo]'), "settings.trusted_proxies",
      "Expected `array`"),
-    *[(('deep_link = "hello"', f'deep_link = "hello"\nframe_ancestors = {value}'), field, words) for value, field, words in [
+    *[(('deep_link = "hello"', f'deep_link = "hello"\nframe_ancestors = {value}'), field, words)
+      for value, field, words in [
         ('["https://moodle.example.org/course/view.php"]', "apps.echo.frame_ancestors[0]", "no path"),
         ('["https://moodle.example.org?x=1"]', "apps.echo.frame_ancestors[0]", "no path"),
         ('["moodle.example.org"]', "apps.echo.frame_ancestors[0]", "scheme://host[:port]"),
@@ -143,7 +144,8 @@ def test_frame_ancestors_are_csp_sources_normalised_and_default_to_none_listed()
 
 def test_cli_exits_2_naming_a_bad_frame_ancestor(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text(GOOD.replace('deep_link = "hello"', 'deep_link = "hello"\nframe_ancestors = ["https://lms.example.org/course"]'))
+    bad.write_text(GOOD.replace('deep_link = "hello"',
+                                'deep_link = "hello"\nframe_ancestors = ["https://lms.example.org/course"]'))
     done = subprocess.run([sys.executable, "-m", "swarmpool.cli", "check", str(bad)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2, done.stderr
