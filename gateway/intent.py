@@ -1,5 +1,6 @@
 """What a request to `/launch/<app>` is, as the browser says it (Fetch Metadata): only a tab's
-navigation takes a session; fetch(), images, frames, prefetch and prerender take none.
+navigation takes a session (or a frame's, inside a page the app's `frame_ancestors` allows);
+fetch(), images, other frames, prefetch and prerender take none.
 
 Browsers send `Sec-Fetch-*` only to HTTPS origins and localhost; a client that sends none (curl,
 an old browser, plain HTTP) is judged as before: its GET claims.
