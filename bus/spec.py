@@ -61,6 +61,37 @@ def parse_proxy_network(value: object) -> ProxyNetwork:
         raise ValueError(f"expected an address or CIDR like '127.0.0.1' or '10.1.0.0/16', got {value!r}") from None
 
 
+class FrameAncestor(str):
+    """A source allowed to frame an app (CSP `frame-ancestors`): an origin "https://lms.example.org[:port]",
+    optionally "https://*.example.org" or port ":*", or 'self' / 'none'; normalised to lowercase."""
+
+
+_FRAME_ORIGIN = re.compile(
+    r"^(https?)://(\*\.)?([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
+    r"(:(\*|[0-9]{1,5}))?/?$")
+_FRAME_EXAMPLE = "an origin like 'https://moodle.example.org' (scheme://host[:port], no path), \"'self'\" or \"'none'\""
+
+
+def parse_frame_ancestor(value: object) -> FrameAncestor:
+    if not isinstance(value, str):
+        raise ValueError(f"expected {_FRAME_EXAMPLE}, got {value!r}")
+    text = value.strip().lower()
+    if text in ("'self'", "'none'"):
+        return FrameAncestor(text)
+    if text in ("self", "none"):
+        raise ValueError(f"expected \"'{text}'\" with its single quotes (as CSP writes it), got {value!r}")
+    if text == "*" or re.fullmatch(r"[a-z][a-z0-9+.-]*:(//\*?)?", text):
+        raise ValueError(f"expected {_FRAME_EXAMPLE}, got {value!r}: it would let any site frame the app "
+                         "and start sessions in it")
+    match = _FRAME_ORIGIN.match(text)
+    if match is None:
+        raise ValueError(f"expected {_FRAME_EXAMPLE}, got {value!r}")
+    port = match.group(8)
+    if port is not None and port != "*" and not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535 in {value!r}")
+    return FrameAncestor(text.rstrip("/"))
+
+
 MIN_MEMORY = 32 * 1024**2
 
 
@@ -104,6 +135,8 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return parse_time_zone(obj)
     if type_ is ProxyNetwork:
         return parse_proxy_network(obj)
+    if type_ is FrameAncestor:
+        return parse_frame_ancestor(obj)
     if type_ is MemorySize:
         size = parse_size(obj)
         if size < MIN_MEMORY:
@@ -118,7 +151,7 @@ def enc_hook(obj: Any) -> Any:
         return float(obj)
     if isinstance(obj, ByteSize):
         return int(obj)
-    if isinstance(obj, str):  # TimeZone, ProxyNetwork
+    if isinstance(obj, str):  # TimeZone, ProxyNetwork, FrameAncestor
         return str(obj)
     raise NotImplementedError(f"cannot encode {type(obj)}")
 
@@ -224,6 +257,10 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # a claim's replacement starts once the student's page has loaded ("page"), and for apps whose page
     # then opens a WebSocket (a kernel), once that opened too ("websocket"); settings.settle_cap bounds it
     settle_on: Literal["page", "websocket"] = "page"
+    # the sites that may show the app in a frame (a course page): the gateway sends them as CSP
+    # `frame-ancestors` on the app's pages and the instance's responses, and a launch inside a frame
+    # claims only when the framing page is one of them; empty: 'self' (no other site frames it)
+    frame_ancestors: tuple[FrameAncestor, ...] = ()
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -12,15 +12,16 @@ import aiohttp
 from aiohttp import web
 
 from swarmpool.bus.client import Bus
-from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.spec import AppSpec, Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import launch, origin, proxy
 from swarmpool.gateway.activity import ActivityTracker
 from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway
+from swarmpool.gateway.framing import apply_frame_policy
 from swarmpool.gateway.metrics import GatewayMetrics
 from swarmpool.gateway.routing import RouteTable
-from swarmpool.ids import instance_prefix
+from swarmpool.ids import instance_prefix, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,27 @@ def _not_found(request: web.Request) -> web.StreamResponse:
 
 
 async def _gateway_page_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """The gateway's own pages and redirects never tell anyone where the browser came from."""
+    """The gateway's own pages and redirects never tell anyone where the browser came from; every
+    answer's framing rule is the gateway's (the app's `frame_ancestors`, else 'self')."""
     if not request.get(proxy.FROM_INSTANCE, False):
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+    spec = _app_of(request)
+    apply_frame_policy(response.headers, spec.frame_ancestors if spec is not None else ())
+
+
+def _app_of(request: web.Request) -> AppSpec | None:
+    """The app a request concerns: `/launch/<app>`, or the app of the instance in `/i/<id>/`
+    (also once its session has ended); None for the gateway's other pages."""
+    gw = request.app[GATEWAY]
+    info = request.match_info
+    if "app" in info:
+        return gw.catalogue.apps.get(info["app"])
+    instance_id = info.get("id") or origin.id_in_path(request.rel_url.raw_path)
+    if instance_id is None or not valid_id(instance_id):
+        return None
+    route = gw.routes.get(instance_id)
+    name = route.app if route is not None else gw.routes.ended_app(instance_id)
+    return gw.catalogue.apps.get(name) if name else None
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorRep
 from swarmpool.bus.spec import AppSpec
 from swarmpool.gateway import pages
 from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY, Gateway, wants_json
+from swarmpool.gateway.framing import embeddable, third_party_cookie
 from swarmpool.gateway.metrics import UNKNOWN_APP
 from swarmpool.gateway.intent import launch_verdict
 from swarmpool.gateway.origin import launch_location, public_scheme
@@ -63,16 +64,22 @@ async def launch(request: web.Request) -> web.StreamResponse:
         return web.Response(text=pages.description_page(spec), content_type="text/html",
                             headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
 
-    verdict = launch_verdict(request.headers)
-    if verdict != "claim":  # fetch(), <img>, a frame, prefetch or prerender: never a session
+    verdict = launch_verdict(request.headers, spec.frame_ancestors)
+    if verdict != "claim":  # fetch(), <img>, a frame not allowed, prefetch or prerender: never a session
         gw.metrics.launches.labels(spec.name, verdict).inc()
         return _not_a_click(request, spec, verdict)
 
     browser, new_cookie = browser_key(request) if gw.catalogue.settings.per_browser_limit else ("", None)
     response = await _answer(request, gw, spec, browser)
     if new_cookie is not None:
-        response.set_cookie(BROWSER_COOKIE, new_cookie, path="/launch/", max_age=BROWSER_COOKIE_AGE,
-                            httponly=True, samesite="Lax", secure=_https(request))
+        if embeddable(spec.frame_ancestors) and _https(request):
+            # inside an allowed course page's frame too (a Lax cookie is neither kept nor sent there);
+            # Python's cookie module knows no Partitioned attribute: the header is written here
+            response.headers.add("Set-Cookie", third_party_cookie(
+                f"{BROWSER_COOKIE}={new_cookie}; Path=/launch/; Max-Age={BROWSER_COOKIE_AGE}; HttpOnly"))
+        else:
+            response.set_cookie(BROWSER_COOKIE, new_cookie, path="/launch/", max_age=BROWSER_COOKIE_AGE,
+                                httponly=True, samesite="Lax", secure=_https(request))
     return response
 
 

@@ -223,7 +223,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 INSTANCE_PATH = "/i/"
 
 
-def _id_in_path(path: str) -> str | None:
+def id_in_path(path: str) -> str | None:
+    """The instance id of a `/i/<id>/...` path, if it is one."""
     if not path.startswith(INSTANCE_PATH):
         return None
     candidate = path[len(INSTANCE_PATH):].split("/", 1)[0]
@@ -243,7 +244,7 @@ def origin_guard(instance_domain: str | None, not_found: Callable[[web.Request],
         if instance_domain is None:
             return await handler(request)
         label = label_of(request.host, instance_domain)
-        instance_id = _id_in_path(request.rel_url.raw_path)
+        instance_id = id_in_path(request.rel_url.raw_path)
         if label is not None:
             if instance_id is None or host_label(instance_id) != label:
                 return not_found(request)

@@ -26,9 +26,11 @@ from swarmpool.gateway.origin import (
     client_address,
     confine_location,
     confine_set_cookie,
+    public_scheme,
     trusted_peer,
     without_gateway_cookies,
 )
+from swarmpool.gateway.framing import embeddable, third_party_cookie
 from swarmpool.gateway.routing import Route
 from swarmpool.gateway.static_cache import (
     Asset,
@@ -129,14 +131,17 @@ def _upstream_headers(request: web.Request, instance_id: str, route: Route) -> C
 
 
 def downstream_headers(upstream: Mapping[str, str], instance_id: str, route: Route,
-                       request_host: str) -> CIMultiDict[str]:
-    """The instance's response headers as the browser gets them: confined to the instance's prefix."""
+                       request_host: str, third_party: bool = False) -> CIMultiDict[str]:
+    """The instance's response headers as the browser gets them: confined to the instance's prefix;
+    `third_party`: its cookies must also work inside an allowed cross-site frame (HTTPS only)."""
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in CIMultiDict(upstream).items():
         if name in HOP_BY_HOP or name in ORIGIN_WIDE:
             continue
         if name == "Set-Cookie":
             value = confine_set_cookie(value, instance_id, route.strip_prefix)
+            if third_party:
+                value = third_party_cookie(value)
         elif name == "Location" and route.strip_prefix:
             value = confine_location(value, instance_id, request_host)
         out.add(name, value)
@@ -342,7 +347,10 @@ async def _http(request: web.Request, gw: Gateway, instance_id: str, route: Rout
         counted = True
         gw.activity.opened(instance_id, route.app)
 
-    headers_out = downstream_headers(upstream.headers, instance_id, route, request.host)
+    spec = gw.catalogue.apps.get(route.app)
+    third_party = (spec is not None and embeddable(spec.frame_ancestors)
+                   and public_scheme(request, gw.catalogue.settings.trusted_proxies) == "https")
+    headers_out = downstream_headers(upstream.headers, instance_id, route, request.host, third_party)
     if _small(request, upstream):
         # one write for headers and body: most notebook assets and API answers are small
         try:

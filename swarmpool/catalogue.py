@@ -98,6 +98,9 @@ def _check_app(app: AppSpec, here: str, path: str) -> None:
     if app.deep_link.startswith("/"):
         raise CatalogueError(path, f"{here}.deep_link",
                              "expected a path relative to the instance root (no leading '/')")
+    if "'none'" in app.frame_ancestors and len(app.frame_ancestors) > 1:
+        raise CatalogueError(path, f"{here}.frame_ancestors",
+                             "\"'none'\" must be the only entry (no site may frame the app)")
     if app.command is not None and not app.command:
         raise CatalogueError(path, f"{here}.command", "expected a non-empty list of strings")
 

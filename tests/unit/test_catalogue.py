@@ -70,6 +70,23 @@ def test_good_catalogue_parses_durations_and_sizes() -> None:
      "address or CIDR"),
     (("[apps.echo]", '[settings]\ntrusted_proxies = "127.0.0.1"\n[apps.echo]'), "settings.trusted_proxies",
      "Expected `array`"),
+    *[(('deep_link = "hello"', f'deep_link = "hello"\nframe_ancestors = {value}'), field, words)
+      for value, field, words in [
+        ('["https://moodle.example.org/course/view.php"]', "apps.echo.frame_ancestors[0]", "no path"),
+        ('["https://moodle.example.org?x=1"]', "apps.echo.frame_ancestors[0]", "no path"),
+        ('["moodle.example.org"]', "apps.echo.frame_ancestors[0]", "scheme://host[:port]"),
+        ('["ftp://moodle.example.org"]', "apps.echo.frame_ancestors[0]", "scheme://host[:port]"),
+        ('["https://lms.example.org", "*"]', "apps.echo.frame_ancestors[1]", "any site"),
+        ('["https:"]', "apps.echo.frame_ancestors[0]", "any site"),
+        ('["https://*"]', "apps.echo.frame_ancestors[0]", "any site"),
+        ('["https://lms.*.org"]', "apps.echo.frame_ancestors[0]", "scheme://host[:port]"),
+        ('["https://user@lms.example.org"]', "apps.echo.frame_ancestors[0]", "scheme://host[:port]"),
+        ('["https://lms.example.org:70000"]', "apps.echo.frame_ancestors[0]", "port from 1 to 65535"),
+        ('["self"]', "apps.echo.frame_ancestors[0]", "single quotes"),
+        ('[3]', "apps.echo.frame_ancestors[0]", "scheme://host[:port]"),
+        ('"https://lms.example.org"', "apps.echo.frame_ancestors", "Expected `array`"),
+        ("[\"'none'\", \"https://lms.example.org\"]", "apps.echo.frame_ancestors", "only entry"),
+    ]],
 ])
 def test_each_mistake_names_its_field(change: tuple[str, str], field: str, words: str) -> None:
     text = GOOD.replace(*change)
@@ -114,3 +131,22 @@ def test_trusted_proxies_are_normalised_and_default_to_loopback() -> None:
     text = GOOD.replace("[apps.echo]", '[settings]\ntrusted_proxies = ["10.1.0.9", "::1", "10.2.0.0/16"]\n[apps.echo]')
     assert parse(text).settings.trusted_proxies == ("10.1.0.9/32", "::1/128", "10.2.0.0/16")
     assert parse(GOOD.replace("[apps.echo]", "[settings]\ntrusted_proxies = []\n[apps.echo]")).settings.trusted_proxies == ()
+
+
+def test_frame_ancestors_are_csp_sources_normalised_and_default_to_none_listed() -> None:
+    assert parse(GOOD).apps["echo"].frame_ancestors == ()
+    text = GOOD.replace('deep_link = "hello"', 'deep_link = "hello"\nframe_ancestors = ["https://Moodle.Example.org/", '
+                        '"https://*.canvas.example.org:*", "http://127.0.0.1:8080", "\'self\'", "https://[::1]:8443"]')
+    assert parse(text).apps["echo"].frame_ancestors == (
+        "https://moodle.example.org", "https://*.canvas.example.org:*", "http://127.0.0.1:8080", "'self'",
+        "https://[::1]:8443")
+
+
+def test_cli_exits_2_naming_a_bad_frame_ancestor(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace('deep_link = "hello"',
+                                'deep_link = "hello"\nframe_ancestors = ["https://lms.example.org/course"]'))
+    done = subprocess.run([sys.executable, "-m", "swarmpool.cli", "check", str(bad)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "apps.echo.frame_ancestors[0]" in done.stderr and "Traceback" not in done.stderr

@@ -54,6 +54,34 @@ FRAME = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe", "Sec-Fetch-Si
     ("https://lms.example.org:8443/x", (LMS,), "frame"),  # another port: another origin
     ("", (LMS,), "frame"),  # no Referer (no-referrer policy): the parent is unknown
     ("not a url", (LMS,), "frame"),
+    ("https://lms.example.org:443/x", (LMS,), "claim"),  # the default port is the same origin
+    ("http://lms.example.org/x", (LMS,), "frame"),  # another scheme: another origin
+    ("https://lms.example.org.evil.example/x", (LMS,), "frame"),
+    ("https://evil-lms.example.org/x", ("https://*.lms.example.org",), "frame"),
+    ("https://a.lms.example.org/x", ("https://*.lms.example.org",), "claim"),  # CSP's subdomain wildcard
+    ("https://lms.example.org/x", ("https://*.lms.example.org",), "frame"),  # "*." is not the parent domain
+    ("https://lms.example.org:8443/x", ("https://lms.example.org:*",), "claim"),
+    ("http://127.0.0.1:5000/page", ("http://127.0.0.1:5000",), "claim"),
+    ("http://[::1]:5000/page", ("http://[::1]:5000",), "claim"),
+    (f"{LMS}/course/7", ("'self'",), "frame"),  # 'self' is the gateway's own origin, never another site
+    (f"{LMS}/course/7", ("'none'",), "frame"),
 ])
 def test_a_frame_claims_only_for_an_allowed_parent(referer: str, allowed: tuple[str, ...], expected: str) -> None:
     assert launch_verdict({**FRAME, "Referer": referer}, allowed) == expected
+
+
+@pytest.mark.parametrize(("headers", "allowed", "expected"), [
+    # the gateway's own page in an allowed frame (the waiting room's retry; its pages send no Referer)
+    ({**FRAME, "Sec-Fetch-Site": "same-origin"}, (LMS,), "claim"),
+    ({**FRAME, "Sec-Fetch-Site": "same-origin"}, ("'self'",), "claim"),
+    ({**FRAME, "Sec-Fetch-Site": "same-origin"}, (), "frame"),  # the default: no frame claims, as before
+    ({**FRAME, "Sec-Fetch-Site": "same-origin"}, ("'none'",), "frame"),
+    ({**FRAME, "Sec-Fetch-Site": "same-site", "Referer": f"{LMS}/x"}, (LMS,), "claim"),  # lms. and apps. of one site
+    ({**FRAME, "Sec-Fetch-Site": "cross-site"}, (LMS,), "frame"),  # a cross-site parent that sent no Referer
+    ({"Sec-Fetch-Mode": "nested-navigate", "Referer": f"{LMS}/x"}, (LMS,), "claim"),
+    ({**FRAME, "Referer": f"{LMS}/x", "Sec-Purpose": "prefetch"}, (LMS,), "prefetch"),
+    ({"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "iframe", "Referer": f"{LMS}/x"}, (LMS,), "not_navigation"),
+    ({**TAB, "Referer": "https://evil.example/x", "Sec-Fetch-Site": "cross-site"}, (LMS,), "claim"),  # a tab: as before
+])
+def test_who_started_a_frames_navigation(headers: dict[str, str], allowed: tuple[str, ...], expected: str) -> None:
+    assert launch_verdict(headers, allowed) == expected
