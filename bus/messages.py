@@ -240,6 +240,7 @@ class AppStatus(msgspec.Struct, frozen=True, kw_only=True):
     failed: int
     claim_seconds: float | None = None  # median of this host's recent claims
     ready_seconds: float | None = None  # median time-to-ready of the live instances
+    trusted: list[str] = []  # the unsafe settings the catalogue allows this app: user, cap_add, network, ...
 
 
 class AdminResult(msgspec.Struct, frozen=True, kw_only=True, tag="ok"):

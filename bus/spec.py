@@ -205,6 +205,9 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # a claim's replacement starts once the student's page has loaded ("page"), and for apps whose page
     # then opens a WebSocket (a kernel), once that opened too ("websocket"); settings.settle_cap bounds it
     settle_on: Literal["page", "websocket"] = "page"
+    # the unsafe settings this app is allowed, each named (see swarmpool/guardrails.py): root as `user`,
+    # capabilities beyond the safe list in `cap_add`; a trust the app does not use is refused too
+    trusted: list[Literal["user", "cap_add"]] = []
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -237,6 +240,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # (wildcard DNS and certificate); None keeps one origin and path-based confinement
     instance_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")] | None = None
     timezone: TimeZone | None = None  # of schedule entries that name none (default: UTC)
+    # the unsafe settings this catalogue is allowed, for every app (see swarmpool/guardrails.py): a `network`
+    # other than the stack's instances overlay, `publish_ports = false` without a network
+    trusted: list[Literal["network", "publish_ports"]] = []
 
 
 class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -26,6 +26,7 @@ from swarmpool.bus.spec import parse_duration
 from swarmpool.functions import keeper, lifecycle
 from swarmpool.bus.spec import Catalogue
 from swarmpool.functions.policy import counts, spec_version, target
+from swarmpool.guardrails import trust_flags
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,12 @@ def status_of(ctx: Context, app: str) -> AppStatus:
     size, source = target(ctx.app(app), override, ctx.clock(), ctx.settings.timezone)
     ready_times = [r.ready_at - r.created_at for r in records if r.ready_at is not None]
     claim = ctx.metrics.recent_claim_seconds(app)
+    spec = ctx.app(app)
     return AppStatus(app=app, target=size, target_source=source, paused=override.paused,
                      starting=c["starting"], ready=c["ready"], claimed=c["claimed"], retiring=c["retiring"],
                      failed=c["failed"], claim_seconds=None if claim is None else round(claim, 4),
-                     ready_seconds=_median(ready_times))
+                     ready_seconds=_median(ready_times),
+                     trusted=trust_flags(spec, ctx.settings) if spec is not None else [])
 
 
 def _statuses(ctx: Context, apps: list[str]) -> dict[str, AppStatus]:
@@ -181,11 +184,12 @@ def _changed(old: Catalogue, new: Catalogue) -> list[str]:
 async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     """Store a new catalogue on the bus for every host: parsed by the loader every host starts with,
     so a bad file is refused with the same error as at start, and nothing changes."""
-    from swarmpool.catalogue import CatalogueError, parse
-    from swarmpool.host import adopt, catalogue_file
+    from swarmpool.catalogue import CatalogueError, check_images, parse
+    from swarmpool.host import adopt, announce_trust, catalogue_file
 
     try:
-        new = parse(request.text, request.source)
+        new = parse(request.text, request.source, ctx.namespace)
+        await check_images(new, request.source, ctx.swarm.image_accounts)  # root by name, where the image is
     except CatalogueError as err:
         return ErrorReply(error="bad_catalogue", detail=str(err))
     old = ctx.catalogue
@@ -194,6 +198,7 @@ async def reload(ctx: Context, request: ReloadRequest) -> Reply:
         return ErrorReply(error="unavailable", detail="this host does not follow the catalogue on the bus")
     await ctx.catalogues.publish(file)
     adopt(ctx, file)  # here at once; the other hosts and gateways follow the key
+    await announce_trust(ctx, new, request.source, request.by)
     added, removed = sorted(set(new.apps) - set(old.apps)), sorted(set(old.apps) - set(new.apps))
     parts = [f"reload {request.source}: version {file.version}"]
     parts += [f"{what} {', '.join(apps)}" for what, apps in

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import re
+import tarfile
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -189,6 +191,7 @@ class Swarm:
         self._bridge_generation = ""  # "": not chosen yet
         self._bridge_stale = False  # a task was rejected by this generation's dead copy: use the next
         self._image_ids: dict[str, str] = {}  # catalogue image -> its id at the last create
+        self._accounts: dict[str, tuple[str, str, str]] = {}  # image id -> its user and user database
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -289,6 +292,40 @@ class Swarm:
         if not (_NAME_PART.match(spec.app) and _NAME_PART.match(spec.handle)) or len(name) > _MAX_SERVICE_NAME:
             raise SwarmError(f"invalid service name {name!r} (lowercase letters, digits, '-'; at most 63 chars)")
         return await self._run(self._create, spec, name)
+
+    async def image_accounts(self, image: str) -> tuple[str, str, str] | None:
+        """The image's own user (Config.User), /etc/passwd and /etc/group as text ("" when absent); None when
+        the image is not on this node. Read from a container that is created, never started, and removed."""
+        return await self._run(self._image_accounts, image)
+
+    def _image_accounts(self, image: str) -> tuple[str, str, str] | None:
+        api = self._docker().api
+        try:
+            found = api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            return None
+        if (known := self._accounts.get(found["Id"])) is not None:
+            return known
+        container = api.create_container(found["Id"], entrypoint=["/nonexistent"], command=[],
+                                         labels={LABEL_OWNER: self.namespace}, network_disabled=True)["Id"]
+        try:
+            passwd, group = self._read_file(container, "/etc/passwd"), self._read_file(container, "/etc/group")
+        finally:
+            api.remove_container(container, force=True)
+        accounts = (str((found.get("Config") or {}).get("User") or ""), passwd, group)
+        self._accounts[found["Id"]] = accounts
+        return accounts
+
+    def _read_file(self, container: str, path: str) -> str:
+        """A small text file of a (stopped) container; "" when it has none."""
+        try:
+            stream, _ = self._docker().api.get_archive(container, path)
+        except docker.errors.NotFound:
+            return ""
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            data = tar.extractfile(member) if member is not None and member.isfile() else None
+            return data.read(1024 * 1024).decode(errors="replace") if data is not None else ""
 
     def image_id(self, image: str) -> str:
         """The id `image` had at the last create (instances of one id serve identical files)."""

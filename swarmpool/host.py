@@ -75,8 +75,9 @@ async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, names
         ctx.catalogue_version = catalogue_version(catalogue_text)
         stored = catalogues.current()
         if should_store(stored, ctx.catalogue_version, replace_catalogue, catalogue_deployed_at):
-            await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time()),
-                                     only_if_absent=stored is None and not replace_catalogue)
+            if await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time()),
+                                        only_if_absent=stored is None and not replace_catalogue):
+                await announce_trust(ctx, catalogue, catalogue_source, Requester(host=socket.gethostname()))
         elif stored is not None and stored.version != ctx.catalogue_version:
             log.info("following the stored catalogue %s (stored %s), not this host's %s", stored.version,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stored.at)), ctx.catalogue_version)
@@ -93,6 +94,22 @@ async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, names
         await catalogues.close()
         await config.close()
         await store.close()
+
+
+TRUSTED = "trusted"  # the event log's verb (sp.audit.trusted) for an app loaded with trust
+
+
+async def announce_trust(ctx: Context, catalogue: Catalogue, source: str, by: Requester) -> None:
+    """Keep in the event log that a catalogue with trusted apps was loaded: one event per such app."""
+    from swarmpool.bus.messages import AdminEvent
+    from swarmpool.guardrails import trust_summary
+
+    for name, app in catalogue.apps.items():
+        if summary := trust_summary(app, catalogue.settings):
+            log.warning("app %s is trusted with %s (catalogue %s)", name, summary, source or "?")
+            await ctx.publish(ctx.subjects.audit(TRUSTED), AdminEvent(
+                verb=TRUSTED, app=name, at=ctx.clock(), reason=f"loaded trusted with {summary} from {source or '?'}",
+                by=by))
 
 
 def adopt(ctx: Context, file: CatalogueFile) -> None:
