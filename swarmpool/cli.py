@@ -315,11 +315,11 @@ def status_table(apps: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.3g}s"
 
     rows = [("app", "target", "ready", "starting", "claimed", "retiring", "failed", "claim", "to ready",
-             "target set by", "trusted")]
+             "trusted", "target set by")]
     for a in apps.values():
         rows.append((a.app, str(a.target), str(a.ready), str(a.starting), str(a.claimed), str(a.retiring),
-                     str(a.failed), seconds(a.claim_seconds), seconds(a.ready_seconds), a.target_source,
-                     ",".join(a.trusted) or "-"))
+                     str(a.failed), seconds(a.claim_seconds), seconds(a.ready_seconds),
+                     ",".join(a.trusted) or "-", a.target_source))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i in (0, 9, 10) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      .rstrip() for row in rows)

@@ -223,12 +223,13 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         swarm = await _swarm(args.namespace, init=True)
         stack.push_async_callback(swarm.close)
         owner = await stack.enter_async_context(_own_namespace(swarm, args.namespace, state_dir, stop))
-        if catalogue.settings.publish_ports:
-            await packet_filter(stack, args.namespace)
         base = Path(args.catalogue or default_catalogue_path()).resolve().parent
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
+        # root by name needs the images: refused here, before the packet filter or NATS
         await check_images(catalogue, str(Path(args.catalogue or default_catalogue_path())), swarm.image_accounts)
         warn_trusted(catalogue)
+        if catalogue.settings.publish_ports:
+            await packet_filter(stack, args.namespace)
         url = args.nats_url
         fn_access = gw_access = None
         if url is None:
