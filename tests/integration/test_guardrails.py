@@ -5,6 +5,7 @@ changed); trusted, it loads, `admin status` shows the trust and the event log ke
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from swarmpool.bus.messages import AdminEvent
 from swarmpool.bus.state import CatalogueStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.natsd import free_port
+from bench.support import stop_child
 from tests.integration.test_admin import admin, status_json
 from tests.stack import echo_catalogue, running_stack
 
@@ -93,8 +95,12 @@ async def test_up_refuses_root_by_name_before_starting_anything(namespace, toor_
         sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(catalogue), "--namespace", namespace,
         "--port", str(free_port()), "--dashboard-port", "0", "--state-dir", str(tmp_path / "state"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(120):
-        out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(120):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # it started after all: stopped as by Ctrl-C, then killed
+            await stop_child(proc, signal.SIGINT, timeout=60)
     assert proc.returncode == 2, out.decode() + err.decode()
     assert err.decode().strip().endswith("at apps.echo.user") and "'toor' is root (uid 0)" in err.decode()
     assert not (tmp_path / "state" / "jetstream").exists()  # no NATS was started
