@@ -196,7 +196,8 @@ async def check_images(catalogue: Catalogue, accounts: Callable[[str], Awaitable
 
 
 def trust_flags(app: AppSpec, settings: Settings) -> list[str]:
-    """What `admin status` shows an app is trusted with: its own trusts, then the catalogue's."""
+    """What `admin status` shows an app is trusted with: its own trusts, then the catalogue's (an app
+    option that opens egress, such as internet access, belongs in this list too)."""
     return [*app.trusted, *settings.trusted]
 
 
