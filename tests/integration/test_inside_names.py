@@ -8,15 +8,21 @@ Docker's embedded DNS (in the container) about addresses and names that exist on
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import docker
+import msgspec
 import pytest
 
-from swarmpool.swarm import LABEL_OWNER
+from swarmpool.bus.messages import EventKind, Instance, InstanceEvent
+from swarmpool.bus.subjects import Subjects
+from swarmpool.functions.policy import spec_version
+from swarmpool.ids import new_instance_id
+from swarmpool.swarm import LABEL_APP, LABEL_ID, LABEL_OWNER, LABEL_PORT
 from tests.inside import LOOK_AROUND, ids_in, shell_command
-from tests.stack import Stack, echo_catalogue, running_stack
+from tests.stack import Stack, echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -66,3 +72,33 @@ async def test_nothing_inside_an_instance_names_another_instances_id(
         services = await s.swarm.list_ours()
         assert {x.id for x in services} >= {r.id for r in ready}
         assert all(x.id not in x.name for x in services)
+
+
+async def _running(s: Stack, service_id: str) -> bool:
+    return (await s.swarm.status(service_id)).state == "running"
+
+
+async def test_an_instance_named_after_its_id_by_an_older_version_is_recycled(
+        nats_server, namespace, echo_image, docker_client) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1), gateway=False) as s:
+        (current,) = await s.wait_ready(1)
+        old_id = new_instance_id()
+        labels = {LABEL_OWNER: namespace, LABEL_APP: "echo", LABEL_ID: old_id, LABEL_PORT: "8888"}
+        service = await asyncio.to_thread(  # as the older version made them: the id in the name, no handle
+            docker_client.services.create, echo_image, name=f"{namespace}-echo-{old_id}", labels=labels,
+            container_labels=labels, env=[f"SWARMPOOL_PREFIX=/i/{old_id}/"])
+        await wait_for(lambda: _running(s, service.id), timeout=60, what="the old-style service running")
+        events = await s.nc.subscribe(Subjects(namespace).instance_event("echo", old_id, EventKind.RETIRING))
+        try:
+            # warm before the current one: by age alone (a surplus) the current one would go
+            assert current.ready_at is not None
+            await s.store.create(Instance(id=old_id, app="echo", state="ready", service_id=service.id,
+                                          created_at=current.created_at - 60, ready_at=current.ready_at - 60,
+                                          spec=spec_version(s.catalogue.apps["echo"])))
+            event = msgspec.json.decode((await events.next_msg(timeout=30)).data, type=InstanceEvent)
+            assert event.reason == "recycled: its service is named after its id"
+            await wait_for(lambda: s.store.get("echo", old_id) is None, timeout=30, what="the old record deleted")
+            assert all(x.service_id != service.id for x in await s.swarm.list_ours())
+            assert s.store.get("echo", current.id) is not None  # the current one stays
+        finally:
+            await events.unsubscribe()
