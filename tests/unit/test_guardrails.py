@@ -171,3 +171,16 @@ def test_check_exits_2_naming_the_field_and_lists_trusted_apps(tmp_path: Path) -
     assert subprocess.run([*run, str(other_stack)], capture_output=True).returncode == 0
     pinned = subprocess.run([*run, "--namespace", "cls", str(other_stack)], capture_output=True, text=True)
     assert pinned.returncode == 2 and "at settings.network" in pinned.stderr
+
+
+def test_status_shows_each_apps_trusted_settings() -> None:
+    from swarmpool.bus.messages import AppStatus
+    from swarmpool.cli import status_table
+
+    def app(name: str, trusted: list[str]) -> AppStatus:
+        return AppStatus(app=name, target=1, target_source="catalogue", paused=False, starting=0, ready=1,
+                         claimed=0, retiring=0, failed=0, trusted=trusted)
+
+    header, lab, demo = status_table({"lab": app("lab", ["user", "network"]), "demo": app("demo", [])}).splitlines()
+    assert header.split()[-4:] == ["trusted", "target", "set", "by"]
+    assert lab.split()[-2:] == ["user,network", "catalogue"] and demo.split()[-2:] == ["-", "catalogue"]
