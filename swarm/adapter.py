@@ -306,12 +306,15 @@ class Swarm:
             return None
         if (known := self._accounts.get(found["Id"])) is not None:
             return known
-        container = api.create_container(found["Id"], entrypoint=["/nonexistent"], command=[],
-                                         labels={LABEL_OWNER: self.namespace}, network_disabled=True)["Id"]
         try:
-            passwd, group = self._read_file(container, "/etc/passwd"), self._read_file(container, "/etc/group")
-        finally:
-            api.remove_container(container, force=True)
+            container = api.create_container(found["Id"], entrypoint=["/nonexistent"], command=[],
+                                             labels={LABEL_OWNER: self.namespace}, network_disabled=True)["Id"]
+            try:
+                passwd, group = self._read_file(container, "/etc/passwd"), self._read_file(container, "/etc/group")
+            finally:
+                api.remove_container(container, force=True)
+        except docker.errors.APIError as e:
+            raise SwarmError(f"cannot read the users of image {image}: {e.explanation or e}") from e
         accounts = (str((found.get("Config") or {}).get("User") or ""), passwd, group)
         self._accounts[found["Id"]] = accounts
         return accounts

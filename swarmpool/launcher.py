@@ -26,7 +26,7 @@ from swarmpool.bus.messages import CatalogueFile
 from swarmpool.bus.state import CatalogueStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
-from swarmpool.swarm import Swarm, SwarmUnavailable
+from swarmpool.swarm import Swarm, SwarmError, SwarmUnavailable
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
 from swarmpool.catalogue import check_images, default_catalogue_path
 from swarmpool.guardrails import trust_summary
@@ -226,7 +226,10 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         base = Path(args.catalogue or default_catalogue_path()).resolve().parent
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
         # root by name needs the images: refused here, before the packet filter or NATS
-        await check_images(catalogue, str(Path(args.catalogue or default_catalogue_path())), swarm.image_accounts)
+        try:
+            await check_images(catalogue, str(Path(args.catalogue or default_catalogue_path())), swarm.image_accounts)
+        except SwarmError as err:
+            raise Unavailable(str(err)) from None
         warn_trusted(catalogue)
         if catalogue.settings.publish_ports:
             await packet_filter(stack, args.namespace)
