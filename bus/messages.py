@@ -66,6 +66,9 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     settled_at: float | None = None  # when its student's page had loaded (a gateway's Settled)
     spec: str = ""  # version of what it runs (image name, command, ...): a reload that changes it recycles
     node: str = ""  # swarm node id its task runs on ("" until reconcile has seen it placed)
+    # random, independent of the id: its service's name (seen by neighbours in DNS); "" for a service named
+    # after its id by an older version (recycled as outdated)
+    handle: str = ""
 
     @property
     def key(self) -> str:
@@ -252,6 +255,7 @@ class AppStatus(msgspec.Struct, frozen=True, kw_only=True):
     failed: int
     claim_seconds: float | None = None  # median of this host's recent claims
     ready_seconds: float | None = None  # median time-to-ready of the live instances
+    trusted: list[str] = []  # the unsafe settings the catalogue allows this app: user, cap_add, network, ...
 
 
 class AdminResult(msgspec.Struct, frozen=True, kw_only=True, tag="ok"):

@@ -261,6 +261,9 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # `frame-ancestors` on the app's pages and the instance's responses, and a launch inside a frame
     # claims only when the framing page is one of them; empty: 'self' (no other site frames it)
     frame_ancestors: tuple[FrameAncestor, ...] = ()
+    # the unsafe settings this app is allowed, each named (see swarmpool/guardrails.py): root as `user`,
+    # capabilities beyond the safe list in `cap_add`; a trust the app does not use is refused too
+    trusted: list[Literal["user", "cap_add"]] = []
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -297,6 +300,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # X-Forwarded-For and -Proto believed; anyone else's are replaced by what the connection says.
     # Default loopback: nginx on the same machine. [] when clients on this machine reach the gateway directly
     trusted_proxies: tuple[ProxyNetwork, ...] = (ProxyNetwork("127.0.0.0/8"), ProxyNetwork("::1/128"))
+    # the unsafe settings this catalogue is allowed, for every app (see swarmpool/guardrails.py): a `network`
+    # other than the stack's instances overlay, `publish_ports = false` without a network
+    trusted: list[Literal["network", "publish_ports"]] = []
 
 
 class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -84,7 +84,7 @@ def request_from(verb: Verb, values: Mapping[str, Any]) -> AdminCommand:
         from swarmpool.catalogue import load
 
         path = Path(str(values["text"]))
-        load(path)
+        load(path, values.get("namespace"))  # settings.network is checked against the stack's own
         fields = {"text": path.read_text(), "source": str(path.resolve())}
     else:
         fields = {}

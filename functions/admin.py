@@ -17,14 +17,15 @@ import msgspec
 
 from swarmpool.bus.messages import (AdminCommand, AdminEvent, AdminResult, AppStatus, DrainRequest, ErrorReply,
                                     PauseRequest, ReloadRequest, ResumeRequest, RetireRequest, ScaleRequest,
-                                    StatusRequest)
+                                    Requester, StatusRequest)
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import catalogue_file
 from swarmpool.bus.verbs import Verb
-from swarmpool.catalogue import CatalogueError, parse, restart_only_changes
+from swarmpool.catalogue import CatalogueError, check_images, parse, restart_only_changes
 from swarmpool.functions import keeper, lifecycle
 from swarmpool.functions.policy import counts, spec_version, target
+from swarmpool.guardrails import trust_flags, trust_summary
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,12 @@ def status_of(ctx: Context, app: str) -> AppStatus:
     size, source = target(ctx.app(app), override, ctx.clock(), ctx.settings.timezone)
     ready_times = [r.ready_at - r.created_at for r in records if r.ready_at is not None]
     claim = ctx.metrics.recent_claim_seconds(app)
+    spec = ctx.app(app)
     return AppStatus(app=app, target=size, target_source=source, paused=override.paused,
                      starting=c["starting"], ready=c["ready"], claimed=c["claimed"], retiring=c["retiring"],
                      failed=c["failed"], claim_seconds=None if claim is None else round(claim, 4),
-                     ready_seconds=_median(ready_times))
+                     ready_seconds=_median(ready_times),
+                     trusted=trust_flags(spec, ctx.settings) if spec is not None else [])
 
 
 def _statuses(ctx: Context, apps: list[str]) -> dict[str, AppStatus]:
@@ -154,11 +157,25 @@ def _changed(old: Catalogue, new: Catalogue) -> list[str]:
                   if spec_version(old.apps[a]) != spec_version(new.apps[a]))
 
 
+TRUSTED = "trusted"  # the event log's verb (sp.audit.trusted) for an app loaded with trust
+
+
+async def announce_trust(ctx: Context, catalogue: Catalogue, source: str, by: Requester) -> None:
+    """Keep in the event log that a catalogue with trusted apps was loaded: one event per such app."""
+    for name, app in catalogue.apps.items():
+        if summary := trust_summary(app, catalogue.settings):
+            log.warning("app %s is trusted with %s (catalogue %s)", name, summary, source or "?")
+            await ctx.publish(ctx.subjects.audit(TRUSTED), AdminEvent(
+                verb=TRUSTED, app=name, at=ctx.clock(), reason=f"loaded trusted with {summary} from {source or '?'}",
+                by=by))
+
+
 async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     """Store a new catalogue on the bus for every host: parsed by the loader every host starts with,
     so a bad file is refused with the same error as at start, and nothing changes."""
     try:
-        new = parse(request.text, request.source)
+        new = parse(request.text, request.source, ctx.namespace)
+        await check_images(new, request.source, ctx.swarm.image_accounts)  # root by name, where the image is
     except CatalogueError as err:
         return ErrorReply(error="bad_catalogue", detail=str(err))
     old = ctx.catalogue
@@ -166,6 +183,7 @@ async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     if ctx.catalogues is None:
         return ErrorReply(error="unavailable", detail="this host does not follow the catalogue on the bus")
     await ctx.catalogues.publish(file)  # this host adopts it within publish (its on_change); the others follow the key
+    await announce_trust(ctx, new, request.source, request.by)
     added, removed = sorted(set(new.apps) - set(old.apps)), sorted(set(old.apps) - set(new.apps))
     parts = [f"reload {request.source}: version {file.version}"]
     parts += [f"{what} {', '.join(apps)}" for what, apps in

@@ -125,9 +125,9 @@ async def _recycle(ctx: Context, spec: AppSpec, records: list[Instance], overrid
     want = target(spec, override, ctx.clock(), ctx.settings.timezone).size
     old, now = plan_recycle(records, version, image_id, want)
     for record in now:
-        why = "image" if record.spec == version else "spec"
-        await ctx.isolated("recycle", lifecycle.retire(ctx, record.app, record.id,
-                                                       f"recycled: the catalogue changed its {why}"))
+        why = ("the catalogue changed its spec" if record.spec and record.spec != version
+               else "the catalogue changed its image" if record.handle else "its service is named after its id")
+        await ctx.isolated("recycle", lifecycle.retire(ctx, record.app, record.id, f"recycled: {why}"))
     stale = {r.id for r in old}
     return [r for r in records if r.id not in stale]
 

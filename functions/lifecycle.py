@@ -13,21 +13,21 @@ from swarmpool.bus.runtime import Context
 from swarmpool.bus.spec import AppSpec, Settings
 from swarmpool.bus.state import Conflict, InvalidTransition
 from swarmpool.functions.policy import spec_version
-from swarmpool.ids import instance_prefix, new_instance_id, short_id
+from swarmpool.ids import instance_prefix, new_handle, new_instance_id, short_id
 from swarmpool.swarm.adapter import ENGINE_FAULT, InstanceSpec, SwarmUnavailable
 
 log = logging.getLogger(__name__)
 
 
-def instance_spec(spec: AppSpec, instance_id: str, settings: Settings) -> InstanceSpec:
-    """What Docker must run for one instance of `spec`."""
+def instance_spec(spec: AppSpec, instance_id: str, settings: Settings, handle: str = "") -> InstanceSpec:
+    """What Docker must run for one instance of `spec` (its service named by `handle`, never by its id)."""
     prefix = instance_prefix(instance_id)
     command = [part.replace("{prefix}", prefix) for part in spec.command] if spec.command else None
     env = {**spec.env, "SWARMPOOL_PREFIX": prefix}
     if spec.prefix_env:
         env[spec.prefix_env] = prefix
     return InstanceSpec(
-        app=spec.name, id=instance_id, image=spec.image, port=spec.port, command=command, env=env,
+        app=spec.name, id=instance_id, handle=handle, image=spec.image, port=spec.port, command=command, env=env,
         cpus=spec.limits.cpus, memory=int(spec.limits.memory), pids=spec.limits.pids,
         user=spec.user, cap_add=list(spec.cap_add),
         constraints=list(spec.constraints), publish=settings.publish_ports,
@@ -37,8 +37,8 @@ def instance_spec(spec: AppSpec, instance_id: str, settings: Settings) -> Instan
 
 async def reserve(ctx: Context, spec: AppSpec) -> Instance:
     """Write a `starting` record, so the new instance counts at once, here and on every host."""
-    record = Instance(id=new_instance_id(), app=spec.name, state="starting", created_at=ctx.clock(),
-                      spec=spec_version(spec))
+    record = Instance(id=new_instance_id(), handle=new_handle(), app=spec.name, state="starting",
+                      created_at=ctx.clock(), spec=spec_version(spec))
     await ctx.store.create(record)
     return record
 
@@ -47,7 +47,7 @@ async def start(ctx: Context, spec: AppSpec, record: Instance, slots: asyncio.Se
     """Create the service of a reserved record (`slots` bounds the parallel starts of its app)."""
     async with slots:
         try:
-            service_id = await ctx.swarm.create(instance_spec(spec, record.id, ctx.settings))
+            service_id = await ctx.swarm.create(instance_spec(spec, record.id, ctx.settings, record.handle))
         except Exception as err:
             log.warning("could not start %s: %s", record.short, err)
             fault = f"{ENGINE_FAULT}: " if isinstance(err, SwarmUnavailable) and ENGINE_FAULT not in str(err) else ""

@@ -110,8 +110,10 @@ RECYCLE_BATCH = 2  # outdated ready instances retired per top-up, at most
 
 def outdated(r: Instance, version: str, image_id: str) -> bool:
     """Whether a record runs another spec than the catalogue's, or another image behind the same
-    name (records from before versions were kept, or not yet knowing their image, are current)."""
-    return bool(r.spec and r.spec != version) or bool(image_id and r.image and r.image != image_id)
+    name (records from before versions were kept, or not yet knowing their image, are current), or
+    its service is named after its id (an older version's: its neighbours can read the id in DNS)."""
+    return (bool(r.spec and r.spec != version) or bool(image_id and r.image and r.image != image_id)
+            or not r.handle)
 
 
 def plan_recycle(records: list[Instance], version: str, image_id: str, target: int,

@@ -2,6 +2,7 @@
 
 from swarmpool.swarm.adapter import (
     LABEL_APP,
+    LABEL_HANDLE,
     LABEL_ID,
     LABEL_IMAGE,
     LABEL_OWNER,
@@ -20,6 +21,7 @@ from swarmpool.swarm.port import SwarmPort
 
 __all__ = [
     "LABEL_APP",
+    "LABEL_HANDLE",
     "LABEL_ID",
     "LABEL_IMAGE",
     "LABEL_OWNER",

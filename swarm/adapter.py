@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import re
+import tarfile
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -19,13 +21,14 @@ import docker.errors
 import msgspec
 from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 
-from swarmpool.ids import short_id
+from swarmpool.ids import new_handle, short_id
 
 log = logging.getLogger(__name__)
 
 LABEL_OWNER = "swarmpool.owner"
 LABEL_APP = "swarmpool.app"
-LABEL_ID = "swarmpool.id"
+LABEL_ID = "swarmpool.id"  # labels are the engine's: no container sees them (names and DNS it does)
+LABEL_HANDLE = "swarmpool.handle"  # the random part of the service name (not derived from the id)
 LABEL_IMAGE = "swarmpool.image"  # the image as the catalogue names it (the service may run it by id)
 LABEL_PORT = "swarmpool.port"  # container port, for "<service name>:<port>" endpoints on a network
 
@@ -65,6 +68,7 @@ class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     app: str
     id: str
+    handle: str = ""  # names the service; "" draws a new one (never the id: neighbours see names in DNS)
     image: str
     port: int  # container port
     command: list[str] | None = None
@@ -85,8 +89,9 @@ class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
     service_id: str
     name: str
     app: str
-    id: str
+    id: str  # from its label, never from its name
     created_at: float  # unix seconds
+    handle: str = ""  # from its label ("" for a service an older version named after its id)
 
 
 class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,7 +112,7 @@ class EngineEvent(msgspec.Struct, frozen=True, kw_only=True):
     action: str  # die, oom, kill, stop (container); remove (service)
     at: float  # unix seconds
     app: str
-    id: str
+    id: str  # from the container's labels; "" for a service event (those carry only the name: map service_id)
     service_id: str = ""
     container_id: str = ""
     exit_code: int | None = None
@@ -144,9 +149,10 @@ def run_as(image_user: str, wanted: str | None) -> tuple[str, bool]:
     return INSTANCE_UID, True
 
 
-def service_name(namespace: str, app: str, instance_id: str) -> str:
-    """The swarm service name of an instance: <namespace>-<app>-<id>."""
-    return f"{namespace}-{app}-{instance_id}"
+def service_name(namespace: str, app: str, handle: str) -> str:
+    """The swarm service name of an instance: <namespace>-<app>-<handle>. Every instance on its network reads
+    it in DNS (reverse lookups, task names), so it holds the random handle, never the id (the capability)."""
+    return f"{namespace}-{app}-{handle}"
 
 
 def parse_timestamp(value: str) -> float:
@@ -185,6 +191,7 @@ class Swarm:
         self._bridge_generation = ""  # "": not chosen yet
         self._bridge_stale = False  # a task was rejected by this generation's dead copy: use the next
         self._image_ids: dict[str, str] = {}  # catalogue image -> its id at the last create
+        self._accounts: dict[str, tuple[str, str, str]] = {}  # image id -> its user and user database
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -217,6 +224,7 @@ class Swarm:
             LABEL_OWNER: self.namespace,
             LABEL_APP: spec.app,
             LABEL_ID: spec.id,
+            LABEL_HANDLE: spec.handle,
             LABEL_IMAGE: spec.image,
             LABEL_PORT: str(spec.port),
         }
@@ -278,10 +286,49 @@ class Swarm:
 
     async def create(self, spec: InstanceSpec) -> str:
         """Start one instance service and return its service id."""
-        name = service_name(self.namespace, spec.app, spec.id)
-        if not (_NAME_PART.match(spec.app) and _NAME_PART.match(spec.id)) or len(name) > _MAX_SERVICE_NAME:
+        if not spec.handle:
+            spec = msgspec.structs.replace(spec, handle=new_handle())
+        name = service_name(self.namespace, spec.app, spec.handle)
+        if not (_NAME_PART.match(spec.app) and _NAME_PART.match(spec.handle)) or len(name) > _MAX_SERVICE_NAME:
             raise SwarmError(f"invalid service name {name!r} (lowercase letters, digits, '-'; at most 63 chars)")
         return await self._run(self._create, spec, name)
+
+    async def image_accounts(self, image: str) -> tuple[str, str, str] | None:
+        """The image's own user (Config.User), /etc/passwd and /etc/group as text ("" when absent); None when
+        the image is not on this node. Read from a container that is created, never started, and removed."""
+        return await self._run(self._image_accounts, image)
+
+    def _image_accounts(self, image: str) -> tuple[str, str, str] | None:
+        api = self._docker().api
+        try:
+            found = api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            return None
+        if (known := self._accounts.get(found["Id"])) is not None:
+            return known
+        try:
+            container = api.create_container(found["Id"], entrypoint=["/nonexistent"], command=[],
+                                             labels={LABEL_OWNER: self.namespace}, network_disabled=True)["Id"]
+            try:
+                passwd, group = self._read_file(container, "/etc/passwd"), self._read_file(container, "/etc/group")
+            finally:
+                api.remove_container(container, force=True)
+        except docker.errors.APIError as e:
+            raise SwarmError(f"cannot read the users of image {image}: {e.explanation or e}") from e
+        accounts = (str((found.get("Config") or {}).get("User") or ""), passwd, group)
+        self._accounts[found["Id"]] = accounts
+        return accounts
+
+    def _read_file(self, container: str, path: str) -> str:
+        """A small text file of a (stopped) container; "" when it has none."""
+        try:
+            stream, _ = self._docker().api.get_archive(container, path)
+        except docker.errors.NotFound:
+            return ""
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            data = tar.extractfile(member) if member is not None and member.isfile() else None
+            return data.read(1024 * 1024).decode(errors="replace") if data is not None else ""
 
     def image_id(self, image: str) -> str:
         """The id `image` had at the last create (instances of one id serve identical files)."""
@@ -618,6 +665,7 @@ class Swarm:
                     app=spec_labels.get(LABEL_APP, ""),
                     id=spec_labels.get(LABEL_ID, ""),
                     created_at=parse_timestamp(s.get("CreatedAt", "")),
+                    handle=spec_labels.get(LABEL_HANDLE, ""),
                 )
             )
         return sorted(infos, key=lambda i: i.created_at)
@@ -778,13 +826,14 @@ class Swarm:
                 exit_code=int(code) if code not in (None, "") else None,
             )
         if kind == "service" and action in SERVICE_ACTIONS:
-            # Service events carry only the name, not labels: <namespace>-<app>-<id>.
+            # Service events carry only the name, not labels: <namespace>-<app>-<handle>. The id is not in it
+            # (nor, in an older version's names, taken from it): who needs the instance maps the service id.
             prefix = self.namespace + "-"
             name = attrs.get("name", "")
             if not name.startswith(prefix) or "-" not in name[len(prefix):]:
                 return None
-            app, instance_id = name[len(prefix):].rsplit("-", 1)
-            return EngineEvent(type=kind, action=action, at=at, app=app, id=instance_id, service_id=actor.get("ID", ""))
+            app = name[len(prefix):].rsplit("-", 1)[0]
+            return EngineEvent(type=kind, action=action, at=at, app=app, id="", service_id=actor.get("ID", ""))
         return None
 
     async def probe_http(self, endpoint: str, path: str) -> bool:

@@ -26,6 +26,10 @@ class SwarmPort(Protocol):
         """The id `image` (as the catalogue names it) stands for now on this node; "" if absent."""
         ...
 
+    async def image_accounts(self, image: str) -> tuple[str, str, str] | None:
+        """The image's own user, /etc/passwd and /etc/group (text) on this node; None if the image is absent."""
+        ...
+
     async def remove(self, service_id: str) -> bool:
         """Remove a service; False when it was already gone."""
         ...

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import msgspec
 
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from swarmpool import guardrails
 from swarmpool.bus.spec import AppSpec, Catalogue, Settings, dec_hook
 
 T = TypeVar("T")
@@ -52,7 +54,9 @@ def _convert(raw: object, type_: type[T], here: str, path: str) -> T:
         raise CatalogueError(path, ".".join(p for p in (here, field) if p), problem) from None
 
 
-def parse(text: str, path: str = "<catalogue>") -> Catalogue:
+def parse(text: str, path: str = "<catalogue>", namespace: str | None = None) -> Catalogue:
+    """A validated catalogue from TOML text; `namespace` (the stack's, where known) pins `settings.network` to
+    its instances overlay. CatalogueError names the field of the first mistake or unsafe setting."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -71,7 +75,25 @@ def parse(text: str, path: str = "<catalogue>") -> Catalogue:
         apps[name] = _convert(app, AppSpec, f"apps.{name}", path)
     catalogue = Catalogue(settings=settings, apps=apps)
     _check(catalogue, path)
+    try:
+        guardrails.check_catalogue(catalogue, namespace)
+    except guardrails.Unsafe as err:
+        raise CatalogueError(path, err.field, err.problem) from None
     return catalogue
+
+
+async def check_images(catalogue: Catalogue, path: str,
+                       accounts: Callable[[str], Awaitable[tuple[str, str, str] | None]]) -> None:
+    """The guardrails that need each app's image (where it is on this node; `accounts` is the swarm port's
+    `image_accounts`): CatalogueError as `parse`'s."""
+    async def read(image: str) -> guardrails.ImageAccounts | None:
+        found = await accounts(image)
+        return None if found is None else guardrails.ImageAccounts(*found)
+
+    try:
+        await guardrails.check_images(catalogue, read)
+    except guardrails.Unsafe as err:
+        raise CatalogueError(path, err.field, err.problem) from None
 
 
 def _check(catalogue: Catalogue, path: str) -> None:
@@ -105,14 +127,14 @@ def _check_app(app: AppSpec, here: str, path: str) -> None:
         raise CatalogueError(path, f"{here}.command", "expected a non-empty list of strings")
 
 
-def load(path: str | Path | None = None) -> Catalogue:
+def load(path: str | Path | None = None, namespace: str | None = None) -> Catalogue:
     """Read and validate a catalogue file (the demo catalogue when `path` is None)."""
     file = Path(path) if path is not None else default_catalogue_path()
     try:
         text = file.read_text()
     except OSError as err:
         raise CatalogueError(str(file), "", f"cannot read the file: {err.strerror}") from None
-    return parse(text, str(file))
+    return parse(text, str(file), namespace)
 
 
 # What `admin reload` cannot change on running hosts: these are read once when a host or gateway starts.

@@ -15,6 +15,7 @@ from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.verbs import VERBS, request_from
 from swarmpool.catalogue import CatalogueError, load
 from swarmpool.exits import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
+from swarmpool.guardrails import trust_summary
 
 DEFAULT_STATE_DIR = str(Path.home() / ".local/state/swarmpool")
 CREDENTIALS_HELP = ("bus credentials of the {role} role: a `nats` context JSON (user, password, ca, cert, "
@@ -23,9 +24,9 @@ CREDENTIALS_HELP = ("bus credentials of the {role} role: a `nats` context JSON (
 log = logging.getLogger("swarmpool")
 
 
-def _catalogue_or_exit(path: str | None) -> Catalogue:
+def _catalogue_or_exit(path: str | None, namespace: str | None = None) -> Catalogue:
     try:
-        return load(path)
+        return load(path, namespace)
     except CatalogueError as err:
         print(f"swarmpool: bad catalogue: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
@@ -132,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a catalogue file and exit")
     check.add_argument("catalogue", nargs="?")
+    check.add_argument("--namespace", help="the stack it is for: settings.network must be its <namespace>_instances "
+                                           "(default: any stack's)")
     return p
 
 
@@ -153,8 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if args.command == "check":
-        catalogue = _catalogue_or_exit(args.catalogue)
+        catalogue = _catalogue_or_exit(args.catalogue, args.namespace)
         print(f"ok: {len(catalogue.apps)} apps: {', '.join(catalogue.apps)}")
+        for name, app in catalogue.apps.items():
+            if flags := trust_summary(app, catalogue.settings):
+                print(f"  {name} is trusted with {flags}")
         return
     if args.command in ("deploy", "undeploy"):
         from swarmpool import deploy
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
         return
-    catalogue = _catalogue_or_exit(args.catalogue)  # before touching anything
+    catalogue = _catalogue_or_exit(args.catalogue, args.namespace)  # before touching anything
 
     try:
         if args.command == "up":
@@ -192,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     except launcher.Unavailable as err:
         print(f"swarmpool: {err}", file=sys.stderr)
         raise SystemExit(EXIT_UNAVAILABLE) from None
+    except CatalogueError as err:  # `up`: a guardrail that needs the images (they are there only now)
+        print(f"swarmpool: bad catalogue: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         pass
 
@@ -262,12 +271,13 @@ def status_table(apps: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.3g}s"
 
     rows = [("app", "target", "ready", "starting", "claimed", "retiring", "failed", "claim", "to ready",
-             "target set by")]
+             "trusted", "target set by")]
     for a in apps.values():
         rows.append((a.app, str(a.target), str(a.ready), str(a.starting), str(a.claimed), str(a.retiring),
-                     str(a.failed), seconds(a.claim_seconds), seconds(a.ready_seconds), a.target_source))
+                     str(a.failed), seconds(a.claim_seconds), seconds(a.ready_seconds),
+                     ",".join(a.trusted) or "-", a.target_source))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i in (0, 9) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join("  ".join(c.ljust(w) if i in (0, 9, 10) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      .rstrip() for row in rows)
 
 

@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from nats.aio.client import Client as NATS
 
-from swarmpool.bus.messages import CatalogueFile
+from swarmpool.bus.messages import CatalogueFile, Requester
 from swarmpool.bus.runtime import Context, Runtime
 from swarmpool.bus.service import Endpoint, serve
 from swarmpool.bus.spec import Catalogue
@@ -19,6 +19,7 @@ from swarmpool.bus.subjects import QUEUE_FUNCTIONS, Subjects
 from swarmpool.bus.verbs import VERBS, Verb
 from swarmpool.catalogue import CatalogueError, parse
 from swarmpool.functions import admin, all_handlers
+from swarmpool.functions.admin import announce_trust
 from swarmpool.functions.policy import target
 from swarmpool.swarm import SwarmPort
 
@@ -66,8 +67,9 @@ async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, names
         ctx.catalogue_version = catalogue_version(catalogue_text)
         stored = catalogues.current()
         if should_store(stored, ctx.catalogue_version, replace_catalogue, catalogue_deployed_at):
-            await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time()),
-                                     only_if_absent=stored is None and not replace_catalogue)
+            if await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time()),
+                                        only_if_absent=stored is None and not replace_catalogue):
+                await announce_trust(ctx, catalogue, catalogue_source, Requester(host=socket.gethostname()))
         elif stored is not None and stored.version != ctx.catalogue_version:
             log.info("following the stored catalogue %s (stored %s), not this host's %s", stored.version,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stored.at)), ctx.catalogue_version)

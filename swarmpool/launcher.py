@@ -26,9 +26,10 @@ from swarmpool.bus.messages import CatalogueFile
 from swarmpool.bus.state import CatalogueStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
-from swarmpool.swarm import Swarm, SwarmUnavailable
+from swarmpool.swarm import Swarm, SwarmError, SwarmUnavailable
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
-from swarmpool.catalogue import default_catalogue_path
+from swarmpool.catalogue import check_images, default_catalogue_path
+from swarmpool.guardrails import trust_summary
 from swarmpool.host import functions_host, parse_file
 from swarmpool.natsd import EmbeddedNats, free_port
 
@@ -108,6 +109,14 @@ async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: b
         if await proc.wait() != 0:
             raise Unavailable(f"building {app.image} failed (exit {proc.returncode}): {app.build}")
         print(f"built {app.image} in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def warn_trusted(catalogue: Catalogue) -> None:
+    """Say, per app, which unsafe settings the catalogue trusts it with (nothing else stops them)."""
+    for name, app in catalogue.apps.items():
+        if summary := trust_summary(app, catalogue.settings):
+            print(f"WARNING: app {name} is trusted with {summary}: the code its students run gets that too "
+                  "(see docs/security-instances.md)", flush=True)
 
 
 @asynccontextmanager
@@ -214,10 +223,16 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         swarm = await _swarm(args.namespace, init=True)
         stack.push_async_callback(swarm.close)
         owner = await stack.enter_async_context(_own_namespace(swarm, args.namespace, state_dir, stop))
-        if catalogue.settings.publish_ports:
-            await packet_filter(stack, args.namespace)
         base = Path(args.catalogue or default_catalogue_path()).resolve().parent
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
+        # root by name needs the images: refused here, before the packet filter or NATS
+        try:
+            await check_images(catalogue, str(Path(args.catalogue or default_catalogue_path())), swarm.image_accounts)
+        except SwarmError as err:
+            raise Unavailable(str(err)) from None
+        warn_trusted(catalogue)
+        if catalogue.settings.publish_ports:
+            await packet_filter(stack, args.namespace)
         url = args.nats_url
         fn_access = gw_access = None
         if url is None:

@@ -17,6 +17,7 @@ import pytest
 
 from swarmpool.deploy import control_image
 from tests.cluster import Cluster, two_node_swarm
+from tests.inside import LOOK_AROUND, ids_in, shell_command
 
 pytestmark = [pytest.mark.docker, pytest.mark.cluster]
 
@@ -34,6 +35,7 @@ refill_delay = "60s"
 [apps.echo]
 image = "{ECHO}"
 port = 8888
+env = {{ ECHO_SHELL = "1" }}  # a shell behind POST <prefix>run: plays a student's notebook cell
 [apps.echo.probe]
 path = "healthz"
 timeout = "60s"
@@ -155,6 +157,46 @@ def test_clicks_get_distinct_live_instances_on_both_nodes(deployed: Cluster) -> 
         assert "spc-w" in nodes, f"no claimed instance on the worker: {nodes}"
     finally:
         client.close()
+
+
+def _overlay_addresses(client: docker.DockerClient) -> list[str]:
+    """The addresses of every running task on the instances' overlay, on both nodes (what a scan finds)."""
+    network = client.networks.get(f"{STACK}_instances").id
+    found = set()
+    for task in client.api.tasks(filters={"desired-state": "running"}):
+        for attachment in task.get("NetworksAttachments") or []:
+            if attachment["Network"]["ID"] == network:
+                found.update(a.split("/")[0] for a in attachment.get("Addresses") or [])
+    return sorted(found)
+
+
+def test_nothing_inside_an_instance_on_the_overlay_names_another_instances_id(deployed: Cluster) -> None:
+    client = deployed.manager.client()
+    try:
+        _wait(lambda: len(_ready_instances(client)) >= POOL, 120, f"{POOL} instances running")
+        instance = _claim(deployed)
+        addresses = _overlay_addresses(client)
+        everyone = {key.split(".", 1)[1] for key in _bus(deployed)["records"]}  # type: ignore[union-attr]
+        everyone |= set(_ready_instances(client))
+    finally:
+        client.close()
+    conn = http.client.HTTPConnection(deployed.manager.address, PORT, timeout=30)
+    try:  # through the gateway, as the student's browser runs a cell
+        conn.request("POST", f"/i/{instance}/run", body=shell_command(LOOK_AROUND, *addresses).encode())
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 200, body[:300]
+    result = json.loads(body)
+    assert result["rc"] == 0, result
+    seen = json.loads(result["stdout"])
+    names = [n for found in seen["reverse"].values() if isinstance(found, list) for n in found]
+    assert len(names) >= POOL, seen["reverse"]  # the overlay's DNS answers for neighbours on both nodes
+    assert any(isinstance(v, list) and v for k, v in seen["forward"].items() if k.startswith("tasks.")), \
+        seen["forward"]
+    leaked = ids_in(seen, everyone - {instance})
+    assert not leaked, f"ids of other instances visible inside: {leaked} in {names}"
 
 
 # -- faults on the deployed stack: one gateway, one NATS server, one function host, the worker's link ----------

@@ -12,7 +12,9 @@ import docker
 import msgspec
 import pytest
 
-from swarmpool.swarm import EngineEvent, InstanceSpec, Swarm, SwarmError, SwarmUnavailable, TaskStatus, service_name
+from swarmpool.ids import new_handle
+from swarmpool.swarm import (LABEL_APP, LABEL_ID, LABEL_OWNER, EngineEvent, InstanceSpec, Swarm, SwarmError,
+                             SwarmUnavailable, TaskStatus, service_name)
 from tests.docker_fixtures import new_instance_id, wait_for
 
 pytestmark = pytest.mark.docker
@@ -80,8 +82,9 @@ async def test_create_reach_list_and_logs(swarm: Swarm, echo_image: str) -> None
     ours = await swarm.list_ours()
     mine = [s for s in ours if s.service_id == service_id]
     assert len(mine) == 1
-    assert mine[0].app == "echo" and mine[0].id == spec.id
-    assert mine[0].name == service_name(swarm.namespace, "echo", spec.id)
+    assert mine[0].app == "echo" and mine[0].id == spec.id  # from the labels
+    assert mine[0].handle and mine[0].name == service_name(swarm.namespace, "echo", mine[0].handle)
+    assert spec.id not in mine[0].name  # names are seen by neighbours (DNS): the random handle, never the id
     assert abs(mine[0].created_at - time.time()) < 300
     assert [s.service_id for s in await swarm.list_ours(app="echo")].count(service_id) == 1
     assert await swarm.list_ours(app="other") == []
@@ -123,7 +126,7 @@ async def test_killed_container_gives_die_event_and_failed_status(
         assert final.exit_code == 137
         assert final.endpoint == ""
 
-        # Removing the service is reported too (service events carry the name, parsed back to app/id).
+        # Removing the service is reported too (service events carry only the name: the id is not in it).
         assert await swarm.remove(service_id) is True
 
         async def next_remove() -> EngineEvent:
@@ -133,7 +136,7 @@ async def test_killed_container_gives_die_event_and_failed_status(
             raise AssertionError("event stream ended")
 
         removed = await asyncio.wait_for(next_remove(), timeout=30)
-        assert (removed.app, removed.id) == ("echo", spec.id)
+        assert (removed.app, removed.id) == ("echo", "")
 
 
 async def test_events_generator_stops_its_reader_thread(swarm: Swarm) -> None:
@@ -165,11 +168,25 @@ async def test_remove_is_idempotent_and_status_missing(swarm: Swarm, echo_image:
 
 
 async def test_unpublished_instance_is_named_by_service(swarm: Swarm, echo_image: str) -> None:
-    spec = InstanceSpec(app="echo", id=new_instance_id(), image=echo_image, port=8888, publish=False)
+    spec = InstanceSpec(app="echo", id=new_instance_id(), handle=new_handle(), image=echo_image, port=8888,
+                        publish=False)
     service_id = await swarm.create(spec)
     status = await wait_running(swarm, service_id)
-    assert status.endpoint == f"{service_name(swarm.namespace, 'echo', spec.id)}:8888"
+    assert status.endpoint == f"{service_name(swarm.namespace, 'echo', spec.handle)}:8888"
     await swarm.remove(service_id)
+
+
+async def test_a_service_named_after_its_id_by_an_older_version_is_found_by_label_and_removed(
+        swarm: Swarm, echo_image: str, docker_client: docker.DockerClient) -> None:
+    instance_id = new_instance_id()
+    labels = {LABEL_OWNER: swarm.namespace, LABEL_APP: "echo", LABEL_ID: instance_id}
+    old = await asyncio.to_thread(
+        docker_client.services.create, echo_image, name=f"{swarm.namespace}-echo-{instance_id}", labels=labels,
+        container_labels=labels, env=[f"SWARMPOOL_PREFIX=/i/{instance_id}/"])
+    found = [s for s in await swarm.list_ours(app="echo") if s.service_id == old.id]
+    assert [(s.id, s.handle) for s in found] == [(instance_id, "")]
+    assert await swarm.remove(old.id) is True
+    assert all(s.service_id != old.id for s in await swarm.list_ours())
 
 
 async def test_missing_image_is_a_clear_error(swarm: Swarm) -> None:

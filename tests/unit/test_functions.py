@@ -52,6 +52,9 @@ class FakeSwarm:
     async def resolve_image(self, image: str) -> str:
         return "sha256:" + image
 
+    async def image_accounts(self, image: str) -> tuple[str, str, str] | None:
+        return None
+
     async def remove(self, service_id: str) -> bool:
         return True
 

@@ -10,8 +10,8 @@ from swarmpool.functions.policy import outdated, plan_recycle, retire_reason
 NOW = 1_000_000.0
 
 
-def rec(n: int, state: str, spec: str = "new", image: str = "sha256:b") -> Instance:
-    return msgspec.convert(dict(id=f"id{n}", app="a", state=state, created_at=NOW - 100 + n, spec=spec,
+def rec(n: int, state: str, spec: str = "new", image: str = "sha256:b", handle: str = "h") -> Instance:
+    return msgspec.convert(dict(id=f"id{n}", handle=handle, app="a", state=state, created_at=NOW - 100 + n, spec=spec,
                                 image=image, ready_at=NOW - 50 + n if state == "ready" else None,
                                 claimed_at=NOW - 10 if state == "claimed" else None), Instance)
 
@@ -21,6 +21,7 @@ def test_outdated_by_spec_or_image_behind_the_same_name() -> None:
     assert outdated(rec(1, "ready", spec="old"), "new", "sha256:b")
     assert outdated(rec(1, "ready", image="sha256:a"), "new", "sha256:b")
     assert not outdated(rec(1, "ready", spec=""), "new", "")  # records from before versions, image unknown
+    assert outdated(rec(1, "ready", handle=""), "new", "sha256:b")  # a service named after its id (older version)
 
 
 def test_ready_ones_go_only_as_current_ones_keep_the_target() -> None:
