@@ -30,6 +30,10 @@ class MemorySize(ByteSize):
     """A memory limit: at least MIN_MEMORY (less is a typo, like "0.5" read as 0 bytes, or no limit)."""
 
 
+class NameServer(str):
+    """An IP address of a DNS server ("192.0.2.53", "2001:db8::53"), not a name."""
+
+
 class TimeZone(str):
     """An IANA time zone name ("Europe/Berlin"), checked against the zone data shipped with the package."""
 
@@ -47,6 +51,15 @@ def parse_time_zone(value: object) -> TimeZone:
 
 
 MIN_MEMORY = 32 * 1024**2
+
+
+def parse_name_server(value: object) -> NameServer:
+    import ipaddress
+
+    try:
+        return NameServer(str(ipaddress.ip_address(value if isinstance(value, str) else "")))
+    except ValueError:
+        raise ValueError(f"expected the IP address of a DNS server, got {value!r}") from None
 
 
 def parse_duration(value: object) -> Duration:
@@ -87,6 +100,8 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return parse_size(obj)
     if type_ is TimeZone:
         return parse_time_zone(obj)
+    if type_ is NameServer:
+        return parse_name_server(obj)
     if type_ is MemorySize:
         size = parse_size(obj)
         if size < MIN_MEMORY:
@@ -151,6 +166,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     pids: Annotated[int, msgspec.Meta(ge=32)] = 512  # processes and threads together
 
 
+# What an instance's own code may open connections to. "none" (the default): nothing at all, neither the
+# host (any port), the LAN, private ranges, other instances nor the control plane, and its DNS answers no
+# outside name. "internet": public addresses too (and its DNS resolves), still never the host, private or
+# reserved ranges, other instances or the control plane. Enforced by the packet filter (swarm/firewall.py).
+Egress = Literal["none", "internet"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
                                         description="a wall-clock time HH:MM, 00:00 to 23:59")]
@@ -205,6 +225,7 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # a claim's replacement starts once the student's page has loaded ("page"), and for apps whose page
     # then opens a WebSocket (a kernel), once that opened too ("websocket"); settings.settle_cap bounds it
     settle_on: Literal["page", "websocket"] = "page"
+    egress: Egress = "none"  # what the instance's code may connect to: nothing, or the public internet (see Egress)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -237,6 +258,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # (wildcard DNS and certificate); None keeps one origin and path-based confinement
     instance_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")] | None = None
     timezone: TimeZone | None = None  # of schedule entries that name none (default: UTC)
+    # DNS servers (IP addresses) the instances' DNS forwards outside names to: only apps with egress =
+    # "internet" reach them. Default: the host's (Docker's choice). Read by the packet filter at `up`.
+    egress_dns: list[NameServer] = []
 
 
 class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

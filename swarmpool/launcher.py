@@ -21,7 +21,7 @@ from nats.js.errors import BucketNotFoundError
 
 from swarmpool.bus.roles import Access
 from swarmpool.bus.runtime import Context, connect
-from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.spec import Catalogue, Settings
 from swarmpool.bus.messages import CatalogueFile
 from swarmpool.bus.state import CatalogueStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -80,16 +80,17 @@ async def _swarm(namespace: str, init: bool) -> Swarm:
     return swarm
 
 
-async def packet_filter(stack: AsyncExitStack, namespace: str) -> None:
-    """Keep instance ports for the gateway alone (removed on exit); without the right to, say what to run."""
-    firewall = Firewall(namespace)
+async def packet_filter(stack: AsyncExitStack, namespace: str, settings: Settings) -> None:
+    """Close instances in (nothing reaches them but the gateway; they reach only what their egress allows),
+    removed on exit; without the right to, say what to run."""
+    firewall = Firewall(namespace, resolvers=list(settings.egress_dns) or None)
     stack.push_async_callback(asyncio.to_thread, firewall.remove)  # also what a failed install left
     try:
         await asyncio.to_thread(firewall.install)
     except FirewallUnavailable as err:
-        print(f"WARNING: instance ports are NOT filtered ({err}). They bind 127.0.0.1 only, but other "
-              "containers on this host and IPv6 are not blocked. An administrator runs (see README, "
-              "Security):\n  " + "\n  ".join(firewall.commands()), flush=True)
+        print(f"WARNING: instances are NOT closed in ({err}): their code can reach this host, the LAN and "
+              "each other's addresses, and other containers and IPv6 can reach their ports. An administrator "
+              "runs (see docs/security-network.md):\n  " + "\n  ".join(firewall.commands()), flush=True)
         return
     print(f"packet filter installed (iptables chain {firewall.chain})", flush=True)
 
@@ -215,7 +216,7 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         stack.push_async_callback(swarm.close)
         owner = await stack.enter_async_context(_own_namespace(swarm, args.namespace, state_dir, stop))
         if catalogue.settings.publish_ports:
-            await packet_filter(stack, args.namespace)
+            await packet_filter(stack, args.namespace, catalogue.settings)
         base = Path(args.catalogue or default_catalogue_path()).resolve().parent
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
         url = args.nats_url
