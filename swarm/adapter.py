@@ -267,9 +267,9 @@ class Swarm:
                 return False
             if state not in ("inactive", ""):
                 raise SwarmUnavailable(f"swarm is in state {state!r}; fix it with `docker swarm` first")
-            log.info("initialising a single-node Docker swarm (advertise 127.0.0.1)")
-            try:
-                client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+            log.info("initialising a single-node Docker swarm listening on 127.0.0.1 only")
+            try:  # control (2377) and gossip (7946) on loopback; the data path says loopback too
+                client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377", data_path_addr="127.0.0.1")
             except docker.errors.APIError as e:
                 raise SwarmError(f"docker swarm init failed: {e.explanation or e}") from e
             return True
