@@ -392,12 +392,31 @@ async def functions(catalogue: Catalogue, args: argparse.Namespace) -> None:
         await swarm.close()
 
 
+def default_route_address(routes: Path = Path("/proc/net/route")) -> str:
+    """The IPv4 address of the interface that holds the default route: in a swarm task, its docker_gwbridge end,
+    where a host-mode published port arrives (the overlays hold no default route)."""
+    import fcntl
+    import struct
+
+    try:
+        lines = routes.read_text().splitlines()[1:]
+    except OSError as err:
+        raise Unavailable(f"cannot read the routes ({err.strerror}) to find the address to listen on") from None
+    for fields in (line.split() for line in lines):
+        if len(fields) > 2 and fields[1] == "00000000":  # destination 0.0.0.0: the default route
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", fields[0].encode()[:15]))  # SIOCGIFADDR
+            return socket.inet_ntoa(packed[20:24])
+    raise Unavailable("no default route: cannot find the address to listen on (--host default-route)")
+
+
 async def gateway(catalogue: Catalogue, args: argparse.Namespace) -> None:
     stop = _stop_event()
+    host = default_route_address() if args.host == "default-route" else args.host
     nc = await _connect(args.nats_url, "gateway", args.namespace, access_from(args))
     try:
-        async with serve_gateway(nc, catalogue, args.namespace, args.host, args.port):
-            print(f"gateway on http://{args.host}:{args.port}/", flush=True)
+        async with serve_gateway(nc, catalogue, args.namespace, host, args.port):
+            print(f"gateway on http://{host}:{args.port}/", flush=True)
             await stop.wait()
     finally:
         await nc.drain()

@@ -3,6 +3,7 @@ keyed by bridge name; the rules an administrator pastes from the docs are the on
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -118,3 +119,41 @@ def test_a_wrong_egress_names_its_field(text: str, field: str, words: str) -> No
         parse(text, "classroom.toml")
     assert err.value.field == field
     assert words in err.value.problem
+
+
+def _compose(tmp_path: Path, catalogue: str = APP, **kw: object) -> dict:  # type: ignore[type-arg]
+    from swarmpool.deploy import Options, Tls, write_files
+
+    options = Options(image="swarmpool/control:test", **kw)  # type: ignore[arg-type]
+    compose_file, _ = write_files(options, tmp_path, "cat.toml", catalogue, Tls(), None)
+    return json.loads(compose_file.read_text())  # type: ignore[no-any-return]
+
+
+def test_on_a_cluster_instances_join_an_internal_overlay_the_gateway_does_not_listen_on(tmp_path: Path) -> None:
+    spec = _compose(tmp_path)
+    assert spec["networks"]["instances"]["internal"] is True  # no docker_gwbridge: no route off the overlay
+    assert "internal" not in spec["networks"]["control"]  # NATS, gateways and function hosts keep theirs
+    gateway = spec["services"]["gateway"]["command"]
+    assert gateway[gateway.index("--host") + 1] == "default-route"  # its node's port, not the overlay
+    assert all("driver_opts" not in n for n in spec["networks"].values())
+    encrypted = _compose(tmp_path / "enc", encrypt_overlays=True)
+    assert all(n["driver_opts"] == {"encrypted": ""} for n in encrypted["networks"].values())
+
+
+def test_a_cluster_refuses_egress_it_cannot_give(tmp_path: Path) -> None:
+    from swarmpool.deploy import DeployError
+
+    with pytest.raises(DeployError, match=r"apps\.echo\.egress = 'internet' is not available on a cluster"):
+        _compose(tmp_path, APP + 'egress = "internet"\n')
+
+
+def test_the_gateway_finds_the_address_of_its_default_route(tmp_path: Path) -> None:
+    from swarmpool.launcher import Unavailable, default_route_address
+
+    routes = tmp_path / "route"
+    routes.write_text("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+                      "lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\n")
+    with pytest.raises(Unavailable, match="no default route"):
+        default_route_address(routes)
+    routes.write_text(routes.read_text() + "lo\t00000000\t0100007F\t0003\t0\t0\t0\t00000000\n")
+    assert default_route_address(routes) == "127.0.0.1"  # the address of the interface holding it
