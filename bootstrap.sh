@@ -43,8 +43,15 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { say "dockerd did not come up; see $DOCKERD_LOG"; exit 1; }
 fi
 if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != "active" ]]; then
-    say "initialising a single-node swarm"
-    docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+    # a new swarm listens on loopback only: its control port (2377) and gossip (7946) are not on the LAN,
+    # and its data path (VXLAN, 4789) says 127.0.0.1 (the kernel binds that socket on every address once an
+    # overlay is used, which a single machine's swarmpool never does)
+    say "initialising a single-node swarm listening on 127.0.0.1 only"
+    docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 --data-path-addr 127.0.0.1 >/dev/null
+elif command -v ss >/dev/null && ss -Hltn 'sport = :2377' 2>/dev/null | awk '{print $4}' | grep -qv '^127\.0\.0\.1:'; then
+    say "the existing swarm listens beyond loopback (2377, 7946): Docker cannot move the listeners of a swarm once"
+    say "initialised. Instances are kept off them by swarmpool's packet filter; keep other machines off them with"
+    say "the host's firewall (docs/security-network.md), or leave and re-initialise the swarm when nothing runs on it"
 fi
 
 stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"

@@ -30,6 +30,10 @@ class MemorySize(ByteSize):
     """A memory limit: at least MIN_MEMORY (less is a typo, like "0.5" read as 0 bytes, or no limit)."""
 
 
+class NameServer(str):
+    """An IP address of a DNS server ("192.0.2.53", "2001:db8::53"), not a name."""
+
+
 class TimeZone(str):
     """An IANA time zone name ("Europe/Berlin"), checked against the zone data shipped with the package."""
 
@@ -95,6 +99,15 @@ def parse_frame_ancestor(value: object) -> FrameAncestor:
 MIN_MEMORY = 32 * 1024**2
 
 
+def parse_name_server(value: object) -> NameServer:
+    import ipaddress
+
+    try:
+        return NameServer(str(ipaddress.ip_address(value if isinstance(value, str) else "")))
+    except ValueError:
+        raise ValueError(f"expected the IP address of a DNS server, got {value!r}") from None
+
+
 def parse_duration(value: object) -> Duration:
     """Seconds from a number or a string like "90s", "10m", "4h"."""
     if isinstance(value, bool):
@@ -137,6 +150,8 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return parse_proxy_network(obj)
     if type_ is FrameAncestor:
         return parse_frame_ancestor(obj)
+    if type_ is NameServer:
+        return parse_name_server(obj)
     if type_ is MemorySize:
         size = parse_size(obj)
         if size < MIN_MEMORY:
@@ -203,6 +218,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     pids: Annotated[int, msgspec.Meta(ge=32)] = 512  # processes and threads together
 
 
+# What an instance's own code may open connections to. "none" (the default): nothing at all, neither the
+# host (any port), the LAN, private ranges, other instances nor the control plane, and its DNS answers no
+# outside name. "internet": public addresses too (and its DNS resolves), still never the host, private or
+# reserved ranges, other instances or the control plane. Enforced by the packet filter (swarm/firewall.py).
+Egress = Literal["none", "internet"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
                                         description="a wall-clock time HH:MM, 00:00 to 23:59")]
@@ -264,6 +284,7 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # the unsafe settings this app is allowed, each named (see swarmpool/guardrails.py): root as `user`,
     # capabilities beyond the safe list in `cap_add`; a trust the app does not use is refused too
     trusted: list[Literal["user", "cap_add"]] = []
+    egress: Egress = "none"  # what the instance's code may connect to: nothing, or the public internet (see Egress)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -303,6 +324,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # the unsafe settings this catalogue is allowed, for every app (see swarmpool/guardrails.py): a `network`
     # other than the stack's instances overlay, `publish_ports = false` without a network
     trusted: list[Literal["network", "publish_ports"]] = []
+    # DNS servers (IP addresses) the instances' DNS forwards outside names to: only apps with egress =
+    # "internet" reach them. Default: the host's (Docker's choice). Read by the packet filter at `up`.
+    egress_dns: list[NameServer] = []
 
 
 class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

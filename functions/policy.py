@@ -102,6 +102,8 @@ def spec_version(spec: AppSpec) -> str:
     """A digest of what an instance of `spec` runs: a reload that changes it recycles the warm ones."""
     what = [spec.image, spec.command, sorted(spec.env.items()), spec.prefix_env, spec.port, spec.user,
             sorted(spec.cap_add), spec.strip_prefix]
+    if spec.egress != "none":  # only then: digests of apps that keep the default stay what they were
+        what.append(spec.egress)
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
 
 

@@ -19,7 +19,7 @@ import aiohttp
 import docker
 import docker.errors
 import msgspec
-from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
+from docker.types import ContainerSpec, DNSConfig, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 
 from swarmpool.ids import new_handle, short_id
 
@@ -43,6 +43,9 @@ _NAMESPACE = re.compile(r"^[a-z][a-z0-9]{0,10}$")  # no '-': service names split
 _NAME_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _MAX_SERVICE_NAME = 63
 _STOP_GRACE_NS = 2_000_000_000
+EGRESS_NONE = "none"  # no new connection out of the instance at all (the packet filter's default)
+EGRESS_INTERNET = "internet"  # public addresses only: never the host, private ranges or other instances
+EGRESS_CLASSES = (EGRESS_NONE, EGRESS_INTERNET)
 INSTANCE_UID = "10001:10001"  # who runs an image whose own user is root: no passwd entry, no privileges
 INSTANCE_HOME = "/home/swarmpool"  # a writable tmpfs home for INSTANCE_UID
 _HOME_TMPFS_BYTES = 256 * 1024**2  # counts against the memory limit as it fills
@@ -57,6 +60,15 @@ class SwarmError(Exception):
 
 class _BridgeGone(SwarmError):
     """The namespace's instance bridge vanished between our check and the create."""
+
+
+class _Bridge:
+    """Where the adapter stands with one egress class's instance bridge."""
+
+    def __init__(self) -> None:
+        self.generation = ""  # "": not chosen yet
+        self.ready = False  # its networks exist (as far as we know)
+        self.stale = False  # a task was rejected by this generation's dead copy: use the next
 
 
 class SwarmUnavailable(SwarmError):
@@ -81,6 +93,8 @@ class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
     constraints: list[str] = []
     publish: bool = True  # host-mode port on 127.0.0.1 (local, on the namespace's bridge); False: by name on `network`
     network: str | None = None
+    egress: str = EGRESS_NONE  # which bridge a published instance joins: none (closed) or internet (public only)
+    dns: list[str] = []  # nameservers Docker's embedded DNS forwards outside names to; []: the host's
 
 
 class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,15 +137,17 @@ ENGINE_FAULT = "engine unavailable"  # starts in a failure's reason when the eng
 _STALE_NETWORK = re.compile(r"^network \S+ exists$|networks have same bridge name")
 
 
-def bridge_name(namespace: str, generation: str = "+") -> str:
-    """The Linux interface of a namespace's instance bridge of one generation (at most 15 characters);
-    by default the packet filter's pattern for all of them ('.' is in no namespace)."""
-    return f"sp{namespace}.{generation}"
+def bridge_name(namespace: str, generation: str = "+", egress: str = EGRESS_NONE) -> str:
+    """The Linux interface of a namespace's instance bridge of one egress class and generation (at most 15
+    characters); by default the packet filter's pattern for all generations ('.' and '-' are in no namespace,
+    so the patterns of two namespaces or two classes never overlap)."""
+    return f"sp{namespace}{'.' if egress == EGRESS_NONE else '-'}{generation}"
 
 
-def instance_network_name(namespace: str, generation: str = "0") -> str:
-    """The swarm-scoped bridge network that published instances of a namespace join."""
-    return f"{namespace}-instances" + ("" if generation == "0" else f"-{generation}")
+def instance_network_name(namespace: str, generation: str = "0", egress: str = EGRESS_NONE) -> str:
+    """The swarm-scoped bridge network that published instances of a namespace and egress class join."""
+    base = f"{namespace}-instances" if egress == EGRESS_NONE else f"{namespace}-{egress}"
+    return base + ("" if generation == "0" else f"-{generation}")
 
 
 def stale_network(error: str) -> bool:
@@ -187,9 +203,7 @@ class Swarm:
         self._inflight: set[asyncio.Future[Any]] = set()
         self._http: aiohttp.ClientSession | None = None  # readiness probes, created on first use
         self._bridge_lock = threading.Lock()
-        self._bridge_ready = False
-        self._bridge_generation = ""  # "": not chosen yet
-        self._bridge_stale = False  # a task was rejected by this generation's dead copy: use the next
+        self._bridges = {egress: _Bridge() for egress in EGRESS_CLASSES}  # one per egress class
         self._image_ids: dict[str, str] = {}  # catalogue image -> its id at the last create
         self._accounts: dict[str, tuple[str, str, str]] = {}  # image id -> its user and user database
 
@@ -261,9 +275,9 @@ class Swarm:
                 return False
             if state not in ("inactive", ""):
                 raise SwarmUnavailable(f"swarm is in state {state!r}; fix it with `docker swarm` first")
-            log.info("initialising a single-node Docker swarm (advertise 127.0.0.1)")
-            try:
-                client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+            log.info("initialising a single-node Docker swarm listening on 127.0.0.1 only")
+            try:  # control (2377) and gossip (7946) on loopback; the data path says loopback too
+                client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377", data_path_addr="127.0.0.1")
             except docker.errors.APIError as e:
                 raise SwarmError(f"docker swarm init failed: {e.explanation or e}") from e
             return True
@@ -354,7 +368,7 @@ class Swarm:
             try:
                 return self._create_service(spec, name)
             except _BridgeGone:  # still "not found": a dead copy is listed in its place
-                self._bridge_stale = True  # the next generation
+                self._bridges[spec.egress].stale = True  # the next generation
             return self._create_service(spec, name)
         except _BridgeGone as e:
             raise SwarmUnavailable(f"{ENGINE_FAULT}: cannot create {name}: {e}") from e
@@ -390,6 +404,7 @@ class Swarm:
             cap_add=list(spec.cap_add) or None,
             stop_grace_period=_STOP_GRACE_NS,
             init=True,  # reaps zombies and forwards SIGTERM, so stops are quick
+            dns_config=self._dns_config(spec),
         )
         resources = Resources(
             cpu_limit=int(spec.cpus * 1e9) if spec.cpus is not None else None,
@@ -410,7 +425,7 @@ class Swarm:
             # No PublishedPort: in host mode the engine binds a free ephemeral port (see TaskStatus.endpoint),
             # on 127.0.0.1 only, because the namespace's bridge says so (API 1.41 has no host IP per port).
             endpoint = EndpointSpec(ports=[{"Protocol": "tcp", "TargetPort": spec.port, "PublishMode": "host"}])
-            network = network or self._ensure_bridge()
+            network = network or self._ensure_bridge(spec.egress)
         try:
             result = api.create_service(
                 task,
@@ -423,7 +438,7 @@ class Swarm:
             if spec.publish and not spec.network and (e.status_code == 404 or f"network {network} not found"
                                                       in str(e.explanation or e)):
                 # removed meanwhile (another process's remove_all): made anew, and the create tried once more
-                self._bridge_ready = False
+                self._bridges[spec.egress].ready = False
                 raise _BridgeGone(str(e.explanation or e)) from e
             if e.status_code == 503 or "not a swarm manager" in str(e.explanation or e):
                 raise SwarmUnavailable(f"{ENGINE_FAULT}: cannot create {name}: {e.explanation or e}") from e
@@ -434,21 +449,36 @@ class Swarm:
         log.debug("created service %s for %s", service_id[:12], short_id(spec.app, spec.id))
         return service_id
 
-    def _ensure_bridge(self) -> str:
-        """The namespace's instance bridge: published ports bind 127.0.0.1 only, no traffic between instances.
+    @staticmethod
+    def _dns_config(spec: InstanceSpec) -> DNSConfig | None:
+        """Where Docker's embedded DNS forwards outside names (the filter lets only internet apps reach them);
+        a closed app's resolver gives up after one second: Docker 20.10's embedded DNS leaves a query it could
+        not forward unanswered, and the C library would wait 2 x 5 s for each name."""
+        closed = spec.egress == EGRESS_NONE
+        if not spec.dns and not closed:
+            return None
+        return DNSConfig(nameservers=list(spec.dns) or None, options=["timeout:1", "attempts:1"] if closed else None)
+
+    def _ensure_bridge(self, egress: str = EGRESS_NONE) -> str:
+        """The namespace's instance bridge of one egress class: published ports bind 127.0.0.1 only, no traffic
+        between instances; what may leave it is the packet filter's business (swarm/firewall.py), keyed by
+        the bridge's interface name, which says the class.
 
         A swarm-scoped bridge takes driver options only from a node-local "config-only" network.
         An engine restarted while instances ran keeps a dead copy of the bridge that rejects every
         task (moby#38318) and can be removed by no API: once a task says so, the next generation
         (a new network and bridge name; the dead one's config network stays, in use by the copy).
         """
+        if egress not in self._bridges:
+            raise SwarmError(f"unknown egress class {egress!r} (one of {', '.join(EGRESS_CLASSES)})")
+        bridge = self._bridges[egress]
         with self._bridge_lock:
-            if self._bridge_generation == "":
-                self._bridge_generation = self._first_generation()
-            if self._bridge_stale:
-                self._next_generation()
-            name = instance_network_name(self.namespace, self._bridge_generation)
-            if self._bridge_ready:
+            if bridge.generation == "":
+                bridge.generation = self._first_generation(egress)
+            if bridge.stale:
+                self._next_generation(egress)
+            name = instance_network_name(self.namespace, bridge.generation, egress)
+            if bridge.ready:
                 return name
             api = self._docker().api
             existing = {n["Name"] for n in api.networks(names=[name, name + "-config"])}
@@ -457,7 +487,7 @@ class Swarm:
                 requests.append({
                     "Name": name + "-config", "ConfigOnly": True, "Labels": {LABEL_OWNER: self.namespace},
                     "Options": {
-                        "com.docker.network.bridge.name": bridge_name(self.namespace, self._bridge_generation),
+                        "com.docker.network.bridge.name": bridge_name(self.namespace, bridge.generation, egress),
                         "com.docker.network.bridge.host_binding_ipv4": "127.0.0.1",
                         "com.docker.network.bridge.enable_icc": "false",
                     },
@@ -471,31 +501,36 @@ class Swarm:
                 except docker.errors.APIError as e:
                     if e.status_code != 409:  # 409: another host process created it first
                         raise SwarmError(f"cannot create network {request['Name']}: {e.explanation or e}") from e
-            self._bridge_ready = True
+            bridge.ready = True
             return name
 
-    def _next_generation(self) -> None:
+    def _next_generation(self, egress: str) -> None:
         """Move to the next generation (another host may have created it already: it is shared)."""
-        later = GENERATIONS[GENERATIONS.index(self._bridge_generation) + 1:]
+        bridge = self._bridges[egress]
+        later = GENERATIONS[GENERATIONS.index(bridge.generation) + 1:]
         if not later:
             raise SwarmError(f"every instance bridge generation of {self.namespace} is taken; restart dockerd "
-                             f"with no instances running, then remove the {self.namespace}-instances* networks")
+                             f"with no instances running, then remove the "
+                             f"{instance_network_name(self.namespace, egress=egress)}* networks")
         log.warning("instance bridge %s was kept dead by an engine restart; using %s",
-                    bridge_name(self.namespace, self._bridge_generation), bridge_name(self.namespace, later[0]))
-        self._bridge_generation, self._bridge_stale, self._bridge_ready = later[0], False, False
+                    bridge_name(self.namespace, bridge.generation, egress),
+                    bridge_name(self.namespace, later[0], egress))
+        bridge.generation, bridge.stale, bridge.ready = later[0], False, False
 
-    def _first_generation(self) -> str:
+    def _first_generation(self, egress: str) -> str:
         """The newest generation whose config network exists (in use by another host, or a dead copy's
         that the first rejected task moves past), else the first."""
         ours = {n["Name"] for n in self._docker().api.networks(filters={"label": f"{LABEL_OWNER}={self.namespace}"})}
-        found = [g for g in GENERATIONS if instance_network_name(self.namespace, g) + "-config" in ours]
+        found = [g for g in GENERATIONS if instance_network_name(self.namespace, g, egress) + "-config" in ours]
         return found[-1] if found else GENERATIONS[0]
 
     def _note_task_error(self, error: str) -> str:
         """A task's error, marked as the engine's fault when a dead copy of our bridge rejected it."""
         if not stale_network(error):
             return error
-        self._bridge_stale = True
+        for bridge in self._bridges.values():  # the error does not say which class: move every one on
+            if bridge.generation:
+                bridge.stale = True
         return f"{ENGINE_FAULT}: instance bridge kept dead by an engine restart ({error})"
 
     def _remove_bridge(self) -> None:
@@ -508,27 +543,33 @@ class Swarm:
         while api.containers(all=True, filters={"label": label}) and time.monotonic() < deadline:
             time.sleep(0.2)
         with self._bridge_lock:
-            self._bridge_ready = False
-            ours = {n["Name"] for n in api.networks(filters={"name": instance_network_name(self.namespace)})}
-            names = [instance_network_name(self.namespace, g) for g in GENERATIONS]
-            for network in [n for n in names if n in ours]:
-                while True:
-                    try:
-                        api.remove_network(network)
-                        break
-                    except docker.errors.NotFound:
-                        break
-                    except docker.errors.APIError as e:  # "in use"/"has active endpoints": tasks shutting down
-                        if time.monotonic() > deadline:
-                            log.warning("could not remove network %s: %s", network, e.explanation or e)
-                            break
-                        time.sleep(0.2)
-            for network in [names[0] + "-config"] + [n + "-config" for n in names[1:] if n + "-config" in ours]:
-                try:  # a dead copy left by an engine restart keeps its config network in use (moby#38318)
+            for egress, bridge in self._bridges.items():
+                bridge.ready = False
+                self._remove_networks(egress, deadline)
+
+    def _remove_networks(self, egress: str, deadline: float) -> None:
+        """Remove the swarm-scoped bridges of one egress class, then their config-only networks."""
+        api = self._docker().api
+        ours = {n["Name"] for n in api.networks(filters={"name": instance_network_name(self.namespace, egress=egress)})}
+        names = [instance_network_name(self.namespace, g, egress) for g in GENERATIONS]
+        for network in [n for n in names if n in ours]:
+            while True:
+                try:
                     api.remove_network(network)
-                except docker.errors.APIError as e:
-                    if e.status_code != 404:
-                        log.info("network %s stays: %s", network, e.explanation or e)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError as e:  # "in use"/"has active endpoints": tasks shutting down
+                    if time.monotonic() > deadline:
+                        log.warning("could not remove network %s: %s", network, e.explanation or e)
+                        break
+                    time.sleep(0.2)
+        for network in [names[0] + "-config"] + [n + "-config" for n in names[1:] if n + "-config" in ours]:
+            try:  # a dead copy left by an engine restart keeps its config network in use (moby#38318)
+                api.remove_network(network)
+            except docker.errors.APIError as e:
+                if e.status_code != 404:
+                    log.info("network %s stays: %s", network, e.explanation or e)
 
     async def status(self, service_id: str) -> TaskStatus:
         """The state of the service's (single, newest) task; "missing" once the service is gone."""

@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="run the HTTP gateway")
     common(gw, True)
     gw.add_argument("--credentials", metavar="FILE", help=CREDENTIALS_HELP.format(role="gateway"))
-    gw.add_argument("--host", default="127.0.0.1")
+    gw.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on; 'default-route': the address of the interface that holds the "
+                         "default route (in a stack: where the node's published port arrives, not the overlays)")
     gw.add_argument("--port", type=int, default=8000)
 
     operator = argparse.ArgumentParser(add_help=False)  # how `admin` and `events` reach the bus
@@ -123,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--docker-socket", help="engine socket the function hosts mount (default: DOCKER_HOST's path)")
     dp.add_argument("--functions-replicas", type=int, default=2, help="function hosts (default: 2)")
     dp.add_argument("--gateway-label", help="run gateways on nodes labelled LABEL=true instead of on managers")
+    dp.add_argument("--encrypt-overlays", action="store_true",
+                    help="encrypt the stack's overlays between nodes (IPsec; see docs/design-network.md)")
     dp.add_argument("--with-registry-auth", action="store_true",
                     help="images from a registry: pass credentials to the nodes, pin by digest")
     dp.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a gateway (default: 180)")

@@ -58,6 +58,7 @@ class Options:
     gateway_label: str | None = None  # place gateways on nodes with this label (=true) instead of on managers
     tls: bool = False  # nats-server certificate and key given (secrets nats-cert.pem, nats-key.pem)
     tls_ca: bool = False  # and a CA (secret nats-ca.pem) that clients trust
+    encrypt_overlays: bool = False  # IPsec between nodes on the stack's overlays (docs/design-network.md)
 
     def check(self) -> None:
         if not _STACK.match(self.stack):
@@ -147,8 +148,10 @@ def compose(options: Options, files: dict[str, str], catalogue_at: float | None 
                      if options.gateway_label else _manager())
     services["gateway"] = {
         "image": options.image,
+        # listens only where its node's published port arrives (docker_gwbridge, the default route), never on
+        # the instances' overlay: an instance cannot reach the gateway's listener, past nginx's rules
         "command": ["gateway", *common, "--credentials", "/run/secrets/gateway.json",
-                    "--host", "0.0.0.0", "--port", str(GATEWAY_PORT)],
+                    "--host", "default-route", "--port", str(GATEWAY_PORT)],
         "networks": ["control", "instances"],
         "ports": [{"target": GATEWAY_PORT, "published": options.port, "protocol": "tcp", "mode": "host"}],
         "configs": [{"source": "catalogue", "target": "/etc/swarmpool/catalogue.toml", "mode": 0o444}],
@@ -156,15 +159,19 @@ def compose(options: Options, files: dict[str, str], catalogue_at: float | None 
         "deploy": {"mode": "global", "endpoint_mode": "dnsrr", "placement": gateway_place,
                    "restart_policy": {"condition": "any", "delay": "1s"}},
     }
+    encrypted: dict[str, Any] = {"driver_opts": {"encrypted": ""}} if options.encrypt_overlays else {}
     secret_names = [f"{n}.conf" for n in names] + ["functions.json", "gateway.json"]
     secret_names += (["nats-cert.pem", "nats-key.pem"] if options.tls else []) + run_secrets
     return {
         "version": COMPOSE_VERSION,
         "services": services,
         "networks": {
-            "control": {"driver": "overlay"},
-            # instances publish no port: gateways and function hosts reach them here by service name
-            "instances": {"driver": "overlay", "labels": {"swarmpool.owner": options.stack}},
+            "control": {"driver": "overlay", **encrypted},
+            # instances publish no port: gateways and function hosts reach them here by service name. Internal:
+            # no docker_gwbridge for its tasks, so on every node an instance has no route to its node, the LAN,
+            # the internet or the control network, and its DNS forwards no outside name (docs/design-network.md)
+            "instances": {"driver": "overlay", "internal": True, "labels": {"swarmpool.owner": options.stack},
+                          **encrypted},
         },
         "volumes": {f"{n}-data": {} for n in names},
         # content-addressed names: a changed file is a new secret (secrets and configs are immutable)
@@ -211,6 +218,10 @@ def cluster_catalogue(text: str, options: Options, path: str = "<catalogue>") ->
     """The catalogue as deployed: validated, with instances on the stack's overlay and no published ports."""
     parse(text, path)  # a bad file is a CatalogueError naming the field, before anything is created
     raw = tomllib.loads(text)
+    for name, app in raw.get("apps", {}).items():
+        if app.get("egress", "none") != "none":
+            raise DeployError(f"{path}: apps.{name}.egress = {app['egress']!r} is not available on a cluster yet "
+                              "(instances join an internal overlay: no egress at all); see docs/design-network.md")
     settings = dict(raw.get("settings", {}))
     settings["publish_ports"] = False
     settings["network"] = instances_network(options)
@@ -364,7 +375,8 @@ def options_from(args: Any) -> Options:
                    nats_replicas=args.nats_replicas, nats_port=args.nats_port,
                    docker_socket=args.docker_socket or engine_socket(),
                    functions_replicas=args.functions_replicas, gateway_label=args.gateway_label,
-                   tls=bool(args.tls_cert), tls_ca=bool(args.tls_ca))
+                   tls=bool(args.tls_cert), tls_ca=bool(args.tls_ca),
+                   encrypt_overlays=bool(getattr(args, "encrypt_overlays", False)))
 
 
 def deploy(args: Any) -> int:

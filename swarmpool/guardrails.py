@@ -198,11 +198,11 @@ async def check_images(catalogue: Catalogue, accounts: Callable[[str], Awaitable
 def trust_flags(app: AppSpec, settings: Settings) -> list[str]:
     """What `admin status` shows an app is trusted with: its own trusts, then the catalogue's (an app
     option that opens egress, such as internet access, belongs in this list too)."""
-    return [*app.trusted, *settings.trusted]
+    return [*app.trusted, *settings.trusted, *(["egress"] if app.egress == "internet" else [])]
 
 
 def trust_summary(app: AppSpec, settings: Settings) -> str:
     """One line naming each trusted setting and its value, for warnings and the event log."""
     values = {"user": repr(app.user), "cap_add": ", ".join(unsafe_capabilities(app.cap_add)),
-              "network": repr(settings.network), "publish_ports": str(settings.publish_ports).lower()}
+              "network": repr(settings.network), "publish_ports": str(settings.publish_ports).lower(), "egress": app.egress}
     return ", ".join(f"{t} ({values[t]})" for t in trust_flags(app, settings))

@@ -21,7 +21,7 @@ from nats.js.errors import BucketNotFoundError
 
 from swarmpool.bus.roles import Access
 from swarmpool.bus.runtime import Context, connect
-from swarmpool.bus.spec import Catalogue
+from swarmpool.bus.spec import Catalogue, Settings
 from swarmpool.bus.messages import CatalogueFile
 from swarmpool.bus.state import CatalogueStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -81,16 +81,17 @@ async def _swarm(namespace: str, init: bool) -> Swarm:
     return swarm
 
 
-async def packet_filter(stack: AsyncExitStack, namespace: str) -> None:
-    """Keep instance ports for the gateway alone (removed on exit); without the right to, say what to run."""
-    firewall = Firewall(namespace)
+async def packet_filter(stack: AsyncExitStack, namespace: str, settings: Settings) -> None:
+    """Close instances in (nothing reaches them but the gateway; they reach only what their egress allows),
+    removed on exit; without the right to, say what to run."""
+    firewall = Firewall(namespace, resolvers=list(settings.egress_dns) or None)
     stack.push_async_callback(asyncio.to_thread, firewall.remove)  # also what a failed install left
     try:
         await asyncio.to_thread(firewall.install)
     except FirewallUnavailable as err:
-        print(f"WARNING: instance ports are NOT filtered ({err}). They bind 127.0.0.1 only, but other "
-              "containers on this host and IPv6 are not blocked. An administrator runs (see README, "
-              "Security):\n  " + "\n  ".join(firewall.commands()), flush=True)
+        print(f"WARNING: instances are NOT closed in ({err}): their code can reach this host, the LAN and "
+              "each other's addresses, and other containers and IPv6 can reach their ports. An administrator "
+              "runs (see docs/security-network.md):\n  " + "\n  ".join(firewall.commands()), flush=True)
         return
     print(f"packet filter installed (iptables chain {firewall.chain})", flush=True)
 
@@ -232,7 +233,7 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
             raise Unavailable(str(err)) from None
         warn_trusted(catalogue)
         if catalogue.settings.publish_ports:
-            await packet_filter(stack, args.namespace)
+            await packet_filter(stack, args.namespace, catalogue.settings)
         url = args.nats_url
         fn_access = gw_access = None
         if url is None:
@@ -406,12 +407,31 @@ async def functions(catalogue: Catalogue, args: argparse.Namespace) -> None:
         await swarm.close()
 
 
+def default_route_address(routes: Path = Path("/proc/net/route")) -> str:
+    """The IPv4 address of the interface that holds the default route: in a swarm task, its docker_gwbridge end,
+    where a host-mode published port arrives (the overlays hold no default route)."""
+    import fcntl
+    import struct
+
+    try:
+        lines = routes.read_text().splitlines()[1:]
+    except OSError as err:
+        raise Unavailable(f"cannot read the routes ({err.strerror}) to find the address to listen on") from None
+    for fields in (line.split() for line in lines):
+        if len(fields) > 2 and fields[1] == "00000000":  # destination 0.0.0.0: the default route
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", fields[0].encode()[:15]))  # SIOCGIFADDR
+            return socket.inet_ntoa(packed[20:24])
+    raise Unavailable("no default route: cannot find the address to listen on (--host default-route)")
+
+
 async def gateway(catalogue: Catalogue, args: argparse.Namespace) -> None:
     stop = _stop_event()
+    host = default_route_address() if args.host == "default-route" else args.host
     nc = await _connect(args.nats_url, "gateway", args.namespace, access_from(args))
     try:
-        async with serve_gateway(nc, catalogue, args.namespace, args.host, args.port):
-            print(f"gateway on http://{args.host}:{args.port}/", flush=True)
+        async with serve_gateway(nc, catalogue, args.namespace, host, args.port):
+            print(f"gateway on http://{host}:{args.port}/", flush=True)
             await stop.wait()
     finally:
         await nc.drain()

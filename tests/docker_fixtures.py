@@ -93,10 +93,11 @@ def remove_namespace(client: docker.DockerClient, namespace: str, timeout: float
 
 
 def _remove_networks(client: docker.DockerClient, namespace: str, deadline: float) -> None:
-    """The namespace's instance bridges of every generation (and their config-only networks) go once no
+    """The namespace's instance bridges of every class and generation (and their config-only networks) go once no
     container uses them."""
-    prefix = f"{namespace}-instances"
-    found = {n["Name"] for n in client.api.networks(filters={"name": prefix}) if n["Name"].startswith(prefix)}
+    prefixes = (f"{namespace}-instances", f"{namespace}-internet")  # one bridge per egress class
+    found = {n["Name"] for prefix in prefixes for n in client.api.networks(filters={"name": prefix})
+             if n["Name"].startswith(prefix)}
     # the swarm-scoped bridges before the config-only networks they are made from
     for name in sorted(found, key=lambda n: n.endswith("-config")):
         while True:

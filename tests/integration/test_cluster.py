@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -16,8 +18,9 @@ import docker
 import pytest
 
 from swarmpool.deploy import control_image
-from tests.cluster import Cluster, two_node_swarm
+from tests.cluster import SUBNET, Cluster, two_node_swarm
 from tests.inside import LOOK_AROUND, ids_in, shell_command
+from tests.integration.test_isolation import CONNECT
 
 pytestmark = [pytest.mark.docker, pytest.mark.cluster]
 
@@ -31,6 +34,7 @@ CATALOGUE = f"""
 reconcile_interval = "2s"
 start_budget = 4
 refill_delay = "60s"
+egress_dns = ["{SUBNET}.1"]  # a DNS server of the test on this host's end of the swarm's bridge (if reachable)
 
 [apps.echo]
 image = "{ECHO}"
@@ -397,6 +401,72 @@ def test_losing_the_worker_ends_its_sessions_and_refills_on_the_manager(deployed
             deployed.restore(deployed.worker)
         _wait(lambda: deployed.node_state(deployed.worker) == "ready", 90, "the worker is back")
     finally:
+        client.close()
+
+
+RESOLVE = """
+import socket, sys
+try:
+    print(socket.gethostbyname(sys.argv[1]))
+except OSError as e:
+    print(f"failed {e}")
+"""
+
+
+def _run_in(cluster: Cluster, instance: str, *argv: str) -> str:
+    """Run a command in an instance through the gateway (the echo app's shell, as a student's cell)."""
+    conn = http.client.HTTPConnection(cluster.manager.address, PORT, timeout=60)
+    try:
+        conn.request("POST", f"/i/{instance}/run", body=shlex.join(argv).encode(),
+                     headers={"User-Agent": "Mozilla/5.0 (cluster test)"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 200, body[:300]
+    result = json.loads(body)
+    assert result["rc"] == 0, result
+    return str(result["stdout"]).strip()
+
+
+def test_an_instance_reaches_nothing_on_either_node(deployed: Cluster) -> None:
+    client = deployed.manager.client()
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # would answer: the test only counts queries
+    dns.bind((f"{SUBNET}.1", 53))
+    dns.setblocking(False)
+    lan = socket.create_server((f"{SUBNET}.1", 0))  # a LAN service: this host's end of the swarm's bridge
+    try:
+        by_node: dict[str, str] = {}
+        for _ in range(12):  # a session on each node
+            instance = _claim(deployed)
+            by_node.setdefault(_ready_instances(client).get(instance, "?"), instance)
+            if {"spc-m", "spc-w"} <= set(by_node):
+                break
+        assert {"spc-m", "spc-w"} <= set(by_node), by_node
+        (gateway,) = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_gateway"})
+        gateway_overlay = gateway.attrs["NetworkSettings"]["Networks"][f"{STACK}_instances"]["IPAddress"]
+        targets = {
+            "the manager's swarm port": (deployed.manager.address, 2377),
+            "the manager's gossip port": (deployed.manager.address, 7946),
+            "the worker's gossip port": (deployed.worker.address, 7946),
+            "the gateway's published port": (deployed.manager.address, PORT),
+            "the gateway's listener on the overlay": (gateway_overlay, 8000),
+            "a LAN service": (f"{SUBNET}.1", lan.getsockname()[1]),
+        }
+        for node in ("spc-m", "spc-w"):
+            outcomes = {what: _run_in(deployed, by_node[node], "python3", "-c", CONNECT, host, str(port), "2")
+                        for what, (host, port) in targets.items()}
+            assert not [what for what, outcome in outcomes.items() if outcome == "connected"], (node, outcomes)
+            name = f"cluster-{node}.example"
+            assert _run_in(deployed, by_node[node], "python3", "-c", RESOLVE, name).startswith("failed"), node
+        try:
+            query = dns.recv(512)
+        except BlockingIOError:
+            query = b""
+        assert query == b"", "an instance's DNS query reached the LAN resolver"
+    finally:
+        dns.close()
+        lan.close()
         client.close()
 
 

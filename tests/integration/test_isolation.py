@@ -131,7 +131,7 @@ async def test_a_neighbour_instance_cannot_reach_another(
         return inside.exec_run(["python3", "-c", CONNECT, host, str(port), "1.5"]).output.decode().strip()
 
     assert connect("127.0.0.1", 8888) == "connected"  # the probe itself works: its own port
-    assert connect(settings["Gateway"], neighbour_port) == "timeout"  # the host's bridge address: dropped
+    assert connect(settings["Gateway"], neighbour_port) == "refused"  # the host's bridge address: rejected
     assert connect(settings["IPAddress"], 8888) in ("timeout", "refused")  # directly: no inter-instance traffic
 
 

@@ -1,5 +1,6 @@
 """bootstrap.sh starts the Docker engine in a session of its own, so Ctrl-C of `bootstrap.sh up`
-reaches swarmpool only (the engine once died with it and swarmpool's cleanup then failed)."""
+reaches swarmpool only (the engine once died with it and swarmpool's cleanup then failed); a swarm it
+initialises listens on loopback only."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 FAKE_DOCKER = """#!/bin/bash
-# a docker CLI whose engine is "up" once the fake dockerd has written its marker
+# a docker CLI whose engine is "up" once the fake dockerd has written its marker; its swarm is in state
+# $FAKE_SWARM (default active); every `docker swarm ...` is written to $FAKE_DIR/swarm.args
 [[ -e "$FAKE_DIR/dockerd.started" ]] || exit 1
-[[ "$*" == *LocalNodeState* ]] && echo active
+[[ "$*" == *LocalNodeState* ]] && echo "${FAKE_SWARM:-active}"
+[[ "$1" == swarm ]] && echo "$*" >> "$FAKE_DIR/swarm.args"
 exit 0
 """
 FAKE_DOCKERD = """#!/bin/bash
@@ -26,7 +29,8 @@ exec sleep 60
 """
 
 
-def test_the_engine_runs_in_its_own_session_and_bootstrap_says_where_its_log_is(tmp_path: Path) -> None:
+def _fakes(tmp_path: Path, swarm: str = "active") -> dict[str, str]:
+    """Fake docker and dockerd on PATH, a venv that counts as installed: the environment to run bootstrap in."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("docker", FAKE_DOCKER), ("dockerd", FAKE_DOCKERD)):
@@ -36,9 +40,25 @@ def test_the_engine_runs_in_its_own_session_and_bootstrap_says_where_its_log_is(
     venv.mkdir()
     stamp = hashlib.sha1((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
     (venv / f".installed-{stamp}").touch()
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
+            "SWARMPOOL_VENV": str(venv), "SWARMPOOL_DOCKERD_LOG": str(tmp_path / "dockerd.log"), "FAKE_SWARM": swarm}
+
+
+def _stop_fake_engine(tmp_path: Path) -> None:
+    pid_file = tmp_path / "dockerd.pid"
+    deadline = time.monotonic() + 5
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def test_the_engine_runs_in_its_own_session_and_bootstrap_says_where_its_log_is(tmp_path: Path) -> None:
+    env = _fakes(tmp_path)
     log = tmp_path / "dockerd.log"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
-           "SWARMPOOL_VENV": str(venv), "SWARMPOOL_DOCKERD_LOG": str(log)}
     try:
         result = subprocess.run(["bash", str(ROOT / "bootstrap.sh"), "shell"], env=env, capture_output=True,
                                 text=True, timeout=60, start_new_session=True)
@@ -49,12 +69,20 @@ def test_the_engine_runs_in_its_own_session_and_bootstrap_says_where_its_log_is(
         # the engine leads a session of its own (before: it shared bootstrap's, so Ctrl-C stopped it)
         assert sid == pgid == engine
     finally:
-        pid_file = tmp_path / "dockerd.pid"
-        deadline = time.monotonic() + 5
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_file.exists():
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        _stop_fake_engine(tmp_path)
+    assert not (tmp_path / "swarm.args").exists()  # an active swarm is left as it is
+
+
+def test_a_new_swarm_listens_on_loopback_only(tmp_path: Path) -> None:
+    env = _fakes(tmp_path, swarm="inactive")
+    try:
+        result = subprocess.run(["bash", str(ROOT / "bootstrap.sh"), "shell"], env=env, capture_output=True,
+                                text=True, timeout=60, start_new_session=True)
+        assert result.returncode == 0, result.stderr
+    finally:
+        _stop_fake_engine(tmp_path)
+    args = (tmp_path / "swarm.args").read_text().split()
+    assert args[:2] == ["swarm", "init"]
+    options = dict(zip(args[2::2], args[3::2]))
+    assert options == {"--advertise-addr": "127.0.0.1", "--listen-addr": "127.0.0.1:2377",
+                       "--data-path-addr": "127.0.0.1"}

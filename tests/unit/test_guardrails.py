@@ -77,6 +77,8 @@ def test_an_unsafe_setting_is_refused_naming_its_field(app: str, settings: str, 
     ("", 'network = "host"\npublish_ports = false\ntrusted = ["network"]', ["network"]),
     ("", 'network = "sp_instances"\ntrusted = ["network"]', ["network"]),
     ("", 'publish_ports = false\ntrusted = ["publish_ports"]', ["publish_ports"]),
+    ('egress = "internet"', "", ["egress"]),  # shown and announced like a trust: the app reaches out
+    ('egress = "none"', "", []),
 ])
 def test_a_trusted_or_safe_setting_loads(app: str, settings: str, flags: list[str]) -> None:
     parsed = parse(catalogue(app, settings))

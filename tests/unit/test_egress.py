@@ -1,0 +1,159 @@
+"""What instances may reach is decided by the catalogue (egress per app, the resolvers) and enforced by rules
+keyed by bridge name; the rules an administrator pastes from the docs are the ones `up` installs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from swarmpool.catalogue import CatalogueError, parse
+from swarmpool.functions.lifecycle import instance_spec
+from swarmpool.functions.policy import spec_version
+from swarmpool.swarm import firewall
+from swarmpool.swarm.adapter import EGRESS_INTERNET, EGRESS_NONE, bridge_name, instance_network_name
+from swarmpool.swarm.firewall import Firewall, denied_networks, host_resolvers
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = """
+[apps.echo]
+image = "swarmpool/echo:latest"
+port = 8888
+"""
+
+
+def test_the_commands_in_the_docs_are_the_ones_the_filter_installs() -> None:
+    text = (ROOT / "docs" / "security-network.md").read_text()
+    found = re.search(r"<!-- firewall-commands: (.*?) -->\n```sh\n(.*?)```\n<!-- /firewall-commands -->", text, re.S)
+    assert found, "the marked block of commands is missing from docs/security-network.md"
+    assert found.group(1) == 'Firewall("sp", port_range=(32768, 60999), resolvers=["192.168.1.1"], lan=[])'
+    wall = Firewall("sp", port_range=(32768, 60999), resolvers=["192.168.1.1"], lan=[])
+    assert found.group(2).splitlines() == wall.commands()
+
+
+def test_the_bridges_of_the_two_classes_and_their_filter_patterns_never_overlap() -> None:
+    closed, open_ = bridge_name("sp", "0", EGRESS_NONE), bridge_name("sp", "0", EGRESS_INTERNET)
+    assert (closed, open_) == ("spsp.0", "spsp-0")
+    assert bridge_name("sp", egress=EGRESS_NONE) == "spsp.+" and bridge_name("sp", egress=EGRESS_INTERNET) == "spsp-+"
+    assert len(bridge_name("a" * 11, "z", EGRESS_INTERNET)) <= 15  # a Linux interface name
+    assert instance_network_name("sp") == "sp-instances"  # the closed class keeps the bridge it always had
+    assert instance_network_name("sp", "1", EGRESS_INTERNET) == "sp-internet-1"
+    wall = Firewall("a" * 11, port_range=(1, 2), resolvers=[], lan=[])
+    assert max(len(c) for c in (wall.chain, wall.input_chain, wall.reject_chain)) <= 28  # iptables' limit
+
+
+def _rules(wall: Firewall, tool: str = "iptables") -> list[str]:
+    return [" ".join(r) for r in wall.rules(tool, "DOCKER-USER" if tool == "iptables" else "FORWARD")]
+
+
+def test_closed_instances_get_out_nowhere_and_internet_ones_only_to_public_addresses() -> None:
+    wall = Firewall("sp", port_range=(32768, 60999), resolvers=["10.1.2.3", "fd00::53"], lan=["198.51.99.0/24"])
+    rules = _rules(wall)
+    forward = [r for r in rules if r.startswith("-A SWARMPOOL-SP ")]
+    # the first rule sends everything a closed instance opens to the refusal, whatever its destination
+    assert re.match(r"-A SWARMPOOL-SP -i spsp\.\+ -m conntrack ! --ctstate ESTABLISHED,RELATED .* -j "
+                    r"SWARMPOOL-SP-REJECT$", forward[0])
+    # an internet instance: DNS to the resolvers, before the private ranges (the resolver is in 10/8)...
+    dns = [i for i, r in enumerate(forward) if "--dport 53" in r]
+    private = [i for i, r in enumerate(forward) if "-i spsp-+ -d " in r and "REJECT" in r]
+    assert len(dns) == 2 and max(dns) < min(private)
+    assert all("-d 10.1.2.3" in forward[i] and forward[i].endswith("-j RETURN") for i in dns)
+    # ...then no private, special or host network
+    refused = {forward[i].split(" -d ")[1].split()[0] for i in private}
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8",
+            "198.51.99.0/24"} <= refused
+    # nothing between instances, nothing new into them
+    assert any(r.startswith("-A SWARMPOOL-SP -i spsp-+ -o spsp.+ ") for r in forward)
+    assert any(r.startswith("-A SWARMPOOL-SP -i spsp-+ -o spsp-+ ") for r in forward)
+    assert any(r.startswith("-A SWARMPOOL-SP -o spsp.+ -m conntrack --ctstate NEW ") and r.endswith("DROP")
+               for r in forward)
+    # to the host: nothing, any port
+    to_host = [r for r in rules if r.startswith("-A SWARMPOOL-SP-IN ")]
+    assert [r.split()[3] for r in to_host if "REJECT" in r] == ["spsp.+", "spsp-+"]
+    assert not any("--dport" in r for r in to_host)
+    assert rules[-2:] == ["-I DOCKER-USER 1 -m comment --comment swarmpool:sp -j SWARMPOOL-SP",
+                          "-I INPUT 1 -m comment --comment swarmpool:sp -j SWARMPOOL-SP-IN"]
+    six = _rules(wall, "ip6tables")
+    assert any("-d fd00::53" in r for r in six) and not any("10.1.2.3" in r for r in six)
+    assert any("-d fc00::/7" in r for r in six) and any("! -i lo -p tcp --dport 32768:60999" in r for r in six)
+
+
+def test_host_networks_already_covered_are_not_repeated() -> None:
+    found = denied_networks("iptables", ["192.168.1.0/24", "198.51.99.0/24", "198.51.99.7/24", "2001:db9::/64"])
+    assert found.count("198.51.99.0/24") == 1 and "192.168.1.0/24" not in found and "2001:db9::/64" not in found
+    assert "2001:db9::/64" in denied_networks("ip6tables", ["2001:db9::/64", "fd00::/64"])
+
+
+def test_the_default_resolvers_are_docker_s_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf, upstream = tmp_path / "resolv.conf", tmp_path / "upstream.conf"
+    monkeypatch.setattr(firewall, "_RESOLV_CONF", conf)
+    monkeypatch.setattr(firewall, "_RESOLVED_UPSTREAM", upstream)
+    conf.write_text("# generated\nnameserver 192.0.2.53\nnameserver 127.0.0.1\nsearch lan\nnameserver fe80::1%eth0\n")
+    assert host_resolvers() == ["192.0.2.53", "fe80::1"]
+    conf.write_text("nameserver 127.0.0.53\noptions edns0\n")  # systemd-resolved's stub: Docker reads upstream
+    upstream.write_text("nameserver 10.0.0.1\n")
+    assert host_resolvers() == ["10.0.0.1"]
+
+
+def test_egress_is_closed_unless_the_catalogue_opens_it() -> None:
+    catalogue = parse(APP + "\n[apps.open]\nimage = \"x\"\nport = 1\negress = \"internet\"\n"
+                      "\n[settings]\negress_dns = [\"9.9.9.9\", \"2620:fe::fe\"]\n")
+    closed, open_ = catalogue.apps["echo"], catalogue.apps["open"]
+    assert closed.egress == "none" and open_.egress == "internet"
+    spec = instance_spec(open_, "a" * 26, catalogue.settings)
+    assert spec.egress == EGRESS_INTERNET and spec.dns == ["9.9.9.9", "2620:fe::fe"]
+    assert instance_spec(closed, "a" * 26, catalogue.settings).egress == EGRESS_NONE
+    # opening an app recycles its warm instances; apps that stay closed keep their spec version
+    assert spec_version(open_) != spec_version(parse(APP.replace("echo", "open").replace(
+        '"swarmpool/echo:latest"', '"x"').replace("8888", "1")).apps["open"])
+
+
+@pytest.mark.parametrize("text, field, words", [
+    (APP + 'egress = "all"\n', "apps.echo.egress", "Invalid enum value 'all'"),
+    (APP + '[settings]\negress_dns = ["dns.example"]\n', "settings.egress_dns[0]", "IP address"),
+])
+def test_a_wrong_egress_names_its_field(text: str, field: str, words: str) -> None:
+    with pytest.raises(CatalogueError) as err:
+        parse(text, "classroom.toml")
+    assert err.value.field == field
+    assert words in err.value.problem
+
+
+def _compose(tmp_path: Path, catalogue: str = APP, **kw: object) -> dict:  # type: ignore[type-arg]
+    from swarmpool.deploy import Options, Tls, write_files
+
+    options = Options(image="swarmpool/control:test", **kw)  # type: ignore[arg-type]
+    compose_file, _ = write_files(options, tmp_path, "cat.toml", catalogue, Tls(), None)
+    return json.loads(compose_file.read_text())  # type: ignore[no-any-return]
+
+
+def test_on_a_cluster_instances_join_an_internal_overlay_the_gateway_does_not_listen_on(tmp_path: Path) -> None:
+    spec = _compose(tmp_path)
+    assert spec["networks"]["instances"]["internal"] is True  # no docker_gwbridge: no route off the overlay
+    assert "internal" not in spec["networks"]["control"]  # NATS, gateways and function hosts keep theirs
+    gateway = spec["services"]["gateway"]["command"]
+    assert gateway[gateway.index("--host") + 1] == "default-route"  # its node's port, not the overlay
+    assert all("driver_opts" not in n for n in spec["networks"].values())
+    encrypted = _compose(tmp_path / "enc", encrypt_overlays=True)
+    assert all(n["driver_opts"] == {"encrypted": ""} for n in encrypted["networks"].values())
+
+
+def test_a_cluster_refuses_egress_it_cannot_give(tmp_path: Path) -> None:
+    from swarmpool.deploy import DeployError
+
+    with pytest.raises(DeployError, match=r"apps\.echo\.egress = 'internet' is not available on a cluster"):
+        _compose(tmp_path, APP + 'egress = "internet"\n')
+
+
+def test_the_gateway_finds_the_address_of_its_default_route(tmp_path: Path) -> None:
+    from swarmpool.launcher import Unavailable, default_route_address
+
+    routes = tmp_path / "route"
+    routes.write_text("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+                      "lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\n")
+    with pytest.raises(Unavailable, match="no default route"):
+        default_route_address(routes)
+    routes.write_text(routes.read_text() + "lo\t00000000\t0100007F\t0003\t0\t0\t0\t00000000\n")
+    assert default_route_address(routes) == "127.0.0.1"  # the address of the interface holding it
