@@ -344,7 +344,7 @@ def test_killing_one_nats_server_loses_no_record_and_no_click(deployed: Cluster)
 def test_killing_one_function_host_loses_no_record_and_no_click(deployed: Cluster) -> None:
     session = _claim(deployed)
     # the session's first heartbeat applied: one in flight to the killed host would be lost, and an
-    # untouched session then ends by unused_grace (README, Known limits)
+    # untouched session then ends by unused_grace (docs/operating.md, Known limits)
     _wait(lambda: (_bus_or_none(deployed) or {}).get("records", {}).get(f"echo.{session}", {}).get("used"),  # type: ignore[attr-defined]
           60, "the session's traffic recorded")
     before = _bus(deployed)["records"]
