@@ -48,6 +48,7 @@ ORIGIN_WIDE = frozenset(istr(h) for h in (
     "Expect-CT",  # host-wide Certificate Transparency policy (obsolete, still dropped)
     "Sec-Session-Registration",  # device-bound session credentials: binds the origin's cookies
     "Set-Cookie2",  # obsolete cookie header: escapes the Path confinement of Set-Cookie if ever honoured
+    "Use-As-Dictionary",  # a compression dictionary whose match pattern (e.g. "/*") covers the whole origin
 ))
 # Request headers that only a trusted front may set, and this gateway never forwards.
 NEVER_FORWARDED = frozenset(istr(h) for h in (

@@ -151,6 +151,7 @@ ORIGIN_WIDE_SENT = {
     "Origin-Agent-Cluster": "?0", "Accept-CH": "Sec-CH-UA-Full-Version-List", "Critical-CH": "Sec-CH-UA-Model",
     "Set-Login": "logged-in", "Speculation-Rules": '"/i/x/rules.json"', "Public-Key-Pins": 'pin-sha256="x"; max-age=9',
     "Expect-CT": "max-age=86400, enforce",
+    "Use-As-Dictionary": 'match="/*", id="spy"',  # a compression dictionary for every URL of the origin
 }
 
 
