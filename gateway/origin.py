@@ -232,11 +232,12 @@ def _id_in_path(path: str) -> str | None:
 
 
 def origin_guard(instance_domain: str | None, not_found: Callable[[web.Request], web.StreamResponse],
-                 proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> Middleware:
+                 proxies: Callable[[], Sequence[str]] = lambda: DEFAULT_TRUSTED_PROXIES) -> Middleware:
     """Subdomain mode: an instance host serves only its own `/i/<id>/`; the main host serves no `/i/`.
 
     `/i/<id>/...` asked on the main host (an old link) is redirected to the instance's host for
-    GET and HEAD. Path mode lets every request through.
+    GET and HEAD. Path mode lets every request through. `proxies` is read per request (a reload
+    changes it).
     """
 
     @web.middleware
@@ -253,7 +254,7 @@ def origin_guard(instance_domain: str | None, not_found: Callable[[web.Request],
             if instance_id is not None and request.method in ("GET", "HEAD"):
                 tail = request.rel_url.raw_path[len(instance_prefix(instance_id)):]
                 query = request.rel_url.raw_query_string
-                location = instance_url(public_scheme(request, proxies), instance_domain, instance_id, tail)
+                location = instance_url(public_scheme(request, proxies()), instance_domain, instance_id, tail)
                 raise web.HTTPTemporaryRedirect(location + (f"?{query}" if query else ""),
                                                 headers={"Referrer-Policy": "no-referrer"})
             return not_found(request)

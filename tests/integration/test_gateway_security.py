@@ -33,6 +33,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import make_app
 from swarmpool.gateway.app import make_runner
+from swarmpool.gateway.context import GATEWAY
 from swarmpool.gateway.launch import end_token
 from swarmpool.gateway.origin import host_label
 from swarmpool.ids import new_instance_id
@@ -95,6 +96,7 @@ class World:
     endpoint: str
     http: aiohttp.ClientSession
     store: InstanceStore
+    app: web.Application
 
 
 @asynccontextmanager
@@ -104,15 +106,15 @@ async def world(nc: NATS, subjects: Subjects, store: InstanceStore, cat: Catalog
     up_runner = web.AppRunner(up, shutdown_timeout=0.5)
     await up_runner.setup()
     await web.TCPSite(up_runner, "127.0.0.1", 0).start()
-    runner = make_runner(make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=cat), cat,
-                         shutdown_timeout=1)
+    app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=cat)
+    runner = make_runner(app, cat, shutdown_timeout=1)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host = f"127.0.0.1:{runner.addresses[0][1]}"
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             yield World(url=f"http://{host}", host=host, endpoint=f"127.0.0.1:{up_runner.addresses[0][1]}",
-                        http=http, store=store)
+                        http=http, store=store, app=app)
     finally:
         await runner.cleanup()
         await up_runner.cleanup()
@@ -520,6 +522,17 @@ async def test_subdomain_mode_sends_each_instance_to_its_own_host(sub: World, cl
         async with sub.http.get(sub.url + path, headers=headers, allow_redirects=False) as r:
             assert r.status == 404, (path, headers)
     assert claimer.requests == ["echo", "echo"]
+
+
+async def test_a_reload_of_trusted_proxies_reaches_the_old_link_redirect_too(sub: World) -> None:
+    instance = await claimed_instance(sub.store, sub.endpoint)
+    label = host_label(instance.id)
+    forged = {"X-Forwarded-Proto": "https"}
+    async with sub.http.get(sub.url + f"/i/{instance.id}/tree", headers=forged, allow_redirects=False) as r:
+        assert r.headers["Location"] == f"https://{label}.{DOMAIN}/i/{instance.id}/tree"  # loopback: trusted
+    sub.app[GATEWAY].use(catalogue(instance_domain=DOMAIN, trusted_proxies=[]), "v2")  # what admin reload does
+    async with sub.http.get(sub.url + f"/i/{instance.id}/tree", headers=forged, allow_redirects=False) as r:
+        assert r.headers["Location"] == f"http://{label}.{DOMAIN}/i/{instance.id}/tree"  # no longer believed
 
 
 async def test_with_per_instance_origins_the_limit_page_links_the_browsers_own_sessions(
