@@ -66,24 +66,36 @@ def _networks(proxies: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
 
 def trusted_peer(remote: str | None, proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> bool:
     """Forwarding headers are believed only from a configured proxy address or a unix socket."""
-    if remote is None:
-        return True
+    return remote is None or _trusted(remote, tuple(proxies))
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted(remote: str, proxies: tuple[str, ...]) -> bool:
+    """trusted_peer, parsed once per (address, proxies): a gateway sees few peers (its fronts)."""
     try:
         address = ipaddress.ip_address(remote.split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in network for network in _networks(tuple(proxies)))
+    return any(address in network for network in _networks(proxies))
 
 
-def client_address(forwarded_for: Sequence[str], remote: str | None, proxies: Sequence[str]) -> str:
+def client_address(forwarded_for: Sequence[str], remote: str | None, proxies: Sequence[str],
+                   trusted: bool | None = None) -> str:
     """The client's address: the peer, or, behind trusted proxies, the right-most address of their
     X-Forwarded-For chain that is not itself a trusted proxy (what a client wrote further left is
-    never believed)."""
+    never believed). `trusted`: trusted_peer(remote, proxies) when the caller has it already."""
     peer = remote or "unix"
-    if not trusted_peer(remote, proxies):
+    if not (trusted_peer(remote, proxies) if trusted is None else trusted):
         return peer
+    return _chain_client(tuple(forwarded_for), peer, tuple(proxies))
+
+
+@functools.lru_cache(maxsize=4096)
+def _chain_client(forwarded_for: tuple[str, ...], peer: str, proxies: tuple[str, ...]) -> str:
+    """client_address behind a trusted proxy, once per (chain, peer, proxies): a front sends few
+    distinct chains (nginx sets one address), and only trusted peers' chains reach this cache."""
     chain = [a.strip() for value in forwarded_for for a in value.split(",") if a.strip()]
     for address in reversed(chain):
         try:
