@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -9,6 +10,7 @@ import math
 import re
 import secrets
 import time
+import urllib.parse
 
 import msgspec
 from aiohttp import web
@@ -37,6 +39,7 @@ PREVIEW_AGENTS = re.compile(
     r"|embedly|iframely|pinterestbot|vkshare|\bcrawler\b|\bspider\b",
     re.IGNORECASE,
 )
+MAX_FORM = 4096  # bytes of the end-sessions form (a token: a few dozen)
 RELEASE_WAIT = 5.0  # seconds a release (ending a browser's sessions) may take on the bus
 _TOKEN_CONTEXT = b"swarmpool end-sessions token\x00"
 ROBOTS_TXT = "User-agent: *\nDisallow: /launch/\nDisallow: /i/\n"
@@ -220,14 +223,11 @@ async def end_sessions(request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "refused", "reason": "cookie"}, status=400, headers=headers)
     if not _same_origin(request, gw.catalogue.settings.trusted_proxies):
         return web.json_response({"status": "refused", "reason": "origin"}, status=403, headers=headers)
-    if request.content_length is not None and request.content_length > 4096:
-        return web.json_response({"status": "refused", "reason": "body"}, status=413, headers=headers)
-    try:
-        form = await request.post()
-    except ValueError:
-        return web.json_response({"status": "refused", "reason": "body"}, status=400, headers=headers)
-    token = form.get("token")
-    if not isinstance(token, str) or not hmac.compare_digest(token.encode(), end_token(cookie).encode()):
+    form = await _end_form(request)
+    if isinstance(form, int):
+        return web.json_response({"status": "refused", "reason": "body"}, status=form, headers=headers)
+    token = form.get("token", [""])[0]
+    if not hmac.compare_digest(token.encode(), end_token(cookie).encode()):
         return web.json_response({"status": "refused", "reason": "token"}, status=403, headers=headers)
     browser = hashlib.sha256(cookie.encode()).hexdigest()[:32]
     ended = await _release(gw, spec.name, browser)
@@ -237,6 +237,32 @@ async def end_sessions(request: web.Request) -> web.StreamResponse:
     if wants_json(request):
         return web.json_response({"status": "ended", "app": spec.name, "ended": ended}, headers=headers)
     raise web.HTTPSeeOther(f"/launch/{spec.name}", headers=headers)
+
+
+async def _end_form(request: web.Request) -> dict[str, list[str]] | int:
+    """The end-sessions form's fields, or the 4xx status of a body that is not one: only
+    urlencoded, at most MAX_FORM bytes (chunked too) read within body_timeout, UTF-8, a few fields
+    (its charset parameter, which browsers do not send, is ignored: the token is ASCII)."""
+    if request.content_type.lower() != "application/x-www-form-urlencoded":
+        return 400
+    if request.content_length is not None and request.content_length > MAX_FORM:
+        return 413
+    body = bytearray()
+    try:
+        async with asyncio.timeout(float(request.app[GATEWAY].catalogue.settings.body_timeout)):
+            while len(body) <= MAX_FORM:
+                chunk = await request.content.read(MAX_FORM + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+    except TimeoutError:
+        return 408  # a body that trickles: the handler is not held longer than any upload's
+    if len(body) > MAX_FORM:
+        return 413
+    try:
+        return urllib.parse.parse_qs(body.decode("utf-8"), max_num_fields=4)
+    except (UnicodeDecodeError, ValueError):
+        return 400
 
 
 async def _release(gw: Gateway, app: str, browser: str) -> int | None:

@@ -349,6 +349,57 @@ async def test_ending_the_sessions_needs_the_cookie_its_token_and_the_same_origi
         await sub.unsubscribe()
 
 
+async def test_a_bad_end_sessions_body_is_a_4xx_never_a_500_and_ends_nothing(
+        gw: World, nc: NATS, subjects: Subjects) -> None:
+    asked: list[ReleaseRequest] = []
+
+    async def on_release(msg: Any) -> None:
+        asked.append(msgspec.json.decode(msg.data, type=ReleaseRequest))
+        await msg.respond(encode(Released(app="echo", ended=1)))
+
+    sub = await nc.subscribe(subjects.release_all(), cb=on_release)
+    value = "k" * 22
+    token = end_token(value)
+    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, "Sec-Fetch-Site": "same-origin"}
+    form = "application/x-www-form-urlencoded"
+
+    async def chunked(size: int) -> AsyncIterator[bytes]:
+        yield f"token={token}&pad=".encode()
+        for _ in range(size // 1024):
+            yield b"x" * 1024
+
+    try:
+        cases: list[tuple[dict[str, str], Any, int]] = [
+            ({"Content-Type": form + "; charset=bogus"}, f"token={'0' * 32}".encode(), 403),  # charset: ignored
+            ({"Content-Type": "multipart/form-data; boundary=b"},
+             f'--b\r\nContent-Disposition: form-data; name="token"\r\n\r\n{token}\r\n--b--\r\n'.encode(), 400),
+            ({"Content-Type": "text/plain"}, f"token={token}".encode(), 400),
+            ({"Content-Type": form}, chunked(10 * 1024), 413),  # no Content-Length: the size is still bounded
+            ({"Content-Type": form}, f"token={token}&pad={'x' * 5000}".encode(), 413),
+            ({"Content-Type": form}, f"token={token}&a=1&b=2&c=3&d=4".encode(), 400),  # more than 4 fields
+            ({"Content-Type": form}, b"token=\xff\xfe", 400),  # not UTF-8
+        ]
+        for headers, body, status in cases:
+            async with gw.http.post(gw.url + "/launch/echo", headers={**own, **headers}, data=body,
+                                    allow_redirects=False) as r:
+                assert r.status == status, headers
+        host, port = gw.host.split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        started = time.monotonic()
+        writer.write((f"POST /launch/echo HTTP/1.1\r\nHost: {gw.host}\r\nCookie: sp_browser={value}\r\n"
+                      f"Content-Type: {form}\r\nContent-Length: 100\r\n\r\ntoken=").encode())  # then nothing
+        head = await asyncio.wait_for(reader.readline(), TIMEOUT + 5)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408") and time.monotonic() - started < TIMEOUT + 2
+        assert asked == []
+        async with gw.http.post(gw.url + "/launch/echo", headers={**own, "Content-Type": form},
+                                data=f"token={token}".encode(), allow_redirects=False) as r:
+            assert r.status == 303
+        assert len(asked) == 1
+    finally:
+        await sub.unsubscribe()
+
+
 async def wait_until(check: Any, what: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
