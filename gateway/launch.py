@@ -194,14 +194,24 @@ def end_token(cookie: str) -> str:
     return hashlib.sha256(_TOKEN_CONTEXT + cookie.encode()).hexdigest()[:32]
 
 
-def _same_origin(request: web.Request, proxies: tuple[str, ...]) -> bool:
-    """The browser says the request comes from this origin (Sec-Fetch-Site, Origin), or says nothing."""
+def _from_own_page(request: web.Request, proxies: tuple[str, ...]) -> bool:
+    """The browser says the request is a student's press of a form's button on this origin, or says nothing.
+
+    With Fetch Metadata (HTTPS, localhost), the POST must be a same-origin top-level navigation
+    with a user gesture (`Sec-Fetch-User: ?1`): a script that opened the limit page in a window
+    and read its token cannot submit the form for the student (a script's submit() has no ?1,
+    fetch() is no navigation). Chromium sends `Origin: null` from a page under a no-referrer policy;
+    then Sec-Fetch-Site (which no page can set) must vouch for it."""
     site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
-    if site and site != "same-origin":
-        return False
+    metadata = [request.headers.get(f"Sec-Fetch-{name}", "").strip().lower() for name in ("Mode", "Dest", "User")]
+    if site or any(metadata):
+        if site != "same-origin" or metadata != ["navigate", "document", "?1"]:
+            return False
     origin = request.headers.get("Origin", "").strip().lower()
     if not origin:
         return True
+    if origin == "null":
+        return site == "same-origin"
     scheme, _, authority = origin.partition("://")
     host = request.host.strip().lower()
     if scheme != public_scheme(request, proxies):
@@ -221,7 +231,7 @@ async def end_sessions(request: web.Request) -> web.StreamResponse:
     cookie, twice = browser_cookie(request)
     if twice or cookie is None or not _BROWSER_VALUE.fullmatch(cookie):
         return web.json_response({"status": "refused", "reason": "cookie"}, status=400, headers=headers)
-    if not _same_origin(request, gw.catalogue.settings.trusted_proxies):
+    if not _from_own_page(request, gw.catalogue.settings.trusted_proxies):
         return web.json_response({"status": "refused", "reason": "origin"}, status=403, headers=headers)
     form = await _end_form(request)
     if isinstance(form, int):

@@ -251,6 +251,11 @@ NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fet
             "Sec-Fetch-User": "?1"}
 
 
+# what a browser sends when the student presses the limit page's button
+SUBMIT = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+          "Sec-Fetch-User": "?1"}
+
+
 @pytest.mark.parametrize(("headers", "claims", "status"), [
     ({}, True, 303),  # a client that says nothing (curl, an old browser, plain HTTP): as before
     (NAVIGATE, True, 303),  # a tab's navigation
@@ -326,9 +331,13 @@ async def test_ending_the_sessions_needs_the_cookie_its_token_and_the_same_origi
     sub = await nc.subscribe(subjects.release_all(), cb=on_release)
     value = "k" * 22
     token = end_token(value)
-    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, "Sec-Fetch-Site": "same-origin"}
+    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, **SUBMIT}
     try:
         refused = [
+            ({**own, "Sec-Fetch-User": ""}, {"token": token}, 403),  # a script's form.submit(): no user gesture
+            ({**own, "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}, {"token": token}, 403),  # fetch()
+            ({**own, "Sec-Fetch-Dest": "iframe"}, {"token": token}, 403),  # a form targeting a frame
+            ({"Cookie": own["Cookie"], "Origin": "null"}, {"token": token}, 403),  # null, nothing vouches for it
             ({**own, "Cookie": ""}, {"token": token}, 400),  # no cookie
             ({**own, "Cookie": f"sp_browser={value}; sp_browser={value}"}, {"token": token}, 400),  # twice
             (own, {"token": end_token("x" * 22)}, 403),  # another browser's token
@@ -344,7 +353,15 @@ async def test_ending_the_sessions_needs_the_cookie_its_token_and_the_same_origi
         async with gw.http.post(gw.url + "/launch/echo", headers=own, data={"token": token},
                                 allow_redirects=False) as r:
             assert r.status == 303 and r.headers["Location"] == "/launch/echo"  # then a fresh click
-        assert [(a.app, len(a.browser)) for a in asked] == [("echo", 32)]
+        # Chromium under Referrer-Policy: no-referrer sends Origin: null; Sec-Fetch-Site vouches for it
+        async with gw.http.post(gw.url + "/launch/echo", headers={**own, "Origin": "null"}, data={"token": token},
+                                allow_redirects=False) as r:
+            assert r.status == 303
+        # a client that sends no Fetch Metadata at all (curl, plain HTTP): the origin and token decide
+        async with gw.http.post(gw.url + "/launch/echo", headers={"Cookie": own["Cookie"], "Origin": gw.url},
+                                data={"token": token}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert [(a.app, len(a.browser)) for a in asked] == [("echo", 32)] * 3
     finally:
         await sub.unsubscribe()
 
@@ -360,7 +377,7 @@ async def test_a_bad_end_sessions_body_is_a_4xx_never_a_500_and_ends_nothing(
     sub = await nc.subscribe(subjects.release_all(), cb=on_release)
     value = "k" * 22
     token = end_token(value)
-    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, "Sec-Fetch-Site": "same-origin"}
+    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, **SUBMIT}
     form = "application/x-www-form-urlencoded"
 
     async def chunked(size: int) -> AsyncIterator[bytes]:
