@@ -134,7 +134,9 @@ def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused
     origins (instance_domain) the links are the browser's own and safe to show."""
     settings = gw.catalogue.settings
     limit = settings.per_browser_limit
-    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    # same-origin, not no-referrer: the page holds no capability, and under no-referrer Chromium sends
+    # its form's POST with `Origin: null`; to other sites it still tells nothing
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
     ids = [i for i in reply.sessions if valid_id(i)]
     if settings.instance_domain is not None:
         links = [launch_location(request, settings.instance_domain, i, spec.deep_link, settings.trusted_proxies)
