@@ -19,7 +19,7 @@ from swarmpool.bus.client import BusError, NoResponders, RequestTimeout
 from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply, Released, ReleaseRequest
 from swarmpool.bus.spec import AppSpec
 from swarmpool.gateway import pages
-from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY, Gateway, wants_json
+from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY, HTTPS_BROWSER_COOKIE, Gateway, wants_json
 from swarmpool.gateway.metrics import UNKNOWN_APP
 from swarmpool.gateway.intent import launch_verdict
 from swarmpool.gateway.origin import launch_location, public_scheme
@@ -74,8 +74,12 @@ async def launch(request: web.Request) -> web.StreamResponse:
     browser, new_cookie = browser_key(request) if gw.catalogue.settings.per_browser_limit else ("", None)
     response = await _answer(request, gw, spec, browser)
     if new_cookie is not None:
-        response.set_cookie(BROWSER_COOKIE, new_cookie, path="/launch/", max_age=BROWSER_COOKIE_AGE,
-                            httponly=True, samesite="Lax", secure=_https(request))
+        if _https(request):  # __Host-: Secure, Path=/ and no Domain are what the prefix requires
+            response.set_cookie(HTTPS_BROWSER_COOKIE, new_cookie, path="/", max_age=BROWSER_COOKIE_AGE,
+                                httponly=True, samesite="Lax", secure=True)
+        else:
+            response.set_cookie(BROWSER_COOKIE, new_cookie, path="/launch/", max_age=BROWSER_COOKIE_AGE,
+                                httponly=True, samesite="Lax")
     return response
 
 
@@ -129,25 +133,17 @@ def is_preview_agent(user_agent: str) -> bool:
 
 
 def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused) -> web.Response:
-    """The browser holds its limit of sessions. One shared origin: they are named, never linked (any
-    script on the origin can read this answer), with a form that ends them; with per-instance
-    origins (instance_domain) the links are the browser's own and safe to show."""
+    """The browser holds its limit of sessions: they are named, never linked, with a form that ends
+    them. On one shared origin any script there can read this answer; with per-instance origins
+    (instance_domain) an instance's page can plant the browser cookie of a key it knows from its own
+    host (Domain=<parent>, over plain HTTP), and would then read the victim's links: so never links."""
     settings = gw.catalogue.settings
     limit = settings.per_browser_limit
     # same-origin, not no-referrer: the page holds no capability, and under no-referrer Chromium sends
     # its form's POST with `Origin: null`; to other sites it still tells nothing
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
-    ids = [i for i in reply.sessions if valid_id(i)]
-    if settings.instance_domain is not None:
-        links = [launch_location(request, settings.instance_domain, i, spec.deep_link, settings.trusted_proxies)
-                 for i in ids]
-        if wants_json(request):
-            return web.json_response({"status": "limit", "app": spec.name, "limit": limit, "sessions": links},
-                                     status=429, headers=headers)
-        return web.Response(text=pages.limit_page(spec, limit, links), content_type="text/html",
-                            status=429, headers=headers)
     started = []
-    for instance_id in ids:
+    for instance_id in (i for i in reply.sessions if valid_id(i)):
         record = gw.store.get(spec.name, instance_id)
         started.append(record.instance.claimed_at if record is not None else None)
     cookie, _ = browser_cookie(request)
@@ -164,13 +160,15 @@ def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused
 def browser_cookie(request: web.Request) -> tuple[str | None, bool]:
     """The gateway's browser cookie as sent, and whether it was sent more than once.
 
-    A page on the shared origin can set a second `sp_browser` (path=/) beside the gateway's own:
-    then neither is believed (no "last one wins")."""
+    Over HTTPS only `__Host-sp_browser` is read (an `sp_browser` may have been planted from another
+    host). Over HTTP a page on the shared origin can set a second `sp_browser` (path=/) beside the
+    gateway's own: then neither is believed (no "last one wins")."""
+    wanted = HTTPS_BROWSER_COOKIE if _https(request) else BROWSER_COOKIE
     values: list[str] = []
     for header in request.headers.getall("Cookie", []):
         for part in header.split(";"):
             name, sep, value = part.strip().partition("=")
-            if sep and name.strip() == BROWSER_COOKIE:
+            if sep and name.strip() == wanted:
                 values.append(value.strip())
     if len(values) > 1:
         return None, True

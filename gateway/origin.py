@@ -21,7 +21,8 @@ from multidict import istr
 
 from swarmpool.ids import instance_prefix, valid_id
 
-GATEWAY_COOKIE_PREFIXES = ("swarmpool", "sp_")  # the gateway's own cookies: never forwarded to an instance
+# the gateway's own cookies (lowercase): never forwarded to an instance
+GATEWAY_COOKIE_PREFIXES = ("swarmpool", "sp_", "__host-sp_", "__secure-sp_")
 LABEL_LENGTH = 20  # base32 characters of the host label: 100 bits, no collisions in practice
 _LABEL_CONTEXT = b"swarmpool instance host label\x00"
 

@@ -7,6 +7,7 @@ raw sockets where a client misbehaves below HTTP.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -194,7 +195,7 @@ async def test_untrusted_forwarding_headers_and_gateway_cookies_never_reach_an_i
     instance = await claimed_instance(gw.store, gw.endpoint)
     sent = {"Forwarded": "for=1.2.3.4;host=evil", "X-Original-URL": "/admin", "X-Rewrite-URL": "/admin",
             "X-Forwarded-Server": "evil", "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "1",
-            "Cookie": "sp_browser=secret-of-the-gateway; mine=1; swarmpool-x=2"}
+            "Cookie": "sp_browser=secret-of-the-gateway; mine=1; swarmpool-x=2; __Host-sp_browser=secret"}
     async with gw.http.get(gw.url + f"/i/{instance.id}/", headers=sent) as r:
         seen = CIMultiDict((await r.json())["headers"])
     for name in ("Forwarded", "X-Original-URL", "X-Rewrite-URL", "X-Forwarded-Server", "X-Forwarded-Port"):
@@ -603,14 +604,55 @@ async def test_a_reload_of_trusted_proxies_reaches_the_old_link_redirect_too(sub
         assert r.headers["Location"] == f"http://{label}.{DOMAIN}/i/{instance.id}/tree"  # no longer believed
 
 
-async def test_with_per_instance_origins_the_limit_page_links_the_browsers_own_sessions(
+async def test_with_per_instance_origins_the_limit_page_names_the_sessions_without_links_too(
         sub: World, claimer: Claimer) -> None:
+    # code on <label>.<instance_domain> can plant sp_browser with Domain=<parent> in a victim's browser
+    # (a key it knows): whatever key the limit counts by, its page hands out no capability
     mine = [await claimed_instance(sub.store, sub.endpoint) for _ in range(2)]
     claimer.answer = lambda app: ClaimRefused(app=app, reason="limit", sessions=[i.id for i in mine])
-    async with sub.http.get(sub.url + "/launch/echo", allow_redirects=False) as r:
+    planted = {"Cookie": "sp_browser=" + "k" * 22}
+    async with sub.http.get(sub.url + "/launch/echo", headers=planted, allow_redirects=False) as r:
         assert r.status == 429
         page = await r.text()
-    assert all(f'href="http://{host_label(i.id)}.{DOMAIN}/i/{i.id}/tree"' in page for i in mine)
+    async with sub.http.get(sub.url + "/launch/echo", headers={**planted, "Accept": "application/json"}) as r:
+        text = await r.text()
+    for answer in (page, text):
+        assert "/i/" not in answer and DOMAIN not in answer
+        assert not any(i.id in answer or i.id[:8] in answer or host_label(i.id) in answer for i in mine)
+    assert page.count("<li>") == 2 and 'name="token"' in page
+
+
+async def test_over_https_the_browser_cookie_is_host_only_and_a_planted_one_is_not_read(
+        sub: World, claimer: Claimer, nc: NATS, subjects: Subjects) -> None:
+    instance = await claimed_instance(sub.store, sub.endpoint)
+    claimer.answer = lambda app: Claimed(id=instance.id, app=app, endpoint=sub.endpoint, deep_link="tree")
+    requests = ClaimRequests()
+    sub_claims = await nc.subscribe(subjects.claim_all(), cb=requests.on_request)
+    https = {"X-Forwarded-Proto": "https"}  # behind the TLS front (loopback: a trusted proxy)
+    planted = "k" * 22
+    try:
+        async with sub.http.get(sub.url + "/launch/echo", headers={**https, "Cookie": f"sp_browser={planted}"},
+                                allow_redirects=False) as r:
+            assert r.status == 303
+            cookie = r.headers["Set-Cookie"]
+        # __Host-: the browser refuses it from any other host and with a Domain, so a page on
+        # <label>.<instance_domain> cannot plant one, and it is never sent to an instance's host
+        name, _, rest = cookie.partition("=")
+        value = rest.split(";", 1)[0]
+        attributes = {a.strip().split("=", 1)[0].lower(): a.strip() for a in rest.split(";")[1:]}
+        assert name == "__Host-sp_browser" and {"secure", "httponly", "path"} <= set(attributes)
+        assert attributes["path"] == "Path=/" and "domain" not in attributes
+        async with sub.http.get(sub.url + "/launch/echo", headers={**https, "Cookie": f"__Host-sp_browser={value}"},
+                                allow_redirects=False) as r:
+            assert "Set-Cookie" not in r.headers  # its own cookie came back: kept
+        await wait_until(lambda: len(requests.seen) == 2, "two claim requests")
+        assert requests.seen[0].browser == requests.seen[1].browser  # the new cookie's key, not the planted one's
+        assert requests.seen[0].browser != hashlib.sha256(planted.encode()).hexdigest()[:32]
+        # over plain HTTP nothing changes: sp_browser, Path=/launch/
+        async with sub.http.get(sub.url + "/launch/echo", allow_redirects=False) as r:
+            assert r.headers["Set-Cookie"].startswith("sp_browser=") and "Path=/launch/" in r.headers["Set-Cookie"]
+    finally:
+        await sub_claims.unsubscribe()
 
 
 # ---- logs ----
