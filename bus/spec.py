@@ -60,9 +60,13 @@ def parse_proxy_network(value: object) -> ProxyNetwork:
     if not isinstance(value, str):
         raise ValueError(f"expected an address or CIDR like '127.0.0.1' or '10.1.0.0/16', got {value!r}")
     try:
-        return ProxyNetwork(str(ipaddress.ip_network(value.strip(), strict=False)))
+        network = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
         raise ValueError(f"expected an address or CIDR like '127.0.0.1' or '10.1.0.0/16', got {value!r}") from None
+    if network.prefixlen == 0:
+        raise ValueError(f"{value!r} trusts every address as a proxy: any client could forge its address and "
+                         "scheme; list the front's own addresses")
+    return ProxyNetwork(str(network))
 
 
 class FrameAncestor(str):

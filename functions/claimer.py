@@ -34,6 +34,7 @@ class _Turn:
 class ClaimerState:
     claiming: set[str] = field(default_factory=set)  # instance keys a local claim is trying now
     browsers: dict[str, _Turn] = field(default_factory=dict)  # "<app>.<browser>" -> its claims' turn
+    removing: set[asyncio.Task[None]] = field(default_factory=set)  # released sessions' removals under way
 
 
 @asynccontextmanager
@@ -132,5 +133,12 @@ async def release(ctx: Context, request: ReleaseRequest) -> Released:
         marked = [await lifecycle.begin_retire(ctx, app, r.id, RELEASED) for r in mine]
     ending = [r for r in marked if r is not None and r.reason == RELEASED]
     log.info("released %d session(s) of %s for one browser", len(ending), app)
-    await ctx.each("remove released", (lifecycle.remove(ctx, r) for r in ending))
+    # the answer waits for the records (retiring: no longer counted, no longer routed), not for Docker,
+    # which may take longer than the gateway waits; a removal cut short is finished by the reaper
+    removing = ctx.state(ClaimerState).removing
+    for record in ending:
+        task = asyncio.create_task(ctx.isolated("remove released", lifecycle.remove(ctx, record)),
+                                   name="remove-released")
+        removing.add(task)
+        task.add_done_callback(removing.discard)
     return Released(app=app, ended=len(ending))

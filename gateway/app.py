@@ -46,7 +46,7 @@ def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: C
     routes.on_removed(lambda instance_id: _close_sockets(gw, instance_id))
 
     app = web.Application(middlewares=[origin.origin_guard(catalogue.settings.instance_domain, _not_found,
-                                                           catalogue.settings.trusted_proxies)])
+                                                           lambda: gw.catalogue.settings.trusted_proxies)])
     app[GATEWAY] = gw
     app[proxy.WS_PENDING] = {}
     app.on_response_prepare.append(_gateway_page_headers)

@@ -47,9 +47,13 @@ class Gateway:
         self.routes.use(catalogue)
 
 
-# The browser id (random, HttpOnly, Path=/launch/): the per-browser session limit counts by it.
-# It is the gateway's own: never forwarded to an instance.
+# The browser id (random, HttpOnly): the per-browser session limit counts by it. It is the
+# gateway's own: never forwarded to an instance. Over HTTPS it is `__Host-sp_browser` (Secure,
+# Path=/, no Domain): the browser takes it only from the gateway's own host, so no page on another
+# host (an instance's `<label>.<instance_domain>`) can plant one; over plain HTTP, `sp_browser`
+# with Path=/launch/.
 BROWSER_COOKIE = "sp_browser"
+HTTPS_BROWSER_COOKIE = "__Host-sp_browser"
 
 GATEWAY = web.AppKey("gateway", Gateway)
 UPSTREAM = web.AppKey("upstream_session", aiohttp.ClientSession)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -9,6 +10,7 @@ import math
 import re
 import secrets
 import time
+import urllib.parse
 
 import msgspec
 from aiohttp import web
@@ -17,7 +19,7 @@ from swarmpool.bus.client import BusError, NoResponders, RequestTimeout
 from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply, Released, ReleaseRequest
 from swarmpool.bus.spec import AppSpec
 from swarmpool.gateway import pages
-from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY, Gateway, wants_json
+from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY, HTTPS_BROWSER_COOKIE, Gateway, wants_json
 from swarmpool.gateway.framing import embeddable, third_party_cookie
 from swarmpool.gateway.metrics import UNKNOWN_APP
 from swarmpool.gateway.intent import launch_verdict
@@ -38,6 +40,7 @@ PREVIEW_AGENTS = re.compile(
     r"|embedly|iframely|pinterestbot|vkshare|\bcrawler\b|\bspider\b",
     re.IGNORECASE,
 )
+MAX_FORM = 4096  # bytes of the end-sessions form (a token: a few dozen)
 RELEASE_WAIT = 5.0  # seconds a release (ending a browser's sessions) may take on the bus
 _TOKEN_CONTEXT = b"swarmpool end-sessions token\x00"
 ROBOTS_TXT = "User-agent: *\nDisallow: /launch/\nDisallow: /i/\n"
@@ -72,14 +75,17 @@ async def launch(request: web.Request) -> web.StreamResponse:
     browser, new_cookie = browser_key(request) if gw.catalogue.settings.per_browser_limit else ("", None)
     response = await _answer(request, gw, spec, browser)
     if new_cookie is not None:
-        if embeddable(spec.frame_ancestors) and _https(request):
+        if _https(request) and embeddable(spec.frame_ancestors):
             # inside an allowed course page's frame too (a Lax cookie is neither kept nor sent there);
             # Python's cookie module knows no Partitioned attribute: the header is written here
             response.headers.add("Set-Cookie", third_party_cookie(
-                f"{BROWSER_COOKIE}={new_cookie}; Path=/launch/; Max-Age={BROWSER_COOKIE_AGE}; HttpOnly"))
+                f"{HTTPS_BROWSER_COOKIE}={new_cookie}; Path=/; Max-Age={BROWSER_COOKIE_AGE}; HttpOnly"))
+        elif _https(request):  # __Host-: Secure, Path=/ and no Domain are what the prefix requires
+            response.set_cookie(HTTPS_BROWSER_COOKIE, new_cookie, path="/", max_age=BROWSER_COOKIE_AGE,
+                                httponly=True, samesite="Lax", secure=True)
         else:
             response.set_cookie(BROWSER_COOKIE, new_cookie, path="/launch/", max_age=BROWSER_COOKIE_AGE,
-                                httponly=True, samesite="Lax", secure=_https(request))
+                                httponly=True, samesite="Lax")
     return response
 
 
@@ -133,23 +139,17 @@ def is_preview_agent(user_agent: str) -> bool:
 
 
 def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused) -> web.Response:
-    """The browser holds its limit of sessions. One shared origin: they are named, never linked (any
-    script on the origin can read this answer), with a form that ends them; with per-instance
-    origins (instance_domain) the links are the browser's own and safe to show."""
+    """The browser holds its limit of sessions: they are named, never linked, with a form that ends
+    them. On one shared origin any script there can read this answer; with per-instance origins
+    (instance_domain) an instance's page can plant the browser cookie of a key it knows from its own
+    host (Domain=<parent>, over plain HTTP), and would then read the victim's links: so never links."""
     settings = gw.catalogue.settings
     limit = settings.per_browser_limit
-    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-    ids = [i for i in reply.sessions if valid_id(i)]
-    if settings.instance_domain is not None:
-        links = [launch_location(request, settings.instance_domain, i, spec.deep_link, settings.trusted_proxies)
-                 for i in ids]
-        if wants_json(request):
-            return web.json_response({"status": "limit", "app": spec.name, "limit": limit, "sessions": links},
-                                     status=429, headers=headers)
-        return web.Response(text=pages.limit_page(spec, limit, links), content_type="text/html",
-                            status=429, headers=headers)
+    # same-origin, not no-referrer: the page holds no capability, and under no-referrer Chromium sends
+    # its form's POST with `Origin: null`; to other sites it still tells nothing
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
     started = []
-    for instance_id in ids:
+    for instance_id in (i for i in reply.sessions if valid_id(i)):
         record = gw.store.get(spec.name, instance_id)
         started.append(record.instance.claimed_at if record is not None else None)
     cookie, _ = browser_cookie(request)
@@ -166,13 +166,15 @@ def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused
 def browser_cookie(request: web.Request) -> tuple[str | None, bool]:
     """The gateway's browser cookie as sent, and whether it was sent more than once.
 
-    A page on the shared origin can set a second `sp_browser` (path=/) beside the gateway's own:
-    then neither is believed (no "last one wins")."""
+    Over HTTPS only `__Host-sp_browser` is read (an `sp_browser` may have been planted from another
+    host). Over HTTP a page on the shared origin can set a second `sp_browser` (path=/) beside the
+    gateway's own: then neither is believed (no "last one wins")."""
+    wanted = HTTPS_BROWSER_COOKIE if _https(request) else BROWSER_COOKIE
     values: list[str] = []
     for header in request.headers.getall("Cookie", []):
         for part in header.split(";"):
             name, sep, value = part.strip().partition("=")
-            if sep and name.strip() == BROWSER_COOKIE:
+            if sep and name.strip() == wanted:
                 values.append(value.strip())
     if len(values) > 1:
         return None, True
@@ -198,14 +200,24 @@ def end_token(cookie: str) -> str:
     return hashlib.sha256(_TOKEN_CONTEXT + cookie.encode()).hexdigest()[:32]
 
 
-def _same_origin(request: web.Request, proxies: tuple[str, ...]) -> bool:
-    """The browser says the request comes from this origin (Sec-Fetch-Site, Origin), or says nothing."""
+def _from_own_page(request: web.Request, proxies: tuple[str, ...]) -> bool:
+    """The browser says the request is a student's press of a form's button on this origin, or says nothing.
+
+    With Fetch Metadata (HTTPS, localhost), the POST must be a same-origin top-level navigation
+    with a user gesture (`Sec-Fetch-User: ?1`): a script that opened the limit page in a window
+    and read its token cannot submit the form for the student (a script's submit() has no ?1,
+    fetch() is no navigation). Chromium sends `Origin: null` from a page under a no-referrer policy;
+    then Sec-Fetch-Site (which no page can set) must vouch for it."""
     site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
-    if site and site != "same-origin":
-        return False
+    metadata = [request.headers.get(f"Sec-Fetch-{name}", "").strip().lower() for name in ("Mode", "Dest", "User")]
+    if site or any(metadata):
+        if site != "same-origin" or metadata != ["navigate", "document", "?1"]:
+            return False
     origin = request.headers.get("Origin", "").strip().lower()
     if not origin:
         return True
+    if origin == "null":
+        return site == "same-origin"
     scheme, _, authority = origin.partition("://")
     host = request.host.strip().lower()
     if scheme != public_scheme(request, proxies):
@@ -225,16 +237,13 @@ async def end_sessions(request: web.Request) -> web.StreamResponse:
     cookie, twice = browser_cookie(request)
     if twice or cookie is None or not _BROWSER_VALUE.fullmatch(cookie):
         return web.json_response({"status": "refused", "reason": "cookie"}, status=400, headers=headers)
-    if not _same_origin(request, gw.catalogue.settings.trusted_proxies):
+    if not _from_own_page(request, gw.catalogue.settings.trusted_proxies):
         return web.json_response({"status": "refused", "reason": "origin"}, status=403, headers=headers)
-    if request.content_length is not None and request.content_length > 4096:
-        return web.json_response({"status": "refused", "reason": "body"}, status=413, headers=headers)
-    try:
-        form = await request.post()
-    except ValueError:
-        return web.json_response({"status": "refused", "reason": "body"}, status=400, headers=headers)
-    token = form.get("token")
-    if not isinstance(token, str) or not hmac.compare_digest(token.encode(), end_token(cookie).encode()):
+    form = await _end_form(request)
+    if isinstance(form, int):
+        return web.json_response({"status": "refused", "reason": "body"}, status=form, headers=headers)
+    token = form.get("token", [""])[0]
+    if not hmac.compare_digest(token.encode(), end_token(cookie).encode()):
         return web.json_response({"status": "refused", "reason": "token"}, status=403, headers=headers)
     browser = hashlib.sha256(cookie.encode()).hexdigest()[:32]
     ended = await _release(gw, spec.name, browser)
@@ -244,6 +253,32 @@ async def end_sessions(request: web.Request) -> web.StreamResponse:
     if wants_json(request):
         return web.json_response({"status": "ended", "app": spec.name, "ended": ended}, headers=headers)
     raise web.HTTPSeeOther(f"/launch/{spec.name}", headers=headers)
+
+
+async def _end_form(request: web.Request) -> dict[str, list[str]] | int:
+    """The end-sessions form's fields, or the 4xx status of a body that is not one: only
+    urlencoded, at most MAX_FORM bytes (chunked too) read within body_timeout, UTF-8, a few fields
+    (its charset parameter, which browsers do not send, is ignored: the token is ASCII)."""
+    if request.content_type.lower() != "application/x-www-form-urlencoded":
+        return 400
+    if request.content_length is not None and request.content_length > MAX_FORM:
+        return 413
+    body = bytearray()
+    try:
+        async with asyncio.timeout(float(request.app[GATEWAY].catalogue.settings.body_timeout)):
+            while len(body) <= MAX_FORM:
+                chunk = await request.content.read(MAX_FORM + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+    except TimeoutError:
+        return 408  # a body that trickles: the handler is not held longer than any upload's
+    if len(body) > MAX_FORM:
+        return 413
+    try:
+        return urllib.parse.parse_qs(body.decode("utf-8"), max_num_fields=4)
+    except (UnicodeDecodeError, ValueError):
+        return 400
 
 
 async def _release(gw: Gateway, app: str, browser: str) -> int | None:

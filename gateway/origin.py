@@ -21,7 +21,8 @@ from multidict import istr
 
 from swarmpool.ids import instance_prefix, valid_id
 
-GATEWAY_COOKIE_PREFIXES = ("swarmpool", "sp_")  # the gateway's own cookies: never forwarded to an instance
+# the gateway's own cookies (lowercase): never forwarded to an instance
+GATEWAY_COOKIE_PREFIXES = ("swarmpool", "sp_", "__host-sp_", "__secure-sp_")
 LABEL_LENGTH = 20  # base32 characters of the host label: 100 bits, no collisions in practice
 _LABEL_CONTEXT = b"swarmpool instance host label\x00"
 
@@ -48,6 +49,7 @@ ORIGIN_WIDE = frozenset(istr(h) for h in (
     "Expect-CT",  # host-wide Certificate Transparency policy (obsolete, still dropped)
     "Sec-Session-Registration",  # device-bound session credentials: binds the origin's cookies
     "Set-Cookie2",  # obsolete cookie header: escapes the Path confinement of Set-Cookie if ever honoured
+    "Use-As-Dictionary",  # a compression dictionary whose match pattern (e.g. "/*") covers the whole origin
 ))
 # Request headers that only a trusted front may set, and this gateway never forwards.
 NEVER_FORWARDED = frozenset(istr(h) for h in (
@@ -65,24 +67,36 @@ def _networks(proxies: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
 
 def trusted_peer(remote: str | None, proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> bool:
     """Forwarding headers are believed only from a configured proxy address or a unix socket."""
-    if remote is None:
-        return True
+    return remote is None or _trusted(remote, tuple(proxies))
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted(remote: str, proxies: tuple[str, ...]) -> bool:
+    """trusted_peer, parsed once per (address, proxies): a gateway sees few peers (its fronts)."""
     try:
         address = ipaddress.ip_address(remote.split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in network for network in _networks(tuple(proxies)))
+    return any(address in network for network in _networks(proxies))
 
 
-def client_address(forwarded_for: Sequence[str], remote: str | None, proxies: Sequence[str]) -> str:
+def client_address(forwarded_for: Sequence[str], remote: str | None, proxies: Sequence[str],
+                   trusted: bool | None = None) -> str:
     """The client's address: the peer, or, behind trusted proxies, the right-most address of their
     X-Forwarded-For chain that is not itself a trusted proxy (what a client wrote further left is
-    never believed)."""
+    never believed). `trusted`: trusted_peer(remote, proxies) when the caller has it already."""
     peer = remote or "unix"
-    if not trusted_peer(remote, proxies):
+    if not (trusted_peer(remote, proxies) if trusted is None else trusted):
         return peer
+    return _chain_client(tuple(forwarded_for), peer, tuple(proxies))
+
+
+@functools.lru_cache(maxsize=4096)
+def _chain_client(forwarded_for: tuple[str, ...], peer: str, proxies: tuple[str, ...]) -> str:
+    """client_address behind a trusted proxy, once per (chain, peer, proxies): a front sends few
+    distinct chains (nginx sets one address), and only trusted peers' chains reach this cache."""
     chain = [a.strip() for value in forwarded_for for a in value.split(",") if a.strip()]
     for address in reversed(chain):
         try:
@@ -232,11 +246,12 @@ def id_in_path(path: str) -> str | None:
 
 
 def origin_guard(instance_domain: str | None, not_found: Callable[[web.Request], web.StreamResponse],
-                 proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES) -> Middleware:
+                 proxies: Callable[[], Sequence[str]] = lambda: DEFAULT_TRUSTED_PROXIES) -> Middleware:
     """Subdomain mode: an instance host serves only its own `/i/<id>/`; the main host serves no `/i/`.
 
     `/i/<id>/...` asked on the main host (an old link) is redirected to the instance's host for
-    GET and HEAD. Path mode lets every request through.
+    GET and HEAD. Path mode lets every request through. `proxies` is read per request (a reload
+    changes it).
     """
 
     @web.middleware
@@ -253,7 +268,7 @@ def origin_guard(instance_domain: str | None, not_found: Callable[[web.Request],
             if instance_id is not None and request.method in ("GET", "HEAD"):
                 tail = request.rel_url.raw_path[len(instance_prefix(instance_id)):]
                 query = request.rel_url.raw_query_string
-                location = instance_url(public_scheme(request, proxies), instance_domain, instance_id, tail)
+                location = instance_url(public_scheme(request, proxies()), instance_domain, instance_id, tail)
                 raise web.HTTPTemporaryRedirect(location + (f"?{query}" if query else ""),
                                                 headers={"Referrer-Policy": "no-referrer"})
             return not_found(request)

@@ -1,5 +1,4 @@
-"""The gateway's few HTML pages; every dynamic value is escaped; no instance id appears on a page of the
-shared origin (with per-instance origins, the limit page, sent no-store to one browser, links its own sessions)."""
+"""The gateway's few HTML pages; every dynamic value is escaped; no instance id appears on any of them."""
 
 from __future__ import annotations
 
@@ -76,18 +75,6 @@ def description_page(app: AppSpec) -> str:
                  f"<p><a href=\"/launch/{escape(app.name)}\" rel=\"nofollow\">Start a session</a></p>", head)
 
 
-def limit_page(app: AppSpec, limit: int, sessions: list[str]) -> str:
-    """This browser holds `limit` live sessions of the app already: links to them (its own, sent only to it)."""
-    title = escape(app.title or app.name)
-    links = "".join(f"<li><a href=\"{escape(url)}\">{title} session {n}</a></li>"
-                    for n, url in enumerate(sessions, 1))
-    return _page(f"{app.title or app.name}: sessions open",
-                 f"<h1>You already have {limit} {title} session{'s' if limit != 1 else ''} open</h1>"
-                 f"<p>Go back to one of them:</p><ul>{links}</ul>"
-                 "<p>A session ends a couple of minutes after its tab is closed; then you can start a new one "
-                 f"<a href=\"/launch/{escape(app.name)}\">here</a>.</p>")
-
-
 def _ago(at: float | None, now: float) -> str:
     if at is None:
         return "started a moment ago"
@@ -97,8 +84,8 @@ def _ago(at: float | None, now: float) -> str:
 
 
 def limit_page_unlinked(app: AppSpec, limit: int, started: list[float | None], token: str, now: float) -> str:
-    """The limit page on a shared origin: the sessions are named, never linked (any script on the origin
-    could read a link), and a form (token bound to the browser's cookie) ends them all."""
+    """The limit page: the sessions are named, never linked (a script on the shared origin could read a
+    link; with instance_domain a planted cookie could), and a form (token bound to the browser's cookie) ends them all."""
     title = escape(app.title or app.name)
     items = "".join(f"<li>{title} session {n}, {escape(_ago(at, now))}</li>" for n, at in enumerate(started, 1))
     form = (f"<form method=\"post\" action=\"/launch/{escape(app.name)}\">"

@@ -81,7 +81,7 @@ def forwarding(client: CIMultiDict[str], *, remote: str | None, scheme: str, hos
     believed only from a trusted proxy, and X-Forwarded-Host is always the Host the gateway saw."""
     trusted = trusted_peer(remote, proxies)
     out: CIMultiDict[str] = CIMultiDict()
-    address = client_address(client.getall("X-Forwarded-For", []), remote, proxies)
+    address = client_address(client.getall("X-Forwarded-For", []), remote, proxies, trusted)
     out["X-Forwarded-For"] = address
     out["X-Real-IP"] = address
     proto = client.get("X-Forwarded-Proto", "").strip().lower() if trusted else ""

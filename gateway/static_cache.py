@@ -24,6 +24,7 @@ COMPRESS_MIN = 512  # smaller bodies gain nothing from gzip
 DEMAND_CAP = 64  # sessions remembered per query: past this, every popular variant ties
 DEMAND_QUERIES = 4  # queries remembered per path, times max_variants
 DEMAND_PATHS = 4096  # paths with query demand remembered, all images
+MAX_QUERY = 512  # longer query strings are neither counted nor cached (no static file needs them)
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "application/xml", "image/svg+xml",
                "application/wasm", "application/manifest+json", "font/ttf", "font/otf", "application/x-javascript")
 _KEPT_HEADERS = ("Content-Type", "Last-Modified", "Content-Language")
@@ -167,6 +168,11 @@ def response_parts(asset: Asset, accept_encoding: str) -> tuple[bytes, CIMultiDi
     return asset.body, headers
 
 
+def query_digest(query: str) -> bytes:
+    """What the demand table keeps of a query string: 16 bytes, whatever its length."""
+    return hashlib.blake2b(query.encode(), digest_size=16).digest()
+
+
 class StaticCache:
     """LRU of assets bounded in bytes, at most `max_variants` queries per path, one image per app.
 
@@ -174,6 +180,8 @@ class StaticCache:
     for each. A new query is admitted to a full path only when more sessions asked for it than for
     the least asked-for query there, which it then replaces; so one client's junk query strings (one
     session each, however often repeated) never keep out a variant that students keep requesting.
+    A cached variant's demand is kept beside it for as long as it is cached; only the demand of
+    queries not cached lives in the bounded table (by digest), where it may be forgotten.
     """
 
     def __init__(self, max_bytes: int, max_variants: int = 8, max_asset: int | None = None) -> None:
@@ -184,9 +192,10 @@ class StaticCache:
         self.hits = 0
         self.fills = 0
         self._assets: OrderedDict[Key, Asset] = OrderedDict()
-        self._variants: dict[tuple[str, str], dict[str, None]] = {}  # (image, path) -> cached queries
-        # (image, path) -> query -> the sessions that asked for it (first one first), oldest query first
-        self._demand: OrderedDict[tuple[str, str], OrderedDict[str, dict[str, None]]] = OrderedDict()
+        # (image, path) -> cached query -> the sessions that asked for it (its demand, kept while cached)
+        self._variants: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
+        # (image, path) -> digest of an uncached query -> the sessions that asked, oldest path and query first
+        self._demand: OrderedDict[tuple[str, str], OrderedDict[bytes, dict[str, None]]] = OrderedDict()
         self._image_of: dict[str, str] = {}  # app -> the image its entries come from
         self._apps: dict[str, str] = {}  # image -> app
         self._loading: dict[Key, asyncio.Future[Asset | None]] = {}
@@ -202,10 +211,16 @@ class StaticCache:
         return asset
 
     def note(self, key: Key, session: str) -> None:
-        """One session asked for `key` (only queries are counted: a path without one always has its slot)."""
-        if not key.query:
+        """One session asked for `key` (only queries are counted: a path without one always has its
+        slot; a query longer than MAX_QUERY is never counted nor cached)."""
+        if not key.query or len(key.query) > MAX_QUERY:
             return
         path = (key.image, key.path)
+        sessions = self._variants.get(path, {}).get(key.query)
+        if sessions is not None:  # cached: its demand is beside it
+            if len(sessions) < DEMAND_CAP:
+                sessions[session] = None
+            return
         queries = self._demand.get(path)
         if queries is None:
             queries = self._demand[path] = OrderedDict()
@@ -213,42 +228,47 @@ class StaticCache:
                 self._demand.popitem(last=False)
         else:
             self._demand.move_to_end(path)
-        sessions = queries.get(key.query)
+        digest = query_digest(key.query)
+        sessions = queries.get(digest)
         if sessions is None:
-            self._make_room(key, session, queries)
-            sessions = queries[key.query] = {session: None}
+            self._make_room(session, queries)
+            queries[digest] = {session: None}
         elif len(sessions) < DEMAND_CAP:
             sessions[session] = None
 
-    def _make_room(self, key: Key, session: str, queries: OrderedDict[str, dict[str, None]]) -> None:
-        """Bound a path's demand before a new query joins it. A session's own queries that nobody
-        else asked for go first (one client cannot push out what others asked for), then, over the
-        bound, the least asked-for; a query holding a slot is never forgotten."""
-        def loose(query: str) -> bool:
-            return Key(key.image, key.path, query) not in self._assets
-
-        own = [q for q, asked in queries.items() if len(asked) == 1 and session in asked and loose(q)]
+    def _make_room(self, session: str, queries: OrderedDict[bytes, dict[str, None]]) -> None:
+        """Bound a path's demand for uncached queries before a new one joins it. A session's own
+        queries that nobody else asked for go first (one client cannot push out what others asked
+        for), then, over the bound, the least asked-for."""
+        own = [q for q, asked in queries.items() if len(asked) == 1 and session in asked]
         for query in own[:max(0, len(own) - self.max_variants + 1)]:
             del queries[query]
         excess = len(queries) + 1 - DEMAND_QUERIES * self.max_variants
         if excess > 0:
-            candidates = sorted((q for q in queries if loose(q)), key=lambda q: len(queries[q]))  # stable: oldest first
+            candidates = sorted(queries, key=lambda q: len(queries[q]))  # stable: oldest first
             for query in candidates[:excess]:
                 del queries[query]
 
     def demand(self, key: Key) -> int:
         """How many sessions asked for `key` (saturating at DEMAND_CAP)."""
-        queries = self._demand.get((key.image, key.path))
-        return len(queries.get(key.query, ())) if queries is not None else 0
+        path = (key.image, key.path)
+        held = self._variants.get(path, {}).get(key.query)
+        if held is not None:
+            return len(held)
+        queries = self._demand.get(path)
+        return len(queries.get(query_digest(key.query), ())) if queries is not None else 0
 
     def _weakest(self, key: Key) -> Key | None:
         """The cached query of `key`'s path that fewest sessions asked for (the least recent among ties)."""
-        held = [Key(key.image, key.path, q) for q in self._variants.get((key.image, key.path), {})]
-        return min(held, key=self.demand, default=None)  # in order of storing: min keeps the oldest
+        held = self._variants.get((key.image, key.path), {})
+        query = min(held, key=lambda q: len(held[q]), default=None)  # in order of storing: min keeps the oldest
+        return None if query is None else Key(key.image, key.path, query)
 
     def accepts(self, key: Key) -> bool:
         """Whether a new entry for `key` may be stored: a free variant slot on its path, or more
         demand than the least asked-for variant there."""
+        if len(key.query) > MAX_QUERY:
+            return False
         if key in self._assets or not key.query:
             return True
         if len(self._variants.get((key.image, key.path), ())) < self.max_variants:
@@ -260,7 +280,8 @@ class StaticCache:
         """Store `asset`; an image new for `app` drops the entries of the image before it."""
         if asset.size > self.max_asset or not self.accepts(key):
             return False
-        full = len(self._variants.get((key.image, key.path), ())) >= self.max_variants
+        path = (key.image, key.path)
+        full = len(self._variants.get(path, ())) >= self.max_variants
         if key not in self._assets and key.query and full:
             weakest = self._weakest(key)
             if weakest is not None:
@@ -273,8 +294,10 @@ class StaticCache:
         old = self._assets.pop(key, None)
         if old is not None:
             self.bytes -= old.size
-        elif key.query:
-            self._variants.setdefault((key.image, key.path), {})[key.query] = None
+        elif key.query:  # its demand moves beside it, out of the table that may forget
+            queries = self._demand.get(path)
+            sessions = queries.pop(query_digest(key.query), None) if queries is not None else None
+            self._variants.setdefault(path, {})[key.query] = sessions or {}
         self._assets[key] = asset
         self.bytes += asset.size
         self.fills += 1

@@ -145,3 +145,43 @@ async def test_one_browser_holds_at_most_the_limit_and_previews_never_claim(
                     assert r.status == 303, await r.text()
                     assert BROWSER_COOKIE in r.cookies  # offered, never kept by this client
         assert len(s.records("claimed")) == 5
+
+
+async def test_ending_sessions_answers_once_they_are_retiring_not_when_docker_has_removed_them(
+        nats_server, namespace, echo_image, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, catalogue(size=2, limit=1)) as s:
+        await s.wait_ready(2)
+        launch = f"{s.url}/launch/echo"
+        json_answer = {"Accept": "application/json"}
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.get(launch, allow_redirects=False) as r:
+                assert r.status == 303
+                mine = instance_id(r.headers["Location"])
+            async with browser.get(launch, allow_redirects=False, headers=json_answer) as r:
+                assert r.status == 429
+                token = (await r.json())["end"]["token"]
+
+            # Docker slow to remove services (a busy engine): every removal waits until the test lets it go
+            held = asyncio.Event()
+            removing: list[str] = []
+            real_remove = s.swarm.remove
+
+            async def slow_remove(service_id: str) -> bool:
+                removing.append(service_id)
+                await held.wait()
+                return await real_remove(service_id)
+
+            monkeypatch.setattr(s.swarm, "remove", slow_remove)
+            try:
+                async with browser.post(launch, data={"token": token}, allow_redirects=False,
+                                        headers={"Origin": s.url, **json_answer}) as r:
+                    assert r.status == 200, await r.text()  # not the gateway's 503 after RELEASE_WAIT
+                    assert (await r.json())["ended"] == 1
+                record = s.store.get("echo", mine)
+                assert record is not None and record.instance.state == "retiring"  # marked, not yet removed
+                await wait_for(lambda: len(removing) == 1, timeout=10, what="the removal under way")
+                async with browser.get(launch, allow_redirects=False) as r:
+                    assert r.status == 303  # the next click claims already
+            finally:
+                held.set()
+            await wait_for(lambda: s.store.get("echo", mine) is None, timeout=30, what="the released session removed")

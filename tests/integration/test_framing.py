@@ -114,7 +114,7 @@ async def test_cookies_of_an_embeddable_app_over_https_work_in_a_third_party_fra
     async with gw.http.get(gw.url + "/launch/embed", headers={**frame, **HTTPS}, allow_redirects=False) as r:
         assert r.status == 303
         cookie = r.headers["Set-Cookie"]
-    assert cookie.startswith("sp_browser=") and "Path=/launch/" in cookie and "HttpOnly" in cookie
+    assert cookie.startswith("__Host-sp_browser=") and "Path=/;" in cookie and "HttpOnly" in cookie
     assert cookie.endswith("; SameSite=None; Secure; Partitioned")
     set_cookie = [("h", "Set-Cookie:kernel=1; Path=/; SameSite=Lax")]
     async with gw.http.get(gw.url + f"/i/{instance.id}/tree", params=set_cookie, headers=HTTPS) as r:

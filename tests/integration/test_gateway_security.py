@@ -7,6 +7,7 @@ raw sockets where a client misbehaves below HTTP.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import make_app
 from swarmpool.gateway.app import make_runner
+from swarmpool.gateway.context import GATEWAY
 from swarmpool.gateway.launch import end_token
 from swarmpool.gateway.origin import host_label
 from swarmpool.ids import new_instance_id
@@ -95,6 +97,7 @@ class World:
     endpoint: str
     http: aiohttp.ClientSession
     store: InstanceStore
+    app: web.Application
 
 
 @asynccontextmanager
@@ -104,15 +107,15 @@ async def world(nc: NATS, subjects: Subjects, store: InstanceStore, cat: Catalog
     up_runner = web.AppRunner(up, shutdown_timeout=0.5)
     await up_runner.setup()
     await web.TCPSite(up_runner, "127.0.0.1", 0).start()
-    runner = make_runner(make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=cat), cat,
-                         shutdown_timeout=1)
+    app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=cat)
+    runner = make_runner(app, cat, shutdown_timeout=1)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host = f"127.0.0.1:{runner.addresses[0][1]}"
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             yield World(url=f"http://{host}", host=host, endpoint=f"127.0.0.1:{up_runner.addresses[0][1]}",
-                        http=http, store=store)
+                        http=http, store=store, app=app)
     finally:
         await runner.cleanup()
         await up_runner.cleanup()
@@ -151,6 +154,7 @@ ORIGIN_WIDE_SENT = {
     "Origin-Agent-Cluster": "?0", "Accept-CH": "Sec-CH-UA-Full-Version-List", "Critical-CH": "Sec-CH-UA-Model",
     "Set-Login": "logged-in", "Speculation-Rules": '"/i/x/rules.json"', "Public-Key-Pins": 'pin-sha256="x"; max-age=9',
     "Expect-CT": "max-age=86400, enforce",
+    "Use-As-Dictionary": 'match="/*", id="spy"',  # a compression dictionary for every URL of the origin
 }
 
 
@@ -191,7 +195,7 @@ async def test_untrusted_forwarding_headers_and_gateway_cookies_never_reach_an_i
     instance = await claimed_instance(gw.store, gw.endpoint)
     sent = {"Forwarded": "for=1.2.3.4;host=evil", "X-Original-URL": "/admin", "X-Rewrite-URL": "/admin",
             "X-Forwarded-Server": "evil", "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "1",
-            "Cookie": "sp_browser=secret-of-the-gateway; mine=1; swarmpool-x=2"}
+            "Cookie": "sp_browser=secret-of-the-gateway; mine=1; swarmpool-x=2; __Host-sp_browser=secret"}
     async with gw.http.get(gw.url + f"/i/{instance.id}/", headers=sent) as r:
         seen = CIMultiDict((await r.json())["headers"])
     for name in ("Forwarded", "X-Original-URL", "X-Rewrite-URL", "X-Forwarded-Server", "X-Forwarded-Port"):
@@ -246,6 +250,11 @@ async def test_gateway_pages_send_no_referrer(gw: World, claimer: Claimer) -> No
 
 NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none",
             "Sec-Fetch-User": "?1"}
+
+
+# what a browser sends when the student presses the limit page's button
+SUBMIT = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+          "Sec-Fetch-User": "?1"}
 
 
 @pytest.mark.parametrize(("headers", "claims", "status"), [
@@ -323,9 +332,13 @@ async def test_ending_the_sessions_needs_the_cookie_its_token_and_the_same_origi
     sub = await nc.subscribe(subjects.release_all(), cb=on_release)
     value = "k" * 22
     token = end_token(value)
-    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, "Sec-Fetch-Site": "same-origin"}
+    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, **SUBMIT}
     try:
         refused = [
+            ({**own, "Sec-Fetch-User": ""}, {"token": token}, 403),  # a script's form.submit(): no user gesture
+            ({**own, "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}, {"token": token}, 403),  # fetch()
+            ({**own, "Sec-Fetch-Dest": "iframe"}, {"token": token}, 403),  # a form targeting a frame
+            ({"Cookie": own["Cookie"], "Origin": "null"}, {"token": token}, 403),  # null, nothing vouches for it
             ({**own, "Cookie": ""}, {"token": token}, 400),  # no cookie
             ({**own, "Cookie": f"sp_browser={value}; sp_browser={value}"}, {"token": token}, 400),  # twice
             (own, {"token": end_token("x" * 22)}, 403),  # another browser's token
@@ -341,7 +354,66 @@ async def test_ending_the_sessions_needs_the_cookie_its_token_and_the_same_origi
         async with gw.http.post(gw.url + "/launch/echo", headers=own, data={"token": token},
                                 allow_redirects=False) as r:
             assert r.status == 303 and r.headers["Location"] == "/launch/echo"  # then a fresh click
-        assert [(a.app, len(a.browser)) for a in asked] == [("echo", 32)]
+        # Chromium under Referrer-Policy: no-referrer sends Origin: null; Sec-Fetch-Site vouches for it
+        async with gw.http.post(gw.url + "/launch/echo", headers={**own, "Origin": "null"}, data={"token": token},
+                                allow_redirects=False) as r:
+            assert r.status == 303
+        # a client that sends no Fetch Metadata at all (curl, plain HTTP): the origin and token decide
+        async with gw.http.post(gw.url + "/launch/echo", headers={"Cookie": own["Cookie"], "Origin": gw.url},
+                                data={"token": token}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert [(a.app, len(a.browser)) for a in asked] == [("echo", 32)] * 3
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_a_bad_end_sessions_body_is_a_4xx_never_a_500_and_ends_nothing(
+        gw: World, nc: NATS, subjects: Subjects) -> None:
+    asked: list[ReleaseRequest] = []
+
+    async def on_release(msg: Any) -> None:
+        asked.append(msgspec.json.decode(msg.data, type=ReleaseRequest))
+        await msg.respond(encode(Released(app="echo", ended=1)))
+
+    sub = await nc.subscribe(subjects.release_all(), cb=on_release)
+    value = "k" * 22
+    token = end_token(value)
+    own = {"Cookie": f"sp_browser={value}", "Origin": gw.url, **SUBMIT}
+    form = "application/x-www-form-urlencoded"
+
+    async def chunked(size: int) -> AsyncIterator[bytes]:
+        yield f"token={token}&pad=".encode()
+        for _ in range(size // 1024):
+            yield b"x" * 1024
+
+    try:
+        cases: list[tuple[dict[str, str], Any, int]] = [
+            ({"Content-Type": form + "; charset=bogus"}, f"token={'0' * 32}".encode(), 403),  # charset: ignored
+            ({"Content-Type": "multipart/form-data; boundary=b"},
+             f'--b\r\nContent-Disposition: form-data; name="token"\r\n\r\n{token}\r\n--b--\r\n'.encode(), 400),
+            ({"Content-Type": "text/plain"}, f"token={token}".encode(), 400),
+            ({"Content-Type": form}, chunked(10 * 1024), 413),  # no Content-Length: the size is still bounded
+            ({"Content-Type": form}, f"token={token}&pad={'x' * 5000}".encode(), 413),
+            ({"Content-Type": form}, f"token={token}&a=1&b=2&c=3&d=4".encode(), 400),  # more than 4 fields
+            ({"Content-Type": form}, b"token=\xff\xfe", 400),  # not UTF-8
+        ]
+        for headers, body, status in cases:
+            async with gw.http.post(gw.url + "/launch/echo", headers={**own, **headers}, data=body,
+                                    allow_redirects=False) as r:
+                assert r.status == status, headers
+        host, port = gw.host.split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        started = time.monotonic()
+        writer.write((f"POST /launch/echo HTTP/1.1\r\nHost: {gw.host}\r\nCookie: sp_browser={value}\r\n"
+                      f"Content-Type: {form}\r\nContent-Length: 100\r\n\r\ntoken=").encode())  # then nothing
+        head = await asyncio.wait_for(reader.readline(), TIMEOUT + 5)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408") and time.monotonic() - started < TIMEOUT + 2
+        assert asked == []
+        async with gw.http.post(gw.url + "/launch/echo", headers={**own, "Content-Type": form},
+                                data=f"token={token}".encode(), allow_redirects=False) as r:
+            assert r.status == 303
+        assert len(asked) == 1
     finally:
         await sub.unsubscribe()
 
@@ -521,14 +593,66 @@ async def test_subdomain_mode_sends_each_instance_to_its_own_host(sub: World, cl
     assert claimer.requests == ["echo", "echo"]
 
 
-async def test_with_per_instance_origins_the_limit_page_links_the_browsers_own_sessions(
+async def test_a_reload_of_trusted_proxies_reaches_the_old_link_redirect_too(sub: World) -> None:
+    instance = await claimed_instance(sub.store, sub.endpoint)
+    label = host_label(instance.id)
+    forged = {"X-Forwarded-Proto": "https"}
+    async with sub.http.get(sub.url + f"/i/{instance.id}/tree", headers=forged, allow_redirects=False) as r:
+        assert r.headers["Location"] == f"https://{label}.{DOMAIN}/i/{instance.id}/tree"  # loopback: trusted
+    sub.app[GATEWAY].use(catalogue(instance_domain=DOMAIN, trusted_proxies=[]), "v2")  # what admin reload does
+    async with sub.http.get(sub.url + f"/i/{instance.id}/tree", headers=forged, allow_redirects=False) as r:
+        assert r.headers["Location"] == f"http://{label}.{DOMAIN}/i/{instance.id}/tree"  # no longer believed
+
+
+async def test_with_per_instance_origins_the_limit_page_names_the_sessions_without_links_too(
         sub: World, claimer: Claimer) -> None:
+    # code on <label>.<instance_domain> can plant sp_browser with Domain=<parent> in a victim's browser
+    # (a key it knows): whatever key the limit counts by, its page hands out no capability
     mine = [await claimed_instance(sub.store, sub.endpoint) for _ in range(2)]
     claimer.answer = lambda app: ClaimRefused(app=app, reason="limit", sessions=[i.id for i in mine])
-    async with sub.http.get(sub.url + "/launch/echo", allow_redirects=False) as r:
+    planted = {"Cookie": "sp_browser=" + "k" * 22}
+    async with sub.http.get(sub.url + "/launch/echo", headers=planted, allow_redirects=False) as r:
         assert r.status == 429
         page = await r.text()
-    assert all(f'href="http://{host_label(i.id)}.{DOMAIN}/i/{i.id}/tree"' in page for i in mine)
+    async with sub.http.get(sub.url + "/launch/echo", headers={**planted, "Accept": "application/json"}) as r:
+        text = await r.text()
+    for answer in (page, text):
+        assert "/i/" not in answer and DOMAIN not in answer
+        assert not any(i.id in answer or i.id[:8] in answer or host_label(i.id) in answer for i in mine)
+    assert page.count("<li>") == 2 and 'name="token"' in page
+
+
+async def test_over_https_the_browser_cookie_is_host_only_and_a_planted_one_is_not_read(
+        sub: World, claimer: Claimer, nc: NATS, subjects: Subjects) -> None:
+    instance = await claimed_instance(sub.store, sub.endpoint)
+    claimer.answer = lambda app: Claimed(id=instance.id, app=app, endpoint=sub.endpoint, deep_link="tree")
+    requests = ClaimRequests()
+    sub_claims = await nc.subscribe(subjects.claim_all(), cb=requests.on_request)
+    https = {"X-Forwarded-Proto": "https"}  # behind the TLS front (loopback: a trusted proxy)
+    planted = "k" * 22
+    try:
+        async with sub.http.get(sub.url + "/launch/echo", headers={**https, "Cookie": f"sp_browser={planted}"},
+                                allow_redirects=False) as r:
+            assert r.status == 303
+            cookie = r.headers["Set-Cookie"]
+        # __Host-: the browser refuses it from any other host and with a Domain, so a page on
+        # <label>.<instance_domain> cannot plant one, and it is never sent to an instance's host
+        name, _, rest = cookie.partition("=")
+        value = rest.split(";", 1)[0]
+        attributes = {a.strip().split("=", 1)[0].lower(): a.strip() for a in rest.split(";")[1:]}
+        assert name == "__Host-sp_browser" and {"secure", "httponly", "path"} <= set(attributes)
+        assert attributes["path"] == "Path=/" and "domain" not in attributes
+        async with sub.http.get(sub.url + "/launch/echo", headers={**https, "Cookie": f"__Host-sp_browser={value}"},
+                                allow_redirects=False) as r:
+            assert "Set-Cookie" not in r.headers  # its own cookie came back: kept
+        await wait_until(lambda: len(requests.seen) == 2, "two claim requests")
+        assert requests.seen[0].browser == requests.seen[1].browser  # the new cookie's key, not the planted one's
+        assert requests.seen[0].browser != hashlib.sha256(planted.encode()).hexdigest()[:32]
+        # over plain HTTP nothing changes: sp_browser, Path=/launch/
+        async with sub.http.get(sub.url + "/launch/echo", allow_redirects=False) as r:
+            assert r.headers["Set-Cookie"].startswith("sp_browser=") and "Path=/launch/" in r.headers["Set-Cookie"]
+    finally:
+        await sub_claims.unsubscribe()
 
 
 # ---- logs ----

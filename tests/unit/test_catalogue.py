@@ -87,6 +87,11 @@ def test_good_catalogue_parses_durations_and_sizes() -> None:
         ('"https://lms.example.org"', "apps.echo.frame_ancestors", "Expected `array`"),
         ("[\"'none'\", \"https://lms.example.org\"]", "apps.echo.frame_ancestors", "only entry"),
     ]],
+    # every address a proxy: any client could forge its address and scheme
+    (("[apps.echo]", '[settings]\ntrusted_proxies = ["127.0.0.1", "0.0.0.0/0"]\n[apps.echo]'),
+     "settings.trusted_proxies[1]", "every address"),
+    (("[apps.echo]", '[settings]\ntrusted_proxies = ["::/0"]\n[apps.echo]'), "settings.trusted_proxies[0]",
+     "every address"),
 ])
 def test_each_mistake_names_its_field(change: tuple[str, str], field: str, words: str) -> None:
     text = GOOD.replace(*change)

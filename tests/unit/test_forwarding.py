@@ -79,3 +79,26 @@ def test_hop_by_hop_headers_are_dropped_with_those_connection_names() -> None:
     headers = without_hop_by_hop({"Connection": "keep-alive, X-Drop", "X-Drop": "1", "Keep-Alive": "5",
                                   "Upgrade": "websocket", "X-Custom": "kept"})
     assert dict(headers) == {"X-Custom": "kept"}
+
+
+def test_a_repeated_peer_and_chain_are_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    from swarmpool.gateway import origin
+
+    parsed: list[str] = []
+    real = ipaddress.ip_address
+
+    def counting(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        parsed.append(address)
+        return real(address)
+
+    nginx = CIMultiDict({"X-Forwarded-For": "198.51.100.77", "X-Forwarded-Proto": "https"})
+    proxies = ("127.0.0.0/8", "10.9.8.0/24")  # a tuple not used by another test: nothing cached yet
+    monkeypatch.setattr(origin.ipaddress, "ip_address", counting)
+    first = forwarding(nginx, remote="127.0.0.9", scheme="http", host="h", prefix=None, proxies=proxies)
+    assert parsed  # the first request from this front parses its addresses
+    parsed.clear()
+    again = forwarding(nginx, remote="127.0.0.9", scheme="http", host="h", prefix=None, proxies=proxies)
+    assert parsed == [] and again == first  # every later one: from the cache, the same answer
+    assert again["X-Forwarded-For"] == "198.51.100.77" and again["X-Forwarded-Proto"] == "https"

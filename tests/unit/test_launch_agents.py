@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from swarmpool.gateway.context import BROWSER_COOKIE
+from swarmpool.bus.spec import Settings
+from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY
 from swarmpool.gateway.launch import browser_key, is_preview_agent
 
 
@@ -44,12 +48,17 @@ def test_browsers_are_not_previews(agent: str) -> None:
     assert not is_preview_agent(agent)
 
 
+def _plain_http_request(cookie: str | None = None) -> web.Request:
+    """A request as the gateway sees it over plain HTTP (the default trusted proxies, no forwarded scheme)."""
+    app = web.Application()
+    app[GATEWAY] = SimpleNamespace(catalogue=SimpleNamespace(settings=Settings()))  # type: ignore[assignment]
+    return make_mocked_request("GET", "/launch/echo", headers={"Cookie": cookie} if cookie else None, app=app)
+
+
 def test_browser_key_is_a_hash_of_a_valid_cookie_else_a_new_one() -> None:
-    fresh_key, new = browser_key(make_mocked_request("GET", "/launch/echo"))
+    fresh_key, new = browser_key(_plain_http_request())
     assert new is not None and len(new) == 22 and new not in fresh_key
-    again, none = browser_key(make_mocked_request("GET", "/launch/echo",
-                                                  headers={"Cookie": f"{BROWSER_COOKIE}={new}"}))
+    again, none = browser_key(_plain_http_request(f"{BROWSER_COOKIE}={new}"))
     assert none is None and again == fresh_key  # the same browser, the same opaque key
-    bad_key, replaced = browser_key(make_mocked_request("GET", "/launch/echo",
-                                                        headers={"Cookie": f"{BROWSER_COOKIE}=x;y"}))
+    bad_key, replaced = browser_key(_plain_http_request(f"{BROWSER_COOKIE}=x;y"))
     assert replaced is not None and bad_key != fresh_key

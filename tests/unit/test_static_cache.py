@@ -8,6 +8,8 @@ import gzip
 import pytest
 
 from swarmpool.gateway.static_cache import (
+    DEMAND_PATHS,
+    MAX_QUERY,
     Key,
     StaticCache,
     accepts_gzip,
@@ -170,6 +172,48 @@ def test_junk_between_two_students_does_not_erase_the_first_ones_demand() -> Non
     assert cache.demand(real) == 1
     assert not _ask(cache, real, "bob")  # second session: admitted now
     assert cache.get(real) is not None
+
+
+def test_cached_variants_keep_their_demand_however_many_other_paths_are_asked_for() -> None:
+    cache = StaticCache(max_bytes=10_000_000, max_variants=2)
+    held = [Key("img", "s/a.js", "v=1"), Key("img", "s/a.js", "v=2")]
+    for key in held:
+        for n in range(3):
+            _ask(cache, key, f"{key.query}-{n}")
+    for n in range(DEMAND_PATHS + 10):  # queries on other paths: more than the demand table keeps
+        cache.note(Key("img", f"s/other{n}.js", "v=1"), "someone")
+    assert [cache.demand(key) for key in held] == [3, 3]
+    junk = Key("img", "s/a.js", "junk=1")
+    assert not _ask(cache, junk, "attacker") and not cache.accepts(junk)  # one session never beats three
+    assert all(cache.get(key) is not None for key in held)
+
+
+def test_long_queries_are_neither_counted_nor_cached() -> None:
+    cache = StaticCache(max_bytes=10_000_000, max_variants=2)
+    long = Key("img", "s/a.js", "q=" + "x" * (MAX_QUERY - 1))
+    for n in range(3):
+        cache.note(long, f"s{n}")
+    assert cache.demand(long) == 0 and not cache.accepts(long)
+    assert not cache.put("app", long, make_asset(b"x", {})) and len(cache) == 0
+    longest = Key("img", "s/a.js", "q=" + "x" * (MAX_QUERY - 2))
+    assert not _ask(cache, longest, "s1") and cache.get(longest) is not None
+
+
+def test_the_demand_table_keeps_a_digest_of_each_query_not_the_query() -> None:
+    import tracemalloc
+
+    cache = StaticCache(max_bytes=10_000_000, max_variants=64)  # 256 queries remembered per path
+    sessions = [f"session-{n}" for n in range(256)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n, session in enumerate(sessions):  # each query asked once, by its own session: none cached
+            cache.note(Key("img", "s/a.js", f"{n:04d}" + "q" * (MAX_QUERY - 4)), session)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert sum(cache.demand(Key("img", "s/a.js", f"{n:04d}" + "q" * (MAX_QUERY - 4))) for n in range(256)) == 256
+    assert grown / 256 < MAX_QUERY, f"{grown / 256:.0f} bytes per remembered query"
 
 
 @pytest.mark.parametrize(("asked", "newcomer", "admitted"), [
