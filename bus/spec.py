@@ -261,6 +261,9 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # `frame-ancestors` on the app's pages and the instance's responses, and a launch inside a frame
     # claims only when the framing page is one of them; empty: 'self' (no other site frames it)
     frame_ancestors: tuple[FrameAncestor, ...] = ()
+    # claims only with a lecture link (`swarmpool link`): a signed, expiring URL, optionally with a claim
+    # budget; /launch/<app> without a valid one answers 403 or 410 and claims nothing
+    require_link: bool = False
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
