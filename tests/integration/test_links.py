@@ -164,3 +164,38 @@ async def test_only_a_valid_link_claims_and_its_budget_is_shared_by_two_gateways
 async def _status(answer: object, expected: int) -> bool:
     status, _ = await answer  # type: ignore[misc]
     return bool(status == expected)
+
+
+async def test_the_waiting_room_and_the_browser_limit_keep_the_link_and_count_nothing(
+        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    text = catalogue(size=1).replace("max = 3", "max = 1", 1)
+    text = text.replace("max_instances = 120", "max_instances = 120\nper_browser_limit = 1", 1)
+    async with running_stack(nats_server.url, namespace, text) as s:
+        await s.wait_ready(1)
+        url = await make_link(nats_server.url, namespace, s.url, "--for", "1h", "--max", "2")
+        token = parse_qs(urlsplit(url).query)["l"][0]
+        kept = f"/launch/echo?l={token}"
+
+        async def claims() -> object:
+            return (await links_json(nats_server.url, namespace))[link_id(url)]["claims"]
+
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as alice, \
+                aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as bob:
+            async with alice.get(url, allow_redirects=False) as first:
+                assert first.status == 303
+                session = first.headers["Location"].split("/")[2]
+            async with alice.get(url, allow_redirects=False) as again:  # her browser's limit: 1
+                assert again.status == 429 and f'action="{kept}"' in await again.text()
+            async with bob.get(url, allow_redirects=False) as waiting:  # the pool is full: the waiting room
+                assert waiting.status == 503
+                page = await waiting.text()
+                assert f'url={kept}"' in page and f'href="{kept}"' in page
+            assert await claims() == 1  # neither the limit nor the waiting room counted
+
+            code, _, err = await cli(nats_server.url, namespace, "admin", "retire", session)
+            assert code == 0, err
+            await s.wait_ready(1)
+            async with bob.get(s.url + kept, allow_redirects=False) as retry:  # the waiting room's retry
+                assert retry.status == 303
+            assert await claims() == 2
+        assert (await click(url))[0] == 410
