@@ -6,8 +6,10 @@ for both gateways."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
+import re
 import sys
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -20,7 +22,7 @@ import pytest
 from swarmpool.bus.messages import ClaimRefused, ClaimRequest, Claimed, Instance
 from swarmpool.bus.runtime import encode
 from swarmpool.bus.subjects import Subjects
-from swarmpool.launcher import serve_gateway
+from swarmpool.launcher import serve_dashboard, serve_gateway
 from swarmpool.natsd import free_port
 from tests.stack import Stack, echo_catalogue, running_stack, wait_for
 
@@ -199,3 +201,23 @@ async def test_the_waiting_room_and_the_browser_limit_keep_the_link_and_count_no
                 assert retry.status == 303
             assert await claims() == 2
         assert (await click(url))[0] == 410
+
+
+async def test_the_dashboard_makes_a_working_link(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, catalogue(size=1)) as s:
+        ops = free_port()
+        async with serve_dashboard(s.nc, namespace, "127.0.0.1", ops, tmp_path, None, s.url) as login, \
+                aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(login) as response:
+                page = await response.text()
+            assert 'value="link" data-app="echo"' in page  # the verb table's button, on the app's row
+            (csrf,) = set(re.findall(r'name="csrf" value="([^"]+)"', page))
+            await s.wait_ready(1)
+            form = {"csrf": csrf, "verb": "link", "app": "echo", "for_seconds": "2h", "max": "1", "label": "Lab 1"}
+            async with http.post(f"http://127.0.0.1:{ops}/act", data=form, allow_redirects=False) as response:
+                assert response.status == 200
+                (url,) = re.findall(r'id="link" readonly size="100" value="([^"]+)"', await response.text())
+            url = html.unescape(url)
+            assert url.startswith(f"{s.url}/launch/echo?l=")
+            assert (await click(url))[0] == 303
+            assert (await click(url))[0] == 410  # its budget of one is spent
