@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+from contextlib import AsyncExitStack
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -24,7 +25,7 @@ from swarmpool.bus.runtime import encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.launcher import serve_dashboard, serve_gateway
 from swarmpool.natsd import free_port
-from tests.stack import Stack, echo_catalogue, running_stack, wait_for
+from tests.stack import Stack, cli_process, echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
 NO_STATE = "/nonexistent/swarmpool-state"  # never pick up a developer's own operator credentials
@@ -221,3 +222,30 @@ async def test_the_dashboard_makes_a_working_link(nats_server, namespace, echo_i
             assert url.startswith(f"{s.url}/launch/echo?l=")
             assert (await click(url))[0] == 303
             assert (await click(url))[0] == 410  # its budget of one is spent
+
+
+async def test_swarmpool_link_against_up_with_its_roles(tmp_path, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    """`swarmpool up` logs every part in as its bus role (permissions enforced by nats-server): the operator's
+    `swarmpool link --state-dir` makes the link, the functions store it, the gateway reads the keys."""
+    catalogue_file = tmp_path / "catalogue.toml"
+    catalogue_file.write_text(catalogue(size=1))
+    state, port = tmp_path / "state", free_port()
+    async with AsyncExitStack() as stack:
+        up, lines = await cli_process(stack, "up", "--catalogue", str(catalogue_file), "--port", str(port),
+                                      "--dashboard-port", "0", "--state-dir", str(state), "--namespace", namespace)
+        await wait_for(lambda: any("echo 1/1 ready" in line for line in lines) or up.returncode is not None,
+                       timeout=90, what="warm-up")
+        assert up.returncode is None, "".join(lines)
+        gateway = f"http://127.0.0.1:{port}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "swarmpool.cli", "link", "echo", "--for", "2h", "--max", "1", "--state-dir",
+            str(state), "--namespace", namespace, "--gateway", gateway,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        (url,) = out.decode().split()
+        assert (await click(f"{gateway}/launch/echo"))[0] == 403
+        assert (await click(url))[0] == 303
+        assert (await click(url))[0] == 410
+        token = parse_qs(urlsplit(url).query)["l"][0]
+        assert not any(token in line for line in lines)  # up's own log (INFO) names no token
