@@ -86,7 +86,7 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     browser: str = ""  # opaque browser key (hash of the gateway's cookie); "" = not limited per browser
     # the lecture link the click came with (its id; the gateway checked its signature and expiry): the
     # claimer counts the claim against the link's budget; "" = no link (refused if the app requires one)
-    link: str = ""
+    link: Annotated[str, msgspec.Meta(pattern=r"^([a-z2-7]{16})?$")] = ""
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed"):

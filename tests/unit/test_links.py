@@ -122,3 +122,14 @@ def test_the_gateway_server_log_keeps_a_prefix_of_a_token(caplog: pytest.LogCapt
         SERVER_LOG.info("Bad request line: GET /launch/echo?l=%s&x=1 HTTP/1.1", token)
     assert token not in caplog.text
     assert f"l={token[:6]}…&x=1" in caplog.text
+
+
+def test_a_claim_names_a_link_by_its_id_only_and_older_claims_still_decode() -> None:
+    from swarmpool.bus.messages import ClaimRequest
+
+    assert msgspec.json.decode(b'{"app": "echo", "wait": 1}', type=ClaimRequest).link == ""
+    link_id = new_link_id()
+    assert msgspec.json.decode(msgspec.json.encode(ClaimRequest(app="echo", link=link_id)), type=ClaimRequest).link == link_id
+    for bad in ("link.>", "*", "a" * 17, sign(new_key(NOW), link_id, "echo", int(NOW))):
+        with pytest.raises(msgspec.ValidationError):  # malformed: the runtime logs, counts and drops it
+            msgspec.json.decode(msgspec.json.encode({"app": "echo", "link": bad}), type=ClaimRequest)
