@@ -87,6 +87,9 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     wait: float = 2.0  # seconds the claimer may wait for a ready instance
     browser: str = ""  # opaque browser key (hash of the gateway's cookie); "" = not limited per browser
+    # the lecture link the click came with (its id; the gateway checked its signature and expiry): the
+    # claimer counts the claim against the link's budget; "" = no link (refused if the app requires one)
+    link: Annotated[str, msgspec.Meta(pattern=r"^([a-z2-7]{16})?$")] = ""
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed"):
@@ -98,8 +101,10 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed"):
 
 class ClaimRefused(msgspec.Struct, frozen=True, kw_only=True, tag="refused"):
     app: str
-    # "limit" (the browser holds per_browser_limit sessions) is newer: older gateways cannot decode it
-    reason: Literal["empty", "unknown_app", "paused", "limit"]
+    # "limit" (the browser holds per_browser_limit sessions) and the link reasons are newer: older
+    # gateways cannot decode them (link reasons only come for apps with require_link, new themselves)
+    reason: Literal["empty", "unknown_app", "paused", "limit", "link_missing", "link_expired", "link_revoked",
+                    "link_spent"]
     retry_after: float = 3.0
     sessions: list[str] = []  # "limit": ids of that browser's live sessions (its own capabilities)
 
@@ -243,6 +248,28 @@ class ReloadRequest(AdminCommand, frozen=True, kw_only=True, tag="reload"):
     source: str = "<catalogue>"  # its path on the operator's machine (named in errors and in status)
 
 
+class LinkRequest(AdminCommand, frozen=True, kw_only=True, tag="link"):
+    app: AppName
+    for_seconds: Annotated[float, msgspec.Meta(gt=0, le=366 * 86400)]  # valid this long from now
+    max: Annotated[int, msgspec.Meta(ge=1)] | None = None  # claims the link may make, all gateways together
+    label: Annotated[str, msgspec.Meta(max_length=80, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
+
+
+LinkId = Annotated[str, msgspec.Meta(pattern=r"^[a-z2-7]{4,16}$")]
+
+
+class LinksRequest(AdminCommand, frozen=True, kw_only=True, tag="links"):
+    app: AppName | None = None  # None: every app's links
+
+
+class RevokeRequest(AdminCommand, frozen=True, kw_only=True, tag="revoke"):
+    id: LinkId  # the link's id, or its first 4+ characters
+
+
+class RotateRequest(AdminCommand, frozen=True, kw_only=True, tag="rotate"):
+    retire: bool = False  # also retire the older signing keys: links signed with them stop working
+
+
 class AppStatus(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     target: int
@@ -263,6 +290,8 @@ class AdminResult(msgspec.Struct, frozen=True, kw_only=True, tag="ok"):
 
     detail: str = ""
     apps: dict[str, AppStatus] = {}
+    link: "LinkInfo | None" = None  # `link`: the new link (its launch path carries the token: shown once)
+    links: list["LinkInfo"] = []  # `links`
 
 
 class AdminEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -274,6 +303,50 @@ class AdminEvent(msgspec.Struct, frozen=True, kw_only=True):
     reason: str  # what it did ("scale demo to 120 for 3600 s")
     by: Requester = Requester()
     ok: bool = True
+
+
+# ---- lecture links: KV keys ``link.<id>`` and ``links.keys`` in the config bucket ----
+
+
+class Link(msgspec.Struct, frozen=True, kw_only=True):
+    """One lecture link: what its token may claim, and how many claims it made (CAS on the key)."""
+
+    id: str
+    app: str
+    expires: float  # UNIX seconds
+    max: int | None = None  # claims allowed, all gateways together; None: no budget
+    claims: int = 0  # claims made (and claims in flight: a claim that finds no instance gives its count back)
+    revoked: bool = False
+    label: str = ""
+    kid: str = ""  # the signing key its token was signed with
+    created_at: float = 0.0
+    by: Requester = Requester()
+
+
+class SigningKey(msgspec.Struct, frozen=True, kw_only=True):
+    kid: str  # 8 hex characters, in every token it signs
+    secret: str  # 64 hex characters
+    created_at: float = 0.0
+    retired: bool = False  # its links are no longer valid
+
+
+class LinkKeys(msgspec.Struct, frozen=True, kw_only=True):
+    """The link signing keys: the newest unretired one signs, every unretired one verifies."""
+
+    keys: list[SigningKey] = []
+
+
+class LinkInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A link as the admin verbs show it (never its token, except `path` right after `link` made it)."""
+
+    id: str
+    app: str
+    expires: float
+    max: int | None = None
+    claims: int = 0
+    state: str = "valid"  # valid, expired, revoked, spent, key retired
+    label: str = ""
+    path: str = ""  # "/launch/<app>?l=<token>": only in the answer of `link`
 
 
 # ---- pool overrides (admin scale/pause/drain), KV key ``pool.<app>`` in the config bucket ----

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # typed error -> the micro error code in the reply's Nats-Service-Error-Code header
 ERROR_CODES = {"bad_request": "400", "malformed": "400", "bad_catalogue": "400", "unavailable": "503",
-               "unknown_app": "404", "unknown_instance": "404",
+               "unknown_app": "404", "unknown_instance": "404", "unknown_link": "404",
                "ambiguous": "409", "internal": "500"}
 
 

@@ -289,6 +289,9 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # capabilities beyond the safe list in `cap_add`; a trust the app does not use is refused too
     trusted: list[Literal["user", "cap_add"]] = []
     egress: Egress = "none"  # what the instance's code may connect to: nothing, or the public internet (see Egress)
+    # claims only with a lecture link (`swarmpool link`): a signed, expiring URL, optionally with a claim
+    # budget; /launch/<app> without a valid one answers 403 or 410 and claims nothing
+    require_link: bool = False
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

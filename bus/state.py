@@ -361,6 +361,11 @@ class ConfigStore:
         store._mirror = await _Mirror.start(await store._kv.watchall(), store._apply, "config-mirror")
         return store
 
+    @property
+    def kv(self) -> KeyValue:
+        """The config bucket itself (lecture links keep their records there: bus/links.py)."""
+        return self._kv
+
     def _apply(self, entry: Any) -> None:
         if entry.key == TRUST_KEY:
             self._learn_trust(entry)

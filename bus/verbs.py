@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from swarmpool.bus.messages import (AdminCommand, DrainRequest, PauseRequest, ReloadRequest, ResumeRequest,
-                                    RetireRequest, ScaleRequest, StatusRequest)
+from swarmpool.bus.messages import (AdminCommand, DrainRequest, LinkRequest, LinksRequest, PauseRequest,
+                                    ReloadRequest, ResumeRequest, RetireRequest, RevokeRequest, RotateRequest,
+                                    ScaleRequest, StatusRequest)
 from swarmpool.bus.spec import parse_duration
 
 
@@ -44,6 +45,8 @@ class Verb:
     changes: bool = True  # kept in the event log
     # the dashboard's button: one per app row, one for the page (reload of the file it was given), or none
     dashboard: Literal["per_app", "page", "none"] = "none"
+    # its answer carries a launch path (a new lecture link): the CLI prints it behind --gateway
+    prints_link: bool = False
 
 
 APP = Arg("app", ("app",), "the app (a name from the catalogue)")
@@ -72,6 +75,25 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("retire", RetireRequest, "retire one instance by its id or its short prefix",
          (Arg("id", ("id",), "the instance id, or its first 4+ characters", {"metavar": "ID_PREFIX"}),
           Arg("app", ("--app",), "look in this app only"))),
+    Verb("link", LinkRequest, "make a lecture link for an app (for apps with require_link): a signed URL "
+         "valid for a while, with an optional claim budget counted on the bus",
+         (APP, Arg("for_seconds", ("--for",), "how long it is valid, e.g. 2h or 90m", {"metavar": "DURATION",
+                                                                                      "required": True},
+                   convert=lambda text: float(parse_duration(text)),
+                   form_input='placeholder="valid for, e.g. 2h" size="10" required'),
+          Arg("max", ("--max",), "at most this many claims (sessions started) with it, all gateways together",
+              {"type": int, "metavar": "N"}, form_input='type="number" min="1" placeholder="max claims"'),
+          Arg("label", ("--label",), "a name for it (the lecture), shown by `links`", {"metavar": "LABEL"},
+              form_input='placeholder="label" maxlength="80"')),
+         dashboard="per_app", prints_link=True),
+    Verb("links", LinksRequest, "list the lecture links: claims made, budget, expiry, state (never their URLs)",
+         (Arg("app", ("app",), "one app only", {"nargs": "?"}),), changes=False),
+    Verb("revoke", RevokeRequest, "revoke a lecture link by its id or its short prefix: it claims nothing more",
+         (Arg("id", ("id",), "the link id, or its first 4+ characters", {"metavar": "LINK_ID"}),)),
+    Verb("rotate", RotateRequest, "add a new link signing key (new links use it; older links stay valid, "
+         "unless --retire)",
+         (Arg("retire", ("--retire",), "also retire the older keys: every link signed with them stops working",
+              {"action": "store_true"}),)),
 )}
 
 

@@ -15,9 +15,11 @@ from typing import Any, TypeAlias
 
 import msgspec
 
+from swarmpool.bus.links import Links, info, short_link
 from swarmpool.bus.messages import (AdminCommand, AdminEvent, AdminResult, AppStatus, DrainRequest, ErrorReply,
-                                    PauseRequest, ReloadRequest, ResumeRequest, RetireRequest, ScaleRequest,
-                                    Requester, StatusRequest)
+                                    LinkRequest, LinksRequest, PauseRequest, ReloadRequest, Requester,
+                                    ResumeRequest, RetireRequest, RevokeRequest, RotateRequest, ScaleRequest,
+                                    StatusRequest)
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import catalogue_file
@@ -195,11 +197,67 @@ async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     return AdminResult(detail="; ".join(parts), apps=_statuses(ctx, list(new.apps)))
 
 
+# ---- lecture links ----
+
+
+async def link(ctx: Context, request: LinkRequest) -> Reply:
+    """A new lecture link; its token is in the answer's path only (never in the detail: that is logged)."""
+    spec = ctx.app(request.app)
+    if spec is None:
+        return ErrorReply(error="unknown_app", detail=request.app)
+    links = Links(ctx.config.kv)
+    made, token = await links.create(request.app, request.for_seconds, request.max, request.label, request.by,
+                                     ctx.clock())
+    keys, _ = await links.keys()
+    detail = (f"link {short_link(made.id)} for {request.app}" + (f" ({request.label})" if request.label else "")
+              + f" until {_iso(made.expires)}" + (f", at most {request.max} claims" if request.max else "")
+              + ("" if spec.require_link else f"; note: {request.app} does not set require_link, so its "
+                 "launch page opens without a link too"))
+    return AdminResult(detail=detail, link=info(made, keys, ctx.clock(), path=f"/launch/{request.app}?l={token}"))
+
+
+async def links_list(ctx: Context, request: LinksRequest) -> Reply:
+    if request.app is not None and request.app not in ctx.catalogue.apps:
+        return ErrorReply(error="unknown_app", detail=request.app)
+    links = Links(ctx.config.kv)
+    keys, _ = await links.keys()
+    now = ctx.clock()
+    shown = [info(found, keys, now) for found in await links.all() if request.app in (None, found.app)]
+    return AdminResult(detail=f"{len(shown)} link(s)", links=shown)
+
+
+async def revoke(ctx: Context, request: RevokeRequest) -> Reply:
+    """Revoke a link by its id or a prefix of it: its next claims are refused on every host."""
+    links = Links(ctx.config.kv)
+    found = [f for f in await links.all() if f.id.startswith(request.id)]
+    if not found:
+        return ErrorReply(error="unknown_link", detail=f"no link id starts with {request.id[:4]}")
+    if len(found) > 1:
+        return ErrorReply(error="ambiguous", detail=f"{len(found)} links match; give more of the id")
+    done = await links.update(found[0].id, lambda f: msgspec.structs.replace(f, revoked=True))
+    if done is None:
+        return ErrorReply(error="unknown_link", detail=f"no link id starts with {request.id[:4]}")
+    keys, _ = await links.keys()
+    return AdminResult(detail=f"revoke link {short_link(done.id)} of {done.app} after {done.claims} claim(s)",
+                       links=[info(done, keys, ctx.clock())])
+
+
+async def rotate(ctx: Context, request: RotateRequest) -> Reply:
+    """A new link signing key, for every gateway without a restart (they follow the key)."""
+    key, retired = await Links(ctx.config.kv).rotate(ctx.clock(), request.retire)
+    detail = f"rotate: new link signing key {key.kid}"
+    if retired:
+        detail += f"; retired {', '.join(retired)} (links signed with them no longer work)"
+    else:
+        detail += "; older keys still verify their links"
+    return AdminResult(detail=detail)
+
+
 # ---- the table ----
 
 RUN: dict[str, Callable[[Context, Any], Awaitable[Reply]]] = {
     "status": status, "scale": scale, "pause": pause, "resume": resume, "drain": drain, "reload": reload,
-    "retire": retire,
+    "retire": retire, "link": link, "links": links_list, "revoke": revoke, "rotate": rotate,
 }
 
 

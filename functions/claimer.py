@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from swarmpool.bus.links import Links, short_link
 from swarmpool.bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claimed, Released, ReleaseRequest
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.state import Conflict
@@ -91,6 +92,32 @@ async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
     if ctx.config.cached(app).paused:
         ctx.metrics.claims.labels(app, "paused").inc()
         return ClaimRefused(app=app, reason="paused", retry_after=10)
+    spec = ctx.app(app)
+    if not request.link:
+        if spec is not None and spec.require_link:
+            ctx.metrics.claims.labels(app, "link_missing").inc()
+            return ClaimRefused(app=app, reason="link_missing", retry_after=0)
+        return await _claim(ctx, request)
+    # a lecture link: counted on its record before an instance is taken (one count for every host),
+    # given back when the claim ends without one
+    links = Links(ctx.config.kv)
+    refused = await links.reserve(request.link, app, ctx.clock())
+    if refused is not None:
+        ctx.metrics.claims.labels(app, refused).inc()
+        log.info("claim of %s refused: link %s %s", app, short_link(request.link), refused)
+        return ClaimRefused(app=app, reason=refused, retry_after=0)
+    reply: ClaimReply | None = None
+    try:
+        reply = await _claim(ctx, request)
+        return reply
+    finally:
+        if not isinstance(reply, Claimed):
+            await ctx.isolated("give back a link's claim", links.give_back(request.link))
+
+
+async def _claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
+    """Wait (at most the request's wait) for a ready instance, within the browser's limit."""
+    app = request.app
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + min(max(request.wait, 0.0), MAX_WAIT)

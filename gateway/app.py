@@ -124,18 +124,24 @@ def make_runner(app: web.Application, catalogue: Catalogue, shutdown_timeout: fl
 
 
 _ID_LIKE = re.compile(r"(?<![a-z2-7])([a-z2-7]{4})[a-z2-7]{22}(?![a-z2-7])")
+_LINK_TOKEN = re.compile(r"([?&]l=[^&\s\"']{0,6})[^&\s\"']*")  # a lecture link's token: its id's prefix only
+
+
+def _redact(text: str) -> str:
+    return _LINK_TOKEN.sub(r"\1…", _ID_LIKE.sub(r"\1…", text))
 
 
 class RedactIds(logging.Filter):
-    """aiohttp's server log quotes bad request lines, which may hold an id: keep its short form only."""
+    """aiohttp's server log quotes bad request lines, which may hold an id or a lecture link's token: keep
+    their short forms only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = _ID_LIKE.sub(r"\1…", record.getMessage())
+        record.msg = _redact(record.getMessage())
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = _ID_LIKE.sub(r"\1…", record.exc_text)
+            record.exc_text = _redact(record.exc_text)
         return True
 
 

@@ -10,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from swarmpool.bus.client import Bus
+from swarmpool.bus.links import KeysMirror
 from swarmpool.bus.messages import Claimed, ClaimRefused, ErrorReply, Released
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
@@ -40,6 +41,7 @@ class Gateway:
     background: set[asyncio.Task[object]] = field(default_factory=set)  # fire-and-forget closes
     static: StaticCache | None = None  # the shared static cache (made on first use, sized by the settings)
     catalogue_version: str = ""
+    link_keys: KeysMirror | None = None  # lecture links' signing keys (None: no link verifies)
 
     def use(self, catalogue: Catalogue, version: str) -> None:
         """Follow a reloaded catalogue (listener settings, like timeouts, keep their values until restart)."""

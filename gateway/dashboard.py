@@ -52,6 +52,7 @@ class Dashboard:
     subjects: Subjects
     key: bytes  # signs sessions and CSRF tokens (a file in the state dir)
     catalogue_path: str | None  # what `reload` reads (the file `up` started with)
+    gateway_url: str = ""  # the students' gateway, before a new lecture link's path ("": the path alone)
     login_tokens: set[str] = field(default_factory=set)  # one-time: consumed on first use
     pools: dict[str, AppStatus] = field(default_factory=dict)
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=int(HISTORY / SAMPLE_EVERY) + 1))
@@ -110,9 +111,11 @@ def load_key(state_dir: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def make_dashboard(bus: Bus, subjects: Subjects, key: bytes, catalogue_path: str | None) -> web.Application:
+def make_dashboard(bus: Bus, subjects: Subjects, key: bytes, catalogue_path: str | None,
+                   gateway_url: str = "") -> web.Application:
     app = web.Application(middlewares=[_headers])
-    app[DASHBOARD] = Dashboard(bus=bus, subjects=subjects, key=key, catalogue_path=catalogue_path)
+    app[DASHBOARD] = Dashboard(bus=bus, subjects=subjects, key=key, catalogue_path=catalogue_path,
+                               gateway_url=gateway_url.rstrip("/"))
     app.router.add_get("/login", login)
     app.router.add_get("/", page)
     app.router.add_get("/live", live)
@@ -315,6 +318,14 @@ async def act(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(text=f"admin service not answering: {err}") from None
     if isinstance(reply, ErrorReply):
         raise web.HTTPBadRequest(text=f"{verb.name}: {reply.error}: {reply.detail}")
+    if reply.link is not None and reply.link.path:  # a new lecture link: shown once, here (never in a URL)
+        url = dash.gateway_url + reply.link.path
+        return web.Response(content_type="text/html", text=(
+            f"<!doctype html><html><head><meta charset=utf-8><title>lecture link</title><style>{STYLE}</style>"
+            f"</head><body><h1>Lecture link</h1><p>{html.escape(reply.detail)}</p>"
+            f'<p><input id="link" readonly size="100" value="{html.escape(url)}"></p>'
+            + ("" if dash.gateway_url else "<p>Put your gateway's address (https://…) before it.</p>")
+            + '<p><a href="/">back</a></p></body></html>'))
     await refresh(dash)
     raise web.HTTPSeeOther(f"/?{urlencode({'done': reply.detail})}")
 

@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from swarmpool.bus.client import BusError, NoResponders, RequestTimeout
+from swarmpool.bus.links import Verified, short_link
 from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply, Released, ReleaseRequest
 from swarmpool.bus.spec import AppSpec
 from swarmpool.gateway import pages
@@ -43,12 +44,15 @@ PREVIEW_AGENTS = re.compile(
 MAX_FORM = 4096  # bytes of the end-sessions form (a token: a few dozen)
 RELEASE_WAIT = 5.0  # seconds a release (ending a browser's sessions) may take on the bus
 _TOKEN_CONTEXT = b"swarmpool end-sessions token\x00"
+LINK_PARAM = "l"  # the query parameter of a lecture link's token (bus/links.py)
+MAX_LINK_TOKEN = 128
 ROBOTS_TXT = "User-agent: *\nDisallow: /launch/\nDisallow: /i/\n"
 
 
 async def index(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    return web.Response(text=pages.catalogue_page(list(gw.catalogue.apps.values())), content_type="text/html",
+    listed = [a for a in gw.catalogue.apps.values() if not a.require_link]  # those open with a lecture link only
+    return web.Response(text=pages.catalogue_page(listed), content_type="text/html",
                         headers={"Cache-Control": "no-cache"})
 
 
@@ -62,18 +66,28 @@ async def launch(request: web.Request) -> web.StreamResponse:
             return web.json_response({"status": "unknown_app"}, status=404)
         return web.Response(text=pages.unknown_app_page(), content_type="text/html", status=404)
 
+    link = request.query.get(LINK_PARAM, "") if spec.require_link else ""
     if is_preview_agent(request.headers.get("User-Agent", "")):
         gw.metrics.launches.labels(spec.name, "preview").inc()
-        return web.Response(text=pages.description_page(spec), content_type="text/html",
+        return web.Response(text=pages.description_page(spec, link), content_type="text/html",
                             headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
+
+    link_id = ""
+    if spec.require_link:  # a lecture link: checked here (signature, expiry), counted by the claimer
+        verified = await _verify_link(gw, spec, link)
+        if verified.check != "ok":
+            gw.metrics.launches.labels(spec.name, f"link_{verified.check}").inc()
+            log.info("launch %s: link %s %s", spec.name, short_link(verified.link_id) or "-", verified.check)
+            return _link_refused(request, spec, verified.check)
+        link_id = verified.link_id
 
     verdict = launch_verdict(request.headers, spec.frame_ancestors)
     if verdict != "claim":  # fetch(), <img>, a frame not allowed, prefetch or prerender: never a session
         gw.metrics.launches.labels(spec.name, verdict).inc()
-        return _not_a_click(request, spec, verdict)
+        return _not_a_click(request, spec, verdict, link)
 
     browser, new_cookie = browser_key(request) if gw.catalogue.settings.per_browser_limit else ("", None)
-    response = await _answer(request, gw, spec, browser)
+    response = await _answer(request, gw, spec, browser, link, link_id)
     if new_cookie is not None:
         if _https(request) and embeddable(spec.frame_ancestors):
             # inside an allowed course page's frame too (a Lax cookie is neither kept nor sent there);
@@ -89,22 +103,45 @@ async def launch(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _not_a_click(request: web.Request, spec: AppSpec, verdict: str) -> web.Response:
+async def _verify_link(gw: Gateway, spec: AppSpec, token: str) -> Verified:
+    """The lecture link's token checked against the signing keys on the bus (no keys: nothing verifies)."""
+    if len(token) > MAX_LINK_TOKEN:
+        return Verified("tampered")
+    if gw.link_keys is None:
+        return Verified("missing") if not token else Verified("tampered")
+    return await gw.link_keys.verify(token, spec.name, time.time())
+
+
+def _link_refused(request: web.Request, spec: AppSpec, why: str) -> web.Response:
+    """A launch its lecture link does not allow: 403 (missing, altered, withdrawn) or 410 (expired, used up)."""
+    status = pages.LINK_REFUSALS[why][0]
+    headers = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
+    reason = why.removeprefix("link_")
+    if wants_json(request):
+        return web.json_response({"status": "link", "app": spec.name, "reason": reason}, status=status,
+                                 headers=headers)
+    return web.Response(text=pages.link_refused_page(spec, why), content_type="text/html", status=status,
+                        headers=headers)
+
+
+def _not_a_click(request: web.Request, spec: AppSpec, verdict: str, link: str = "") -> web.Response:
     """The answer to a request that is no tab's navigation: 403, never cached, nothing claimed (a
     prefetch or prerender that got a 2xx would be shown instead of the real click's claim)."""
     headers = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
     if wants_json(request) or verdict == "not_navigation":
         return web.json_response({"status": "not_a_click", "app": spec.name, "reason": verdict},
                                  status=403, headers=headers)
-    return web.Response(text=pages.open_in_tab_page(spec), content_type="text/html", status=403,
+    return web.Response(text=pages.open_in_tab_page(spec, link), content_type="text/html", status=403,
                         headers=headers)
 
 
-async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str) -> web.Response:
-    """The click's answer: 303 to a fresh session, the browser's sessions at its limit, or the waiting room."""
+async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str, link: str = "",
+                  link_id: str = "") -> web.Response:
+    """The click's answer: 303 to a fresh session, the browser's sessions at its limit, or the waiting
+    room (whose retry keeps the lecture link `link`)."""
     wait = float(gw.catalogue.settings.claim_wait)
     started = time.monotonic()
-    reply = await _claim(gw, spec.name, wait, browser)
+    reply = await _claim(gw, spec.name, wait, browser, link_id)
     gw.metrics.claim_latency.labels(spec.name).observe(time.monotonic() - started)
 
     if isinstance(reply, Claimed):
@@ -118,7 +155,15 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
 
     if isinstance(reply, ClaimRefused) and reply.reason == "limit":
         gw.metrics.launches.labels(spec.name, "limit").inc()
-        return _limit(request, gw, spec, reply)
+        return _limit(request, gw, spec, reply, link)
+
+    if isinstance(reply, ClaimRefused) and reply.reason in pages.LINK_REFUSALS:  # the claimer's count said no
+        gw.metrics.launches.labels(spec.name, reply.reason).inc()
+        log.info("launch %s: link %s %s", spec.name, short_link(link_id), reply.reason)
+        return _link_refused(request, spec, reply.reason)
+    if isinstance(reply, ClaimRefused) and reply.reason == "link_missing":  # a gateway without the app's setting
+        gw.metrics.launches.labels(spec.name, "link_missing").inc()
+        return _link_refused(request, spec, "missing")
 
     paused = isinstance(reply, ClaimRefused) and reply.reason == "paused"
     retry = DEFAULT_RETRY_AFTER
@@ -129,7 +174,7 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
     if wants_json(request):
         return web.json_response({"status": "paused" if paused else "waiting", "app": spec.name,
                                   "retry_after": retry}, status=503, headers=headers)
-    return web.Response(text=pages.waiting_page(spec, retry, paused=paused), content_type="text/html",
+    return web.Response(text=pages.waiting_page(spec, retry, paused=paused, link=link), content_type="text/html",
                         status=503, headers=headers)
 
 
@@ -138,7 +183,7 @@ def is_preview_agent(user_agent: str) -> bool:
     return PREVIEW_AGENTS.search(user_agent) is not None
 
 
-def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused) -> web.Response:
+def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused, link: str = "") -> web.Response:
     """The browser holds its limit of sessions: they are named, never linked, with a form that ends
     them. On one shared origin any script there can read this answer; with per-instance origins
     (instance_domain) an instance's page can plant the browser cookie of a key it knows from its own
@@ -157,9 +202,9 @@ def _limit(request: web.Request, gw: Gateway, spec: AppSpec, reply: ClaimRefused
     if wants_json(request):
         sessions = [{"started": at} for at in started]
         return web.json_response({"status": "limit", "app": spec.name, "limit": limit, "sessions": sessions,
-                                  "end": {"method": "POST", "url": f"/launch/{spec.name}", "token": token}},
+                                  "end": {"method": "POST", "url": pages.launch_href(spec, link), "token": token}},
                                  status=429, headers=headers)
-    return web.Response(text=pages.limit_page_unlinked(spec, limit, started, token, time.time()),
+    return web.Response(text=pages.limit_page_unlinked(spec, limit, started, token, time.time(), link),
                         content_type="text/html", status=429, headers=headers)
 
 
@@ -252,7 +297,9 @@ async def end_sessions(request: web.Request) -> web.StreamResponse:
     gw.metrics.launches.labels(spec.name, "released").inc()
     if wants_json(request):
         return web.json_response({"status": "ended", "app": spec.name, "ended": ended}, headers=headers)
-    raise web.HTTPSeeOther(f"/launch/{spec.name}", headers=headers)
+    # a fresh click, with the lecture link the limit page's form carried (checked again there)
+    link = request.query.get(LINK_PARAM, "")[:MAX_LINK_TOKEN] if spec.require_link else ""
+    raise web.HTTPSeeOther(pages.launch_href(spec, link), headers=headers)
 
 
 async def _end_form(request: web.Request) -> dict[str, list[str]] | int:
@@ -307,9 +354,11 @@ async def robots(request: web.Request) -> web.Response:
     return web.Response(text=ROBOTS_TXT, content_type="text/plain", headers={"Cache-Control": "max-age=3600"})
 
 
-async def _claim(gw: Gateway, app: str, wait: float, browser: str = "") -> Claimed | ClaimRefused | ErrorReply | None:
-    """Ask the claimers for one instance; None when nobody answered in time."""
-    request = ClaimRequest(app=app, wait=wait, browser=browser)
+async def _claim(gw: Gateway, app: str, wait: float, browser: str = "",
+                 link: str = "") -> Claimed | ClaimRefused | ErrorReply | None:
+    """Ask the claimers for one instance (counted on the verified lecture link `link`, an id); None when
+    nobody answered in time."""
+    request = ClaimRequest(app=app, wait=wait, browser=browser, link=link)
     try:
         data = await gw.bus.request(gw.subjects.claim(app), request, timeout=wait + CLAIM_GRACE)
     except NoResponders:

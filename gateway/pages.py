@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from html import escape
+from urllib.parse import urlencode
 
 from swarmpool.bus.spec import AppSpec
 
@@ -24,6 +25,11 @@ def _page(title: str, body: str, head: str = "") -> str:
     )
 
 
+def launch_href(app: AppSpec, link: str = "") -> str:
+    """`/launch/<app>`, keeping the lecture link a click came with (pages that retry or start again)."""
+    return f"/launch/{app.name}" + (f"?{urlencode({'l': link})}" if link else "")
+
+
 def catalogue_page(apps: list[AppSpec]) -> str:
     items = "".join(
         f"<a class=\"app\" href=\"/launch/{escape(app.name)}\"><h2>{escape(app.title or app.name)}</h2>"
@@ -33,7 +39,7 @@ def catalogue_page(apps: list[AppSpec]) -> str:
     return _page("Notebooks", f"<h1>Notebooks</h1>{items or '<p>No apps yet.</p>'}")
 
 
-def waiting_page(app: AppSpec, retry_after: int, paused: bool = False) -> str:
+def waiting_page(app: AppSpec, retry_after: int, paused: bool = False, link: str = "") -> str:
     title = app.title or app.name
     if paused:
         text = (f"<p>{escape(title)} is paused for the moment. This page will try again by itself "
@@ -41,9 +47,10 @@ def waiting_page(app: AppSpec, retry_after: int, paused: bool = False) -> str:
     else:
         text = (f"<p>All {escape(title)} sessions are busy; a fresh one is being prepared. "
                 f"This page will try again by itself in {retry_after} seconds.</p>")
-    head = f"<meta http-equiv=\"refresh\" content=\"{retry_after};url=/launch/{escape(app.name)}\">"
+    href = escape(launch_href(app, link))
+    head = f"<meta http-equiv=\"refresh\" content=\"{retry_after};url={href}\">"
     return _page(f"Starting {title}", f"<h1>Just a moment…</h1>{text}"
-                 f"<p><a href=\"/launch/{escape(app.name)}\">Try now</a></p>", head)
+                 f"<p><a href=\"{href}\">Try now</a></p>", head)
 
 
 def unknown_app_page() -> str:
@@ -64,7 +71,7 @@ def not_answering_page(app: AppSpec | None) -> str:
                  f"<p>Reload in a moment, or {again}.</p>")
 
 
-def description_page(app: AppSpec) -> str:
+def description_page(app: AppSpec, link: str = "") -> str:
     """What link previews and crawlers see at /launch/<app>: the app's description, no session."""
     title = escape(app.title or app.name)
     description = escape(app.description)
@@ -72,7 +79,7 @@ def description_page(app: AppSpec) -> str:
             f"<meta property=\"og:description\" content=\"{description}\">"
             "<meta name=\"robots\" content=\"noindex, nofollow\">")
     return _page(app.title or app.name, f"<h1>{title}</h1><p>{description}</p>"
-                 f"<p><a href=\"/launch/{escape(app.name)}\" rel=\"nofollow\">Start a session</a></p>", head)
+                 f"<p><a href=\"{escape(launch_href(app, link))}\" rel=\"nofollow\">Start a session</a></p>", head)
 
 
 def _ago(at: float | None, now: float) -> str:
@@ -83,12 +90,13 @@ def _ago(at: float | None, now: float) -> str:
     return f"started {clock} UTC ({minutes} min ago)" if minutes else f"started {clock} UTC (just now)"
 
 
-def limit_page_unlinked(app: AppSpec, limit: int, started: list[float | None], token: str, now: float) -> str:
+def limit_page_unlinked(app: AppSpec, limit: int, started: list[float | None], token: str, now: float,
+                        link: str = "") -> str:
     """The limit page: the sessions are named, never linked (a script on the shared origin could read a
     link; with instance_domain a planted cookie could), and a form (token bound to the browser's cookie) ends them all."""
     title = escape(app.title or app.name)
     items = "".join(f"<li>{title} session {n}, {escape(_ago(at, now))}</li>" for n, at in enumerate(started, 1))
-    form = (f"<form method=\"post\" action=\"/launch/{escape(app.name)}\">"
+    form = (f"<form method=\"post\" action=\"{escape(launch_href(app, link))}\">"
             f"<input type=\"hidden\" name=\"token\" value=\"{escape(token)}\">"
             f"<button type=\"submit\">End these sessions and start a new one</button></form>") if token else ""
     return _page(f"{app.title or app.name}: sessions open",
@@ -98,9 +106,30 @@ def limit_page_unlinked(app: AppSpec, limit: int, started: list[float | None], t
                  "<p>A session also ends by itself a couple of minutes after its tab is closed.</p>")
 
 
-def open_in_tab_page(app: AppSpec) -> str:
+def open_in_tab_page(app: AppSpec, link: str = "") -> str:
     """What a frame or a prefetch gets at /launch/<app>: no session, a link that opens one in a tab."""
     title = escape(app.title or app.name)
     return _page(app.title or app.name, f"<h1>{title}</h1><p>{escape(app.description)}</p>"
-                 f"<p><a href=\"/launch/{escape(app.name)}\" target=\"_blank\" rel=\"noopener\">"
+                 f"<p><a href=\"{escape(launch_href(app, link))}\" target=\"_blank\" rel=\"noopener\">"
                  "Open a session in a new tab</a></p>")
+
+
+LINK_REFUSALS = {  # why a lecture link claims nothing: (HTTP status, heading, text)
+    "missing": (403, "This app needs your lecture's link",
+                "Open it with the link your teacher shared for this lecture."),
+    "tampered": (403, "This link is not valid",
+                 "It was changed or cut short. Copy the whole link your teacher shared again."),
+    "retired": (403, "This link is no longer valid", "Ask your teacher for the current link."),
+    "link_revoked": (403, "This link was withdrawn", "Ask your teacher for the current link."),
+    "expired": (410, "This link has expired", "It was valid for one lecture only. Ask your teacher for a new one."),
+    "link_expired": (410, "This link has expired",
+                     "It was valid for one lecture only. Ask your teacher for a new one."),
+    "link_spent": (410, "This link has been used up",
+                   "Every session it allowed has been started. Ask your teacher for a new one."),
+}
+
+
+def link_refused_page(app: AppSpec, why: str) -> str:
+    """A launch that a lecture link does not allow: what happened and what to do, no session."""
+    _, heading, text = LINK_REFUSALS[why]
+    return _page(f"{app.title or app.name}: {heading}", f"<h1>{escape(heading)}</h1><p>{escape(text)}</p>")

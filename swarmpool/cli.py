@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from swarmpool.catalogue import CatalogueError, load
 from swarmpool.exits import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from swarmpool.guardrails import trust_summary
 
+DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 DEFAULT_STATE_DIR = str(Path.home() / ".local/state/swarmpool")
 CREDENTIALS_HELP = ("bus credentials of the {role} role: a `nats` context JSON (user, password, ca, cert, "
                     "key) as `swarmpool up` writes into its state dir, or a NATS .creds file")
@@ -81,17 +83,30 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                           help=f"the state dir of `swarmpool up` (default: {DEFAULT_STATE_DIR})")
 
-    ad = sub.add_parser("admin", help="operator commands (the admin service on the bus)",
-                        description="Operator commands, answered by the admin service of the functions hosts.")
-    verbs = ad.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb in VERBS.values():
-        vp = verbs.add_parser(verb.name, help=verb.help, description=verb.help, parents=[operator])
+    def verb_arguments(vp: argparse.ArgumentParser, name: str) -> None:
+        verb = VERBS[name]
         for arg in verb.args:
             if arg.flags[0].startswith("-"):
                 vp.add_argument(*arg.flags, dest=arg.field, help=arg.help, **arg.options)
             else:  # a positional's name is its dest
                 vp.add_argument(arg.field, help=arg.help, **{"metavar": arg.flags[0].upper(), **arg.options})
+        if verb.prints_link:
+            vp.add_argument("--gateway", default=DEFAULT_GATEWAY, metavar="URL",
+                            help=f"the gateway's address students open, printed before the link's path "
+                                 f"(default: {DEFAULT_GATEWAY})")
         vp.add_argument("--json", action="store_true", help="print the reply as one JSON object")
+
+    ad = sub.add_parser("admin", help="operator commands (the admin service on the bus)",
+                        description="Operator commands, answered by the admin service of the functions hosts.")
+    verbs = ad.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS.values():
+        verb_arguments(verbs.add_parser(verb.name, help=verb.help, description=verb.help, parents=[operator]),
+                       verb.name)
+
+    lk = sub.add_parser("link", parents=[operator], help="print a lecture link of an app (`admin link`)",
+                        description=VERBS["link"].help + ". Prints the URL to share.")
+    verb_arguments(lk, "link")
+    lk.set_defaults(verb="link")
 
     ev = sub.add_parser("events", help="read the event log (instance transitions and admin commands)",
                         parents=[operator])
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         from swarmpool import deploy
 
         raise SystemExit(deploy.deploy(args) if args.command == "deploy" else deploy.undeploy(args))
-    if args.command == "admin":
+    if args.command in ("admin", "link"):
         raise SystemExit(asyncio.run(_admin(args)))
     if args.command == "events":
         from swarmpool.events import read_events
@@ -255,6 +270,9 @@ async def _admin(args: argparse.Namespace) -> int:
     except msgspec.DecodeError as err:
         print(f"swarmpool: unexpected answer on {subject}: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    if isinstance(reply, AdminResult) and reply.link is not None and reply.link.path:
+        url = args.gateway.rstrip("/") + reply.link.path
+        reply = msgspec.structs.replace(reply, link=msgspec.structs.replace(reply.link, path=url))
     if args.json:
         print(msgspec.json.encode(reply).decode())
         return EXIT_BAD_INPUT if isinstance(reply, ErrorReply) else 0
@@ -262,11 +280,29 @@ async def _admin(args: argparse.Namespace) -> int:
         shown = "bad catalogue" if reply.error == "bad_catalogue" else reply.error
         print(f"swarmpool: {shown}: {reply.detail}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if reply.link is not None and reply.link.path:
+        print(reply.detail, file=sys.stderr)
+        print(reply.link.path)  # alone on stdout: `swarmpool link ... | xclip` copies the URL
+        return 0
     if reply.detail:
         print(reply.detail)
     if reply.apps:
         print(status_table(reply.apps))
+    if reply.links:
+        print(links_table(reply.links))
     return 0
+
+
+def links_table(links: list[Any]) -> str:
+    """The lecture links as an aligned table (never their URLs)."""
+    def when(at: float) -> str:
+        return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    rows = [("id", "app", "claims", "max", "expires", "state", "label")]
+    rows += [(f.id, f.app, str(f.claims), "-" if f.max is None else str(f.max), when(f.expires), f.state, f.label)
+             for f in links]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def status_table(apps: dict[str, Any]) -> str:

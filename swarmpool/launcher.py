@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -23,6 +23,7 @@ from swarmpool.bus.roles import Access
 from swarmpool.bus.runtime import Context, connect
 from swarmpool.bus.spec import Catalogue, Settings
 from swarmpool.bus.messages import CatalogueFile
+from swarmpool.bus.links import KeysMirror
 from swarmpool.bus.state import CatalogueStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
@@ -134,10 +135,12 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
         raise Unavailable(f"no instance records in namespace {namespace} yet: start `swarmpool functions` "
                           "first") from None
     catalogues = await CatalogueStore.open(nc, subjects)  # the catalogue on the bus (admin reload)
-    async with store, _closing(catalogues):
+    link_keys = await KeysMirror.open(nc, subjects)  # lecture links' signing keys (admin rotate)
+    async with store, _closing(catalogues), _closing(link_keys):
         app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=catalogue,
                        host_label=f"gw-{socket.gethostname()}-{os.getpid()}")
         gw = app[GATEWAY]
+        gw.link_keys = link_keys
 
         def follow(file: CatalogueFile) -> None:
             if file.version != gw.catalogue_version and (parsed := parse_file(file)) is not None:
@@ -163,13 +166,13 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
 
 @asynccontextmanager
 async def serve_dashboard(nc: NATS, namespace: str, host: str, port: int, state_dir: Path,
-                          catalogue_path: str | None) -> AsyncIterator[str]:
+                          catalogue_path: str | None, gateway_url: str = "") -> AsyncIterator[str]:
     """The operators' dashboard on its own listener (its own origin), connected as the operator;
     yields its one-time login URL."""
     from swarmpool.bus.client import Bus
     from swarmpool.gateway.dashboard import DASHBOARD, load_key, make_dashboard
 
-    app = make_dashboard(Bus(nc), Subjects(namespace), load_key(state_dir), catalogue_path)
+    app = make_dashboard(Bus(nc), Subjects(namespace), load_key(state_dir), catalogue_path, gateway_url)
     runner = web.AppRunner(app, access_log=None)  # login URLs carry tokens
     await runner.setup()
     try:
@@ -183,8 +186,15 @@ async def serve_dashboard(nc: NATS, namespace: str, host: str, port: int, state_
         await runner.cleanup()
 
 
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=_Closable)
+
+
 @asynccontextmanager
-async def _closing(store: CatalogueStore) -> AsyncIterator[CatalogueStore]:
+async def _closing(store: T) -> AsyncIterator[T]:
     try:
         yield store
     finally:
@@ -265,7 +275,8 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
             ops_nc = await _connect(url, "operator", args.namespace, natsd.access("operator"))
             stack.push_async_callback(ops_nc.drain)
             login = await stack.enter_async_context(serve_dashboard(
-                ops_nc, args.namespace, args.dashboard_host, args.dashboard_port, state_dir, source))
+                ops_nc, args.namespace, args.dashboard_host, args.dashboard_port, state_dir, source,
+                f"http://{shown}:{args.port}"))
             print(f"dashboard: {login}  (one-time login link; operators only)", flush=True)
         print(f"swarmpool is up: http://{shown}:{args.port}/  (Ctrl-C stops it)", flush=True)
         for name in catalogue.apps:

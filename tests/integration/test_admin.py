@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client
 
 from swarmpool.bus.subjects import Subjects
+from swarmpool.bus.verbs import VERBS
 from swarmpool.host import functions_host
 from swarmpool.natsd import EmbeddedNats
 from swarmpool.swarm import Swarm
@@ -120,7 +121,7 @@ async def test_admin_service_in_discovery(nats_server, namespace, echo_image) ->
         assert {p["name"] for p in pings} == {s.admin_service} and len({p["id"] for p in pings}) == 2
         info = json.loads((await stack.nc.request(f"$SRV.INFO.{s.admin_service}", b"", timeout=5)).data)
         subjects = {e["name"]: e["subject"] for e in info["endpoints"]}
-        assert subjects == {v: s.admin(v) for v in ("status", "scale", "pause", "resume", "drain", "retire", "reload")}
+        assert subjects == {v: s.admin(v) for v in VERBS}  # every verb of the table, lecture links' too
         assert info["metadata"]["namespace"] == namespace
         await admin(nats_server.url, namespace, "status")
         stats = [json.loads((await stack.nc.request(f"$SRV.STATS.{s.admin_service}.{p['id']}", b"",
