@@ -246,6 +246,8 @@ class RetireRequest(AdminCommand, frozen=True, kw_only=True, tag="retire"):
 class ReloadRequest(AdminCommand, frozen=True, kw_only=True, tag="reload"):
     text: Annotated[str, msgspec.Meta(max_length=512 * 1024)]  # the catalogue file's TOML, as read by the CLI
     source: str = "<catalogue>"  # its path on the operator's machine (named in errors and in status)
+    # the calendar files it names (apps.*.calendar.file), read next to it: stored with it on the bus
+    calendars: Annotated[dict[str, str], msgspec.Meta(max_length=64)] = {}
 
 
 class LinkRequest(AdminCommand, frozen=True, kw_only=True, tag="link"):
@@ -364,9 +366,10 @@ class CatalogueFile(msgspec.Struct, frozen=True, kw_only=True):
 
     text: str  # TOML, parsed by every host with the loader of swarmpool.catalogue
     source: str = ""  # the file it was read from (on the machine that loaded it)
-    version: str = ""  # a digest of `text`: hosts on the same version run the same catalogue
+    version: str = ""  # a digest of `text` and `calendars`: hosts on the same version run the same catalogue
     at: float = 0.0
     by: Requester = Requester()
+    calendars: dict[str, str] = {}  # the calendar files `text` names (apps.*.calendar.file) -> their text
 
 
 # ---- the engine's trustworthiness, KV key ``engine.trust`` in the config bucket ----

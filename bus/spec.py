@@ -253,6 +253,19 @@ class ScheduleEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return f"{','.join(self.days)} {self.start}-{self.end}"
 
 
+class CalendarSource(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A course's lecture calendar (iCalendar, RFC 5545): keep `size` ready from `warm_up` before each event
+    to its end. `file` (next to the catalogue) is read where the catalogue is loaded and stored on the bus
+    with it; `ics` is the calendar's text itself. Each event's SUMMARY is its lecture's label."""
+
+    file: str | None = None  # an .ics file, relative to the catalogue file's folder
+    ics: Annotated[str, msgspec.Meta(max_length=256 * 1024)] | None = None  # or the calendar's text
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    warm_up: Duration = Duration(0.0)
+    match: str | None = None  # only events whose SUMMARY contains this text (any case)
+    timezone: TimeZone | None = None  # of floating times and all-day events (default: the settings', else UTC)
+
+
 class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One app of the catalogue."""
 
@@ -275,6 +288,7 @@ class AppSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     user: UserName | None = None  # run as this user ("uid[:gid]" or a name); default: the image's, never root
     cap_add: list[Capability] = []  # every capability is dropped except these
     schedule: list[ScheduleEntry] = []  # classes: larger pools at set times (see functions/schedule.py)
+    calendar: list[CalendarSource] = []  # classes from lecture calendars (.ics): larger pools during their events
     # paths below the prefix whose GET 200s are the same in every instance of the image: the gateway
     # serves them from one shared, compressed copy (never list a path whose answer depends on the user)
     static_paths: list[StaticPath] = []
@@ -341,3 +355,6 @@ class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     settings: Settings = Settings()
     apps: dict[str, AppSpec] = {}
+    # the text of every calendar `file` the apps name (as named there), read where the catalogue was loaded:
+    # stored on the bus with the catalogue's text, so every host runs the same calendars (not a TOML section)
+    calendars: dict[str, str] = {}

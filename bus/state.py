@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -502,14 +502,20 @@ class ConfigStore:
             await self._mirror.stop()
 
 
-def catalogue_version(text: str) -> str:
-    """A short digest of a catalogue file's text: hosts on one version run one catalogue."""
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def catalogue_version(text: str, calendars: Mapping[str, str] | None = None) -> str:
+    """A short digest of a catalogue file's text and of the calendar files it names: hosts on one version run
+    one catalogue (without calendars, the digest of the text alone, as before they existed)."""
+    digest = hashlib.sha256(text.encode())
+    for name in sorted(calendars or {}):
+        digest.update(b"\0calendar\0" + name.encode() + b"\0" + (calendars or {})[name].encode())
+    return digest.hexdigest()[:12]
 
 
-def catalogue_file(text: str, source: str, at: float, by: Requester | None = None) -> CatalogueFile:
-    """The record of one catalogue file as it is stored for every host to follow."""
-    return CatalogueFile(text=text, source=source, version=catalogue_version(text), at=at, by=by or Requester())
+def catalogue_file(text: str, source: str, at: float, by: Requester | None = None,
+                   calendars: Mapping[str, str] | None = None) -> CatalogueFile:
+    """The record of one catalogue file (with the calendar files it names) as stored for every host to follow."""
+    return CatalogueFile(text=text, source=source, version=catalogue_version(text, calendars), at=at,
+                         by=by or Requester(), calendars=dict(calendars or {}))
 
 
 class CatalogueStore:

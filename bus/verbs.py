@@ -106,8 +106,9 @@ def request_from(verb: Verb, values: Mapping[str, Any]) -> AdminCommand:
         from swarmpool.catalogue import load
 
         path = Path(str(values["text"]))
-        load(path, values.get("namespace"))  # settings.network is checked against the stack's own
-        fields = {"text": path.read_text(), "source": str(path.resolve())}
+        loaded = load(path, values.get("namespace"))  # settings.network is checked against the stack's own
+        # the calendar files it names go with it: every host stores and runs the same
+        fields = {"text": path.read_text(), "source": str(path.resolve()), "calendars": loaded.calendars}
     else:
         fields = {}
         for arg in verb.args:

@@ -176,12 +176,12 @@ async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     """Store a new catalogue on the bus for every host: parsed by the loader every host starts with,
     so a bad file is refused with the same error as at start, and nothing changes."""
     try:
-        new = parse(request.text, request.source, ctx.namespace)
+        new = parse(request.text, request.source, ctx.namespace, calendars=request.calendars)
         await check_images(new, request.source, ctx.swarm.image_accounts)  # root by name, where the image is
     except CatalogueError as err:
         return ErrorReply(error="bad_catalogue", detail=str(err))
     old = ctx.catalogue
-    file = catalogue_file(request.text, request.source, ctx.clock(), request.by)
+    file = catalogue_file(request.text, request.source, ctx.clock(), request.by, calendars=new.calendars)
     if ctx.catalogues is None:
         return ErrorReply(error="unavailable", detail="this host does not follow the catalogue on the bus")
     await ctx.catalogues.publish(file)  # this host adopts it within publish (its on_change); the others follow the key

@@ -25,12 +25,15 @@ class Target(NamedTuple):
     """Ready instances to keep for an app, and which rule set that number (status shows it)."""
 
     size: int
-    source: str  # "catalogue", "schedule <days start-end>", "scale", "scale until <time>", "paused"
+    # "catalogue", "schedule <days start-end>", "schedule <calendar event's summary>", "scale",
+    # "scale until <time>", "paused"
+    source: str
 
 
 def target(spec: AppSpec | None, override: PoolOverride, now: float, timezone: str | None = None) -> Target:
     """The operator's pause, else an unexpired `admin scale`, else the largest of the catalogue's
-    pool size and the schedule entries active at `now` (`timezone`: the settings' default zone)."""
+    pool size, the schedule entries and the calendar events active at `now` (`timezone`: the settings'
+    default zone). A calendar is validated when the catalogue is loaded, so it expands here."""
     if spec is None:
         return Target(0, "not in the catalogue")
     if override.paused:
@@ -44,6 +47,10 @@ def target(spec: AppSpec | None, override: PoolOverride, now: float, timezone: s
     for entry in schedule.active(spec.schedule, timezone, now):
         if entry.size > best.size:
             best = Target(entry.size, f"schedule {entry.label}")
+    for source in spec.calendar:
+        for lecture in schedule.calendar_active(source, timezone, now):
+            if lecture.size > best.size:
+                best = Target(lecture.size, f"schedule {lecture.label}")
     return best
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
+import time
 import tomllib
 from pathlib import Path
 
 import msgspec
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from swarmpool import guardrails
-from swarmpool.bus.spec import AppSpec, Catalogue, Settings, dec_hook
+from swarmpool.bus.spec import AppSpec, CalendarSource, Catalogue, Settings, dec_hook
 
 T = TypeVar("T")
 
@@ -54,9 +55,16 @@ def _convert(raw: object, type_: type[T], here: str, path: str) -> T:
         raise CatalogueError(path, ".".join(p for p in (here, field) if p), problem) from None
 
 
-def parse(text: str, path: str = "<catalogue>", namespace: str | None = None) -> Catalogue:
+CALENDAR_MAX = 256 * 1024  # bytes of one calendar file: a semester of lectures is a few KiB
+CALENDARS_MAX = 384 * 1024  # of all of them: they travel with the catalogue (512 KiB) in one bus message
+
+
+def parse(text: str, path: str = "<catalogue>", namespace: str | None = None,
+          calendars: Mapping[str, str] | None = None) -> Catalogue:
     """A validated catalogue from TOML text; `namespace` (the stack's, where known) pins `settings.network` to
-    its instances overlay. CatalogueError names the field of the first mistake or unsafe setting."""
+    its instances overlay. CatalogueError names the field of the first mistake or unsafe setting. The calendar
+    files the apps name are read next to `path` (`calendars` None: the file being loaded) or taken from
+    `calendars` (stored with the catalogue on the bus, or sent with a reload)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -69,17 +77,73 @@ def parse(text: str, path: str = "<catalogue>", namespace: str | None = None) ->
         raise CatalogueError(path, "apps", "expected tables [apps.<name>]")
     settings = _convert(raw.get("settings", {}), Settings, "settings", path)
     apps: dict[str, AppSpec] = {}
+    texts: dict[str, str] = {}
     for name, app in apps_raw.items():
         if isinstance(app, dict):
             app = {"name": name, **app}
-        apps[name] = _convert(app, AppSpec, f"apps.{name}", path)
-    catalogue = Catalogue(settings=settings, apps=apps)
+        spec = _convert(app, AppSpec, f"apps.{name}", path)
+        if spec.calendar:
+            spec = _calendars(spec, f"apps.{name}", path, settings, calendars, texts)
+        apps[name] = spec
+    catalogue = Catalogue(settings=settings, apps=apps, calendars=texts)
     _check(catalogue, path)
     try:
         guardrails.check_catalogue(catalogue, namespace)
     except guardrails.Unsafe as err:
         raise CatalogueError(path, err.field, err.problem) from None
     return catalogue
+
+
+def _calendars(spec: AppSpec, here: str, path: str, settings: Settings, given: Mapping[str, str] | None,
+               texts: dict[str, str]) -> AppSpec:
+    """The app with each calendar `file`'s text in its `ics` (kept in `texts` by name, to be stored with the
+    catalogue), every calendar parsed and its weeks around now expanded: CatalogueError names the file."""
+    from swarmpool.functions.schedule import CalendarError, check_calendar
+
+    sources: list[CalendarSource] = []
+    for i, source in enumerate(spec.calendar):
+        at = f"{here}.calendar[{i}]"
+        if (source.file is None) == (source.ics is None):
+            raise CatalogueError(path, at, "expected either file (an .ics file next to the catalogue) or ics "
+                                           "(the calendar's text), not both or neither")
+        name = source.file
+        if name is not None:
+            if not name.strip():
+                raise CatalogueError(path, f"{at}.file", "expected the path of an .ics file, got an empty string")
+            if name not in texts:
+                texts[name] = _calendar_text(name, path, given, f"{at}.file")
+                if sum(len(t) for t in texts.values()) > CALENDARS_MAX:
+                    raise CatalogueError(path, f"{at}.file", f"{name}: the calendars together exceed "
+                                                             f"{CALENDARS_MAX // 1024} KiB")
+            source = msgspec.structs.replace(source, ics=texts[name])
+        try:
+            check_calendar(source, settings.timezone, time.time())
+        except CalendarError as err:
+            raise CatalogueError(path, f"{at}.file" if name else f"{at}.ics", f"{name or 'calendar'}: {err}") from None
+        sources.append(source)
+    return msgspec.structs.replace(spec, calendar=sources)
+
+
+def _calendar_text(name: str, path: str, given: Mapping[str, str] | None, field: str) -> str:
+    """A calendar file's text: from `given` (stored, sent) or read next to the catalogue file `path`."""
+    if given is not None:
+        if name not in given:
+            raise CatalogueError(path, field, f"{name}: the calendar file was not stored with the catalogue "
+                                              "(reload it from a file with `swarmpool admin reload`)")
+        text = given[name]
+    else:
+        file = Path(path).parent / name
+        try:
+            data = file.read_bytes()
+        except OSError as err:
+            raise CatalogueError(path, field, f"{name}: cannot read the calendar file: {err.strerror}") from None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise CatalogueError(path, field, f"{name}: not an iCalendar file (expected UTF-8 text)") from None
+    if len(text.encode()) > CALENDAR_MAX:
+        raise CatalogueError(path, field, f"{name}: more than {CALENDAR_MAX // 1024} KiB")
+    return text
 
 
 async def check_images(catalogue: Catalogue, path: str,

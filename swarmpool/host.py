@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def parse_file(file: CatalogueFile) -> Catalogue | None:
     """The catalogue of a stored file, parsed by the loader every host starts with (None: refused)."""
     try:
-        return parse(file.text, file.source or "<catalogue>")
+        return parse(file.text, file.source or "<catalogue>", calendars=file.calendars)
     except CatalogueError as err:  # never stored by swarmpool (validated before), but the bucket is shared
         log.error("ignoring the stored catalogue %s: %s", file.version, err)
         return None
@@ -64,10 +64,11 @@ async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, names
                   swarm=swarm, namespace=namespace, host=host or f"{socket.gethostname()}-{id(store):x}",
                   catalogues=catalogues)
     if catalogue_text is not None:
-        ctx.catalogue_version = catalogue_version(catalogue_text)
+        ctx.catalogue_version = catalogue_version(catalogue_text, catalogue.calendars)
         stored = catalogues.current()
         if should_store(stored, ctx.catalogue_version, replace_catalogue, catalogue_deployed_at):
-            if await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time()),
+            if await catalogues.publish(catalogue_file(catalogue_text, catalogue_source, time.time(),
+                                                       calendars=catalogue.calendars),
                                         only_if_absent=stored is None and not replace_catalogue):
                 await announce_trust(ctx, catalogue, catalogue_source, Requester(host=socket.gethostname()))
         elif stored is not None and stored.version != ctx.catalogue_version:
