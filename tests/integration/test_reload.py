@@ -1,17 +1,27 @@
 """`swarmpool admin reload FILE` against a real pool: new apps warm up, removed ones drain (their claimed
 session goes on), a changed command recycles the warm instances and never the claimed one, the gateway
-follows the catalogue on the bus, and a bad file is refused as at start with nothing changed."""
+follows the catalogue on the bus, and a bad file is refused as at start with nothing changed. A lecture calendar
+(.ics) named by the catalogue travels with it: reload raises the target during its event, and a host started later,
+without the file, runs the same calendar from the bus."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import nats
 import pytest
 
+from swarmpool.bus.messages import PoolOverride
 from swarmpool.bus.state import CatalogueStore
 from swarmpool.bus.subjects import Subjects
+from swarmpool.catalogue import parse
+from swarmpool.functions.policy import target
+from swarmpool.host import functions_host, status_target
 from tests.integration.test_admin import admin, status_json
 from tests.stack import echo_catalogue, running_stack, wait_for
 
@@ -123,3 +133,59 @@ async def test_reload_names_the_restart_only_settings_it_changes(nats_server, na
         assert code == 0, err
         assert "restart-only, unchanged until the hosts and gateways restart: settings.heartbeat_interval" in out
         assert "claim_wait" not in out  # applied on reload
+
+
+def weekly_lecture_around(now: float, summary: str) -> str:
+    """A calendar of a weekly Berlin lecture that began a week ago, 30 minutes before `now`, for 2 hours: its
+    second occurrence (an RRULE expansion, not the first event) is on now."""
+    start = datetime.fromtimestamp(now, ZoneInfo("Europe/Berlin")).replace(second=0, microsecond=0)
+    start -= timedelta(days=7, minutes=30)
+    stamp = "%Y%m%dT%H%M%S"
+    return "\r\n".join([
+        "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//swarmpool tests//EN", "BEGIN:VEVENT", "UID:lecture@example.org",
+        "DTSTAMP:20260101T000000Z", f"SUMMARY:{summary}", f"DTSTART;TZID=Europe/Berlin:{start.strftime(stamp)}",
+        f"DTEND;TZID=Europe/Berlin:{(start + timedelta(hours=2)).strftime(stamp)}", "RRULE:FREQ=WEEKLY",
+        "END:VEVENT", "END:VCALENDAR", ""])
+
+
+async def test_reload_with_a_calendar_raises_the_target_on_every_host(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = nats_server.url
+    plain = echo_catalogue(size=0, max_=2)
+    async with running_stack(url, namespace, plain, gateway=False) as s:
+        assert (await status_json(url, namespace))["echo"]["target"] == 0
+        now = time.time()
+        course = tmp_path / "course"
+        course.mkdir()
+        (course / "lectures.ics").write_text(weekly_lecture_around(now, "Numerik I"))
+        (course / "catalogue.toml").write_text(plain + '[[apps.echo.calendar]]\nfile = "lectures.ics"\nsize = 1\n')
+        code, out, err = await admin(url, namespace, "reload", str(course / "catalogue.toml"))
+        assert code == 0, err
+        status = (await status_json(url, namespace))["echo"]
+        assert (status["target"], status["target_source"]) == (1, "schedule Numerik I")
+        await s.wait_ready(1)  # the keeper acts on it: the lecture's instance warms up
+
+        # a host started later, with the old catalogue and no calendar on its disk, runs the stored calendar
+        text = (course / "lectures.ics").read_bytes().decode()  # as sent: CRLF lines kept
+        (course / "lectures.ics").unlink()
+        late_nc = await nats.connect(url)
+        try:
+            async with functions_host(late_nc, parse(plain, "old.toml"), s.swarm, namespace, host="late",
+                                      catalogue_text=plain, catalogue_source="old.toml") as late:
+                assert late.catalogue.calendars == {"lectures.ics": text}
+                assert late.catalogue_version == s.hosts[0].catalogue_version
+                assert status_target(late, "echo") == 1
+                spec = late.app("echo")
+                assert spec is not None  # after the lecture (an injected moment), the catalogue's size again
+                assert target(spec, PoolOverride(app="echo"), now + 3 * 3600, late.settings.timezone).size == 0
+        finally:
+            await late_nc.drain()
+
+        # a bad calendar is refused by reload as by check (exit 2, naming the file), and nothing changes
+        (course / "lectures.ics").write_text("BEGIN:VCALENDAR\nnot a content line\nEND:VCALENDAR\n")
+        code, out, err = await admin(url, namespace, "reload", str(course / "catalogue.toml"))
+        assert code == 2 and out == "", (code, out, err)
+        assert "lectures.ics: not a valid iCalendar file" in err and "apps.echo.calendar[0].file" in err
+        check_code, check_err = await check(course / "catalogue.toml")
+        assert check_code == 2 and check_err == err
+        status = (await status_json(url, namespace))["echo"]
+        assert (status["target"], status["target_source"]) == (1, "schedule Numerik I")
