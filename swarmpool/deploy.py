@@ -217,7 +217,8 @@ def nats_config(options: Options, name: str, passwords: dict[str, str], route_pa
 def cluster_catalogue(text: str, options: Options, path: str = "<catalogue>") -> str:
     """The catalogue as deployed: validated, with instances on the stack's overlay and no published ports, and
     the calendar files it names written into it (`ics`): the hosts get only this one file."""
-    calendars = parse(text, path).calendars  # a bad file is a CatalogueError naming the field, before anything is created
+    # a bad file is a CatalogueError naming the field, before anything is created
+    calendars = parse(text, path).calendars
     raw = tomllib.loads(text)
     for app in raw.get("apps", {}).values():
         app["calendar"] = [{**{k: v for k, v in source.items() if k != "file"}, "ics": calendars[source["file"]]}
