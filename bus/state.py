@@ -285,7 +285,7 @@ class InstanceStore:
         try:
             revision = await self._kv.create(instance.key, _encode(instance))
         except nats.js.errors.KeyWrongLastSequenceError as err:
-            raise Conflict(instance.key) from err
+            raise Conflict(instance.short) from err  # the key holds the id: a capability, never logged
         versioned = Versioned(instance, revision)
         self._remember(instance.key, versioned, revision)
         await self._event(instance, EventKind.CREATED)
@@ -299,7 +299,7 @@ class InstanceStore:
         try:
             revision = await self._kv.update(new.key, _encode(new), last=current.revision)
         except nats.js.errors.KeyWrongLastSequenceError as err:
-            raise Conflict(new.key) from err
+            raise Conflict(new.short) from err  # the key holds the id: a capability, never logged
         versioned = Versioned(new, revision)
         self._remember(new.key, versioned, revision)
         if new.state != old.state:

@@ -150,11 +150,11 @@ async def test_schedule_and_scale_for(nats_server, namespace, echo_image) -> Non
         await s.wait_ready(1)  # the schedule, not pool.size (0), keeps one warm
         apps = await status_json(nats_server.url, namespace)
         assert apps["echo"]["target"] == 1 and str(apps["echo"]["target_source"]).startswith("schedule ")
-        code, out, err = await admin(nats_server.url, namespace, "scale", "echo", "2", "--for", "3s")
+        code, out, err = await admin(nats_server.url, namespace, "scale", "echo", "2", "--for", "10s")
         assert code == 0 and " until " in out, err
         apps = await status_json(nats_server.url, namespace)
         assert apps["echo"]["target"] == 2 and str(apps["echo"]["target_source"]).startswith("scale until ")
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 40
         while (apps := await status_json(nats_server.url, namespace))["echo"]["target"] != 1:
             assert time.monotonic() < deadline, apps
             await s.store.wait_changed(0.5)

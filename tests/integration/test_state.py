@@ -30,6 +30,8 @@ async def test_cas_lets_exactly_one_of_two_writers_win(store: InstanceStore) -> 
     results = await asyncio.gather(store.cas(ready, claim), store.cas(ready, claim), return_exceptions=True)
     assert sum(isinstance(r, Conflict) for r in results) == 1
     assert sum(not isinstance(r, Exception) for r in results) == 1
+    lost = next(r for r in results if isinstance(r, Conflict))
+    assert created.instance.id not in str(lost)  # logged with a traceback: the id is a capability
 
 
 async def test_illegal_transition_is_refused(store: InstanceStore) -> None:
