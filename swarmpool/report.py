@@ -229,6 +229,44 @@ def report(events: Iterable[InstanceEvent | Visit], start: float, end: float, no
         for name in names})
 
 
+class Point(msgspec.Struct, frozen=True, kw_only=True):
+    """The pool at one moment of a window (the dashboard's plot)."""
+
+    at: float
+    sessions: int  # open sessions
+    ready: int  # ready instances
+    waiting: int  # waiting-room visits in this point's slice of the window
+
+
+def timeline(events: Iterable[InstanceEvent | Visit], start: float, end: float, apps: Iterable[str] | None = None,
+             points: int = 60) -> list[Point]:
+    """`points` evenly spaced moments of [start, end): open sessions and ready instances at each slice's
+    middle, waiting-room visits within it (the apps named, or all)."""
+    wanted = set(apps) if apps is not None else None
+    ordered = sorted((e for e in events if wanted is None or e.app in wanted), key=lambda e: e.at)
+    width = (end - start) / points if end > start else 0.0
+    state: dict[tuple[str, str], str] = {}
+    waiting = [0] * points
+    out: list[Point] = []
+    i = 0
+    for k in range(points if width > 0 else 0):
+        middle = start + (k + 0.5) * width
+        while i < len(ordered) and ordered[i].at <= middle:
+            e = ordered[i]
+            if isinstance(e, InstanceEvent):
+                if e.event == EventKind.REMOVED:
+                    state.pop((e.app, e.id), None)
+                else:
+                    state[(e.app, e.id)] = e.state
+            i += 1
+        out.append(Point(at=middle, sessions=sum(1 for v in state.values() if v == "claimed"),
+                         ready=sum(1 for v in state.values() if v == "ready"), waiting=0))
+    for e in ordered:
+        if isinstance(e, Visit) and e.kind == "click" and e.outcome == "waiting" and start <= e.at < end and width:
+            waiting[min(points - 1, int((e.at - start) / width))] += 1
+    return [msgspec.structs.replace(p, waiting=w) for p, w in zip(out, waiting)]
+
+
 # ---- lecture windows ----
 
 

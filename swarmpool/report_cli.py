@@ -22,7 +22,8 @@ from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import CatalogueError, parse
 from swarmpool.exits import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from swarmpool.operator import operator_connection
-from swarmpool.report import Lecture, Report, as_csv, as_json, as_table, lecture, report
+from swarmpool.report import (Lecture, Point, Report, as_csv, as_json, as_table, last_lecture, lecture, report,
+                              timeline)
 
 IDLE = 2.0  # seconds without a message after which a reader checks whether it has caught up
 
@@ -111,6 +112,21 @@ async def build(js: Any, subjects: Subjects, now: float, app: str | None, since:
         end = until if until is not None else now
     return report(events, start, end, now, apps=apps, cost_per_hour=catalogue.settings.cost_per_instance_hour,
                   lecture=label or "")
+
+
+async def last_lecture_report(js: Any, subjects: Subjects, now: float,
+                              points: int = 60) -> tuple[Report, list[Point]] | None:
+    """The report and the timeline of the lecture that began last (the dashboard); None without one."""
+    events = await read_log(js, subjects)
+    if events is None:
+        return None
+    catalogue, links = await read_config(js, subjects)
+    found = last_lecture(catalogue, links, now)
+    if found is None:
+        return None
+    rep = report(events, found.start, found.end, now, apps=found.apps,
+                 cost_per_hour=catalogue.settings.cost_per_instance_hour, lecture=found.label)
+    return rep, timeline(events, found.start, min(found.end, now), found.apps, points)
 
 
 async def run_report(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import io
 import json
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,8 @@ import pytest
 
 from swarmpool.bus.messages import Visit
 from swarmpool.bus.subjects import Subjects
+from swarmpool.launcher import serve_dashboard
+from swarmpool.natsd import free_port
 from tests.integration.test_admin import NO_STATE, admin
 from tests.stack import echo_catalogue, running_stack, wait_for
 
@@ -26,10 +29,20 @@ FRAMED = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe", "Sec-Fetch-S
           "Referer": "https://moodle.example.org/course/7"}
 
 
-def catalogue() -> str:
+def class_now() -> tuple[str, str]:
+    """A schedule entry of a class under way (began 30 minutes ago, UTC), and its label."""
+    start = datetime.now(timezone.utc) - timedelta(minutes=30)
+    end = start + timedelta(hours=2)
+    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[start.weekday()]
+    entry = f'schedule = [{{ days = ["{day}"], start = "{start:%H:%M}", end = "{end:%H:%M}", size = 1 }}]'
+    return entry, f"{day} {start:%H:%M}-{end:%H:%M}"
+
+
+def catalogue(entry: str) -> str:
     # one instance at most: a second student waits until the first session ends; one session per browser
     return echo_catalogue(size=1, max_=1).replace(
-        "max_instances = 120", "max_instances = 120\nper_browser_limit = 1\ncost_per_instance_hour = 2.0", 1)
+        "max_instances = 120", "max_instances = 120\nper_browser_limit = 1\ncost_per_instance_hour = 2.0", 1
+    ).replace('deep_link = "hello"', f'deep_link = "hello"\n{entry}', 1)
 
 
 async def report(nats_url: str, namespace: str, *args: str) -> tuple[int, str, str]:
@@ -55,8 +68,9 @@ async def load_page(browser: aiohttp.ClientSession, base: str, location: str) ->
 
 async def test_a_scripted_lecture_gives_exact_counts(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
     subjects = Subjects(namespace)
-    async with running_stack(nats_server.url, namespace, catalogue()) as s:
-        (tmp_path / "catalogue.toml").write_text(catalogue())  # on the bus, as `up` stores it: the cost per hour
+    entry, label = class_now()
+    async with running_stack(nats_server.url, namespace, catalogue(entry)) as s:
+        (tmp_path / "catalogue.toml").write_text(catalogue(entry))  # on the bus, as `up` stores it: the cost per hour
         code, _, err = await admin(nats_server.url, namespace, "reload", str(tmp_path / "catalogue.toml"))
         assert code == 0, err
         visits: list[Visit] = []
@@ -103,6 +117,18 @@ async def test_a_scripted_lecture_gives_exact_counts(nats_server, namespace, ech
         assert echo["minutes_without_ready"] > 0  # while B waited
         assert echo["instance_hours"] > 0 and echo["cost"] == round(echo["instance_hours"] * 2.0, 2)
         assert echo["session_length"]["n"] == 2 and sum(echo["session_bins"].values()) == 2  # the open one: to now
+
+        code, out, err = await report(nats_server.url, namespace, "--json", "--lecture", label)
+        assert code == 0, err
+        assert json.loads(out)["lecture"] == label and json.loads(out)["apps"]["echo"]["served"] == 2
+
+        ops = free_port()  # the dashboard shows the same for the last lecture, with its plot
+        async with serve_dashboard(s.nc, namespace, "127.0.0.1", ops, tmp_path, None, s.url) as login, \
+                aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(login) as response:
+                page = await response.text()
+        assert f"Last lecture: {label}" in page and 'data-app="echo" data-served="2"' in page
+        assert '<svg id="lecture-plot"' in page and "frame 1, limit 1" in page
 
         code, out, err = await report(nats_server.url, namespace, "--csv", "--since", "10m")
         assert code == 0, err

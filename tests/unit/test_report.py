@@ -12,8 +12,8 @@ import pytest
 from swarmpool.bus.messages import InstanceEvent, Link, Visit
 from swarmpool.catalogue import CatalogueError, parse
 from swarmpool.gateway.visits import browser_tag, session_key
-from swarmpool.report import (AppReport, Spread, as_csv, as_json, as_table, last_lecture, lecture, report,
-                              spread)
+from swarmpool.report import (AppReport, Point, Spread, as_csv, as_json, as_table, last_lecture, lecture, report,
+                              spread, timeline)
 
 T0 = 1_700_000_000.0  # the lecture starts
 END = T0 + 3600.0
@@ -169,3 +169,11 @@ def test_a_schedule_entrys_label_names_its_last_class_and_a_links_label_its_vali
 def test_a_negative_cost_names_its_field() -> None:
     with pytest.raises(CatalogueError, match="settings.cost_per_instance_hour"):
         parse(CATALOGUE.replace("0.25", "-1"))
+
+
+def test_the_timeline_of_a_lecture() -> None:
+    points = timeline(LECTURE, T0, T0 + 120, points=4)  # slices of 30 s, sampled at 15, 45, 75, 105
+    assert points == [Point(at=T0 + 15, sessions=2, ready=0, waiting=3),  # C at 13 and 20, D at 25
+                      Point(at=T0 + 45, sessions=2, ready=1, waiting=2),  # C at 30, D at 40; I3 ready at 45
+                      Point(at=T0 + 75, sessions=3, ready=0, waiting=0),
+                      Point(at=T0 + 105, sessions=3, ready=0, waiting=0)]
