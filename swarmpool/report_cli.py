@@ -4,6 +4,7 @@ lecture (or any window) went as a table, JSON or CSV (the figures: swarmpool/rep
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from datetime import datetime, timezone
@@ -24,6 +25,8 @@ from swarmpool.exits import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from swarmpool.operator import operator_connection
 from swarmpool.report import (Lecture, Point, Report, as_csv, as_json, as_table, last_lecture, lecture, report,
                               timeline)
+
+log = logging.getLogger(__name__)
 
 IDLE = 2.0  # seconds without a message after which a reader checks whether it has caught up
 
@@ -53,6 +56,7 @@ async def read_log(js: Any, subjects: Subjects) -> list[InstanceEvent | Visit] |
     events: list[InstanceEvent | Visit] = []
     if last == 0:
         return events
+    unreadable = 0
     sub = await js.subscribe(f"{subjects.prefix}.>", stream=subjects.events_stream, ordered_consumer=True,
                              config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL))
     try:
@@ -61,19 +65,23 @@ async def read_log(js: Any, subjects: Subjects) -> list[InstanceEvent | Visit] |
                 msg = await sub.next_msg(timeout=IDLE)
             except nats.errors.TimeoutError:
                 if sub.pending_msgs == 0 and (await sub.consumer_info()).num_pending == 0:
-                    return events
+                    break
                 continue
             try:
                 if msg.subject.startswith(f"{subjects.prefix}.visit."):
                     events.append(_visit(msg.data))
                 elif msg.subject.startswith(f"{subjects.prefix}.instance."):
                     events.append(_instance(msg.data))
-            except msgspec.DecodeError:
-                pass  # another version's or a damaged record: not counted
+            except msgspec.DecodeError:  # another version's or a damaged record: said once, at the end
+                unreadable += 1
             if msg.metadata.sequence.stream >= last or msg.metadata.num_pending == 0:
-                return events
+                break
     finally:
         await sub.unsubscribe()
+    if unreadable:
+        log.warning("%d records of the event log %s could not be read: not counted", unreadable,
+                    subjects.events_stream)
+    return events
 
 
 async def read_config(js: Any, subjects: Subjects) -> tuple[Catalogue, list[Link]]:
