@@ -125,12 +125,12 @@ async def build(js: Any, subjects: Subjects, now: float, app: str | None, since:
 async def last_lecture_report(js: Any, subjects: Subjects, now: float,
                               points: int = 60) -> tuple[Report, list[Point]] | None:
     """The report and the timeline of the lecture that began last (the dashboard); None without one."""
-    events = await read_log(js, subjects)
-    if events is None:
-        return None
     catalogue, links = await read_config(js, subjects)
     found = last_lecture(catalogue, links, now)
     if found is None:
+        return None  # no lecture: the event log is not read
+    events = await read_log(js, subjects)
+    if events is None:
         return None
     rep = report(events, found.start, found.end, now, apps=found.apps,
                  cost_per_hour=catalogue.settings.cost_per_instance_hour, lecture=found.label)
