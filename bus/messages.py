@@ -171,6 +171,27 @@ class InstanceEvent(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
+# ---- visits (sp.visit.<app>.<kind>, published by gateways, kept in the event stream) ----
+
+
+class Visit(msgspec.Struct, frozen=True, kw_only=True):
+    """A student's click on `/launch/<app>` and what it got, or a claimed session's page having loaded
+    (the settle signal): what `swarmpool report` counts. Never an instance id nor a cookie: `session`
+    and `browser` are one-way hashes, `link` a lecture link's log-safe prefix."""
+
+    kind: str  # "click" or "page"
+    app: str
+    at: float
+    outcome: str = ""  # click: served, waiting (the waiting room; paused too) or refused
+    # refused: link_missing, link_tampered, link_expired, link_revoked, link_spent, limit, frame;
+    # waiting: empty, paused, unavailable (no claimer answered), error (a claimer failed)
+    cause: str = ""
+    session: str = ""  # served click and page: session_key() of the instance id
+    browser: str = ""  # browser_tag() of the browser key; "" when the gateway keeps no browser cookie
+    link: str = ""  # the lecture link's first characters (short_link), "" without one (its label: KV link.<id>)
+    gateway: str = ""
+
+
 # ---- docker events (sp.docker.<type>.<action>, publish) ----
 
 

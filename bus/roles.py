@@ -1,7 +1,7 @@
 """Who may do what on the bus: the NATS users of swarmpool (one per role), their subject
 permissions for a namespace, and how a process logs in as one (a credentials file).
 
-Three roles: ``gateway`` (publish claims, releases and activity, receive its replies, read instance
+Three roles: ``gateway`` (publish claims, releases, activity and visits, receive its replies, read instance
 records), ``functions`` (what the handlers need; the only role that creates buckets and
 streams or writes KV), ``operator`` (admin verbs, the event log, reading records). The
 ``$JS.*`` and ``$KV.*`` patterns below are NATS' own JetStream API subjects, named here
@@ -87,7 +87,8 @@ def permissions(role: str, namespace: str) -> Permissions:
                      s.admin_all(), s.instance_events_all()] + _discovery(s.admin_service)
         return Permissions(publish, subscribe + [s.inbox(role) + ".>"], allow_responses=True)
     if role == "gateway":
-        publish = [s.claim_all(), s.release_all(), s.activity_all(), s.settled_all()]
+        # visits: into the event log by a plain publish (the stream stores it; no JetStream API needed)
+        publish = [s.claim_all(), s.release_all(), s.activity_all(), s.settled_all(), s.visits_all()]
         publish += _read_stream(kv_stream(s.instances_bucket))
         publish += _read_stream(kv_stream(s.config_bucket))  # the catalogue every host follows (reload)
         return Permissions(publish, [s.inbox(role) + ".>"])
@@ -96,7 +97,7 @@ def permissions(role: str, namespace: str) -> Permissions:
         publish += _discovery(s.admin_service)
         for stream in (s.events_stream, kv_stream(s.instances_bucket), kv_stream(s.config_bucket)):
             publish += _read_stream(stream) + _consume_stream(stream)
-        return Permissions(publish, [s.instance_events_all(), s.audit_all(), s.inbox(role) + ".>"])
+        return Permissions(publish, [s.instance_events_all(), s.audit_all(), s.visits_all(), s.inbox(role) + ".>"])
     raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
 
 

@@ -348,6 +348,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # DNS servers (IP addresses) the instances' DNS forwards outside names to: only apps with egress =
     # "internet" reach them. Default: the host's (Docker's choice). Read by the packet filter at `up`.
     egress_dns: list[NameServer] = []
+    # what one instance costs per hour (any currency): `swarmpool report` multiplies its instance-hours by it
+    cost_per_instance_hour: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class Catalogue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

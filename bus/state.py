@@ -82,10 +82,10 @@ EVENTS_MAX_BYTES = 256 * 1024**2  # and at most this much of them (the oldest go
 
 
 async def ensure_event_log(js: JetStreamContext, subjects: Subjects) -> api.StreamInfo:
-    """The event log: instance events and operator commands, bounded by age and size. A stream made
+    """The event log: instance events, operator commands and gateways' visits, bounded by age and size. A stream made
     by an older version (other subjects or limits) is updated in place, keeping its events."""
     config = api.StreamConfig(name=subjects.events_stream,
-                              subjects=[subjects.instance_events_all(), subjects.audit_all()],
+                              subjects=[subjects.instance_events_all(), subjects.audit_all(), subjects.visits_all()],
                               max_age=EVENTS_MAX_AGE, max_bytes=EVENTS_MAX_BYTES,
                               storage=api.StorageType.FILE, discard=api.DiscardPolicy.OLD,
                               num_replicas=stream_replicas())

@@ -60,6 +60,14 @@ class Subjects:
         """Wildcard for every instance event (the event stream's subject)."""
         return f"{self.prefix}.instance.>"
 
+    def visit(self, app: str, kind: str) -> str:
+        """Publish (kept in the event stream): a gateway's record of a click or a page load (a Visit)."""
+        return f"{self.prefix}.visit.{app}.{kind}"
+
+    def visits_all(self) -> str:
+        """Wildcard for every visit (the event stream's subject, the gateway's permission)."""
+        return f"{self.prefix}.visit.*.*"
+
     def docker(self, type_: str, action: str) -> str:
         """Publish: one Docker engine event about a container or service of ours."""
         return f"{self.prefix}.docker.{type_}.{action}"
@@ -119,7 +127,7 @@ class Subjects:
 
     @property
     def events_stream(self) -> str:
-        """Stream keeping every instance event and operator command: the event log."""
+        """Stream keeping every instance event, operator command and visit: the event log."""
         return f"{self._name}_events"
 
     @property

@@ -43,8 +43,10 @@ class ActivityTracker:
 
     def __init__(self, publish: Publish, subjects: Subjects, interval: float, gateway: str,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 on_settled: Callable[[str, str], None] | None = None) -> None:
         self._send = publish
+        self._on_settled = on_settled  # (app, id) once per instance: the page-load visit of the report
         self._subjects = subjects
         self._interval = interval
         self._gateway = gateway
@@ -118,6 +120,8 @@ class ActivityTracker:
             entry.settled = True  # sent at once, never throttled: a refill waits for it
             self._settling.add(instance_id)
             self._wake.set()
+            if self._on_settled is not None:
+                self._on_settled(entry.app, instance_id)
 
     def forget(self, instance_id: str) -> None:
         """The route is gone: stop reporting on this instance."""

@@ -17,6 +17,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import launch, origin, proxy
 from swarmpool.gateway.activity import ActivityTracker
+from swarmpool.gateway.visits import VisitLog
 from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway
 from swarmpool.gateway.framing import apply_frame_policy
 from swarmpool.gateway.metrics import GatewayMetrics
@@ -38,10 +39,11 @@ def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: C
     `clock` stamps heartbeats and `monotonic` throttles them (tests inject both).
     """
     routes = RouteTable(catalogue)
+    visits = VisitLog(bus.publish, subjects, host_label, clock=clock)
     activity = ActivityTracker(bus.publish, subjects, float(catalogue.settings.heartbeat_interval), host_label,
-                               clock=clock, monotonic=monotonic)
+                               clock=clock, monotonic=monotonic, on_settled=visits.page)
     gw = Gateway(bus=bus, subjects=subjects, store=store, catalogue=catalogue, host_label=host_label,
-                 routes=routes, activity=activity, metrics=GatewayMetrics())
+                 routes=routes, activity=activity, metrics=GatewayMetrics(), visits=visits)
     routes.on_removed(activity.forget)
     routes.on_removed(lambda instance_id: _close_sockets(gw, instance_id))
 
@@ -80,18 +82,21 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     stop_routing = gw.store.on_change(gw.routes.on_change)
     gw.routes.fill(gw.store.all())  # no await since subscribing: no change can slip between
     heartbeats = asyncio.create_task(gw.activity.run(), name="gateway-heartbeats")
+    recording = asyncio.create_task(gw.visits.run(), name="gateway-visits")
     log.info("gateway %s up with %d routes", gw.host_label, len(gw.routes))
     try:
         yield
     finally:
         stop_routing()
         heartbeats.cancel()
-        await asyncio.gather(heartbeats, return_exceptions=True)
+        recording.cancel()
+        await asyncio.gather(heartbeats, recording, return_exceptions=True)
         if gw.bus.is_connected:
             try:
                 await asyncio.wait_for(gw.activity.flush(force=True), 2)
+                await asyncio.wait_for(gw.visits.flush(), 2)
             except Exception:
-                log.warning("last heartbeats not published", exc_info=True)
+                log.warning("last heartbeats or visits not published", exc_info=True)
         await session.close()
 
 

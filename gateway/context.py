@@ -19,6 +19,7 @@ from swarmpool.gateway.activity import ActivityTracker
 from swarmpool.gateway.metrics import GatewayMetrics
 from swarmpool.gateway.routing import RouteTable
 from swarmpool.gateway.static_cache import StaticCache
+from swarmpool.gateway.visits import VisitLog
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Gateway:
     routes: RouteTable
     activity: ActivityTracker
     metrics: GatewayMetrics
+    visits: VisitLog  # clicks and page loads, into the event log (the report)
     claim_decoder: msgspec.json.Decoder[Claimed | ClaimRefused | ErrorReply] = field(
         default_factory=lambda: msgspec.json.Decoder(Claimed | ClaimRefused | ErrorReply))
     release_decoder: msgspec.json.Decoder[Released | ErrorReply] = field(

@@ -2,7 +2,8 @@
 holding the operator's bus credentials, behind a one-time login link and a signed session cookie.
 
 It shows each pool live (ready / starting / in use / failed as bars), the last hour of pool depth
-and claims per minute (inline SVG, samples kept in memory), the latest events, and buttons for
+and claims per minute (inline SVG, samples kept in memory), the latest events, the last lecture's
+report (`swarmpool report --lecture`) with a plot of its sessions and waits, and buttons for
 scale, pause, resume, drain and reload (POST forms with the session's CSRF token). Everything is
 inline: no script, style or font from anywhere else.
 """
@@ -33,6 +34,8 @@ from swarmpool.bus.operator import ask_admin, follow_events
 from swarmpool.bus.subjects import Subjects
 from swarmpool.bus.verbs import VERBS, Verb, request_from
 from swarmpool.catalogue import CatalogueError
+from swarmpool.report import Point, Report, Spread
+from swarmpool.report_cli import last_lecture_report
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ SESSION_SECONDS = 12 * 3600
 SAMPLE_EVERY = 3.0  # seconds between two samples of the pools (admin status)
 HISTORY = 3600.0  # seconds of samples kept for the plot
 EVENTS_SHOWN = 30
+LECTURE_EVERY = 60.0  # seconds the last lecture's report is kept before the event log is read again
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Dashboard:
     claims: Counter[int] = field(default_factory=Counter)  # minute -> claims
     events: deque[str] = field(default_factory=lambda: deque(maxlen=EVENTS_SHOWN))
     error: str = ""
+    lecture: tuple[float, str] = (float("-inf"), "")  # when the last lecture's section was made, and its HTML
 
     def new_login(self) -> str:
         token = secrets.token_urlsafe(24)
@@ -238,6 +243,71 @@ def _plot(dash: Dashboard, now: float) -> str:
             f'max {top}</text></svg>')
 
 
+def _lecture_plot(points: list[Point], start: float, end: float) -> str:
+    """The lecture as inline SVG: open sessions (blue), ready instances (green), waiting-room visits (orange bars)."""
+    w, h = 480, 120
+    top = max([p.sessions for p in points] + [p.ready for p in points] + [p.waiting for p in points] + [1])
+    span = max(end - start, 1.0)
+
+    def x(at: float) -> float:
+        return w * (at - start) / span
+
+    def line(values: list[tuple[float, int]]) -> str:
+        return " ".join(f"{x(at):.1f},{h - h * n / top:.1f}" for at, n in values)
+    bar = w / max(len(points), 1)
+    bars = "".join(f'<rect x="{x(p.at) - bar / 2:.1f}" y="{h - h * p.waiting / top:.1f}" width="{bar * 0.8:.1f}" '
+                   f'height="{h * p.waiting / top:.1f}" fill="#e9892a"/>' for p in points if p.waiting)
+    return (f'<svg id="lecture-plot" width="{w}" height="{h + 20}" viewBox="0 0 {w} {h + 20}">'
+            f'<rect width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>{bars}'
+            f'<polyline fill="none" stroke="#3a6fd8" stroke-width="2" '
+            f'points="{line([(p.at, p.sessions) for p in points])}"/>'
+            f'<polyline fill="none" stroke="#2a9d4b" stroke-width="1.5" '
+            f'points="{line([(p.at, p.ready) for p in points])}"/>'
+            f'<text x="2" y="{h + 15}" font-size="11">blue: sessions · green: ready · orange: waiting-room visits · '
+            f'max {top}</text></svg>')
+
+
+def _spread(s: Spread | None) -> str:
+    return "-" if s is None else f"{s.p50:.1f} / {s.p95:.1f} / {s.max:.1f} s"
+
+
+def lecture_html(found: tuple[Report, list[Point]] | None) -> str:
+    """The last lecture's report (as `swarmpool report --lecture`) and its plot."""
+    if found is None:
+        return "<h2>Last lecture</h2><p>No lecture yet: a schedule entry or a labelled lecture link names one.</p>"
+    rep, points = found
+    when = (f"{datetime.fromtimestamp(rep.start, timezone.utc):%Y-%m-%d %H:%M} to "
+            f"{datetime.fromtimestamp(rep.end, timezone.utc):%H:%M} UTC")
+    head = ("<tr><th>app</th><th>students served</th><th>click to page p50 / p95 / max</th>"
+            "<th>waiting room</th><th>session length p50 / p95 / max</th><th>peak</th><th>failures</th>"
+            "<th>no ready instance</th><th>instance-hours</th></tr>")
+    rows = "".join(
+        f'<tr class="lecture" data-app="{html.escape(r.app)}" data-served="{r.served}">'
+        f"<th>{html.escape(r.app)}</th><td>{r.served}</td><td>{_spread(r.click_to_page)}</td>"
+        f"<td>{r.waiting_visits} visits, longest {'-' if r.longest_wait is None else f'{r.longest_wait:.1f} s'}</td>"
+        f"<td>{_spread(r.session_length)}</td><td>{r.peak_concurrency}</td>"
+        f"<td>{html.escape(', '.join(f'{k} {v}' for k, v in r.failures.items()) or 'none')}</td>"
+        f"<td>{r.minutes_without_ready:g} min</td>"
+        f"<td>{r.instance_hours:g}{'' if r.cost is None else f' (cost {r.cost:.2f})'}</td></tr>"
+        for r in rep.apps.values())
+    return (f"<h2>Last lecture: {html.escape(rep.lecture)}</h2><p>{when}</p><table>{head}{rows}</table>"
+            f"{_lecture_plot(points, rep.start, min(rep.end, time.time()))}")
+
+
+async def lecture_section(dash: Dashboard) -> str:
+    """The last lecture's section, read from the event log at most every LECTURE_EVERY seconds."""
+    made, text = dash.lecture
+    if time.monotonic() - made < LECTURE_EVERY:
+        return text
+    try:
+        text = lecture_html(await last_lecture_report(dash.bus.client.jetstream(), dash.subjects, time.time()))
+    except Exception as err:  # the event log unreadable now: the rest of the page still works
+        log.warning("last lecture's report not made: %s", err)
+        return f'<h2>Last lecture</h2><p class="err">the event log cannot be read now: {html.escape(str(err))}</p>'
+    dash.lecture = (time.monotonic(), text)
+    return text
+
+
 def live_html(dash: Dashboard) -> str:
     rows = "".join(
         f'<tr class="pool" data-app="{html.escape(a.app)}" data-ready="{a.ready}" data-paused="{str(a.paused).lower()}">'
@@ -277,7 +347,8 @@ async def page(request: web.Request) -> web.Response:
     body = (f"<!doctype html><html><head><meta charset=utf-8><title>swarmpool dashboard</title>"
             f"<style>{STYLE}</style></head><body><h1>swarmpool · {html.escape(dash.subjects.prefix)}</h1>"
             + (f'<p id="done">{html.escape(note)}</p>' if note else "")
-            + f'{legend}<div id="live">{live_html(dash)}</div>{_controls(dash, dash.csrf(nonce))}'
+            + f'{legend}<div id="live">{live_html(dash)}</div>{await lecture_section(dash)}'
+            f'{_controls(dash, dash.csrf(nonce))}'
             f"<script>{SCRIPT}</script></body></html>")
     return web.Response(text=body, content_type="text/html")
 

@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 import urllib.parse
+from functools import partial
 
 import msgspec
 from aiohttp import web
@@ -78,12 +79,15 @@ async def launch(request: web.Request) -> web.StreamResponse:
         if verified.check != "ok":
             gw.metrics.launches.labels(spec.name, f"link_{verified.check}").inc()
             log.info("launch %s: link %s %s", spec.name, short_link(verified.link_id) or "-", verified.check)
+            gw.visits.click(spec.name, "refused", cause=f"link_{verified.check}", link=short_link(verified.link_id))
             return _link_refused(request, spec, verified.check)
         link_id = verified.link_id
 
     verdict = launch_verdict(request.headers, spec.frame_ancestors)
     if verdict != "claim":  # fetch(), <img>, a frame not allowed, prefetch or prerender: never a session
         gw.metrics.launches.labels(spec.name, verdict).inc()
+        if verdict == "frame":  # a course page not allowed to frame the app (prefetches are no student's click)
+            gw.visits.click(spec.name, "refused", cause="frame", link=short_link(link_id))
         return _not_a_click(request, spec, verdict, link)
 
     browser, new_cookie = browser_key(request) if gw.catalogue.settings.per_browser_limit else ("", None)
@@ -144,7 +148,9 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
     reply = await _claim(gw, spec.name, wait, browser, link_id)
     gw.metrics.claim_latency.labels(spec.name).observe(time.monotonic() - started)
 
+    visit = partial(gw.visits.click, spec.name, browser=browser, link=short_link(link_id))
     if isinstance(reply, Claimed):
+        visit("served", instance_id=reply.id)
         gw.routes.add_claimed(reply.id, spec.name, reply.endpoint)
         gw.metrics.launches.labels(spec.name, "claimed").inc()
         log.info("launch %s: claimed %s", spec.name, short_id(spec.name, reply.id))
@@ -155,14 +161,17 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
 
     if isinstance(reply, ClaimRefused) and reply.reason == "limit":
         gw.metrics.launches.labels(spec.name, "limit").inc()
+        visit("refused", cause="limit")
         return _limit(request, gw, spec, reply, link)
 
     if isinstance(reply, ClaimRefused) and reply.reason in pages.LINK_REFUSALS:  # the claimer's count said no
         gw.metrics.launches.labels(spec.name, reply.reason).inc()
+        visit("refused", cause=reply.reason)
         log.info("launch %s: link %s %s", spec.name, short_link(link_id), reply.reason)
         return _link_refused(request, spec, reply.reason)
     if isinstance(reply, ClaimRefused) and reply.reason == "link_missing":  # a gateway without the app's setting
         gw.metrics.launches.labels(spec.name, "link_missing").inc()
+        visit("refused", cause="link_missing")
         return _link_refused(request, spec, "missing")
 
     paused = isinstance(reply, ClaimRefused) and reply.reason == "paused"
@@ -170,6 +179,8 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
     if isinstance(reply, ClaimRefused) and reply.retry_after > 0:
         retry = max(1, math.ceil(reply.retry_after))
     gw.metrics.launches.labels(spec.name, "waiting").inc()
+    visit("waiting", cause=reply.reason if isinstance(reply, ClaimRefused)
+          else "error" if isinstance(reply, ErrorReply) else "unavailable")
     headers = {"Retry-After": str(retry), "Cache-Control": "no-store"}
     if wants_json(request):
         return web.json_response({"status": "paused" if paused else "waiting", "app": spec.name,

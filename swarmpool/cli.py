@@ -1,4 +1,4 @@
-"""The `swarmpool` command: up (embedded default), functions, gateway, admin, events, dashboard, deploy."""
+"""The `swarmpool` command: up (embedded default), functions, gateway, admin, events, report, dashboard, deploy."""
 
 from __future__ import annotations
 
@@ -117,6 +117,22 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="one JSON object per line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header line")
 
+    rp = sub.add_parser("report", parents=[operator],
+                        help="how a lecture went: students served, click to page, waits, sessions, failures, cost",
+                        description="Figures from the event log for a window: --since/--until (a duration ago, "
+                                    "e.g. 2h, or a time, 2026-12-01T10:00 in UTC), or --lecture LABEL (the last "
+                                    "class of the schedule entry, or the lecture link, with that label). Default: "
+                                    "all that the event log keeps.")
+    rp.add_argument("--app", help="only this app")
+    rp.add_argument("--since", metavar="WHEN", help="from then (a duration ago or an ISO time)")
+    rp.add_argument("--until", metavar="WHEN", help="until then (default: now)")
+    rp.add_argument("--lecture", metavar="LABEL",
+                    help='a schedule entry\'s label ("tue,thu 10:00-11:30", as `admin status` shows it) or a '
+                         "lecture link's label")
+    rfmt = rp.add_mutually_exclusive_group()
+    rfmt.add_argument("--json", action="store_true", help="one JSON object (per app: served, click_to_page, ...)")
+    rfmt.add_argument("--csv", action="store_true", help="CSV with a header line, one row per app")
+
     db = sub.add_parser("dashboard", parents=[operator],
                         help="serve the operators' dashboard here and print its one-time login URL",
                         description="The operators' dashboard of a running `up` (--state-dir: its state dir) or a "
@@ -187,6 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(deploy.deploy(args) if args.command == "deploy" else deploy.undeploy(args))
     if args.command in ("admin", "link"):
         raise SystemExit(asyncio.run(_admin(args)))
+    if args.command == "report":
+        from swarmpool.report_cli import run_report
+
+        raise SystemExit(asyncio.run(run_report(args)))
     if args.command == "events":
         from swarmpool.events import read_events
 

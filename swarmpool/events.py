@@ -1,4 +1,4 @@
-"""`swarmpool events`: read the event log (instance transitions and operator commands) from its stream,
+"""`swarmpool events`: read the event log (instance transitions, operator commands, gateways' visits) from its stream,
 as a table, JSON lines or CSV; all that is kept (or since a moment), then new ones with --follow."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from swarmpool.bus.messages import AdminEvent, InstanceEvent
+from swarmpool.bus.messages import AdminEvent, InstanceEvent, Visit
 from swarmpool.bus.spec import parse_duration
 from swarmpool.bus.subjects import Subjects
 from swarmpool.exits import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
@@ -26,6 +26,7 @@ IDLE = 2.0  # seconds without a message after which a reader that is caught up c
 
 _instance = msgspec.json.Decoder(InstanceEvent).decode
 _admin = msgspec.json.Decoder(AdminEvent).decode
+_visit = msgspec.json.Decoder(Visit).decode
 
 
 def _iso(at: float) -> str:
@@ -40,6 +41,12 @@ def row(subjects: Subjects, subject: str, data: bytes) -> dict[str, str] | None:
             by = f"{a.by.user or '?'}@{a.by.host or '?'}"
             return {"time": _iso(a.at), "app": a.app or "*", "event": f"admin {a.verb}", "instance": "",
                     "state": "", "reason": a.reason, "by": by}
+        if subject.startswith(f"{subjects.prefix}.visit."):  # a gateway's click or page load (hashed keys only)
+            v = _visit(data)
+            what = " ".join(p for p in (v.kind, v.outcome) if p)
+            why = " ".join(p for p in (v.cause, f"link {v.link}" if v.link else "") if p)
+            return {"time": _iso(v.at), "app": v.app, "event": what, "instance": "", "state": "", "reason": why,
+                    "by": v.gateway}
         e = _instance(data)
         return {"time": _iso(e.at), "app": e.app, "event": e.event, "instance": short_id(e.app, e.id),
                 "state": e.state, "reason": e.reason, "by": ""}

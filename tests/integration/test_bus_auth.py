@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -23,10 +24,11 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from swarmpool.bus.messages import Activity, Claimed, ClaimRefused, ClaimReply, ClaimRequest, DockerEvent
+from swarmpool.bus.messages import (Activity, Claimed, ClaimRefused, ClaimReply, ClaimRequest, DockerEvent,
+                                    InstanceEvent, Visit)
 from swarmpool.bus.roles import Access
 from swarmpool.bus.runtime import connect, encode
-from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.state import InstanceStore, ensure_event_log
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
 from swarmpool.gateway.context import BROWSER_COOKIE
@@ -150,6 +152,40 @@ async def test_gateway_cannot_admin_write_forge_or_snoop(server: EmbeddedNats, a
     finally:
         await gw.nc.close()
         await fn.nc.close()
+
+
+async def test_gateway_records_visits_in_the_event_log_and_forges_no_other_event(server: EmbeddedNats,
+                                                                              auth_namespace: str) -> None:
+    s = Subjects(auth_namespace)
+    fn = await login(server, "functions", auth_namespace)
+    gw = await login(server, "gateway", auth_namespace)
+    op = await login(server, "operator", auth_namespace)
+    try:
+        await ensure_event_log(fn.nc.jetstream(), s)
+        js = op.nc.jetstream()
+        before = (await js.stream_info(s.events_stream)).state.last_seq
+        visit = Visit(kind="click", app="echo", at=time.time(), outcome="waiting", cause="empty")
+        await gw.nc.publish(s.visit("echo", "click"), encode(visit))
+        forged = InstanceEvent(app="echo", id="d" * 26, event="claimed", state="claimed", at=time.time())
+        await gw.nc.publish(s.instance_event("echo", "d" * 26, "claimed"), encode(forged))
+        await gw.violation(s.instance_event("echo", "d" * 26, "claimed"))
+        await gw.nc.publish(s.audit("drain"), b"{}")
+        await gw.violation(s.audit("drain"))
+        await gw.nc.flush()
+        info = await wait_for(_grown(js, s.events_stream, before), timeout=10, what="the visit in the event log")
+        assert info.state.last_seq == before + 1  # the visit, and nothing forged
+        stored = await js.get_msg(s.events_stream, info.state.last_seq)
+        assert stored.subject == s.visit("echo", "click") and msgspec.json.decode(stored.data, type=Visit) == visit
+    finally:
+        for client in (gw, fn, op):
+            await client.nc.close()
+
+
+def _grown(js: Any, stream: str, before: int) -> Any:
+    async def probe() -> Any:
+        info = await js.stream_info(stream)
+        return info if info.state.last_seq > before else None
+    return probe
 
 
 async def test_gateway_routes_and_claims_under_its_restricted_user(server: EmbeddedNats, auth_namespace: str,

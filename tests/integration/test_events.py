@@ -78,7 +78,7 @@ async def test_event_log_is_upgraded_in_place(nats_server, namespace) -> None:  
         await js.publish(s.instance_event("echo", "a" * 26, "created"), b"{}")
         await ensure_streams(js, s)
         info = await js.stream_info(s.events_stream)
-        assert sorted(info.config.subjects or []) == sorted([s.instance_events_all(), s.audit_all()])
+        assert sorted(info.config.subjects or []) == sorted([s.instance_events_all(), s.audit_all(), s.visits_all()])
         assert info.config.max_bytes == EVENTS_MAX_BYTES and info.config.discard == api.DiscardPolicy.OLD
         assert info.state.messages == 1  # kept
     finally:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 
 from swarmpool.bus.client import BusError
-from swarmpool.bus.messages import Activity
+from swarmpool.bus.messages import Activity, Visit
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway.activity import ActivityTracker
+from swarmpool.gateway.visits import VisitLog, browser_tag, session_key
 
 INTERVAL = 5.0
 A = "a" * 26
@@ -186,3 +188,23 @@ async def test_run_publishes_a_new_connection_without_waiting(tracker: ActivityT
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_page_load_is_recorded_once_as_a_visit_with_a_hash_never_the_id(published: Published,
+                                                                                clock: Clock) -> None:
+    recorded: list[tuple[str, Visit]] = []
+
+    async def record(subject: str, message: Any) -> None:
+        recorded.append((subject, message))
+    visits = VisitLog(record, SUBJECTS, "gw-1", clock=Clock(1_700_000_000.0))
+    tracker = ActivityTracker(published, SUBJECTS, INTERVAL, "gw-1", clock=Clock(1_700_000_000.0),
+                              monotonic=clock, on_settled=visits.page)
+    tracker.page_served(A, "echo", wait_for_socket=True)
+    tracker.socket_opened(A, "echo")  # now the page has loaded
+    tracker.page_served(A, "echo", wait_for_socket=True)  # a reload: no second record
+    await visits.flush()
+    (subject, visit), = recorded
+    assert subject == SUBJECTS.visit("echo", "page")
+    assert visit == Visit(kind="page", app="echo", at=1_700_000_000.0, session=session_key(A), gateway="gw-1")
+    assert A not in msgspec.json.encode(visit).decode() and session_key(A) != session_key(B)
+    assert browser_tag("") == "" and len(browser_tag("k" * 32)) == 16
