@@ -221,14 +221,22 @@ class Firewall:
         """Our rules as `tool -S` prints them (for tests and `status`)."""
         return [line for chain in ("INPUT", "FORWARD", "DOCKER-USER", self.chain, self.input_chain, self.reject_chain)
                 if self._has_chain(tool, chain)
-                for line in self._run(tool, ["-S", chain]).splitlines() if self.tag in line]
+                for line in self._run(tool, ["-S", chain]).splitlines() if self.ours(line)]
+
+    def ours(self, line: str) -> bool:
+        """Whether a rule as `-S` prints it carries exactly our tag (`swarmpool:sp` is not `swarmpool:sp2`'s)."""
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            return False
+        return any(word == "--comment" and value == self.tag for word, value in zip(words, words[1:]))
 
     def _remove(self, tool: str) -> None:
         for chain in ("INPUT", "FORWARD", "DOCKER-USER"):
             if not self._has_chain(tool, chain):
                 continue
             for line in self._run(tool, ["-S", chain]).splitlines():
-                if self.tag in line and line.startswith("-A "):
+                if line.startswith("-A ") and self.ours(line):
                     self._run(tool, ["-D", *shlex.split(line[3:])])
         for chain in (self.chain, self.input_chain, self.reject_chain):  # the last is referenced by the others
             if self._has_chain(tool, chain):

@@ -157,3 +157,41 @@ def test_the_gateway_finds_the_address_of_its_default_route(tmp_path: Path) -> N
         default_route_address(routes)
     routes.write_text(routes.read_text() + "lo\t00000000\t0100007F\t0003\t0\t0\t0\t00000000\n")
     assert default_route_address(routes) == "127.0.0.1"  # the address of the interface holding it
+
+
+class _FakeTables:
+    """The chains of a host where namespaces `sp` and `sp2` both have their filter, as `iptables -S` prints them."""
+
+    def __init__(self) -> None:
+        self.chains = {
+            "INPUT": ["-P INPUT ACCEPT",
+                      "-A INPUT -m comment --comment swarmpool:sp2 -j SWARMPOOL-SP2-IN",
+                      "-A INPUT -m comment --comment swarmpool:sp -j SWARMPOOL-SP-IN"],
+            "DOCKER-USER": ["-N DOCKER-USER",
+                            "-A DOCKER-USER -m comment --comment swarmpool:sp2 -j SWARMPOOL-SP2",
+                            '-A DOCKER-USER -m comment --comment "swarmpool:sp" -j SWARMPOOL-SP'],
+            "SWARMPOOL-SP": ["-N SWARMPOOL-SP"], "SWARMPOOL-SP-IN": ["-N SWARMPOOL-SP-IN"],
+            "SWARMPOOL-SP-REJECT": ["-N SWARMPOOL-SP-REJECT"],
+        }
+        self.deleted: list[list[str]] = []
+
+    def run(self, tool: str, args: list[str]) -> str:
+        if args[0] == "-S":
+            return "\n".join(self.chains[args[1]]) + "\n"
+        if args[0] == "-D":
+            self.deleted.append(args[1:])
+        return ""
+
+
+def test_a_namespace_removes_only_the_rules_tagged_exactly_with_its_own_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = _FakeTables()
+    wall = Firewall("sp", port_range=(1, 2), resolvers=[], lan=[])
+    monkeypatch.setattr(wall, "_run", tables.run)
+    monkeypatch.setattr(wall, "_has_chain", lambda tool, chain: chain in tables.chains)
+    wall._remove("iptables")
+    assert tables.deleted == [["INPUT", "-m", "comment", "--comment", "swarmpool:sp", "-j", "SWARMPOOL-SP-IN"],
+                              ["DOCKER-USER", "-m", "comment", "--comment", "swarmpool:sp", "-j", "SWARMPOOL-SP"]]
+    assert wall.ours("-A X -m comment --comment swarmpool:sp -j Y")
+    assert not wall.ours("-A X -m comment --comment swarmpool:sp2 -j Y")
+    assert not wall.ours("-A X -m comment --comment swarmpool:sp:x -j Y")
