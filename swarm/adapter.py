@@ -21,6 +21,7 @@ import docker.errors
 import msgspec
 from docker.types import ContainerSpec, DNSConfig, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 
+from swarmpool.guardrails import root_part
 from swarmpool.ids import new_handle, short_id
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ EGRESS_CLASSES = (EGRESS_NONE, EGRESS_INTERNET)
 INSTANCE_UID = "10001:10001"  # who runs an image whose own user is root: no passwd entry, no privileges
 INSTANCE_HOME = "/home/swarmpool"  # a writable tmpfs home for INSTANCE_UID
 _HOME_TMPFS_BYTES = 256 * 1024**2  # counts against the memory limit as it fills
-_ROOT_USERS = frozenset({"", "root", "0", "root:root", "0:0"})
 _NETWORK_TIMEOUT = 20.0  # waiting for the containers to leave the bridge before removing it
 _T = TypeVar("_T")
 
@@ -160,7 +160,8 @@ def run_as(image_user: str, wanted: str | None) -> tuple[str, bool]:
     """The user an instance runs as, and whether it needs a home (a uid the image does not know)."""
     if wanted:
         return wanted, False
-    if image_user.strip() not in _ROOT_USERS and not image_user.startswith(("0:", "root:")):
+    uid = image_user.split(":", 1)[0].strip()
+    if uid and not root_part(uid):  # unset is root, and "00", "0000:0" or "+0" are as "0" is
         return image_user, False
     return INSTANCE_UID, True
 

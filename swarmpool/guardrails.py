@@ -25,7 +25,7 @@ from swarmpool.bus.spec import AppSpec, Catalogue, Settings
 SAFE_CAPABILITIES = ("NET_BIND_SERVICE", "KILL")
 INSTANCES_NETWORK = "{namespace}_instances"  # the overlay `swarmpool deploy` makes for a stack's instances
 _ANY_INSTANCES_NETWORK = re.compile(r"^[a-z][a-z0-9]{0,10}_instances$")
-_ROOT = ("0", "root")
+_NUMERIC_ID = re.compile(r"^[+-]?[0-9]+$")  # what the engine reads as a number (Go's strconv.Atoi: "+0", "00")
 
 
 class Unsafe(Exception):
@@ -56,9 +56,21 @@ def unsafe_capabilities(caps: list[str]) -> list[str]:
     return [c for c in caps if capability(c) not in SAFE_CAPABILITIES]
 
 
+def numeric_id(part: str) -> int | None:
+    """The number a uid or gid part stands for ("0", "00", "+0" are all 0), or None when it is a name (any
+    non-ASCII digit, such as "²", is a name: the engine would not read it as a number)."""
+    part = part.strip()
+    return int(part) if part.isascii() and _NUMERIC_ID.match(part) else None
+
+
+def root_part(part: str) -> bool:
+    """Whether a uid part (before any ':group') is root by itself: the name root or any number equal to 0."""
+    return part.strip() == "root" or numeric_id(part) == 0
+
+
 def explicit_root(user: str | None) -> bool:
     """Whether a `user` value names root by itself: uid 0 or the name root (before any ':group')."""
-    return user is not None and user.split(":", 1)[0] in _ROOT
+    return user is not None and root_part(user.split(":", 1)[0])
 
 
 def network_problem(settings: Settings, namespace: str | None) -> str | None:
@@ -116,7 +128,7 @@ def check_trust(findings: list[Finding], trusted: list[str], here: str, undecide
 
 def could_be_root_by_name(user: str | None) -> bool:
     """Whether only the image can tell if `user` is root: a name (not uid) before any ':group'."""
-    return user is not None and not user.split(":", 1)[0].isdigit()
+    return user is not None and numeric_id(user.split(":", 1)[0]) is None
 
 
 def check_catalogue(catalogue: Catalogue, namespace: str | None = None) -> None:
@@ -146,16 +158,16 @@ def _ids(text: str) -> dict[str, int]:
     found: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) >= 3 and parts[2].isdigit():
-            found.setdefault(parts[0], int(parts[2]))
+        if len(parts) >= 3 and (number := numeric_id(parts[2])) is not None:
+            found.setdefault(parts[0], number)
     return found
 
 
 def resolve_uid(user: str, passwd: str) -> int | None:
     """The uid `user` (a name or a uid, before any ':group') stands for in `passwd`; None: no such name."""
     name = user.split(":", 1)[0]
-    if name.isdigit():
-        return int(name)
+    if (number := numeric_id(name)) is not None:
+        return number
     return _ids(passwd).get(name)
 
 

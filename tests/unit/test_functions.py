@@ -163,6 +163,9 @@ def test_instance_spec_is_limited_and_unprivileged_by_default() -> None:
     ("", None, (INSTANCE_UID, True)),
     ("root", None, (INSTANCE_UID, True)),
     ("0:0", None, (INSTANCE_UID, True)),
+    ("00", None, (INSTANCE_UID, True)),  # the engine reads any number equal to 0 as root
+    ("0000:0", None, (INSTANCE_UID, True)),
+    ("+0", None, (INSTANCE_UID, True)),
     ("app", None, ("app", False)),
     ("1000:1000", None, ("1000:1000", False)),
     ("", "0", ("0", False)),  # the catalogue's word is final
