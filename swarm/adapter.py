@@ -21,7 +21,7 @@ import docker.errors
 import msgspec
 from docker.types import ContainerSpec, DNSConfig, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 
-from swarmpool.guardrails import root_part
+from swarmpool.guardrails import numeric_id, resolve_uid, root_part
 from swarmpool.ids import new_handle, short_id
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
     memory: int | None = None  # bytes
     pids: int | None = None  # processes and threads together
     user: str | None = None  # None: the image's user, or INSTANCE_UID when that is root
+    trusted_user: bool = False  # the app trusts `user`: it may run as root (else its creation is refused)
     cap_add: list[str] = []  # all other capabilities are dropped
     constraints: list[str] = []
     publish: bool = True  # host-mode port on 127.0.0.1 (local, on the namespace's bridge); False: by name on `network`
@@ -389,6 +390,8 @@ class Swarm:
         self._image_ids[spec.image] = image["Id"]
         labels = self._labels(spec)
         user, needs_home = run_as((image.get("Config") or {}).get("User") or "", spec.user)
+        if not spec.trusted_user:
+            self._refuse_root(spec, image["Id"], user)
         env = {**spec.env, "SWARMPOOL_ID": spec.id}
         mounts = []
         if needs_home:
@@ -449,6 +452,22 @@ class Swarm:
         service_id: str = result["ID"]
         log.debug("created service %s for %s", service_id[:12], short_id(spec.app, spec.id))
         return service_id
+
+    def _refuse_root(self, spec: InstanceSpec, image_id: str, user: str) -> None:
+        """Raise SwarmError when `user` is uid 0, by number or by name in the image's /etc/passwd (read once
+        per image id): the catalogue's own check sees names only where the image was when it was loaded."""
+        part = user.split(":", 1)[0]
+        if root_part(part):
+            uid: int | None = 0
+        elif numeric_id(part) is not None:
+            return
+        else:
+            accounts = self._image_accounts(image_id)
+            uid = resolve_uid(user, accounts[1]) if accounts is not None else None
+        if uid == 0:
+            raise SwarmError(f"refused to start {spec.app} as root: user {user!r} is uid 0 in image {spec.image} "
+                             f"(students' code would run as root); list 'user' in apps.{spec.app}.trusted to "
+                             "allow it")
 
     @staticmethod
     def _dns_config(spec: InstanceSpec) -> DNSConfig | None:
