@@ -309,6 +309,15 @@ class Swarm:
             raise SwarmError(f"invalid service name {name!r} (lowercase letters, digits, '-'; at most 63 chars)")
         return await self._run(self._create, spec, name)
 
+    async def network_info(self, name: str) -> dict[str, object] | None:
+        """The engine's inspection of the network named exactly `name`; None if there is none."""
+
+        def inspect() -> dict[str, object] | None:
+            found = [n for n in self._docker().api.networks(names=[name]) if n.get("Name") == name]
+            return dict(found[0]) if found else None
+
+        return await self._run(inspect)
+
     async def image_accounts(self, image: str) -> tuple[str, str, str] | None:
         """The image's own user (Config.User), /etc/passwd and /etc/group as text ("" when absent); None when
         the image is not on this node. Read from a container that is created, never started, and removed."""

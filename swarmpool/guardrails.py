@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from swarmpool.bus.spec import AppSpec, Catalogue, Settings
 
@@ -25,6 +26,7 @@ from swarmpool.bus.spec import AppSpec, Catalogue, Settings
 SAFE_CAPABILITIES = ("NET_BIND_SERVICE", "KILL")
 INSTANCES_NETWORK = "{namespace}_instances"  # the overlay `swarmpool deploy` makes for a stack's instances
 _ANY_INSTANCES_NETWORK = re.compile(r"^[a-z][a-z0-9]{0,10}_instances$")
+OWNER_LABEL = "swarmpool.owner"  # swarm.adapter.LABEL_OWNER, on everything of a namespace
 _NUMERIC_ID = re.compile(r"^[+-]?[0-9]+$")  # what the engine reads as a number (Go's strconv.Atoi: "+0", "00")
 
 
@@ -87,6 +89,36 @@ def network_problem(settings: Settings, namespace: str | None) -> str | None:
         return ("a network with publish_ports = true publishes every instance's port on all of the node's "
                 "addresses, outside the filtered instance bridge (set publish_ports = false)")
     return None
+
+
+def engine_network_problem(network: str, namespace: str | None, found: dict[str, Any] | None) -> str | None:
+    """Why the network the engine has under `settings.network`'s name is not the overlay `swarmpool deploy`
+    made (internal, labelled with the stack as owner), or None: a bridge an operator made with that name would
+    give instances everything, and no packet filter guards instances on a network."""
+    owner = namespace or network.rsplit("_", 1)[0]
+    if found is None:
+        problems = ["does not exist on this engine"]
+    else:
+        problems = []
+        if not found.get("Internal"):
+            problems.append("is not internal (its instances would reach this host, the LAN and the internet)")
+        if (found.get("Labels") or {}).get(OWNER_LABEL) != owner:
+            problems.append(f"is not labelled {OWNER_LABEL}={owner}")
+    if not problems:
+        return None
+    return (f"network {network!r} {' and '.join(problems)}: it is not the instances overlay swarmpool deploy makes "
+            f"(swarmpool deploy --stack {owner} makes it; remove the network of that name first)")
+
+
+async def check_network(settings: Settings, namespace: str | None,
+                        inspect: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
+    """Raise Unsafe when `settings.network` (not trusted: so named as the stack's instances overlay) is not, on
+    this engine, that overlay."""
+    if settings.network is None or "network" in settings.trusted:
+        return
+    problem = engine_network_problem(settings.network, namespace, await inspect(settings.network))
+    if problem is not None:
+        raise Unsafe("settings.network", problem)
 
 
 def app_findings(app: AppSpec, here: str) -> list[Finding]:

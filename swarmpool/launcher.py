@@ -29,7 +29,7 @@ from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
 from swarmpool.swarm import Swarm, SwarmError, SwarmUnavailable
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
-from swarmpool.catalogue import check_images, default_catalogue_path
+from swarmpool.catalogue import check_images, check_network, default_catalogue_path
 from swarmpool.guardrails import trust_summary
 from swarmpool.host import functions_host, parse_file
 from swarmpool.natsd import EmbeddedNats, free_port
@@ -238,7 +238,9 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
         # root by name needs the images: refused here, before the packet filter or NATS
         try:
-            await check_images(catalogue, str(Path(args.catalogue or default_catalogue_path())), swarm.image_accounts)
+            path = str(Path(args.catalogue or default_catalogue_path()))
+            await check_images(catalogue, path, swarm.image_accounts)
+            await check_network(catalogue, path, args.namespace, swarm.network_info)  # the engine's, not a name
         except SwarmError as err:
             raise Unavailable(str(err)) from None
         warn_trusted(catalogue)

@@ -143,3 +143,29 @@ async def test_the_adapter_refuses_to_start_an_instance_as_root_by_name_unless_t
         await swarm.remove_all()
         await swarm.close()
         await asyncio.to_thread(docker_client.images.remove, image_user, force=True)
+
+
+async def test_up_refuses_a_network_named_as_the_instances_overlay_that_is_an_operators_bridge(
+        namespace: str, echo_image: str, tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    """No packet filter guards instances on a network: the name alone must not be what lets it through."""
+    bridge = await asyncio.to_thread(docker_client.networks.create, f"{namespace}_instances", driver="bridge",
+                                     labels={"swarmpool.owner": namespace})
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(echo_catalogue(size=1).replace(
+        "[settings]", f'[settings]\nnetwork = "{namespace}_instances"\npublish_ports = false', 1))
+    assert f'network = "{namespace}_instances"' in catalogue.read_text()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(catalogue), "--namespace", namespace,
+        "--port", str(free_port()), "--dashboard-port", "0", "--state-dir", str(tmp_path / "state"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(90):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # it started after all: stopped as by Ctrl-C, then killed
+            await stop_child(proc, signal.SIGINT, timeout=60)
+        await asyncio.to_thread(bridge.remove)
+    assert proc.returncode == 2, out.decode() + err.decode()
+    assert err.decode().strip().endswith("at settings.network"), err.decode()
+    assert f"network '{namespace}_instances' is not internal" in err.decode()
+    assert docker_client.services.list(filters={"label": f"swarmpool.owner={namespace}"}) == []

@@ -55,6 +55,9 @@ class FakeSwarm:
     async def image_accounts(self, image: str) -> tuple[str, str, str] | None:
         return None
 
+    async def network_info(self, name: str) -> dict[str, object] | None:
+        return None
+
     async def remove(self, service_id: str) -> bool:
         return True
 

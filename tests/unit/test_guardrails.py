@@ -197,3 +197,29 @@ def test_status_shows_each_apps_trusted_settings() -> None:
     header, lab, demo = status_table({"lab": app("lab", ["user", "network"]), "demo": app("demo", [])}).splitlines()
     assert header.split()[-4:] == ["trusted", "target", "set", "by"]
     assert lab.split()[-2:] == ["user,network", "catalogue"] and demo.split()[-2:] == ["-", "catalogue"]
+
+
+@pytest.mark.parametrize("found, words", [
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp"}}, None),  # what swarmpool deploy makes
+    (None, "does not exist on this engine"),
+    ({"Internal": False, "Labels": {"swarmpool.owner": "sp"}}, "is not internal"),
+    ({"Internal": True, "Labels": {}}, "is not labelled swarmpool.owner=sp"),
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp2"}}, "is not labelled swarmpool.owner=sp"),
+    ({"Driver": "bridge", "Labels": None}, "is not internal (its instances would reach this host"),  # an operator's
+])
+def test_the_network_on_the_engine_must_be_the_stacks_internal_overlay(found: dict | None, words: str | None) -> None:
+    from swarmpool.catalogue import check_network
+
+    text = catalogue(settings='network = "sp_instances"\npublish_ports = false')
+
+    async def inspect(name: str) -> dict | None:
+        assert name == "sp_instances"
+        return found
+
+    if words is None:
+        asyncio.run(check_network(parse(text, namespace="sp"), "c.toml", "sp", inspect))
+        return
+    with pytest.raises(CatalogueError) as err:
+        asyncio.run(check_network(parse(text, namespace="sp"), "c.toml", "sp", inspect))
+    assert err.value.field == "settings.network" and words in err.value.problem
+    assert "'sp_instances'" in err.value.problem and "swarmpool deploy --stack sp" in err.value.problem
