@@ -217,6 +217,24 @@ class Firewall:
                 except FirewallUnavailable as e:
                     log.warning("could not remove packet filter rules: %s", e)
 
+    def verified(self) -> bool:
+        """Whether all our rules are in place for IPv4 and IPv6, as `commands()` installs them (an administrator
+        ran them); False when they cannot be read (reading needs the same rights as installing)."""
+        try:
+            for tool in _TOOLS:
+                if shutil.which(tool) is None:
+                    return False
+                wanted = [r for r in self.rules(tool, "FORWARD") if r[0] in ("-A", "-I")]
+                found = self.installed(tool)
+                jumps = {(words[1], words[-1]) for words in (line.split() for line in found) if words[0] == "-A"}
+                into = ("INPUT", self.input_chain) in jumps
+                forward = ("FORWARD", self.chain) in jumps or ("DOCKER-USER", self.chain) in jumps
+                if len(found) != len(wanted) or not (into and forward):
+                    return False
+        except FirewallUnavailable:
+            return False
+        return True
+
     def installed(self, tool: str = "iptables") -> list[str]:
         """Our rules as `tool -S` prints them (for tests and `status`)."""
         return [line for chain in ("INPUT", "FORWARD", "DOCKER-USER", self.chain, self.input_chain, self.reject_chain)

@@ -11,6 +11,7 @@ import asyncio
 import os
 import secrets
 import socket
+import shlex
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -144,6 +145,10 @@ async def test_the_filter_is_installed_once_and_removed_by_tag(swarm: Swarm) -> 
         assert wall.installed() + wall.installed("ip6tables") == first
         assert any("DOCKER-USER" in line for line in first) and any("-A INPUT" in line for line in first)
         assert any("! -i lo" in line for line in wall.installed("ip6tables"))
+        assert wall.verified()  # what `up` checks when it may not install them itself
+        rule = next(line for line in wall.installed() if line.startswith(f"-A {wall.chain} "))
+        subprocess.run(["iptables", "-w", "-D", *shlex.split(rule[3:])], check=True)
+        assert not wall.verified()  # one rule missing
     finally:
         await asyncio.to_thread(wall.remove)
     assert wall.installed() == [] and wall.installed("ip6tables") == []

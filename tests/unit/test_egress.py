@@ -195,3 +195,29 @@ def test_a_namespace_removes_only_the_rules_tagged_exactly_with_its_own_name(
     assert wall.ours("-A X -m comment --comment swarmpool:sp -j Y")
     assert not wall.ours("-A X -m comment --comment swarmpool:sp2 -j Y")
     assert not wall.ours("-A X -m comment --comment swarmpool:sp:x -j Y")
+
+
+def test_up_refuses_to_start_instances_unfiltered_unless_told_or_the_rules_are_in_place(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    from swarmpool.bus.spec import Settings
+    from swarmpool.launcher import Unavailable, packet_filter
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no iptables: nothing can be installed or read
+
+    async def start(unfiltered: bool) -> None:
+        async with AsyncExitStack() as stack:
+            await packet_filter(stack, "nofw", Settings(), unfiltered=unfiltered)
+
+    with pytest.raises(Unavailable) as err:
+        asyncio.run(start(unfiltered=False))
+    assert "instances would NOT be closed in" in str(err.value) and "iptables -w -I INPUT 1" in str(err.value)
+    assert "--no-packet-filter" in str(err.value)
+    asyncio.run(start(unfiltered=True))  # the operator's explicit, unsafe choice
+    assert "WARNING: --no-packet-filter: instances are NOT closed in" in capsys.readouterr().out
+    # an administrator ran the commands: this process may not install them, but they are there
+    monkeypatch.setattr(Firewall, "verified", lambda self: True)
+    asyncio.run(start(unfiltered=False))
+    assert "an administrator's rules are in place" in capsys.readouterr().out
