@@ -32,7 +32,7 @@ import logging
 import shlex
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from swarmpool.swarm.adapter import EGRESS_INTERNET, EGRESS_NONE, bridge_name
@@ -50,6 +50,11 @@ PRIVATE_IPV4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.
 PRIVATE_IPV6 = ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32",
                 "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8")
 _TOOLS = ("iptables", "ip6tables")
+
+
+def _temporary(chain: str) -> str:
+    """The name a chain is built under while its old copy still filters (as long: at most 28 characters)."""
+    return "SWARMPNEW" + chain[len("SWARMPOOL"):]
 
 
 class FirewallUnavailable(Exception):
@@ -198,13 +203,22 @@ class Firewall:
     # -- install / remove ---------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Install the rules for IPv4 and IPv6, replacing any of ours left from before."""
+        """Install the rules for IPv4 and IPv6, replacing any of ours left from before without a moment
+        unfiltered: the new chains are built under temporary names and jumped to first, then the old ones go,
+        then the new ones take the usual names (a jump follows its chain's rename)."""
         for tool in _TOOLS:
             self._check(tool)
-            self._remove(tool)
             forward = "DOCKER-USER" if tool == "iptables" and self._has_chain(tool, "DOCKER-USER") else "FORWARD"
+            for name in self._names:  # an install interrupted after the old chains went: its new ones are the rules
+                if not self._has_chain(tool, name) and self._has_chain(tool, _temporary(name)):
+                    self._run(tool, ["-E", _temporary(name), name])
+            temporary = {name: _temporary(name) for name in self._names}
+            self._remove(tool, temporary.values())  # what an install interrupted earlier left
             for rule in self.rules(tool, forward):
-                self._run(tool, rule)
+                self._run(tool, [temporary.get(word, word) for word in rule])
+            self._remove(tool, self._names)  # the old rules, now behind the new ones
+            for name in self._names:
+                self._run(tool, ["-E", temporary[name], name])
         log.info("packet filter installed: chains %s and %s (instances on %s and %s, resolvers %s)", self.chain,
                  self.input_chain, self.closed, self.internet, ", ".join(self.resolvers) or "none")
 
@@ -213,7 +227,7 @@ class Firewall:
         for tool in _TOOLS:
             if shutil.which(tool):
                 try:
-                    self._remove(tool)
+                    self._remove(tool, [*self._names, *map(_temporary, self._names)])
                 except FirewallUnavailable as e:
                     log.warning("could not remove packet filter rules: %s", e)
 
@@ -249,17 +263,23 @@ class Firewall:
             return False
         return any(word == "--comment" and value == self.tag for word, value in zip(words, words[1:]))
 
-    def _remove(self, tool: str) -> None:
+    @property
+    def _names(self) -> tuple[str, str, str]:
+        return self.chain, self.input_chain, self.reject_chain  # the last is referenced by the others
+
+    def _remove(self, tool: str, chains: Iterable[str]) -> None:
+        """Remove our jumps to `chains`, then the chains themselves."""
+        chains = list(chains)
         for chain in ("INPUT", "FORWARD", "DOCKER-USER"):
             if not self._has_chain(tool, chain):
                 continue
             for line in self._run(tool, ["-S", chain]).splitlines():
-                if line.startswith("-A ") and self.ours(line):
+                if line.startswith("-A ") and self.ours(line) and line.split()[-1] in chains:
                     self._run(tool, ["-D", *shlex.split(line[3:])])
-        for chain in (self.chain, self.input_chain, self.reject_chain):  # the last is referenced by the others
+        for chain in chains:
             if self._has_chain(tool, chain):
                 self._run(tool, ["-F", chain])
-        for chain in (self.chain, self.input_chain, self.reject_chain):
+        for chain in chains:
             if self._has_chain(tool, chain):
                 self._run(tool, ["-X", chain])
 
