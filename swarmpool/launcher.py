@@ -82,12 +82,21 @@ async def _swarm(namespace: str, init: bool) -> Swarm:
     return swarm
 
 
-async def packet_filter(stack: AsyncExitStack, namespace: str, settings: Settings, unfiltered: bool = False) -> None:
+async def packet_filter(stack: AsyncExitStack, namespace: str, settings: Settings, unfiltered: bool = False,
+                        owner: Ownership | None = None) -> None:
     """Close instances in (nothing reaches them but the gateway; they reach only what their egress allows),
-    removed on exit. Without the right to: go on only when an administrator's rules are in place or the operator
-    said `unfiltered` (--no-packet-filter), else Unavailable saying what to run."""
+    removed on exit while this copy still owns the namespace. Without the right to: go on only when an
+    administrator's rules are in place or the operator said `unfiltered` (--no-packet-filter), else
+    Unavailable saying what to run."""
     firewall = Firewall(namespace, resolvers=list(settings.egress_dns) or None)
-    stack.push_async_callback(asyncio.to_thread, firewall.remove)  # also what a failed install left
+
+    async def remove() -> None:
+        if owner is not None and not owner.held:  # the copy that took the namespace over filters its instances
+            log.warning("namespace %s is no longer ours: its packet filter stays", namespace)
+            return
+        await asyncio.to_thread(firewall.remove)
+
+    stack.push_async_callback(remove)  # also what a failed install left
     try:
         await asyncio.to_thread(firewall.install)
     except FirewallUnavailable as err:
@@ -258,7 +267,7 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         warn_trusted(catalogue)
         if catalogue.settings.publish_ports:
             await packet_filter(stack, args.namespace, catalogue.settings,
-                                unfiltered=bool(getattr(args, "no_packet_filter", False)))
+                                unfiltered=bool(getattr(args, "no_packet_filter", False)), owner=owner)
         url = args.nats_url
         fn_access = gw_access = None
         if url is None:

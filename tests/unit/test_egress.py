@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -189,7 +190,7 @@ def test_a_namespace_removes_only_the_rules_tagged_exactly_with_its_own_name(
     wall = Firewall("sp", port_range=(1, 2), resolvers=[], lan=[])
     monkeypatch.setattr(wall, "_run", tables.run)
     monkeypatch.setattr(wall, "_has_chain", lambda tool, chain: chain in tables.chains)
-    wall._remove("iptables")
+    wall._remove("iptables", ("SWARMPOOL-SP", "SWARMPOOL-SP-IN", "SWARMPOOL-SP-REJECT"))
     assert tables.deleted == [["INPUT", "-m", "comment", "--comment", "swarmpool:sp", "-j", "SWARMPOOL-SP-IN"],
                               ["DOCKER-USER", "-m", "comment", "--comment", "swarmpool:sp", "-j", "SWARMPOOL-SP"]]
     assert wall.ours("-A X -m comment --comment swarmpool:sp -j Y")
@@ -221,3 +222,96 @@ def test_up_refuses_to_start_instances_unfiltered_unless_told_or_the_rules_are_i
     monkeypatch.setattr(Firewall, "verified", lambda self: True)
     asyncio.run(start(unfiltered=False))
     assert "an administrator's rules are in place" in capsys.readouterr().out
+
+
+class _Tables:
+    """iptables as a dict of chains (rules as `-S` prints them), each command logged: enough to follow the order
+    in which `install()` changes them."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, list[str]] = {"INPUT": [], "FORWARD": [], "DOCKER-USER": []}
+        self.log: list[list[str]] = []
+
+    def run(self, tool: str, args: list[str]) -> str:
+        if tool != "iptables":
+            return ""
+        verb, chain, rest = args[0], args[1] if len(args) > 1 else "", list(args[2:])
+        self.log.append(list(args))
+        if verb == "-S":
+            return "".join(line + "\n" for line in self.chains[chain])
+        if verb == "-N":
+            self.chains[chain] = []
+        elif verb == "-A":
+            self.chains[chain].append(shlex.join(["-A", chain, *rest]))
+        elif verb == "-I":
+            self.chains[chain].insert(int(rest[0]) - 1, shlex.join(["-A", chain, *rest[1:]]))
+        elif verb == "-D":
+            self.chains[chain].remove(shlex.join(["-A", chain, *rest]))
+        elif verb == "-F":
+            self.chains[chain] = []
+        elif verb == "-X":
+            assert not any(line.split()[-1] == chain for lines in self.chains.values() for line in lines)
+            del self.chains[chain]
+        elif verb == "-E":
+            self.chains[rest[0]] = [line.replace(f"-A {chain} ", f"-A {rest[0]} ", 1) for line in self.chains.pop(chain)]
+            for name, lines in self.chains.items():
+                self.chains[name] = [line[: -len(chain)] + rest[0] if line.split()[-1] == chain else line
+                                     for line in lines]
+        return ""
+
+    def filtered(self) -> bool:
+        """Whether INPUT and DOCKER-USER jump to a complete filter chain of ours (named as it may be)."""
+        def complete(chain: str) -> bool:
+            return chain in self.chains and self.chains[chain][-1].endswith("-j RETURN")
+        return (any(complete(line.split()[-1]) for line in self.chains["INPUT"])
+                and any(complete(line.split()[-1]) for line in self.chains["DOCKER-USER"]))
+
+
+def test_reinstalling_the_filter_leaves_no_moment_unfiltered(monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = _Tables()
+    wall = Firewall("sp", port_range=(1, 2), resolvers=["192.168.1.1"], lan=[])
+    monkeypatch.setattr(firewall.shutil, "which", lambda tool: "/usr/sbin/" + tool)
+    monkeypatch.setattr(wall, "_has_chain", lambda tool, chain: tool == "ip6tables" or chain in tables.chains)
+    monkeypatch.setattr(wall, "_check", lambda tool: None)
+    monkeypatch.setattr(wall, "_run", tables.run)
+    wall.install()  # `up` starts
+    first = {name: list(lines) for name, lines in tables.chains.items()}
+    assert tables.filtered() and "SWARMPOOL-SP" in first
+    tables.log.clear()
+    states = []
+    original = tables.run
+
+    def watched(tool: str, args: list[str]) -> str:
+        out = original(tool, args)
+        states.append(tables.filtered())
+        return out
+
+    monkeypatch.setattr(wall, "_run", watched)
+    wall.install()  # after a crash, instances still running: filtered at every step
+    assert all(states) and tables.chains == first
+    assert any(args[0] == "-E" for args in tables.log)
+    wall.remove()
+    assert tables.chains == {"INPUT": [], "FORWARD": [], "DOCKER-USER": []}
+
+
+def test_up_leaves_the_filter_of_a_namespace_another_copy_took_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    from swarmpool.bus.spec import Settings
+    from swarmpool.launcher import Ownership, packet_filter
+
+    removed: list[str] = []
+    monkeypatch.setattr(Firewall, "install", lambda self: None)
+    monkeypatch.setattr(Firewall, "remove", lambda self: removed.append(self.namespace))
+
+    async def run(held: bool) -> None:
+        owner = Ownership("me")
+        async with AsyncExitStack() as stack:
+            await packet_filter(stack, "sp", Settings(), owner=owner)
+            owner.held = held  # the lease renewal found another holder
+
+    asyncio.run(run(held=False))
+    assert removed == []
+    asyncio.run(run(held=True))
+    assert removed == ["sp"]
