@@ -47,6 +47,10 @@ _RESOLVED_UPSTREAM = Path("/run/systemd/resolve/resolv.conf")  # what Docker rea
 PRIVATE_IPV4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
                 "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
                 "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4")
+# never reachable from an internet instance either: cloud platforms' host services (Azure's wire server and
+# DNS, whose metadata endpoint 169.254.169.254 is in the link-local range above); DNS to one that is the
+# configured resolver passes by the resolver rule before these
+PLATFORM_IPV4 = ("168.63.129.16/32",)
 PRIVATE_IPV6 = ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32",
                 "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8")
 _TOOLS = ("iptables", "ip6tables")
@@ -99,8 +103,12 @@ def host_networks() -> list[str]:
     """The networks the host's own interfaces are on (its LAN), as `ip` lists them: global addresses only."""
     try:
         done = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            raise ValueError(done.stderr.strip() or f"exit {done.returncode}")
         links = json.loads(done.stdout or "[]")
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        log.warning("cannot list the host's networks with `ip -j addr show` (%s): internet instances are kept "
+                    "only from the private ranges, not from this host's own public networks", e)
         return []
     networks = []
     for link in links:
@@ -117,7 +125,7 @@ def denied_networks(tool: str, lan: Sequence[str]) -> list[str]:
     """What an internet instance may never reach over `tool`'s IP version: the special ranges, then the LAN
     networks that none of them already covers."""
     version = 4 if tool == "iptables" else 6
-    ranges = [ipaddress.ip_network(r) for r in (PRIVATE_IPV4 if version == 4 else PRIVATE_IPV6)]
+    ranges = [ipaddress.ip_network(r) for r in ((*PRIVATE_IPV4, *PLATFORM_IPV4) if version == 4 else PRIVATE_IPV6)]
     extra: list[str] = []
     for text in lan:
         network = ipaddress.ip_network(text, strict=False)
@@ -169,8 +177,8 @@ class Firewall:
             ["-A", chain, "-i", self.internet, "-o", self.closed, *opening, *tag, *reject],
             ["-A", chain, "-i", self.internet, "-o", self.internet, *opening, *tag, *reject],
             # into an instance from anywhere else (another machine, another container): nothing new
-            ["-A", chain, "-o", self.closed, *new, *tag, "-j", "DROP"],
-            ["-A", chain, "-o", self.internet, *new, *tag, "-j", "DROP"],
+            ["-A", chain, "-o", self.closed, *opening, *tag, "-j", "DROP"],
+            ["-A", chain, "-o", self.internet, *opening, *tag, "-j", "DROP"],
         ]
         for resolver in (r for r in self.resolvers if ipaddress.ip_address(r).version == version):
             for protocol in ("udp", "tcp"):
@@ -186,7 +194,7 @@ class Firewall:
             ["-A", into, "-i", self.internet, *opening, *tag, *reject],
         ]
         if tool == "ip6tables":
-            rules.append(["-A", into, "!", "-i", "lo", "-p", "tcp", "--dport", self.ports, *new, *tag, "-j", "DROP"])
+            rules.append(["-A", into, "!", "-i", "lo", "-p", "tcp", "--dport", self.ports, *opening, *tag, "-j", "DROP"])
         rules.append(["-A", into, *tag, "-j", "RETURN"])
         rules.append(["-I", forward_chain, "1", *tag, "-j", chain])
         rules.append(["-I", "INPUT", "1", *tag, "-j", into])
@@ -208,7 +216,8 @@ class Firewall:
         then the new ones take the usual names (a jump follows its chain's rename)."""
         for tool in _TOOLS:
             self._check(tool)
-            forward = "DOCKER-USER" if tool == "iptables" and self._has_chain(tool, "DOCKER-USER") else "FORWARD"
+            # Docker's own hook where it has one (for IPv6 too, when its ip6tables is on): it jumps there first
+            forward = "DOCKER-USER" if self._has_chain(tool, "DOCKER-USER") else "FORWARD"
             for name in self._names:  # an install interrupted after the old chains went: its new ones are the rules
                 if not self._has_chain(tool, name) and self._has_chain(tool, _temporary(name)):
                     self._run(tool, ["-E", _temporary(name), name])

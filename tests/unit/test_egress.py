@@ -64,12 +64,16 @@ def test_closed_instances_get_out_nowhere_and_internet_ones_only_to_public_addre
     # ...then no private, special or host network
     refused = {forward[i].split(" -d ")[1].split()[0] for i in private}
     assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8",
-            "198.51.99.0/24"} <= refused
+            "198.51.99.0/24", "168.63.129.16/32"} <= refused  # the last: a cloud's host services (Azure)
     # nothing between instances, nothing new into them
     assert any(r.startswith("-A SWARMPOOL-SP -i spsp-+ -o spsp.+ ") for r in forward)
     assert any(r.startswith("-A SWARMPOOL-SP -i spsp-+ -o spsp-+ ") for r in forward)
-    assert any(r.startswith("-A SWARMPOOL-SP -o spsp.+ -m conntrack --ctstate NEW ") and r.endswith("DROP")
-               for r in forward)
+    # (not only NEW: an invalid or untracked packet opens nothing either)
+    assert any(r.startswith("-A SWARMPOOL-SP -o spsp.+ -m conntrack ! --ctstate ESTABLISHED,RELATED ")
+               and r.endswith("DROP") for r in forward)
+    assert any(r.startswith("-A SWARMPOOL-SP -o spsp-+ -m conntrack ! --ctstate ESTABLISHED,RELATED ")
+               and r.endswith("DROP") for r in forward)
+    assert not any("--ctstate NEW" in r and r.endswith("DROP") for r in rules)
     # to the host: nothing, any port
     to_host = [r for r in rules if r.startswith("-A SWARMPOOL-SP-IN ")]
     assert [r.split()[3] for r in to_host if "REJECT" in r] == ["spsp.+", "spsp-+"]
@@ -315,3 +319,31 @@ def test_up_leaves_the_filter_of_a_namespace_another_copy_took_over(monkeypatch:
     assert removed == []
     asyncio.run(run(held=True))
     assert removed == ["sp"]
+
+
+def test_a_cloud_hosts_resolver_is_reached_on_port_53_only_when_it_is_the_configured_one() -> None:
+    rules = _rules(Firewall("sp", port_range=(1, 2), resolvers=["168.63.129.16"], lan=[]))
+    forward = [r for r in rules if r.startswith("-A SWARMPOOL-SP ")]
+    dns = [i for i, r in enumerate(forward) if "-d 168.63.129.16 " in r and "--dport 53" in r]
+    refused = [i for i, r in enumerate(forward) if "-d 168.63.129.16/32 " in r and r.endswith("-j SWARMPOOL-SP-REJECT")]
+    assert len(dns) == 2 and len(refused) == 1 and max(dns) < refused[0]
+    assert not any("168.63.129.16 " in r and "--dport 53" in r
+                   for r in _rules(Firewall("sp", port_range=(1, 2), resolvers=["192.168.1.1"], lan=[])))
+
+
+def test_without_ip_the_filter_says_the_host_networks_are_unknown(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert firewall.host_networks() == []
+    assert "cannot list the host's networks" in caplog.text
+
+
+def test_ipv6_forwarded_traffic_is_filtered_from_dockers_hook_when_it_has_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[tuple[str, list[str]]] = []
+    wall = Firewall("sp", port_range=(1, 2), resolvers=[], lan=[])
+    monkeypatch.setattr(wall, "_check", lambda tool: None)
+    monkeypatch.setattr(wall, "_has_chain", lambda tool, chain: chain in ("INPUT", "FORWARD", "DOCKER-USER"))
+    monkeypatch.setattr(wall, "_run", lambda tool, args: ran.append((tool, list(args))) or "")
+    wall.install()
+    jumps = [(tool, args[1]) for tool, args in ran if args[0] == "-I" and args[-1] == "SWARMPNEW-SP"]
+    assert jumps == [("iptables", "DOCKER-USER"), ("ip6tables", "DOCKER-USER")]
