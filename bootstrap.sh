@@ -48,7 +48,9 @@ if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != "active" ]]; then
     # overlay is used, which a single machine's swarmpool never does)
     say "initialising a single-node swarm listening on 127.0.0.1 only"
     docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 --data-path-addr 127.0.0.1 >/dev/null
-elif command -v ss >/dev/null && ss -Hltn 'sport = :2377' 2>/dev/null | awk '{print $4}' | grep -qv '^127\.0\.0\.1:'; then
+elif command -v ss >/dev/null && ss -Hltun '( sport = :2377 or sport = :7946 )' 2>/dev/null \
+        | awk '{print $5}' | grep -qvE '^(127\.[0-9.]+|\[::1\]):'; then
+    # the control port or the gossip port (TCP and UDP 7946) on an address beyond loopback
     say "the existing swarm listens beyond loopback (2377, 7946): Docker cannot move the listeners of a swarm once"
     say "initialised. Instances are kept off them by swarmpool's packet filter; keep other machines off them with"
     say "the host's firewall (docs/security-network.md), or leave and re-initialise the swarm when nothing runs on it"

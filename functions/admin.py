@@ -24,7 +24,7 @@ from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import catalogue_file
 from swarmpool.bus.verbs import Verb
-from swarmpool.catalogue import CatalogueError, check_images, parse, restart_only_changes
+from swarmpool.catalogue import CatalogueError, check_images, check_network, parse, restart_only_changes
 from swarmpool.functions import keeper, lifecycle
 from swarmpool.functions.policy import counts, spec_version, target
 from swarmpool.guardrails import trust_flags, trust_summary
@@ -178,6 +178,7 @@ async def reload(ctx: Context, request: ReloadRequest) -> Reply:
     try:
         new = parse(request.text, request.source, ctx.namespace, calendars=request.calendars)
         await check_images(new, request.source, ctx.swarm.image_accounts)  # root by name, where the image is
+        await check_network(new, request.source, ctx.namespace, ctx.swarm.network_info)  # the engine's network
     except CatalogueError as err:
         return ErrorReply(error="bad_catalogue", detail=str(err))
     old = ctx.catalogue

@@ -29,7 +29,7 @@ def instance_spec(spec: AppSpec, instance_id: str, settings: Settings, handle: s
     return InstanceSpec(
         app=spec.name, id=instance_id, handle=handle, image=spec.image, port=spec.port, command=command, env=env,
         cpus=spec.limits.cpus, memory=int(spec.limits.memory), pids=spec.limits.pids,
-        user=spec.user, cap_add=list(spec.cap_add),
+        user=spec.user, trusted_user="user" in spec.trusted, cap_add=list(spec.cap_add),
         constraints=list(spec.constraints), publish=settings.publish_ports,
         network=settings.network, egress=spec.egress, dns=list(settings.egress_dns),
     )

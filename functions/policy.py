@@ -127,13 +127,17 @@ def outdated(r: Instance, version: str, image_id: str) -> bool:
 
 def plan_recycle(records: list[Instance], version: str, image_id: str, target: int,
                  batch: int = RECYCLE_BATCH) -> tuple[list[Instance], list[Instance]]:
-    """(outdated warm instances, those to retire now). Starting ones go at once; ready ones only
-    while current ready ones keep the pool at `target`, `batch` at a time. Claimed ones never."""
+    """(outdated warm instances, those to retire now). Starting ones go at once, and ready ones named after
+    their id (never handed out: see pick_claim_order); other ready ones only while current ready ones keep the
+    pool at `target`, `batch` at a time. Claimed ones never (an old-named session runs to its end, or until an
+    admin retires it)."""
     old = [r for r in records if r.state in ("ready", "starting") and outdated(r, version, image_id)]
-    old_ready = sorted((r for r in old if r.state == "ready"), key=lambda r: (r.ready_at or r.created_at, r.id))
-    current_ready = sum(r.state == "ready" for r in records) - len(old_ready)
+    at_once = [r for r in old if r.state == "starting" or not r.handle]
+    old_ready = sorted((r for r in old if r.state == "ready" and r.handle),
+                       key=lambda r: (r.ready_at or r.created_at, r.id))
+    current_ready = sum(r.state == "ready" and bool(r.handle) for r in records) - len(old_ready)
     room = max(0, current_ready + len(old_ready) - target)
-    return old, [r for r in old if r.state == "starting"] + old_ready[:min(batch, room)]
+    return old, at_once + old_ready[:min(batch, room)]
 
 
 def retire_reason(r: Instance, spec: AppSpec | None, now: float) -> str | None:
@@ -216,8 +220,9 @@ def live_sessions(records: Iterable[Instance], browser: str) -> list[Instance]:
 
 
 def pick_claim_order(records: Iterable[Instance], skip: set[str]) -> list[Instance]:
-    """Ready instances, oldest first (the longest-warm one goes out first), minus `skip`."""
-    ready = [r for r in records if r.state == "ready" and r.key not in skip]
+    """Ready instances, oldest first (the longest-warm one goes out first), minus `skip` and those whose service
+    an older version named after their id (its neighbours read the id, the session's capability, in DNS)."""
+    ready = [r for r in records if r.state == "ready" and r.handle and r.key not in skip]
     return sorted(ready, key=lambda r: (r.ready_at or r.created_at, r.id))
 
 

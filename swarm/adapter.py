@@ -21,6 +21,7 @@ import docker.errors
 import msgspec
 from docker.types import ContainerSpec, DNSConfig, EndpointSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 
+from swarmpool.guardrails import numeric_id, resolve_uid, root_part
 from swarmpool.ids import new_handle, short_id
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ EGRESS_CLASSES = (EGRESS_NONE, EGRESS_INTERNET)
 INSTANCE_UID = "10001:10001"  # who runs an image whose own user is root: no passwd entry, no privileges
 INSTANCE_HOME = "/home/swarmpool"  # a writable tmpfs home for INSTANCE_UID
 _HOME_TMPFS_BYTES = 256 * 1024**2  # counts against the memory limit as it fills
-_ROOT_USERS = frozenset({"", "root", "0", "root:root", "0:0"})
 _NETWORK_TIMEOUT = 20.0  # waiting for the containers to leave the bridge before removing it
 _T = TypeVar("_T")
 
@@ -89,6 +89,7 @@ class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
     memory: int | None = None  # bytes
     pids: int | None = None  # processes and threads together
     user: str | None = None  # None: the image's user, or INSTANCE_UID when that is root
+    trusted_user: bool = False  # the app trusts `user`: it may run as root (else its creation is refused)
     cap_add: list[str] = []  # all other capabilities are dropped
     constraints: list[str] = []
     publish: bool = True  # host-mode port on 127.0.0.1 (local, on the namespace's bridge); False: by name on `network`
@@ -160,7 +161,8 @@ def run_as(image_user: str, wanted: str | None) -> tuple[str, bool]:
     """The user an instance runs as, and whether it needs a home (a uid the image does not know)."""
     if wanted:
         return wanted, False
-    if image_user.strip() not in _ROOT_USERS and not image_user.startswith(("0:", "root:")):
+    uid = image_user.split(":", 1)[0].strip()
+    if uid and not root_part(uid):  # unset is root, and "00", "0000:0" or "+0" are as "0" is
         return image_user, False
     return INSTANCE_UID, True
 
@@ -307,6 +309,15 @@ class Swarm:
             raise SwarmError(f"invalid service name {name!r} (lowercase letters, digits, '-'; at most 63 chars)")
         return await self._run(self._create, spec, name)
 
+    async def network_info(self, name: str) -> dict[str, object] | None:
+        """The engine's inspection of the network named exactly `name`; None if there is none."""
+
+        def inspect() -> dict[str, object] | None:
+            found = [n for n in self._docker().api.networks(names=[name]) if n.get("Name") == name]
+            return dict(found[0]) if found else None
+
+        return await self._run(inspect)
+
     async def image_accounts(self, image: str) -> tuple[str, str, str] | None:
         """The image's own user (Config.User), /etc/passwd and /etc/group as text ("" when absent); None when
         the image is not on this node. Read from a container that is created, never started, and removed."""
@@ -388,6 +399,8 @@ class Swarm:
         self._image_ids[spec.image] = image["Id"]
         labels = self._labels(spec)
         user, needs_home = run_as((image.get("Config") or {}).get("User") or "", spec.user)
+        if not spec.trusted_user:
+            self._refuse_root(spec, image["Id"], user)
         env = {**spec.env, "SWARMPOOL_ID": spec.id}
         mounts = []
         if needs_home:
@@ -448,6 +461,22 @@ class Swarm:
         service_id: str = result["ID"]
         log.debug("created service %s for %s", service_id[:12], short_id(spec.app, spec.id))
         return service_id
+
+    def _refuse_root(self, spec: InstanceSpec, image_id: str, user: str) -> None:
+        """Raise SwarmError when `user` is uid 0, by number or by name in the image's /etc/passwd (read once
+        per image id): the catalogue's own check sees names only where the image was when it was loaded."""
+        part = user.split(":", 1)[0]
+        if root_part(part):
+            uid: int | None = 0
+        elif numeric_id(part) is not None:
+            return
+        else:
+            accounts = self._image_accounts(image_id)
+            uid = resolve_uid(user, accounts[1]) if accounts is not None else None
+        if uid == 0:
+            raise SwarmError(f"refused to start {spec.app} as root: user {user!r} is uid 0 in image {spec.image} "
+                             f"(students' code would run as root); list 'user' in apps.{spec.app}.trusted to "
+                             "allow it")
 
     @staticmethod
     def _dns_config(spec: InstanceSpec) -> DNSConfig | None:

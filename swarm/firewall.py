@@ -32,7 +32,7 @@ import logging
 import shlex
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from swarmpool.swarm.adapter import EGRESS_INTERNET, EGRESS_NONE, bridge_name
@@ -47,9 +47,18 @@ _RESOLVED_UPSTREAM = Path("/run/systemd/resolve/resolv.conf")  # what Docker rea
 PRIVATE_IPV4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
                 "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
                 "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4")
+# never reachable from an internet instance either: cloud platforms' host services (Azure's wire server and
+# DNS, whose metadata endpoint 169.254.169.254 is in the link-local range above); DNS to one that is the
+# configured resolver passes by the resolver rule before these
+PLATFORM_IPV4 = ("168.63.129.16/32",)
 PRIVATE_IPV6 = ("::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32",
                 "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8")
 _TOOLS = ("iptables", "ip6tables")
+
+
+def _temporary(chain: str) -> str:
+    """The name a chain is built under while its old copy still filters (as long: at most 28 characters)."""
+    return "SWARMPNEW" + chain[len("SWARMPOOL"):]
 
 
 class FirewallUnavailable(Exception):
@@ -94,8 +103,12 @@ def host_networks() -> list[str]:
     """The networks the host's own interfaces are on (its LAN), as `ip` lists them: global addresses only."""
     try:
         done = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            raise ValueError(done.stderr.strip() or f"exit {done.returncode}")
         links = json.loads(done.stdout or "[]")
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        log.warning("cannot list the host's networks with `ip -j addr show` (%s): internet instances are kept "
+                    "only from the private ranges, not from this host's own public networks", e)
         return []
     networks = []
     for link in links:
@@ -112,7 +125,7 @@ def denied_networks(tool: str, lan: Sequence[str]) -> list[str]:
     """What an internet instance may never reach over `tool`'s IP version: the special ranges, then the LAN
     networks that none of them already covers."""
     version = 4 if tool == "iptables" else 6
-    ranges = [ipaddress.ip_network(r) for r in (PRIVATE_IPV4 if version == 4 else PRIVATE_IPV6)]
+    ranges = [ipaddress.ip_network(r) for r in ((*PRIVATE_IPV4, *PLATFORM_IPV4) if version == 4 else PRIVATE_IPV6)]
     extra: list[str] = []
     for text in lan:
         network = ipaddress.ip_network(text, strict=False)
@@ -164,8 +177,8 @@ class Firewall:
             ["-A", chain, "-i", self.internet, "-o", self.closed, *opening, *tag, *reject],
             ["-A", chain, "-i", self.internet, "-o", self.internet, *opening, *tag, *reject],
             # into an instance from anywhere else (another machine, another container): nothing new
-            ["-A", chain, "-o", self.closed, *new, *tag, "-j", "DROP"],
-            ["-A", chain, "-o", self.internet, *new, *tag, "-j", "DROP"],
+            ["-A", chain, "-o", self.closed, *opening, *tag, "-j", "DROP"],
+            ["-A", chain, "-o", self.internet, *opening, *tag, "-j", "DROP"],
         ]
         for resolver in (r for r in self.resolvers if ipaddress.ip_address(r).version == version):
             for protocol in ("udp", "tcp"):
@@ -181,7 +194,7 @@ class Firewall:
             ["-A", into, "-i", self.internet, *opening, *tag, *reject],
         ]
         if tool == "ip6tables":
-            rules.append(["-A", into, "!", "-i", "lo", "-p", "tcp", "--dport", self.ports, *new, *tag, "-j", "DROP"])
+            rules.append(["-A", into, "!", "-i", "lo", "-p", "tcp", "--dport", self.ports, *opening, *tag, "-j", "DROP"])
         rules.append(["-A", into, *tag, "-j", "RETURN"])
         rules.append(["-I", forward_chain, "1", *tag, "-j", chain])
         rules.append(["-I", "INPUT", "1", *tag, "-j", into])
@@ -198,13 +211,23 @@ class Firewall:
     # -- install / remove ---------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Install the rules for IPv4 and IPv6, replacing any of ours left from before."""
+        """Install the rules for IPv4 and IPv6, replacing any of ours left from before without a moment
+        unfiltered: the new chains are built under temporary names and jumped to first, then the old ones go,
+        then the new ones take the usual names (a jump follows its chain's rename)."""
         for tool in _TOOLS:
             self._check(tool)
-            self._remove(tool)
-            forward = "DOCKER-USER" if tool == "iptables" and self._has_chain(tool, "DOCKER-USER") else "FORWARD"
+            # Docker's own hook where it has one (for IPv6 too, when its ip6tables is on): it jumps there first
+            forward = "DOCKER-USER" if self._has_chain(tool, "DOCKER-USER") else "FORWARD"
+            for name in self._names:  # an install interrupted after the old chains went: its new ones are the rules
+                if not self._has_chain(tool, name) and self._has_chain(tool, _temporary(name)):
+                    self._run(tool, ["-E", _temporary(name), name])
+            temporary = {name: _temporary(name) for name in self._names}
+            self._remove(tool, temporary.values())  # what an install interrupted earlier left
             for rule in self.rules(tool, forward):
-                self._run(tool, rule)
+                self._run(tool, [temporary.get(word, word) for word in rule])
+            self._remove(tool, self._names)  # the old rules, now behind the new ones
+            for name in self._names:
+                self._run(tool, ["-E", temporary[name], name])
         log.info("packet filter installed: chains %s and %s (instances on %s and %s, resolvers %s)", self.chain,
                  self.input_chain, self.closed, self.internet, ", ".join(self.resolvers) or "none")
 
@@ -213,27 +236,59 @@ class Firewall:
         for tool in _TOOLS:
             if shutil.which(tool):
                 try:
-                    self._remove(tool)
+                    self._remove(tool, [*self._names, *map(_temporary, self._names)])
                 except FirewallUnavailable as e:
                     log.warning("could not remove packet filter rules: %s", e)
+
+    def verified(self) -> bool:
+        """Whether all our rules are in place for IPv4 and IPv6, as `commands()` installs them (an administrator
+        ran them); False when they cannot be read (reading needs the same rights as installing)."""
+        try:
+            for tool in _TOOLS:
+                if shutil.which(tool) is None:
+                    return False
+                wanted = [r for r in self.rules(tool, "FORWARD") if r[0] in ("-A", "-I")]
+                found = self.installed(tool)
+                jumps = {(words[1], words[-1]) for words in (line.split() for line in found) if words[0] == "-A"}
+                into = ("INPUT", self.input_chain) in jumps
+                forward = ("FORWARD", self.chain) in jumps or ("DOCKER-USER", self.chain) in jumps
+                if len(found) != len(wanted) or not (into and forward):
+                    return False
+        except FirewallUnavailable:
+            return False
+        return True
 
     def installed(self, tool: str = "iptables") -> list[str]:
         """Our rules as `tool -S` prints them (for tests and `status`)."""
         return [line for chain in ("INPUT", "FORWARD", "DOCKER-USER", self.chain, self.input_chain, self.reject_chain)
                 if self._has_chain(tool, chain)
-                for line in self._run(tool, ["-S", chain]).splitlines() if self.tag in line]
+                for line in self._run(tool, ["-S", chain]).splitlines() if self.ours(line)]
 
-    def _remove(self, tool: str) -> None:
+    def ours(self, line: str) -> bool:
+        """Whether a rule as `-S` prints it carries exactly our tag (`swarmpool:sp` is not `swarmpool:sp2`'s)."""
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            return False
+        return any(word == "--comment" and value == self.tag for word, value in zip(words, words[1:]))
+
+    @property
+    def _names(self) -> tuple[str, str, str]:
+        return self.chain, self.input_chain, self.reject_chain  # the last is referenced by the others
+
+    def _remove(self, tool: str, chains: Iterable[str]) -> None:
+        """Remove our jumps to `chains`, then the chains themselves."""
+        chains = list(chains)
         for chain in ("INPUT", "FORWARD", "DOCKER-USER"):
             if not self._has_chain(tool, chain):
                 continue
             for line in self._run(tool, ["-S", chain]).splitlines():
-                if self.tag in line and line.startswith("-A "):
+                if line.startswith("-A ") and self.ours(line) and line.split()[-1] in chains:
                     self._run(tool, ["-D", *shlex.split(line[3:])])
-        for chain in (self.chain, self.input_chain, self.reject_chain):  # the last is referenced by the others
+        for chain in chains:
             if self._has_chain(tool, chain):
                 self._run(tool, ["-F", chain])
-        for chain in (self.chain, self.input_chain, self.reject_chain):
+        for chain in chains:
             if self._has_chain(tool, chain):
                 self._run(tool, ["-X", chain])
 

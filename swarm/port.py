@@ -30,6 +30,10 @@ class SwarmPort(Protocol):
         """The image's own user, /etc/passwd and /etc/group (text) on this node; None if the image is absent."""
         ...
 
+    async def network_info(self, name: str) -> dict[str, object] | None:
+        """The engine's inspection of the network named exactly `name`; None if there is none."""
+        ...
+
     async def remove(self, service_id: str) -> bool:
         """Remove a service; False when it was already gone."""
         ...

@@ -69,6 +69,11 @@ class Stack:
         except docker.errors.ImageNotFound:
             return False
 
+    def network(self, name: str) -> dict[str, object] | None:
+        """The engine's inspection of the network named exactly `name`, or None when there is none."""
+        found = [n for n in self._docker().api.networks(names=[name]) if n.get("Name") == name]
+        return found[0] if found else None
+
     def deploy(self, compose_file: str, *, registry_auth: bool = False) -> None:
         """`docker stack deploy` (the docker CLI reads DOCKER_HOST as we do); images are resolved by digest
         only with a registry."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from swarmpool import guardrails
 from swarmpool.bus.spec import AppSpec, CalendarSource, Catalogue, Settings, dec_hook
@@ -156,6 +156,16 @@ async def check_images(catalogue: Catalogue, path: str,
 
     try:
         await guardrails.check_images(catalogue, read)
+    except guardrails.Unsafe as err:
+        raise CatalogueError(path, err.field, err.problem) from None
+
+
+async def check_network(catalogue: Catalogue, path: str, namespace: str | None,
+                        inspect: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
+    """The guardrail that needs the engine: `settings.network` is the stack's internal overlay, labelled as
+    ours (`inspect` is the swarm port's `network_info`): CatalogueError as `parse`'s."""
+    try:
+        await guardrails.check_network(catalogue.settings, namespace, inspect)
     except guardrails.Unsafe as err:
         raise CatalogueError(path, err.field, err.problem) from None
 

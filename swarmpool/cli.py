@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where the embedded nats-server keeps JetStream and the bus credentials "
                          f"(default: {DEFAULT_STATE_DIR})")
     up.add_argument("--no-build", action="store_true", help="fail instead of building missing app images")
+    up.add_argument("--no-packet-filter", action="store_true",
+                    help="UNSAFE: start even when the packet filter cannot be installed or checked (not root); "
+                         "safe only once an administrator ran the printed rules (docs/security-network.md)")
     up.add_argument("--dashboard-port", type=int, default=8001,
                     help="the operators' dashboard port, its own origin (default: 8001; 0: none)")
     up.add_argument("--dashboard-host", default="127.0.0.1", help="the dashboard's address (default: 127.0.0.1)")

@@ -92,6 +92,36 @@ def instances_network(options: Options) -> str:
     return f"{options.stack}_instances"
 
 
+_OWNER_LABEL = "swarmpool.owner"  # swarm.adapter.LABEL_OWNER (not imported: it needs the docker package)
+
+
+def network_problem(options: Options, network: str, found: dict[str, Any] | None) -> str | None:
+    """Why an existing network of the stack cannot be kept (`docker stack deploy` keeps a network with its old
+    options), or None: the instances' one must be internal and ours, and each must be encrypted as asked."""
+    if found is None:
+        return None
+    problems = []
+    if network == instances_network(options):
+        if not found.get("Internal"):
+            problems.append("is not internal (instances on it would reach the internet and the nodes)")
+        owner = (found.get("Labels") or {}).get(_OWNER_LABEL)
+        if owner != options.stack:
+            problems.append(f"has owner label {_OWNER_LABEL}={owner!r}, not {options.stack!r}")
+    encrypted = "encrypted" in (found.get("Options") or {})
+    if encrypted != options.encrypt_overlays:
+        problems.append("is encrypted" if encrypted else "is not encrypted (--encrypt-overlays was given)")
+    if not problems:
+        return None
+    return (f"the existing network {network} {' and '.join(problems)}; docker stack deploy keeps a network's old "
+            f"options, so recreate it: swarmpool undeploy --stack {options.stack} (ends every session), then "
+            f"deploy again")
+
+
+def stack_networks(options: Options) -> list[str]:
+    """The networks `docker stack deploy` creates for the stack, by their engine names."""
+    return [f"{options.stack}_control", instances_network(options)]
+
+
 def _manager() -> dict[str, Any]:
     return {"constraints": ["node.role == manager"]}
 
@@ -405,6 +435,10 @@ def deploy(args: Any) -> int:
         hosts: list[str] = []
         if stack is not None:
             stack.check_manager()
+            for network in stack_networks(options):
+                problem = network_problem(options, network, stack.network(network))
+                if problem:
+                    raise DeployError(problem)
             if not stack.has_image(options.image):
                 raise DeployError(f"image {options.image} is not on this manager: build it with "
                                   "apps/control/build.sh (and load it on every manager), or push it to a registry")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from swarmpool.bus.spec import AppSpec, Catalogue, Settings
 
@@ -25,7 +26,8 @@ from swarmpool.bus.spec import AppSpec, Catalogue, Settings
 SAFE_CAPABILITIES = ("NET_BIND_SERVICE", "KILL")
 INSTANCES_NETWORK = "{namespace}_instances"  # the overlay `swarmpool deploy` makes for a stack's instances
 _ANY_INSTANCES_NETWORK = re.compile(r"^[a-z][a-z0-9]{0,10}_instances$")
-_ROOT = ("0", "root")
+OWNER_LABEL = "swarmpool.owner"  # swarm.adapter.LABEL_OWNER, on everything of a namespace
+_NUMERIC_ID = re.compile(r"^[+-]?[0-9]+$")  # what the engine reads as a number (Go's strconv.Atoi: "+0", "00")
 
 
 class Unsafe(Exception):
@@ -56,9 +58,21 @@ def unsafe_capabilities(caps: list[str]) -> list[str]:
     return [c for c in caps if capability(c) not in SAFE_CAPABILITIES]
 
 
+def numeric_id(part: str) -> int | None:
+    """The number a uid or gid part stands for ("0", "00", "+0" are all 0), or None when it is a name (any
+    non-ASCII digit, such as "²", is a name: the engine would not read it as a number)."""
+    part = part.strip()
+    return int(part) if part.isascii() and _NUMERIC_ID.match(part) else None
+
+
+def root_part(part: str) -> bool:
+    """Whether a uid part (before any ':group') is root by itself: the name root or any number equal to 0."""
+    return part.strip() == "root" or numeric_id(part) == 0
+
+
 def explicit_root(user: str | None) -> bool:
     """Whether a `user` value names root by itself: uid 0 or the name root (before any ':group')."""
-    return user is not None and user.split(":", 1)[0] in _ROOT
+    return user is not None and root_part(user.split(":", 1)[0])
 
 
 def network_problem(settings: Settings, namespace: str | None) -> str | None:
@@ -75,6 +89,36 @@ def network_problem(settings: Settings, namespace: str | None) -> str | None:
         return ("a network with publish_ports = true publishes every instance's port on all of the node's "
                 "addresses, outside the filtered instance bridge (set publish_ports = false)")
     return None
+
+
+def engine_network_problem(network: str, namespace: str | None, found: dict[str, Any] | None) -> str | None:
+    """Why the network the engine has under `settings.network`'s name is not the overlay `swarmpool deploy`
+    made (internal, labelled with the stack as owner), or None: a bridge an operator made with that name would
+    give instances everything, and no packet filter guards instances on a network."""
+    owner = namespace or network.rsplit("_", 1)[0]
+    if found is None:
+        problems = ["does not exist on this engine"]
+    else:
+        problems = []
+        if not found.get("Internal"):
+            problems.append("is not internal (its instances would reach this host, the LAN and the internet)")
+        if (found.get("Labels") or {}).get(OWNER_LABEL) != owner:
+            problems.append(f"is not labelled {OWNER_LABEL}={owner}")
+    if not problems:
+        return None
+    return (f"network {network!r} {' and '.join(problems)}: it is not the instances overlay swarmpool deploy makes "
+            f"(swarmpool deploy --stack {owner} makes it; remove the network of that name first)")
+
+
+async def check_network(settings: Settings, namespace: str | None,
+                        inspect: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
+    """Raise Unsafe when `settings.network` (not trusted: so named as the stack's instances overlay) is not, on
+    this engine, that overlay."""
+    if settings.network is None or "network" in settings.trusted:
+        return
+    problem = engine_network_problem(settings.network, namespace, await inspect(settings.network))
+    if problem is not None:
+        raise Unsafe("settings.network", problem)
 
 
 def app_findings(app: AppSpec, here: str) -> list[Finding]:
@@ -116,7 +160,7 @@ def check_trust(findings: list[Finding], trusted: list[str], here: str, undecide
 
 def could_be_root_by_name(user: str | None) -> bool:
     """Whether only the image can tell if `user` is root: a name (not uid) before any ':group'."""
-    return user is not None and not user.split(":", 1)[0].isdigit()
+    return user is not None and numeric_id(user.split(":", 1)[0]) is None
 
 
 def check_catalogue(catalogue: Catalogue, namespace: str | None = None) -> None:
@@ -146,16 +190,16 @@ def _ids(text: str) -> dict[str, int]:
     found: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) >= 3 and parts[2].isdigit():
-            found.setdefault(parts[0], int(parts[2]))
+        if len(parts) >= 3 and (number := numeric_id(parts[2])) is not None:
+            found.setdefault(parts[0], number)
     return found
 
 
 def resolve_uid(user: str, passwd: str) -> int | None:
     """The uid `user` (a name or a uid, before any ':group') stands for in `passwd`; None: no such name."""
     name = user.split(":", 1)[0]
-    if name.isdigit():
-        return int(name)
+    if (number := numeric_id(name)) is not None:
+        return number
     return _ids(passwd).get(name)
 
 

@@ -29,7 +29,7 @@ from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
 from swarmpool.swarm import Swarm, SwarmError, SwarmUnavailable
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
-from swarmpool.catalogue import check_images, default_catalogue_path
+from swarmpool.catalogue import check_images, check_network, default_catalogue_path
 from swarmpool.guardrails import trust_summary
 from swarmpool.host import functions_host, parse_file
 from swarmpool.natsd import EmbeddedNats, free_port
@@ -82,17 +82,38 @@ async def _swarm(namespace: str, init: bool) -> Swarm:
     return swarm
 
 
-async def packet_filter(stack: AsyncExitStack, namespace: str, settings: Settings) -> None:
+async def packet_filter(stack: AsyncExitStack, namespace: str, settings: Settings, unfiltered: bool = False,
+                        owner: Ownership | None = None) -> None:
     """Close instances in (nothing reaches them but the gateway; they reach only what their egress allows),
-    removed on exit; without the right to, say what to run."""
+    removed on exit while this copy still owns the namespace. Without the right to: go on only when an
+    administrator's rules are in place or the operator said `unfiltered` (--no-packet-filter), else
+    Unavailable saying what to run."""
     firewall = Firewall(namespace, resolvers=list(settings.egress_dns) or None)
-    stack.push_async_callback(asyncio.to_thread, firewall.remove)  # also what a failed install left
+
+    async def remove() -> None:
+        if owner is not None and not owner.held:  # the copy that took the namespace over filters its instances
+            log.warning("namespace %s is no longer ours: its packet filter stays", namespace)
+            return
+        await asyncio.to_thread(firewall.remove)
+
+    stack.push_async_callback(remove)  # also what a failed install left
     try:
         await asyncio.to_thread(firewall.install)
     except FirewallUnavailable as err:
-        print(f"WARNING: instances are NOT closed in ({err}): their code can reach this host, the LAN and "
-              "each other's addresses, and other containers and IPv6 can reach their ports. An administrator "
-              "runs (see docs/security-network.md):\n  " + "\n  ".join(firewall.commands()), flush=True)
+        commands = "\n  ".join(firewall.commands())
+        if await asyncio.to_thread(firewall.verified):
+            print(f"packet filter: not installed by this process ({err}), but an administrator's rules are in "
+                  f"place (iptables chain {firewall.chain})", flush=True)
+            return
+        if not unfiltered:
+            raise Unavailable(
+                f"cannot install the packet filter ({err}): instances would NOT be closed in. Run swarmpool up "
+                "as root, or have an administrator run (see docs/security-network.md):\n  " + commands +
+                "\nthen start again (a process that may not read the rules cannot check them: --no-packet-filter "
+                "starts anyway, unsafe unless they are in place)") from None
+        print(f"WARNING: --no-packet-filter: instances are NOT closed in ({err}) unless an administrator ran "
+              "these (see docs/security-network.md): their code can reach this host, the LAN and each other's "
+              "addresses, and other containers and IPv6 can reach their ports:\n  " + commands, flush=True)
         return
     print(f"packet filter installed (iptables chain {firewall.chain})", flush=True)
 
@@ -238,12 +259,15 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         await ensure_images(swarm, catalogue, base, build=not args.no_build)
         # root by name needs the images: refused here, before the packet filter or NATS
         try:
-            await check_images(catalogue, str(Path(args.catalogue or default_catalogue_path())), swarm.image_accounts)
+            path = str(Path(args.catalogue or default_catalogue_path()))
+            await check_images(catalogue, path, swarm.image_accounts)
+            await check_network(catalogue, path, args.namespace, swarm.network_info)  # the engine's, not a name
         except SwarmError as err:
             raise Unavailable(str(err)) from None
         warn_trusted(catalogue)
         if catalogue.settings.publish_ports:
-            await packet_filter(stack, args.namespace, catalogue.settings)
+            await packet_filter(stack, args.namespace, catalogue.settings,
+                                unfiltered=bool(getattr(args, "no_packet_filter", False)), owner=owner)
         url = args.nats_url
         fn_access = gw_access = None
         if url is None:

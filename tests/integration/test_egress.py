@@ -353,3 +353,22 @@ async def test_an_internet_instance_reaches_public_addresses_only(
     with closed_in(swarm.namespace, [lan_host.address]):  # by default the host's networks are the LAN
         assert await me.connect(public_host.address, SERVICE_PORT) == "refused"
     assert name in queries_of(lan_server)
+
+
+def test_installing_and_removing_one_namespace_filter_leaves_a_namespace_whose_name_extends_it() -> None:
+    name = "fx" + secrets.token_hex(3)
+    mine, theirs = (Firewall(n, port_range=(32768, 60999), resolvers=[], lan=[]) for n in (name, name + "2"))
+    try:
+        theirs.install()
+        before = (theirs.installed(), theirs.installed("ip6tables"))
+        assert any(f"-j {theirs.chain}" in line for line in before[0])
+        mine.install()
+        mine.install()  # again, as `up` after a crash does
+        assert (theirs.installed(), theirs.installed("ip6tables")) == before
+        mine.remove()
+        assert mine.installed() == [] and mine.installed("ip6tables") == []
+        assert (theirs.installed(), theirs.installed("ip6tables")) == before
+    finally:
+        mine.remove()
+        theirs.remove()
+    assert theirs.installed() == [] and theirs.installed("ip6tables") == []

@@ -19,6 +19,9 @@ from swarmpool.bus.messages import AdminEvent
 from swarmpool.bus.state import CatalogueStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.natsd import free_port
+from swarmpool.swarm import InstanceSpec, Swarm
+from swarmpool.swarm.adapter import SwarmError
+from tests.docker_fixtures import new_instance_id
 from bench.support import stop_child
 from tests.integration.test_admin import admin, status_json
 from tests.stack import echo_catalogue, running_stack
@@ -107,3 +110,62 @@ async def test_up_refuses_root_by_name_before_starting_anything(namespace, toor_
     assert docker_client.services.list(filters={"label": f"swarmpool.owner={namespace}"}) == []
     assert "packet filter installed" not in out.decode()
     assert docker_client.containers.list(all=True, filters={"label": f"swarmpool.owner={namespace}"}) == []
+
+
+async def test_the_adapter_refuses_to_start_an_instance_as_root_by_name_unless_trusted(
+        namespace: str, toor_image: str, docker_client: docker.DockerClient) -> None:
+    """Where the catalogue's check never saw the image (a cluster's function host, a reload on a node without
+    it), the service creation reads the image's /etc/passwd itself."""
+    image_user = f"swarmpool/echo-toor:{namespace}-user"
+
+    def commit_user() -> None:  # the same image, whose own USER is toor
+        container = docker_client.containers.create(toor_image, ["true"], network_disabled=True)
+        try:
+            container.commit("swarmpool/echo-toor", f"{namespace}-user", changes=["USER toor"])
+        finally:
+            container.remove(force=True)
+
+    await asyncio.to_thread(commit_user)
+    swarm = Swarm(namespace)
+    try:
+        for spec in (InstanceSpec(app="echo", id=new_instance_id(), image=toor_image, port=8888, user="toor"),
+                     InstanceSpec(app="echo", id=new_instance_id(), image=image_user, port=8888),
+                     InstanceSpec(app="echo", id=new_instance_id(), image=toor_image, port=8888, user="00")):
+            with pytest.raises(SwarmError, match=r"refused to start echo as root: user '(toor|00)' is uid 0 .*"
+                                                 r"list 'user' in apps.echo.trusted"):
+                await swarm.create(spec)
+        assert docker_client.services.list(filters={"label": f"swarmpool.owner={namespace}"}) == []
+        trusted = InstanceSpec(app="echo", id=new_instance_id(), image=toor_image, port=8888, user="toor",
+                               trusted_user=True)
+        service_id = await swarm.create(trusted)
+        assert docker_client.api.inspect_service(service_id)["Spec"]["TaskTemplate"]["ContainerSpec"]["User"] == "toor"
+    finally:
+        await swarm.remove_all()
+        await swarm.close()
+        await asyncio.to_thread(docker_client.images.remove, image_user, force=True)
+
+
+async def test_up_refuses_a_network_named_as_the_instances_overlay_that_is_an_operators_bridge(
+        namespace: str, echo_image: str, tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    """No packet filter guards instances on a network: the name alone must not be what lets it through."""
+    bridge = await asyncio.to_thread(docker_client.networks.create, f"{namespace}_instances", driver="bridge",
+                                     labels={"swarmpool.owner": namespace})
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(echo_catalogue(size=1).replace(
+        "[settings]", f'[settings]\nnetwork = "{namespace}_instances"\npublish_ports = false', 1))
+    assert f'network = "{namespace}_instances"' in catalogue.read_text()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(catalogue), "--namespace", namespace,
+        "--port", str(free_port()), "--dashboard-port", "0", "--state-dir", str(tmp_path / "state"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(90):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # it started after all: stopped as by Ctrl-C, then killed
+            await stop_child(proc, signal.SIGINT, timeout=60)
+        await asyncio.to_thread(bridge.remove)
+    assert proc.returncode == 2, out.decode() + err.decode()
+    assert err.decode().strip().endswith("at settings.network"), err.decode()
+    assert f"network '{namespace}_instances' is not internal" in err.decode()
+    assert docker_client.services.list(filters={"label": f"swarmpool.owner={namespace}"}) == []

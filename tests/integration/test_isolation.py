@@ -11,6 +11,7 @@ import asyncio
 import os
 import secrets
 import socket
+import shlex
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -142,8 +143,20 @@ async def test_the_filter_is_installed_once_and_removed_by_tag(swarm: Swarm) -> 
         first = wall.installed() + wall.installed("ip6tables")
         await asyncio.to_thread(wall.install)  # idempotent: the same rules, not twice
         assert wall.installed() + wall.installed("ip6tables") == first
+        # an install interrupted while building its new chains left one, jumped to: the next one clears it
+        leftover = "SWARMPNEW" + wall.input_chain[len("SWARMPOOL"):]
+        subprocess.run(["iptables", "-w", "-N", leftover], check=True)
+        subprocess.run(["iptables", "-w", "-I", "INPUT", "1", "-m", "comment", "--comment", wall.tag, "-j", leftover],
+                       check=True)
+        await asyncio.to_thread(wall.install)
+        assert wall.installed() + wall.installed("ip6tables") == first
+        assert subprocess.run(["iptables", "-w", "-n", "-L", leftover], capture_output=True).returncode != 0
         assert any("DOCKER-USER" in line for line in first) and any("-A INPUT" in line for line in first)
         assert any("! -i lo" in line for line in wall.installed("ip6tables"))
+        assert wall.verified()  # what `up` checks when it may not install them itself
+        rule = next(line for line in wall.installed() if line.startswith(f"-A {wall.chain} "))
+        subprocess.run(["iptables", "-w", "-D", *shlex.split(rule[3:])], check=True)
+        assert not wall.verified()  # one rule missing
     finally:
         await asyncio.to_thread(wall.remove)
     assert wall.installed() == [] and wall.installed("ip6tables") == []

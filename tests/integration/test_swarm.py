@@ -229,7 +229,8 @@ async def test_remove_all_removes_only_our_namespace(swarm: Swarm, echo_image: s
 async def test_instances_run_unprivileged_and_limited(swarm: Swarm, echo_image: str,
                                                       docker_client: docker.DockerClient) -> None:
     image_user = echo_spec(echo_image)  # the echo image's own user (1000:1000) is kept
-    as_root_image = msgspec.structs.replace(echo_spec(echo_image), user="0")  # the catalogue overrides it
+    # the catalogue overrides it (a root `user` the app trusts)
+    as_root_image = msgspec.structs.replace(echo_spec(echo_image), user="0", trusted_user=True)
     plain = InstanceSpec(app="echo", id=new_instance_id(), image=echo_image, port=8888, pids=600, cap_add=["CHOWN"],
                          command=["sleep", "600"])
     ids = [await swarm.create(spec) for spec in (image_user, as_root_image, plain)]

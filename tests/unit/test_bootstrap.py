@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 FAKE_DOCKER = """#!/bin/bash
@@ -86,3 +88,38 @@ def test_a_new_swarm_listens_on_loopback_only(tmp_path: Path) -> None:
     options = dict(zip(args[2::2], args[3::2]))
     assert options == {"--advertise-addr": "127.0.0.1", "--listen-addr": "127.0.0.1:2377",
                        "--data-path-addr": "127.0.0.1"}
+
+
+FAKE_SS = """#!/usr/bin/env python3
+# ss -H -l with -t and/or -u and a filter naming ports: the sockets of FAKE_SS on those ports, with the Netid
+# column only when both kinds are asked for (as ss prints them)
+import os, re, sys
+flags = "".join(a[1:] for a in sys.argv[1:] if a.startswith("-") and not a.startswith("--"))
+ports = set(re.findall(r":(\\d+)", " ".join(a for a in sys.argv[1:] if not a.startswith("-"))))
+kinds = {k for k, f in (("tcp", "t"), ("udp", "u")) if f in flags}
+for line in os.environ["FAKE_SS"].splitlines():
+    netid, rest = line.split(" ", 1)
+    if netid in kinds and rest.split()[3].rsplit(":", 1)[1] in ports:
+        print(line if len(kinds) > 1 else rest)
+"""
+
+
+@pytest.mark.parametrize("sockets, reported", [
+    ("tcp LISTEN 0 4096 127.0.0.1:2377 *:*\ntcp LISTEN 0 4096 *:7946 *:*\nudp UNCONN 0 0 *:7946 *:*", True),
+    ("tcp LISTEN 0 4096 127.0.0.1:2377 *:*\nudp UNCONN 0 0 10.0.0.5:7946 *:*", True),  # gossip over UDP
+    ("tcp LISTEN 0 4096 127.0.0.1:2377 *:*\ntcp LISTEN 0 4096 127.0.0.1:7946 *:*\nudp UNCONN 0 0 127.0.0.1:7946 *:*",
+     False),
+])
+def test_an_existing_swarm_whose_control_or_gossip_port_is_beyond_loopback_is_reported(
+        tmp_path: Path, sockets: str, reported: bool) -> None:
+    env = _fakes(tmp_path)
+    ss = tmp_path / "bin" / "ss"
+    ss.write_text(FAKE_SS)
+    ss.chmod(0o755)
+    try:
+        result = subprocess.run(["bash", str(ROOT / "bootstrap.sh"), "shell"], env={**env, "FAKE_SS": sockets},
+                                capture_output=True, text=True, timeout=60, start_new_session=True)
+        assert result.returncode == 0, result.stderr
+    finally:
+        _stop_fake_engine(tmp_path)
+    assert ("the existing swarm listens beyond loopback" in result.stderr) == reported, result.stderr

@@ -137,3 +137,40 @@ def test_engine_socket_comes_from_docker_host() -> None:
 def test_compose_needs_every_file() -> None:
     with pytest.raises(KeyError):
         compose(Options(), {})
+
+
+@pytest.mark.parametrize(("found", "encrypt", "problem"), [
+    (None, False, None),  # not there yet: the deploy creates it
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp"}, "Options": {}}, False, None),
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp"}, "Options": {"encrypted": ""}}, True, None),
+    ({"Internal": False, "Labels": {"swarmpool.owner": "sp"}, "Options": {}}, False, "is not internal"),
+    ({"Internal": True, "Labels": {}, "Options": {}}, False, "owner label swarmpool.owner=None, not 'sp'"),
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp2"}, "Options": {}}, False, "'sp2', not 'sp'"),
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp"}, "Options": {}}, True, "is not encrypted"),
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp"}, "Options": {"encrypted": ""}}, False, "is encrypted"),
+])
+def test_an_existing_instances_network_is_kept_only_internal_ours_and_encrypted_as_asked(
+        found: dict | None, encrypt: bool, problem: str | None) -> None:
+    from swarmpool.deploy import network_problem
+
+    options = Options(stack="sp", encrypt_overlays=encrypt)
+    said = network_problem(options, "sp_instances", found)
+    if problem is None:
+        assert said is None
+    else:
+        assert said is not None and problem in said and "sp_instances" in said
+        assert "swarmpool undeploy --stack sp" in said and "deploy again" in said
+
+
+def test_the_networks_a_deploy_creates_pass_the_check_on_a_redeploy(tmp_path: Path) -> None:
+    from swarmpool.deploy import network_problem, stack_networks
+
+    for encrypt in (False, True):
+        options = Options(image="swarmpool/control:test", encrypt_overlays=encrypt)
+        networks = stack(tmp_path, encrypt_overlays=encrypt)[0]["networks"]
+        for name in stack_networks(options):  # as the engine reports what `docker stack deploy` created
+            spec = networks[name.split("_", 1)[1]]
+            found = {"Internal": spec.get("internal", False), "Labels": spec.get("labels", {}),
+                     "Options": spec.get("driver_opts", {})}
+            assert network_problem(options, name, found) is None
+        assert network_problem(options, "sp_control", {"Options": {}} if encrypt else {"Options": {"encrypted": ""}})

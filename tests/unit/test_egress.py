@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,16 @@ def test_closed_instances_get_out_nowhere_and_internet_ones_only_to_public_addre
     # ...then no private, special or host network
     refused = {forward[i].split(" -d ")[1].split()[0] for i in private}
     assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8",
-            "198.51.99.0/24"} <= refused
+            "198.51.99.0/24", "168.63.129.16/32"} <= refused  # the last: a cloud's host services (Azure)
     # nothing between instances, nothing new into them
     assert any(r.startswith("-A SWARMPOOL-SP -i spsp-+ -o spsp.+ ") for r in forward)
     assert any(r.startswith("-A SWARMPOOL-SP -i spsp-+ -o spsp-+ ") for r in forward)
-    assert any(r.startswith("-A SWARMPOOL-SP -o spsp.+ -m conntrack --ctstate NEW ") and r.endswith("DROP")
-               for r in forward)
+    # (not only NEW: an invalid or untracked packet opens nothing either)
+    assert any(r.startswith("-A SWARMPOOL-SP -o spsp.+ -m conntrack ! --ctstate ESTABLISHED,RELATED ")
+               and r.endswith("DROP") for r in forward)
+    assert any(r.startswith("-A SWARMPOOL-SP -o spsp-+ -m conntrack ! --ctstate ESTABLISHED,RELATED ")
+               and r.endswith("DROP") for r in forward)
+    assert not any("--ctstate NEW" in r and r.endswith("DROP") for r in rules)
     # to the host: nothing, any port
     to_host = [r for r in rules if r.startswith("-A SWARMPOOL-SP-IN ")]
     assert [r.split()[3] for r in to_host if "REJECT" in r] == ["spsp.+", "spsp-+"]
@@ -157,3 +162,188 @@ def test_the_gateway_finds_the_address_of_its_default_route(tmp_path: Path) -> N
         default_route_address(routes)
     routes.write_text(routes.read_text() + "lo\t00000000\t0100007F\t0003\t0\t0\t0\t00000000\n")
     assert default_route_address(routes) == "127.0.0.1"  # the address of the interface holding it
+
+
+class _FakeTables:
+    """The chains of a host where namespaces `sp` and `sp2` both have their filter, as `iptables -S` prints them."""
+
+    def __init__(self) -> None:
+        self.chains = {
+            "INPUT": ["-P INPUT ACCEPT",
+                      "-A INPUT -m comment --comment swarmpool:sp2 -j SWARMPOOL-SP2-IN",
+                      "-A INPUT -m comment --comment swarmpool:sp -j SWARMPOOL-SP-IN"],
+            "DOCKER-USER": ["-N DOCKER-USER",
+                            "-A DOCKER-USER -m comment --comment swarmpool:sp2 -j SWARMPOOL-SP2",
+                            '-A DOCKER-USER -m comment --comment "swarmpool:sp" -j SWARMPOOL-SP'],
+            "SWARMPOOL-SP": ["-N SWARMPOOL-SP"], "SWARMPOOL-SP-IN": ["-N SWARMPOOL-SP-IN"],
+            "SWARMPOOL-SP-REJECT": ["-N SWARMPOOL-SP-REJECT"],
+        }
+        self.deleted: list[list[str]] = []
+
+    def run(self, tool: str, args: list[str]) -> str:
+        if args[0] == "-S":
+            return "\n".join(self.chains[args[1]]) + "\n"
+        if args[0] == "-D":
+            self.deleted.append(args[1:])
+        return ""
+
+
+def test_a_namespace_removes_only_the_rules_tagged_exactly_with_its_own_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = _FakeTables()
+    wall = Firewall("sp", port_range=(1, 2), resolvers=[], lan=[])
+    monkeypatch.setattr(wall, "_run", tables.run)
+    monkeypatch.setattr(wall, "_has_chain", lambda tool, chain: chain in tables.chains)
+    wall._remove("iptables", ("SWARMPOOL-SP", "SWARMPOOL-SP-IN", "SWARMPOOL-SP-REJECT"))
+    assert tables.deleted == [["INPUT", "-m", "comment", "--comment", "swarmpool:sp", "-j", "SWARMPOOL-SP-IN"],
+                              ["DOCKER-USER", "-m", "comment", "--comment", "swarmpool:sp", "-j", "SWARMPOOL-SP"]]
+    assert wall.ours("-A X -m comment --comment swarmpool:sp -j Y")
+    assert not wall.ours("-A X -m comment --comment swarmpool:sp2 -j Y")
+    assert not wall.ours("-A X -m comment --comment swarmpool:sp:x -j Y")
+
+
+def test_up_refuses_to_start_instances_unfiltered_unless_told_or_the_rules_are_in_place(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    from swarmpool.bus.spec import Settings
+    from swarmpool.launcher import Unavailable, packet_filter
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no iptables: nothing can be installed or read
+
+    async def start(unfiltered: bool) -> None:
+        async with AsyncExitStack() as stack:
+            await packet_filter(stack, "nofw", Settings(), unfiltered=unfiltered)
+
+    with pytest.raises(Unavailable) as err:
+        asyncio.run(start(unfiltered=False))
+    assert "instances would NOT be closed in" in str(err.value) and "iptables -w -I INPUT 1" in str(err.value)
+    assert "--no-packet-filter" in str(err.value)
+    asyncio.run(start(unfiltered=True))  # the operator's explicit, unsafe choice
+    assert "WARNING: --no-packet-filter: instances are NOT closed in" in capsys.readouterr().out
+    # an administrator ran the commands: this process may not install them, but they are there
+    monkeypatch.setattr(Firewall, "verified", lambda self: True)
+    asyncio.run(start(unfiltered=False))
+    assert "an administrator's rules are in place" in capsys.readouterr().out
+
+
+class _Tables:
+    """iptables as a dict of chains (rules as `-S` prints them), each command logged: enough to follow the order
+    in which `install()` changes them."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, list[str]] = {"INPUT": [], "FORWARD": [], "DOCKER-USER": []}
+        self.log: list[list[str]] = []
+
+    def run(self, tool: str, args: list[str]) -> str:
+        if tool != "iptables":
+            return ""
+        verb, chain, rest = args[0], args[1] if len(args) > 1 else "", list(args[2:])
+        self.log.append(list(args))
+        if verb == "-S":
+            return "".join(line + "\n" for line in self.chains[chain])
+        if verb == "-N":
+            self.chains[chain] = []
+        elif verb == "-A":
+            self.chains[chain].append(shlex.join(["-A", chain, *rest]))
+        elif verb == "-I":
+            self.chains[chain].insert(int(rest[0]) - 1, shlex.join(["-A", chain, *rest[1:]]))
+        elif verb == "-D":
+            self.chains[chain].remove(shlex.join(["-A", chain, *rest]))
+        elif verb == "-F":
+            self.chains[chain] = []
+        elif verb == "-X":
+            assert not any(line.split()[-1] == chain for lines in self.chains.values() for line in lines)
+            del self.chains[chain]
+        elif verb == "-E":
+            self.chains[rest[0]] = [line.replace(f"-A {chain} ", f"-A {rest[0]} ", 1) for line in self.chains.pop(chain)]
+            for name, lines in self.chains.items():
+                self.chains[name] = [line[: -len(chain)] + rest[0] if line.split()[-1] == chain else line
+                                     for line in lines]
+        return ""
+
+    def filtered(self) -> bool:
+        """Whether INPUT and DOCKER-USER jump to a complete filter chain of ours (named as it may be)."""
+        def complete(chain: str) -> bool:
+            return chain in self.chains and self.chains[chain][-1].endswith("-j RETURN")
+        return (any(complete(line.split()[-1]) for line in self.chains["INPUT"])
+                and any(complete(line.split()[-1]) for line in self.chains["DOCKER-USER"]))
+
+
+def test_reinstalling_the_filter_leaves_no_moment_unfiltered(monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = _Tables()
+    wall = Firewall("sp", port_range=(1, 2), resolvers=["192.168.1.1"], lan=[])
+    monkeypatch.setattr(firewall.shutil, "which", lambda tool: "/usr/sbin/" + tool)
+    monkeypatch.setattr(wall, "_has_chain", lambda tool, chain: tool == "ip6tables" or chain in tables.chains)
+    monkeypatch.setattr(wall, "_check", lambda tool: None)
+    monkeypatch.setattr(wall, "_run", tables.run)
+    wall.install()  # `up` starts
+    first = {name: list(lines) for name, lines in tables.chains.items()}
+    assert tables.filtered() and "SWARMPOOL-SP" in first
+    tables.log.clear()
+    states = []
+    original = tables.run
+
+    def watched(tool: str, args: list[str]) -> str:
+        out = original(tool, args)
+        states.append(tables.filtered())
+        return out
+
+    monkeypatch.setattr(wall, "_run", watched)
+    wall.install()  # after a crash, instances still running: filtered at every step
+    assert all(states) and tables.chains == first
+    assert any(args[0] == "-E" for args in tables.log)
+    wall.remove()
+    assert tables.chains == {"INPUT": [], "FORWARD": [], "DOCKER-USER": []}
+
+
+def test_up_leaves_the_filter_of_a_namespace_another_copy_took_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    from swarmpool.bus.spec import Settings
+    from swarmpool.launcher import Ownership, packet_filter
+
+    removed: list[str] = []
+    monkeypatch.setattr(Firewall, "install", lambda self: None)
+    monkeypatch.setattr(Firewall, "remove", lambda self: removed.append(self.namespace))
+
+    async def run(held: bool) -> None:
+        owner = Ownership("me")
+        async with AsyncExitStack() as stack:
+            await packet_filter(stack, "sp", Settings(), owner=owner)
+            owner.held = held  # the lease renewal found another holder
+
+    asyncio.run(run(held=False))
+    assert removed == []
+    asyncio.run(run(held=True))
+    assert removed == ["sp"]
+
+
+def test_a_cloud_hosts_resolver_is_reached_on_port_53_only_when_it_is_the_configured_one() -> None:
+    rules = _rules(Firewall("sp", port_range=(1, 2), resolvers=["168.63.129.16"], lan=[]))
+    forward = [r for r in rules if r.startswith("-A SWARMPOOL-SP ")]
+    dns = [i for i, r in enumerate(forward) if "-d 168.63.129.16 " in r and "--dport 53" in r]
+    refused = [i for i, r in enumerate(forward) if "-d 168.63.129.16/32 " in r and r.endswith("-j SWARMPOOL-SP-REJECT")]
+    assert len(dns) == 2 and len(refused) == 1 and max(dns) < refused[0]
+    assert not any("168.63.129.16 " in r and "--dport 53" in r
+                   for r in _rules(Firewall("sp", port_range=(1, 2), resolvers=["192.168.1.1"], lan=[])))
+
+
+def test_without_ip_the_filter_says_the_host_networks_are_unknown(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert firewall.host_networks() == []
+    assert "cannot list the host's networks" in caplog.text
+
+
+def test_ipv6_forwarded_traffic_is_filtered_from_dockers_hook_when_it_has_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[tuple[str, list[str]]] = []
+    wall = Firewall("sp", port_range=(1, 2), resolvers=[], lan=[])
+    monkeypatch.setattr(wall, "_check", lambda tool: None)
+    monkeypatch.setattr(wall, "_has_chain", lambda tool, chain: chain in ("INPUT", "FORWARD", "DOCKER-USER"))
+    monkeypatch.setattr(wall, "_run", lambda tool, args: ran.append((tool, list(args))) or "")
+    wall.install()
+    jumps = [(tool, args[1]) for tool, args in ran if args[0] == "-I" and args[-1] == "SWARMPNEW-SP"]
+    assert jumps == [("iptables", "DOCKER-USER"), ("ip6tables", "DOCKER-USER")]

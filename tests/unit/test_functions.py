@@ -55,6 +55,9 @@ class FakeSwarm:
     async def image_accounts(self, image: str) -> tuple[str, str, str] | None:
         return None
 
+    async def network_info(self, name: str) -> dict[str, object] | None:
+        return None
+
     async def remove(self, service_id: str) -> bool:
         return True
 
@@ -157,12 +160,23 @@ def test_instance_spec_is_limited_and_unprivileged_by_default() -> None:
                            dec_hook=dec_hook)
     run = instance_spec(spec, new_instance_id(), Settings())
     assert (run.memory, run.pids, run.user, run.cap_add) == (256 * 1024**2, 64, "1234:1234", ["NET_BIND_SERVICE"])
+    assert not run.trusted_user
+
+
+def test_instance_spec_says_whether_the_app_trusts_its_user() -> None:
+    """The adapter refuses a root user (by name, in the image) unless the app trusts it."""
+    spec = msgspec.structs.replace(SPEC, user="toor", trusted=["user"])
+    assert instance_spec(spec, new_instance_id(), Settings()).trusted_user
+    assert not instance_spec(msgspec.structs.replace(spec, trusted=[]), new_instance_id(), Settings()).trusted_user
 
 
 @pytest.mark.parametrize("image_user, wanted, result", [
     ("", None, (INSTANCE_UID, True)),
     ("root", None, (INSTANCE_UID, True)),
     ("0:0", None, (INSTANCE_UID, True)),
+    ("00", None, (INSTANCE_UID, True)),  # the engine reads any number equal to 0 as root
+    ("0000:0", None, (INSTANCE_UID, True)),
+    ("+0", None, (INSTANCE_UID, True)),
     ("app", None, ("app", False)),
     ("1000:1000", None, ("1000:1000", False)),
     ("", "0", ("0", False)),  # the catalogue's word is final

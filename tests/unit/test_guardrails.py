@@ -33,6 +33,9 @@ def catalogue(app: str = "", settings: str = "") -> str:
     ('user = "root"', "", "apps.echo.user", "is root"),
     ('user = "0:0"', "", "apps.echo.user", "'0:0' is root"),
     ('user = "root:1000"', "", "apps.echo.user", "is root"),
+    ('user = "00"', "", "apps.echo.user", "'00' is root"),  # the engine reads any number equal to 0 as root
+    ('user = "0000:0"', "", "apps.echo.user", "'0000:0' is root"),
+    ('user = "+0"', "", "apps.echo.user", "matching regex"),  # a sign is no uid the catalogue takes
     # capabilities beyond the safe list (CAP_ prefix or not), ALL included
     ('cap_add = ["SYS_ADMIN"]', "", "apps.echo.cap_add", "SYS_ADMIN beyond the safe capabilities"),
     ('cap_add = ["NET_BIND_SERVICE", "CAP_DAC_READ_SEARCH"]', "", "apps.echo.cap_add", "CAP_DAC_READ_SEARCH"),
@@ -107,6 +110,8 @@ PASSWD = """root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
 toor:x:0:0:another root:/root:/bin/sh
 app:x:1000:1000::/home/app:/bin/sh
+plus:x:+0:0:uid 0 as Go's Atoi reads it:/:/bin/sh
+sup:x:²:0:not a number to the engine:/:/bin/sh
 broken line
 """
 
@@ -119,6 +124,10 @@ broken line
     ('user = "app"\ntrusted = ["user"]', "", "apps.echo.trusted", "trusts 'user', but its user is safe"),
     ('trusted = ["user"]', "app", "apps.echo.trusted", "trusts 'user'"),
     ('trusted = ["user"]', "root", "apps.echo.trusted", "trusts 'user'"),  # root images run as uid 10001
+    ('trusted = ["user"]', "00", "apps.echo.trusted", "trusts 'user'"),  # so do "00" and "0000:0"
+    ('user = "plus"', "", "apps.echo.user", "user 'plus' is root (uid 0)"),
+    ('user = "sup"', "", "apps.echo.user", "no user 'sup'"),
+    ("", "²", "apps.echo.user", "no user '²'"),  # a name, not a number, for the engine
 ])
 def test_root_by_name_is_found_in_the_images_user_database(app: str, image_user: str, field: str,
                                                            words: str) -> None:
@@ -138,6 +147,8 @@ def test_root_by_name_is_found_in_the_images_user_database(app: str, image_user:
     ('user = "12345:12345"', ""),  # a uid the image does not know is fine (Docker runs it)
     ("", "app"),
     ("", "root"),  # the adapter runs it as uid 10001
+    ("", "00"),
+    ("", "0000:0"),
     ("", ""),
     ('user = "toor"\ntrusted = ["user"]', ""),
     ('trusted = ["user"]', "toor"),
@@ -186,3 +197,29 @@ def test_status_shows_each_apps_trusted_settings() -> None:
     header, lab, demo = status_table({"lab": app("lab", ["user", "network"]), "demo": app("demo", [])}).splitlines()
     assert header.split()[-4:] == ["trusted", "target", "set", "by"]
     assert lab.split()[-2:] == ["user,network", "catalogue"] and demo.split()[-2:] == ["-", "catalogue"]
+
+
+@pytest.mark.parametrize("found, words", [
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp"}}, None),  # what swarmpool deploy makes
+    (None, "does not exist on this engine"),
+    ({"Internal": False, "Labels": {"swarmpool.owner": "sp"}}, "is not internal"),
+    ({"Internal": True, "Labels": {}}, "is not labelled swarmpool.owner=sp"),
+    ({"Internal": True, "Labels": {"swarmpool.owner": "sp2"}}, "is not labelled swarmpool.owner=sp"),
+    ({"Driver": "bridge", "Labels": None}, "is not internal (its instances would reach this host"),  # an operator's
+])
+def test_the_network_on_the_engine_must_be_the_stacks_internal_overlay(found: dict | None, words: str | None) -> None:
+    from swarmpool.catalogue import check_network
+
+    text = catalogue(settings='network = "sp_instances"\npublish_ports = false')
+
+    async def inspect(name: str) -> dict | None:
+        assert name == "sp_instances"
+        return found
+
+    if words is None:
+        asyncio.run(check_network(parse(text, namespace="sp"), "c.toml", "sp", inspect))
+        return
+    with pytest.raises(CatalogueError) as err:
+        asyncio.run(check_network(parse(text, namespace="sp"), "c.toml", "sp", inspect))
+    assert err.value.field == "settings.network" and words in err.value.problem
+    assert "'sp_instances'" in err.value.problem and "swarmpool deploy --stack sp" in err.value.problem

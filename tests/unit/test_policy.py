@@ -31,7 +31,7 @@ SPEC = AppSpec(
 
 
 def inst(state: str = "claimed", **kw: object) -> Instance:
-    base: dict[str, object] = dict(id="a" * 26, app="echo", state=state, created_at=NOW - 100)
+    base: dict[str, object] = dict(id="a" * 26, handle="h", app="echo", state=state, created_at=NOW - 100)
     if state == "claimed":
         base.update(claimed_at=NOW - 50, last_activity=NOW - 10, connections=1, used=True)
     if state == "ready":
@@ -146,6 +146,12 @@ def test_claim_order_oldest_ready_first_skipping_reserved() -> None:
     c = inst("claimed", id="c" * 26)
     assert [r.id for r in pick_claim_order([a, b, c], set())] == [b.id, a.id]
     assert [r.id for r in pick_claim_order([a, b, c], {b.key})] == [a.id]
+
+
+def test_claims_never_get_a_ready_instance_named_after_its_id() -> None:
+    old_named = msgspec.structs.replace(inst("ready", id="d" * 26, ready_at=NOW - 30), handle="")
+    newer = inst("ready", id="a" * 26, ready_at=NOW - 10)
+    assert [r.id for r in pick_claim_order([old_named, newer], set())] == [newer.id]
 
 
 def test_surplus_ready_keeps_the_oldest() -> None:

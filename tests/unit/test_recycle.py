@@ -44,3 +44,12 @@ def test_a_removed_apps_sessions_end_by_the_default_rules() -> None:
     assert retire_reason(rec(1, "ready"), None, NOW) == "app no longer in the catalogue"
     assert retire_reason(rec(1, "claimed"), None, NOW) is None  # claimed 10 s ago: its session goes on
     assert retire_reason(rec(1, "claimed"), None, NOW + 5 * 3600).startswith("max lifetime")
+
+
+def test_ready_instances_named_after_their_id_go_at_once_and_claimed_ones_stay() -> None:
+    """An older version's service names carry the id (the session's capability): never handed out, retired
+    at once however few current ones there are; a session already on one runs to its end."""
+    records = [rec(i, "ready", handle="") for i in range(4)] + [rec(7, "claimed", handle="")]
+    stale, now = plan_recycle(records, "new", "", target=4)
+    assert sorted(r.id for r in now) == ["id0", "id1", "id2", "id3"]
+    assert "id7" not in {r.id for r in stale}
