@@ -18,11 +18,12 @@ test-unit:
 check CATALOGUE="apps/catalogue.toml":
     swarmpool check {{CATALOGUE}}
 
-# offline images: base (debootstrap), echo test app, Voila demo
+# offline images: base (debootstrap), echo test app, Voila demo, Pluto demo (from ../shared/pluto)
 images:
     apps/base/build.sh
     apps/echo/build.sh
     apps/voila-demo/build.sh
+    apps/pluto-demo/build.sh
 
 # the control-plane image swarmpool/control:<version> (NATS, functions, gateway) for `swarmpool deploy`
 control-image *ARGS:
@@ -59,6 +60,14 @@ bench-topup-lock *ARGS:
 # what a host pays to say "ready" only once the server holds its subscriptions, flush() as baseline
 bench-ready *ARGS:
     python -m bench.bench_ready {{ARGS}}
+
+# the Pluto demo warm against a cold start in Chromium: start to ready, click to visible, slider round trips, memory (--smoke: tiny counts; --build: time a full image build)
+bench-pluto *ARGS:
+    python -m bench.bench_pluto {{ARGS}}
+
+# the Pluto demo's own lane: Chromium through the gateway and nginx (builds swarmpool/pluto-demo if missing)
+test-pluto *ARGS:
+    python -m pytest tests/e2e/test_pluto.py -m pluto -q {{ARGS}}
 
 # render the production nginx config: just nginx example.org /etc/ssl/x.pem /etc/ssl/x.key
 nginx SERVER_NAME CERT KEY GATEWAY="127.0.0.1:8000" OUT="nginx/out":

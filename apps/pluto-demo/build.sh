@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build swarmpool/pluto-demo:latest offline: Debian bullseye's julia 1.5.3 (debootstrap) + Pluto 0.17.7 and
 # PlutoUI 0.7.51 from a directory of source archives (default: ../shared/pluto beside the repository).
-# Usage: apps/pluto-demo/build.sh [--force] [--sources DIR]     (or SWARMPOOL_PLUTO_SOURCES=DIR)
+# Usage: apps/pluto-demo/build.sh [--force] [--full] [--sources DIR]     (or SWARMPOOL_PLUTO_SOURCES=DIR)
+# --full also rebuilds the Julia base image and every Docker layer (the downloaded .debs stay cached).
 # DIR holds <Name>.tar.gz archives that each unpack into <Name>/ (see docs/pluto.md); every one of them is
 # developed into the image's Julia environment, so a teacher adds a package by adding its archive.
 set -euo pipefail
@@ -16,12 +17,14 @@ CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/swarmpool"
 IONICONS_VERSION=5.5.1  # the version Pluto 0.17.7's CSS asks a CDN for
 
 FORCE=()
+FULL=0
 while (($#)); do
     case $1 in
         --force) FORCE=(--force); shift ;;
+        --full) FORCE=(--force); FULL=1; shift ;;
         --sources) SOURCES=$2; shift 2 ;;
         --sources=*) SOURCES=${1#--sources=}; shift ;;
-        *) echo "pluto-demo: unknown argument $1 (usage: build.sh [--force] [--sources DIR])" >&2; exit 2 ;;
+        *) echo "pluto-demo: unknown argument $1 (usage: build.sh [--force] [--full] [--sources DIR])" >&2; exit 2 ;;
     esac
 done
 
@@ -37,7 +40,7 @@ SOURCES=$(cd "$SOURCES" && pwd)
 start=$(date +%s)
 
 # ---- 1. the Julia base: bullseye minbase + julia (the only Debian suite that has one), kept as its own image ----
-if ! docker image inspect "$JULIA_BASE" >/dev/null 2>&1; then
+if ((FULL)) || ! docker image inspect "$JULIA_BASE" >/dev/null 2>&1; then
     command -v debootstrap >/dev/null || { echo "pluto-demo: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
     MIRROR="${SWARMPOOL_BULLSEYE_MIRROR:-$(debian_mirror)}"
     DEBS="$CACHE/debootstrap/bullseye"  # downloaded .debs stay here: a rebuild downloads nothing
@@ -77,6 +80,8 @@ fi
 cp "$HERE"/Dockerfile "$HERE"/setup.jl "$HERE"/start.jl "$HERE"/webapp.jl "$CONTEXT/"
 
 echo "pluto-demo: docker build $IMAGE from $SOURCES ($(ls "$CONTEXT"/sources | wc -l) archives)"
-DOCKER_BUILDKIT=0 docker build --quiet --build-arg "JULIA_BASE=$JULIA_BASE" --build-arg "ICONS=$ICONS" \
+NO_CACHE=()
+((FULL)) && NO_CACHE=(--no-cache)
+DOCKER_BUILDKIT=0 docker build --quiet "${NO_CACHE[@]}" --build-arg "JULIA_BASE=$JULIA_BASE" --build-arg "ICONS=$ICONS" \
     -t "$IMAGE" "$CONTEXT" >/dev/null
 echo "pluto-demo: built $IMAGE in $(( $(date +%s) - start ))s ($(image_size "$IMAGE"))"

@@ -145,6 +145,9 @@ if WARM
     warm_up(notebook)
     isempty(not_ready(notebook)) || fail(notebook, "the notebook errored during the warm-up")
 end
+# What compiling and the warm-up left behind goes back to the system: a warm instance holds only what it uses.
+GC.gc(true)
+ccall(:malloc_trim, Cint, (Csize_t,), 0)
 println("swarmpool: notebook ran in $(round(executed - started; digits=1)) s, server answered after ",
         "$(round(serving - started; digits=1)) s, warm-up took $(round(time() - serving; digits=1)) s")
 println(MARKER)
