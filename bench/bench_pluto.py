@@ -12,7 +12,7 @@ loopback-only published port), each labelled and removed at the end:
 Rows: image build time (only with --build: a full rebuild of both images, the .debs from the cache), start
 to ready (container start to the marker), click to executed notebook visible (navigation to every cell
 rendered, none running or queued), the first and the later slider round trips (a keypress to Julia's new
-output on screen), and memory: host memory used with N and N+k warm instances (MemTotal - MemAvailable,
+output on screen), and memory: host memory used before and after k more warm instances (MemTotal - MemAvailable,
 divided by k), RSS and PSS of each instance's processes. Other work on the machine moves host memory:
 the table also gives the instances' own cgroup memory.
 """
@@ -164,17 +164,17 @@ async def main(args: argparse.Namespace) -> None:
     instances: list[Instance] = []
     try:
         before = settled_host_used()
+        # first reading: N warm (and the cold baseline, started with them to save a round of minutes)
         warm = [start("warm", memory) for _ in range(args.warm)]
-        instances += warm
-        await asyncio.gather(*(wait_ready(i) for i in warm))
+        cold = [start("cold", memory) for _ in range(args.cold)]
+        instances += warm + cold
+        await asyncio.gather(*(wait_ready(i) for i in warm + cold))
         with_n = settled_host_used()
+        # second reading: k more warm
         more = [start("warm", memory) for _ in range(args.more)]
         instances += more
         await asyncio.gather(*(wait_ready(i) for i in more))
         with_more = settled_host_used()
-        cold = [start("cold", memory) for _ in range(args.cold)]
-        instances += cold
-        await asyncio.gather(*(wait_ready(i) for i in cold))
         for instance in instances:
             measure_memory(instance)
         warm_all = warm + more
@@ -204,8 +204,9 @@ async def main(args: argparse.Namespace) -> None:
     row("first slider round trip", take("warm", "first"), take("cold", "first"))
     row("later slider round trips", take("warm", "later"), take("cold", "later"))
     marginal = (with_more - with_n) / max(args.more, 1) / MiB
-    print(f"{'host memory: with N=' + str(args.warm) + ' warm':34} {'MiB':>4} {(with_n - before) / args.warm / MiB:9.0f}"
-          f" per instance")
+    first = len(warm) + len(cold)
+    print(f"{'host memory, first ' + str(first) + ' instances':34} {'MiB':>4} {(with_n - before) / first / MiB:9.0f}"
+          f" per instance ({len(warm)} warm + {len(cold)} cold)")
     print(f"{'marginal, N+' + str(args.more) + ' warm':34} {'MiB':>4} {marginal:9.0f} per instance")
     for key in ("rss", "pss", "cgroup"):
         row(f"{key.upper() if key != 'cgroup' else 'cgroup memory'} per instance", [i.memory[key] for i in warm_all],
