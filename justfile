@@ -22,11 +22,12 @@ test-unit:
 check CATALOGUE="apps/catalogue.toml":
     swarmpool check {{CATALOGUE}}
 
-# offline images: base (debootstrap), echo test app, Voila demo
+# offline images: base (debootstrap), echo test app, Voila demo, Pluto demo (from ../shared/pluto)
 images:
     apps/base/build.sh
     apps/echo/build.sh
     apps/voila-demo/build.sh
+    apps/pluto-demo/build.sh || test $? -eq 3  # exit 3: no Pluto sources here (said in one line)
 
 # the control-plane image swarmpool/control:<version> (NATS, functions, gateway) for `swarmpool deploy`
 control-image *ARGS:
@@ -40,7 +41,7 @@ test-cluster *ARGS:
 test-faults *ARGS:
     python -m pytest -m faults -q {{ARGS}}
 
-# slow lane: Pluto.jl notebooks end to end
+# slow lane: Pluto.jl notebooks end to end: Chromium through the gateway and nginx (builds swarmpool/pluto-demo if missing)
 test-pluto *ARGS:
     python -m pytest -m pluto -q {{ARGS}}
 
@@ -71,6 +72,10 @@ bench-topup-lock *ARGS:
 # what a host pays to say "ready" only once the server holds its subscriptions, flush() as baseline
 bench-ready *ARGS:
     python -m bench.bench_ready {{ARGS}}
+
+# the Pluto demo warm against a cold start in Chromium: start to ready, click to visible, slider round trips, memory (--smoke: tiny counts; --build: time a full image build)
+bench-pluto *ARGS:
+    python -m bench.bench_pluto {{ARGS}}
 
 # slow lane: every bench above in its smoke mode (tiny counts; the stack bench too): they still run (CI runs it)
 bench-smoke *ARGS:

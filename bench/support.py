@@ -241,3 +241,88 @@ def class_catalogue(*, size: int, max_: int, settings: str = "") -> str:
     app = _replace_once(app, r"^max = \d+$", f"max = {max_}")
     head = FAST_SETTINGS.replace("max_instances = 40\n", f"max_instances = {max_ + 4}\n{settings}")
     return head + "\n" + app
+
+
+# ---- the Pluto demo (apps/pluto-demo) ----
+
+PLUTO_IMAGE = "swarmpool/pluto-demo:latest"
+PLUTO_APP = "pluto-demo"
+PLUTO_OUTPUT = "#sp-result .sp-value"  # the notebook's Julia-computed output ("After 20 years at 5.0% growth: ...")
+PLUTO_SLIDER = "pluto-cell input[type=range]"
+# the executed notebook is on screen: every cell came over the WebSocket, none is running or queued
+PLUTO_SETTLED = """(output) => {
+    const cells = document.querySelectorAll('pluto-cell');
+    return cells.length >= 6 && document.querySelectorAll('pluto-cell.running, pluto-cell.queued').length === 0
+        && document.querySelector(output) !== null;
+}"""
+LOCAL = ("http://127.0.0.1", "ws://127.0.0.1", "http://localhost", "ws://localhost", "data:", "blob:", "about:")
+
+
+class PlutoImageMissing(RuntimeError):
+    """The Pluto image is not there and apps/pluto-demo/build.sh could not build it (its words)."""
+
+
+def ensure_pluto_image() -> str:
+    """The Pluto demo image, built offline (apps/pluto-demo/build.sh: minutes the first time) when missing."""
+    present = subprocess.run(["docker", "image", "inspect", PLUTO_IMAGE], capture_output=True).returncode == 0
+    if not present:
+        done = subprocess.run([str(REPO / "apps" / "pluto-demo" / "build.sh")], capture_output=True, text=True,
+                              env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        if done.returncode != 0:
+            raise PlutoImageMissing(f"apps/pluto-demo/build.sh failed (exit {done.returncode}): "
+                                    + (done.stdout + done.stderr).strip()[-2000:])
+    return PLUTO_IMAGE
+
+
+def pluto_catalogue(*, size: int = 1, max_: int = 2, parallel: int = 1) -> str:
+    """The Pluto demo exactly as apps/catalogue.toml declares it, alone, with a pool of `size` and fast clocks."""
+    text = (REPO / "apps" / "catalogue.toml").read_text()
+    start = text.index(f"[apps.{PLUTO_APP}]")
+    following = re.compile(r"^\[apps\.(?!" + re.escape(PLUTO_APP) + r"[.\]])", re.MULTILINE).search(text, start + 1)
+    app = text[start:following.start() if following else len(text)]
+    app = re.sub(r'^build = .*\n', "", app, flags=re.MULTILINE)
+    app = _replace_once(app, r"^size = \d+$", f"size = {size}")
+    app = _replace_once(app, r"^max = \d+$", f"max = {max_}")
+    app = _replace_once(app, r"^max_parallel_starts = \d+(.*)$", f"max_parallel_starts = {parallel}")
+    head = FAST_SETTINGS.replace("max_instances = 40\n", f"max_instances = {max_ + 2}\n")
+    return head + "\n" + app
+
+
+async def local_only(context: Any) -> list[str]:
+    """Refuse every request of a browser context that would leave the machine; the returned list collects
+    their URLs (a test fails on any). WebSockets are checked as they open."""
+    outside: list[str] = []
+
+    async def guard(route: Any) -> None:
+        if route.request.url.startswith(LOCAL):
+            await route.continue_()
+        else:
+            outside.append(route.request.url)
+            await route.abort()
+
+    await context.route("**/*", guard)
+    context.on("request", lambda r: None if r.url.startswith(LOCAL) else outside.append(r.url))
+    context.on("page", lambda page: page.on(
+        "websocket", lambda ws: None if ws.url.startswith(LOCAL) else outside.append(ws.url)))
+    return outside
+
+
+async def open_pluto(page: Any, url: str, *, timeout: float = 60.0) -> str:
+    """Open the Pluto app (redirects, waiting room) until the executed notebook has settled; its output text."""
+    ms = timeout * 1000
+    await page.goto(url, wait_until="domcontentloaded", timeout=ms)
+    await page.wait_for_function(PLUTO_SETTLED, arg=PLUTO_OUTPUT, timeout=ms, polling=50)
+    return str(await page.inner_text(PLUTO_OUTPUT)).strip()
+
+
+async def move_pluto_slider(page: Any, key: str = "ArrowRight", *, timeout: float = 60.0) -> tuple[float, str]:
+    """Move the slider one step as a student does (keyboard), until Julia's new output shows: (seconds, text)."""
+    before = str(await page.inner_text(PLUTO_OUTPUT)).strip()
+    await page.focus(PLUTO_SLIDER)
+    started = time.monotonic()
+    await page.keyboard.press(key)
+    await page.wait_for_function(
+        "([sel, before]) => { const el = document.querySelector(sel); return el && el.innerText.trim() !== before }",
+        arg=[PLUTO_OUTPUT, before], timeout=timeout * 1000, polling=10)
+    elapsed = time.monotonic() - started
+    return elapsed, str(await page.inner_text(PLUTO_OUTPUT)).strip()

@@ -179,8 +179,9 @@ AppName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,23}$")]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 UserName = Annotated[str, msgspec.Meta(pattern=r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})(:([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}))?$")]
 Capability = Annotated[str, msgspec.Meta(pattern=r"^(CAP_)?[A-Z_]{2,32}$")]  # e.g. "NET_BIND_SERVICE"
-# a folder below the instance prefix, e.g. "voila/static/" (no leading slash, no "." or ".." parts)
-StaticPath = Annotated[str, msgspec.Meta(pattern=r"^(?!\.{1,2}(/|$))(?!.*/\.{1,2}(/|$))[A-Za-z0-9_~.-]+(/[A-Za-z0-9_~.-]+)*/?$")]
+# a folder below the instance prefix, e.g. "voila/static/", or a pattern of files where `*` and `?` stand for
+# any characters but "/", e.g. "editor.*.js" (no leading slash, no "." or ".." parts)
+StaticPath = Annotated[str, msgspec.Meta(pattern=r"^(?!\.{1,2}(/|$))(?!.*/\.{1,2}(/|$))[A-Za-z0-9_~.*?-]+(/[A-Za-z0-9_~.*?-]+)*/?$")]
 
 
 class Probe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -7,8 +7,10 @@ content negotiation. The proxy fills it only from instances no student has touch
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -54,16 +56,27 @@ class Asset:
 
 
 def static_path(relative: str, static_paths: Iterable[str]) -> bool:
-    """Whether a path below the instance prefix lies under one of the app's static paths."""
+    """Whether a path below the instance prefix lies under one of the app's static folders, or matches one
+    of its file patterns (`*` and `?` never match "/": "*.js" takes "a.js", not "x/a.js")."""
     lowered = relative.lower()
     if (not relative or relative.startswith("/") or "//" in relative or "%2e" in lowered or "%2f" in lowered
             or "%5c" in lowered or "\\" in relative or any(part in (".", "..") for part in relative.split("/"))):
         return False
     for root in static_paths:
+        if "*" in root or "?" in root:
+            if _pattern(root).fullmatch(relative):
+                return True
+            continue
         root = root.strip("/")
         if root and (relative == root or relative.startswith(root + "/")):
             return True
     return False
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(glob: str) -> re.Pattern[str]:
+    """A static_paths file pattern as a regular expression: `*` is [^/]*, `?` is [^/], the rest literal."""
+    return re.compile("".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in glob))
 
 
 def cacheable(method: str, status: int, headers: Mapping[str, str]) -> bool:

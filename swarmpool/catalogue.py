@@ -201,6 +201,23 @@ def _check_app(app: AppSpec, here: str, path: str) -> None:
         raise CatalogueError(path, f"{here}.command", "expected a non-empty list of strings")
 
 
+_HEADER = re.compile(r"^\s*\[{1,2}\s*([^\]]+?)\s*\]{1,2}\s*(#.*)?$")
+
+
+def without_apps(text: str, names: set[str]) -> str:
+    """The catalogue text with the tables of the named apps ([apps.<name>] and [apps.<name>.*]) removed."""
+    kept: list[str] = []
+    skipping = False
+    for line in text.splitlines(keepends=True):
+        header = _HEADER.match(line)
+        if header:
+            key = [part.strip().strip('"\'') for part in header.group(1).split(".")]
+            skipping = len(key) >= 2 and key[0] == "apps" and key[1] in names
+        if not skipping:
+            kept.append(line)
+    return "".join(kept)
+
+
 def load(path: str | Path | None = None, namespace: str | None = None) -> Catalogue:
     """Read and validate a catalogue file (the demo catalogue when `path` is None)."""
     file = Path(path) if path is not None else default_catalogue_path()

@@ -29,7 +29,7 @@ from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
 from swarmpool.swarm import Swarm, SwarmError, SwarmUnavailable
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
-from swarmpool.catalogue import check_images, check_network, default_catalogue_path
+from swarmpool.catalogue import check_images, check_network, default_catalogue_path, parse, without_apps
 from swarmpool.guardrails import trust_summary
 from swarmpool.host import functions_host, parse_file
 from swarmpool.natsd import EmbeddedNats, free_port
@@ -118,20 +118,62 @@ async def packet_filter(stack: AsyncExitStack, namespace: str, settings: Setting
     print(f"packet filter installed (iptables chain {firewall.chain})", flush=True)
 
 
-async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: bool) -> None:
-    """Every app's image must exist on this node; build the missing ones that have a recipe."""
+CANNOT_BUILD_HERE = 3  # a build recipe's exit code for "this machine lacks what the image needs" (no sources)
+
+
+async def ensure_images(swarm: Swarm, catalogue: Catalogue, base: Path, build: bool) -> set[str]:
+    """Every app's image must exist on this node; build the missing ones that have a recipe. Returns the
+    apps whose recipe failed (each said in one line): `up` serves the others without them."""
+    failed: set[str] = set()
     for app in catalogue.apps.values():
         if await swarm.has_image(app.image):
             continue
         if not build or not app.build:
             raise Unavailable(f"image {app.image} (app {app.name}) is not on this node"
                               + (f"; build it with: {app.build}" if app.build else ""))
-        print(f"building {app.image} for {app.name} (first run only): {app.build}", flush=True)
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec("bash", "-c", app.build, cwd=str(base))
-        if await proc.wait() != 0:
-            raise Unavailable(f"building {app.image} failed (exit {proc.returncode}): {app.build}")
+        code, last = await _run_recipe(app.build, base, f"building {app.image} for {app.name} (first run only): "
+                                       f"{app.build}")
+        if code != 0:
+            why = f": {last}" if last else ""
+            print(f"not serving {app.name}: building {app.image} failed (exit {code}){why}", flush=True)
+            failed.add(app.name)
+            continue
         print(f"built {app.image} in {time.monotonic() - started:.0f} s", flush=True)
+    if failed and failed == set(catalogue.apps):
+        raise Unavailable("no app's image could be built: nothing to serve")
+    return failed
+
+
+async def _run_recipe(command: str, cwd: Path, announce: str) -> tuple[int, str]:
+    """Run a build recipe, its output shown as it comes, after `announce`. A recipe that ends at once with
+    at most one line (exit CANNOT_BUILD_HERE: it cannot build on this machine) shows nothing: the caller's
+    one line says why. Returns the exit code and the last line of output."""
+    proc = await asyncio.create_subprocess_exec("bash", "-c", command, cwd=str(cwd), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    held: list[str] = []  # the first line waits for a second one (or for the end)
+    shown = False
+    last = ""
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        if not line:
+            continue
+        last = line
+        if not shown and not held:
+            held.append(line)
+            continue
+        if not shown:
+            print(announce, flush=True)
+            print(held.pop(), flush=True)
+            shown = True
+        print(line, flush=True)
+    code = await proc.wait()
+    if not shown and (held or code == 0) and code != CANNOT_BUILD_HERE:
+        print(announce, flush=True)
+        for line in held:
+            print(line, flush=True)
+    return code, last
 
 
 def warn_trusted(catalogue: Catalogue) -> None:
@@ -256,7 +298,11 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         stack.push_async_callback(swarm.close)
         owner = await stack.enter_async_context(_own_namespace(swarm, args.namespace, state_dir, stop))
         base = Path(args.catalogue or default_catalogue_path()).resolve().parent
-        await ensure_images(swarm, catalogue, base, build=not args.no_build)
+        text, source = catalogue_text(args)
+        unbuilt = await ensure_images(swarm, catalogue, base, build=not args.no_build)
+        if unbuilt:  # served without them, on the bus too (the catalogue other hosts follow)
+            text = without_apps(text, unbuilt)
+            catalogue = parse(text, source, args.namespace)
         # root by name needs the images: refused here, before the packet filter or NATS
         try:
             path = str(Path(args.catalogue or default_catalogue_path()))
@@ -283,7 +329,6 @@ async def up(catalogue: Catalogue, args: argparse.Namespace) -> None:
         stack.push_async_callback(nc.drain)
         stack.push_async_callback(_remove_instances, swarm, nc, args.namespace, owner)
         # a name that outlives the process: after a crash, its singletons' leases are taken back at once
-        text, source = catalogue_text(args)
         ctx = await stack.enter_async_context(functions_host(nc, catalogue, swarm, args.namespace,
                                                              host=f"up-{socket.gethostname()}",
                                                              catalogue_text=text, catalogue_source=source,

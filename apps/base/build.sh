@@ -11,20 +11,8 @@ PACKAGES="python3,python3-pip,ca-certificates"
 
 skip_if_built base "$IMAGE" "$@"
 
-mirror() {
-    # First deb.debian.org-style URI from the host's apt sources, else the public default.
-    local uri=""
-    if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
-        uri=$(awk '/^URIs:/ && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources)
-    fi
-    if [[ -z "$uri" && -f /etc/apt/sources.list ]]; then
-        uri=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' /etc/apt/sources.list)
-    fi
-    echo "${uri:-http://deb.debian.org/debian}"
-}
-
 command -v debootstrap >/dev/null || { echo "base: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
-MIRROR=$(mirror)
+MIRROR=$(debian_mirror)
 ROOTFS=$(mktemp -d /tmp/swarmpool-base.XXXXXX)
 trap 'rm -rf "$ROOTFS"' EXIT
 

@@ -13,6 +13,18 @@ skip_if_built() {
     fi
 }
 
+# debian_mirror: the first deb.debian.org-style URI of the host's apt sources, else the public default.
+debian_mirror() {
+    local uri=""
+    if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
+        uri=$(awk '/^URIs:/ && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources)
+    fi
+    if [[ -z "$uri" && -f /etc/apt/sources.list ]]; then
+        uri=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' /etc/apt/sources.list)
+    fi
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
 # image_size IMAGE: its size in MiB, for the last line of a build.
 image_size() {
     docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MiB", $1/1048576}'

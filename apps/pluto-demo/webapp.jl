@@ -1,5 +1,5 @@
 ### A Pluto.jl notebook ###
-# v0.19.40
+# v0.17.7
 
 using Markdown
 using InteractiveUtils
@@ -7,7 +7,7 @@ using InteractiveUtils
 # This Pluto notebook uses @bind for interactivity. When running this notebook outside of Pluto, the following 'mock version' of @bind gives bound variables a default value (instead of an error).
 macro bind(def, element)
     quote
-        local iv = try Base.loaded_modules[Base.PkgId(Base.UUID("6e696c72-6542-2067-7265-42206c756150"), "AbstractPlutoDingetjes")].Bijections.initial_value catch; b -> missing; end
+        local iv = try Base.loaded_modules[Base.PkgId(Base.UUID("6e696c72-6542-2067-7265-42206c756150"), "AbstractPlutoDingetjes")].Bonds.initial_value catch; b -> missing; end
         local el = $(esc(element))
         global $(esc(def)) = Core.applicable(Base.get, el) ? Base.get(el) : iv(el)
         el
@@ -22,10 +22,14 @@ Move the **growth rate** slider: Julia recomputes how a population of 1,000 grow
 This notebook was executed before you opened it.
 """
 
+# ╔═╡ 8a1c0e10-0006-4a5e-9c1a-5f0a6d1e0006
+using PlutoUI
+
 # ╔═╡ 8a1c0e10-0002-4a5e-9c1a-5f0a6d1e0002
-@bind rate html"<input type=range id=sp-slider aria-label='growth rate (%)' min=0 max=15 step=0.5 value=5>"
+@bind rate Slider(0:0.5:15; default = 5, show_value = true)
 
 # ╔═╡ 8a1c0e10-0003-4a5e-9c1a-5f0a6d1e0003
+# Without a browser (the server-side run at start) PlutoUI gives `rate` the slider's default, 5.0.
 trajectory = [1000 * (1 + rate / 100)^year for year in 0:20]
 
 # ╔═╡ 8a1c0e10-0004-4a5e-9c1a-5f0a6d1e0004
@@ -40,12 +44,12 @@ let
 end
 
 # ╔═╡ 8a1c0e10-0005-4a5e-9c1a-5f0a6d1e0005
-# Readiness is signalled by start.jl after the whole notebook ran, not from a cell.
 md"*Served by swarmpool.*"
 
 # ╔═╡ Cell order:
 # ╟─8a1c0e10-0001-4a5e-9c1a-5f0a6d1e0001
-# ╟─8a1c0e10-0002-4a5e-9c1a-5f0a6d1e0002
-# ╟─8a1c0e10-0003-4a5e-9c1a-5f0a6d1e0003
+# ╠═8a1c0e10-0006-4a5e-9c1a-5f0a6d1e0006
+# ╠═8a1c0e10-0002-4a5e-9c1a-5f0a6d1e0002
+# ╠═8a1c0e10-0003-4a5e-9c1a-5f0a6d1e0003
 # ╟─8a1c0e10-0004-4a5e-9c1a-5f0a6d1e0004
 # ╟─8a1c0e10-0005-4a5e-9c1a-5f0a6d1e0005

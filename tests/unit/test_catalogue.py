@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmpool.catalogue import CatalogueError, load, parse
+from swarmpool.catalogue import CatalogueError, load, parse, without_apps
 
 GOOD = """
 [apps.echo]
@@ -155,3 +155,23 @@ def test_cli_exits_2_naming_a_bad_frame_ancestor(tmp_path: Path) -> None:
                           timeout=60)
     assert done.returncode == 2, done.stderr
     assert "apps.echo.frame_ancestors[0]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_static_paths_take_folders_and_file_patterns_but_never_leave_the_prefix() -> None:
+    app = parse(GOOD.replace("[apps.echo.probe]", 'static_paths = ["static/", "*.????????.js", "ionicons/*.svg"]\n'
+                                                   "[apps.echo.probe]")).apps["echo"]
+    assert app.static_paths == ["static/", "*.????????.js", "ionicons/*.svg"]
+    for bad in ('"../*.js"', '"/editor.*.js"', '"*/../statefile"', '"a//*.js"', '"edit?id=*"'):
+        with pytest.raises(CatalogueError) as err:
+            parse(GOOD.replace("[apps.echo.probe]", f"static_paths = [{bad}]\n[apps.echo.probe]"))
+        assert err.value.field == "apps.echo.static_paths[0]", bad
+
+
+def test_without_apps_drops_every_table_of_the_named_apps_only() -> None:
+    two = GOOD + GOOD.replace("apps.echo", "apps.pluto-demo").replace('"swarmpool/echo:latest"', '"p:latest"')
+    kept = without_apps("[settings]\nmax_instances = 5\n" + two, {"pluto-demo"})
+    catalogue = parse(kept)
+    assert list(catalogue.apps) == ["echo"] and catalogue.settings.max_instances == 5
+    assert parse(kept).apps["echo"] == parse(GOOD).apps["echo"]
+    assert "pluto-demo" not in kept
+    assert without_apps(two, set()) == two

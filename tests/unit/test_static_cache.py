@@ -43,6 +43,38 @@ def test_only_paths_under_static_paths(relative: str, expected: bool) -> None:
     assert static_path(relative, PATHS) is expected
 
 
+# Pluto's frontend-dist files sit at the prefix root beside its notebook endpoints
+PLUTO = ["ionicons/", "*.????????.js", "*.????????.css", "*.????????.woff2"]
+
+
+@pytest.mark.parametrize(("relative", "expected"), [
+    ("editor.88340a43.js", True),
+    ("editor.4e1ac15b.css", True),
+    ("JuliaMono-Regular.de4da299.woff2", True),
+    ("ionicons/add-outline.svg", True),
+    # the endpoints that read or run a notebook, and anything with another shape, never
+    ("edit", False),
+    ("open", False),
+    ("statefile", False),
+    ("notebookfile", False),
+    ("ping", False),
+    ("editor.html", False),
+    ("editor.88340a4.js", False),  # seven characters where the pattern has eight
+    ("x/editor.88340a43.js", False),  # `*` never crosses "/"
+    ("editor.88340a43.js/../../statefile", False),
+    ("editor.88340a43.js%2f..%2fstatefile", False),
+    ("editor.88340a43.jsx", False),
+])
+def test_file_patterns_take_only_matching_files(relative: str, expected: bool) -> None:
+    assert static_path(relative, PLUTO) is expected
+
+
+def test_pattern_characters_are_literal_except_star_and_question_mark() -> None:
+    assert static_path("a+b.js", ["a+b.js*"])
+    assert not static_path("aab.js", ["a+b.js*"])
+    assert not static_path("a.js", ["[ab].js?"])
+
+
 def test_no_static_paths_no_cache() -> None:
     assert not static_path("voila/static/a.js", [])
 
