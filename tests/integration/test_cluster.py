@@ -500,7 +500,7 @@ def test_an_instance_reaches_no_neighbour_on_either_node(deployed: Cluster) -> N
           and len(_instance_addresses(deployed)) >= 4, 120, "neighbours running on both nodes")
     addresses = _instance_addresses(deployed)
     for node, instance in by_node.items():
-        neighbours = {}  # one other instance per node, claimed or warm
+        neighbours: dict[str, str] = {}  # one other instance per node, claimed or warm
         for other, (where, address) in addresses.items():
             if other != instance:
                 neighbours.setdefault(where, address)
