@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 CHAIN = "SWARMPOOL-GUARD"
 LABEL_HELPER = "swarmpool.guard-helper"  # on the helper containers: the namespace whose instance they guard
 HELPER_TIMEOUT = 60.0
-# the helper's backends: the one Docker used in this namespace (its embedded DNS's nat rules), else nf_tables
-_PICK = ('pick() { if "$1-legacy" -w -t nat -S 2>/dev/null | grep -q DOCKER_; then echo "$1-legacy"; '
-         'else echo "$1-nft"; fi; }')
+# the helper's backend: the one Docker used in this namespace (its embedded DNS's nat rules), else nf_tables
+_PICK = ('if iptables-legacy -w -t nat -S 2>/dev/null | grep -q DOCKER_; then V4=iptables-legacy V6=ip6tables-legacy; '
+         'else V4=iptables-nft V6=ip6tables-nft; fi')
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,15 @@ def script(target: Target) -> str:
         return f'"${tool}" -w ' + shlex.join(args)
 
     redirect = redirect_rule(target)
-    lines = ["set -eu", _PICK, "V4=$(pick iptables)", "V6=$(pick ip6tables)",
+    lines = ["set -eu", _PICK,
              f"if {run('V4', ['-C', *redirect])} 2>/dev/null; then echo already guarded; exit 0; fi"]
     for tool in ("V4", "V6"):
         chain = [f"{run(tool, ['-N', CHAIN])} 2>/dev/null || {run(tool, ['-F', CHAIN])}"]
         chain += [run(tool, rule) for rule in filter_rules()]
         chain.append(f"{run(tool, ['-C', 'OUTPUT', '-j', CHAIN])} 2>/dev/null || "
                      f"{run(tool, ['-I', 'OUTPUT', '1', '-j', CHAIN])}")
-        if tool == "V6":  # a kernel without IPv6 has no IPv6 traffic to refuse
-            chain = [f'if "$V6" -w -S OUTPUT >/dev/null 2>&1; then'] + [f"  {c}" for c in chain] + ["fi"]
+        if tool == "V6":  # only a kernel without IPv6 skips them (fails closed: an error leaves the port shut)
+            chain = ["if [ -e /proc/net/if_inet6 ]; then"] + [f"  {c}" for c in chain] + ["fi"]
         lines += chain
     lines += [run("V4", ["-A", *redirect]), "echo guarded"]
     return "\n".join(lines) + "\n"

@@ -42,7 +42,8 @@ def test_script_closes_both_ip_versions_before_opening_the_redirect_last() -> No
         assert f'"${tool}" -w -A {CHAIN} -p tcp -j REJECT --reject-with tcp-reset' in text
         assert text.index(f'"${tool}" -w -I OUTPUT 1') < text.index(redirect)
     assert lines[0] == "set -eu"
-    assert "already guarded; exit 0" in lines[4]  # idempotent: a redirect means the rules are in
+    assert "already guarded; exit 0" in lines[2]  # idempotent: a redirect means the rules are in
+    assert "if [ -e /proc/net/if_inet6 ]; then" in lines  # IPv6 skipped only where the kernel has none
 
 
 def test_only_running_guarded_instances_of_the_namespace_are_targets() -> None:
