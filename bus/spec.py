@@ -327,6 +327,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     orphan_grace: Interval = Interval(30.0)  # a service without record (or record without service) this old is cleaned up
     publish_ports: bool = True  # local: host-mode port on 127.0.0.1; cluster: overlay by name
     network: str | None = None  # overlay network instances join (cluster mode)
+    # set by `swarmpool deploy`: unpublished instances are reached only through the port `swarmpool guard` opens
+    # once it has closed the instance in (no new connection out), so no probe or claim reaches one before
+    guard: bool = False
     # live sessions of one app that one browser (the gateway's cookie) may hold; 0: no limit
     per_browser_limit: Annotated[int, msgspec.Meta(ge=0)] = 3
     # gateway bounds: one student's socket or slow client must not cost the others

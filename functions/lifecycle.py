@@ -31,7 +31,7 @@ def instance_spec(spec: AppSpec, instance_id: str, settings: Settings, handle: s
         cpus=spec.limits.cpus, memory=int(spec.limits.memory), pids=spec.limits.pids,
         user=spec.user, trusted_user="user" in spec.trusted, cap_add=list(spec.cap_add),
         constraints=list(spec.constraints), publish=settings.publish_ports,
-        network=settings.network, egress=spec.egress, dns=list(settings.egress_dns),
+        network=settings.network, egress=spec.egress, dns=list(settings.egress_dns), guard=settings.guard,
     )
 
 

@@ -32,6 +32,9 @@ LABEL_ID = "swarmpool.id"  # labels are the engine's: no container sees them (na
 LABEL_HANDLE = "swarmpool.handle"  # the random part of the service name (not derived from the id)
 LABEL_IMAGE = "swarmpool.image"  # the image as the catalogue names it (the service may run it by id)
 LABEL_PORT = "swarmpool.port"  # container port, for "<service name>:<port>" endpoints on a network
+# on a guarded instance (cluster): the port the guard redirects to LABEL_PORT once its rules are in (swarm/guard.py)
+LABEL_GUARD_PORT = "swarmpool.guard-port"
+GUARD_PORT = 1  # tcpmux, unused: nothing answers on it until `swarmpool guard` has closed the instance in
 
 LABEL_OWNER_LEASE = "swarmpool.owner-lease"  # on the config object that says which copy owns a namespace
 LABEL_LEASE_HOLDER = "swarmpool.lease.holder"
@@ -96,6 +99,8 @@ class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
     network: str | None = None
     egress: str = EGRESS_NONE  # which bridge a published instance joins: none (closed) or internet (public only)
     dns: list[str] = []  # nameservers Docker's embedded DNS forwards outside names to; []: the host's
+    # reached only through GUARD_PORT, which `swarmpool guard` opens after its rules (unpublished instances only)
+    guard: bool = False
 
 
 class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,6 +248,7 @@ class Swarm:
             LABEL_HANDLE: spec.handle,
             LABEL_IMAGE: spec.image,
             LABEL_PORT: str(spec.port),
+            **({LABEL_GUARD_PORT: str(GUARD_PORT)} if spec.guard and not spec.publish else {}),
         }
 
     # -- engine ---------------------------------------------------------------------------------
@@ -691,7 +697,9 @@ class Swarm:
                 if port.get("PublishedPort"):
                     return f"127.0.0.1:{port['PublishedPort']}"
             return ""
-        port = (spec.get("Labels") or {}).get(LABEL_PORT, "")
+        labels = spec.get("Labels") or {}
+        # a guarded instance is reached only where the guard's redirect answers, so never before its rules
+        port = labels.get(LABEL_GUARD_PORT) or labels.get(LABEL_PORT, "")
         return f"{spec.get('Name', '')}:{port}" if port else ""
 
     async def logs_contain(self, service_id: str, marker: str) -> bool:

@@ -156,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--tls-cert", help="nats-server certificate (PEM; names nats-1..3 and the operator host)")
     dp.add_argument("--tls-key", help="its private key (PEM)")
     dp.add_argument("--tls-ca", help="the CA that clients trust (PEM)")
-    dp.add_argument("--docker-socket", help="engine socket the function hosts mount (default: DOCKER_HOST's path)")
+    dp.add_argument("--docker-socket", help="engine socket on every node, mounted by function hosts and guards "
+                                                    "(default: DOCKER_HOST's path; a service template such as "
+                                                    "{{.Node.Hostname}} is expanded on each node)")
     dp.add_argument("--functions-replicas", type=int, default=2, help="function hosts (default: 2)")
     dp.add_argument("--gateway-label", help="run gateways on nodes labelled LABEL=true instead of on managers")
     dp.add_argument("--encrypt-overlays", action="store_true",
@@ -168,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
     ud = sub.add_parser("undeploy", help="remove a deployed stack and every instance it started")
     ud.add_argument("--stack", default="sp", help="stack name (default: sp)")
     ud.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for removal (default: 120)")
+
+    gd = sub.add_parser("guard", help="close in this node's instances of a deployed stack (a global service of it)",
+                        description="Installs, in each local instance container's network namespace, rules that "
+                                    "refuse every new connection out, then opens the port the gateway reaches it on "
+                                    "(docs/design-network.md). Needs the node's engine socket (DOCKER_HOST).")
+    gd.add_argument("--namespace", required=True, help="the stack whose instances it guards")
+    gd.add_argument("--image", help="image of the helper containers, with iptables (default: swarmpool/control:<version>)")
+    gd.add_argument("--interval", type=float, default=10.0, help="seconds between full reconciles (default: 10)")
 
     check = sub.add_parser("check", help="validate a catalogue file and exit")
     check.add_argument("catalogue", nargs="?")
@@ -200,6 +210,14 @@ def main(argv: list[str] | None = None) -> None:
             if flags := trust_summary(app, catalogue.settings):
                 print(f"  {name} is trusted with {flags}")
         return
+    if args.command == "guard":
+        from swarmpool.deploy import control_image
+        from swarmpool.swarm import guard
+
+        try:
+            raise SystemExit(guard.main(args.namespace, args.image or control_image(), args.interval))
+        except KeyboardInterrupt:
+            raise SystemExit(0) from None
     if args.command in ("deploy", "undeploy"):
         from swarmpool import deploy
 

@@ -18,6 +18,7 @@ from typing import Any
 from swarmpool.bus.roles import ROLES, Access, server_users, user_name
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
+from swarmpool.swarm.adapter import GUARD_PORT
 
 CONTROL_REPOSITORY = "swarmpool/control"
 COMPOSE_VERSION = "3.8"
@@ -53,7 +54,7 @@ class Options:
     image: str = field(default_factory=control_image)
     nats_replicas: int = 3
     nats_port: int | None = None  # the NATS client port published on managers for operators (TLS only)
-    docker_socket: str = "/var/run/docker.sock"  # the engine socket on the manager nodes
+    docker_socket: str = "/var/run/docker.sock"  # the engine socket on every node (function hosts, guards)
     functions_replicas: int = 2
     gateway_label: str | None = None  # place gateways on nodes with this label (=true) instead of on managers
     tls: bool = False  # nats-server certificate and key given (secrets nats-cert.pem, nats-key.pem)
@@ -189,6 +190,16 @@ def compose(options: Options, files: dict[str, str], catalogue_at: float | None 
         "deploy": {"mode": "global", "endpoint_mode": "dnsrr", "placement": gateway_place,
                    "restart_policy": {"condition": "any", "delay": "1s"}},
     }
+    services["guard"] = {
+        "image": options.image,
+        # on every node: closes in each local instance (rules in its own network namespace, through helper
+        # containers of this image), then opens the port it is reached on (swarm/guard.py)
+        "command": ["guard", "--namespace", options.stack, "--image", options.image],
+        "networks": ["control"],  # it listens on nothing and talks only to its node's engine
+        "volumes": [{"type": "bind", "source": options.docker_socket, "target": "/var/run/docker.sock"}],
+        "deploy": {"mode": "global", "endpoint_mode": "dnsrr",
+                   "restart_policy": {"condition": "any", "delay": "1s"}},
+    }
     encrypted: dict[str, Any] = {"driver_opts": {"encrypted": ""}} if options.encrypt_overlays else {}
     secret_names = [f"{n}.conf" for n in names] + ["functions.json", "gateway.json"]
     secret_names += (["nats-cert.pem", "nats-key.pem"] if options.tls else []) + run_secrets
@@ -262,6 +273,11 @@ def cluster_catalogue(text: str, options: Options, path: str = "<catalogue>") ->
     settings = dict(raw.get("settings", {}))
     settings["publish_ports"] = False
     settings["network"] = instances_network(options)
+    settings["guard"] = True  # reached only once `swarmpool guard` has closed them in
+    for name, app in raw.get("apps", {}).items():
+        if app.get("port") == GUARD_PORT:
+            raise DeployError(f"{path}: apps.{name}.port = {GUARD_PORT} is the port the guard opens instances on "
+                              "in a cluster; use another")
     out = _toml_table("settings", settings)
     for name, app in raw.get("apps", {}).items():
         out += _toml_table(f"apps.{_toml_key(name)}", app)

@@ -137,6 +137,11 @@ def settings_findings(settings: Settings, namespace: str | None) -> list[Finding
     found = []
     if (problem := network_problem(settings, namespace)) is not None:
         found.append(Finding("settings.network", "network", problem))
+    elif settings.network is not None and not settings.guard:
+        # a reload of a deployed stack's catalogue must keep it: the overlay has no switch between instances
+        found.append(Finding("settings.guard", "network",
+                             "instances on the stack's overlay without guard = true are not closed in by "
+                             "`swarmpool guard` and reach each other (swarmpool deploy sets it; keep it)"))
     if not settings.publish_ports and settings.network is None:
         found.append(Finding("settings.publish_ports", "publish_ports",
                              "publish_ports = false without a network puts instances on Docker's default "

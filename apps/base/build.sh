@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Build the registry-free base image swarmpool/base:bookworm (Debian minbase + python3 + pip) with debootstrap.
 # Usage: apps/base/build.sh [--force]    (skips when the image already exists)
+# SWARMPOOL_BASE_IMAGE names the image; SWARMPOOL_BASE_EXTRA adds Debian packages (comma-separated), for a variant
+# such as the control image's base with iptables (apps/control/build.sh).
 set -euo pipefail
 source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 IMAGE="${SWARMPOOL_BASE_IMAGE:-swarmpool/base:bookworm}"
 SUITE="${SWARMPOOL_BASE_SUITE:-bookworm}"
 # python3-pip: wheels with .data/ (jupyter, voila templates) need a real installer, not unzip.
-PACKAGES="python3,python3-pip,ca-certificates"
+PACKAGES="python3,python3-pip,ca-certificates${SWARMPOOL_BASE_EXTRA:+,$SWARMPOOL_BASE_EXTRA}"
 
 skip_if_built base "$IMAGE" "$@"
 

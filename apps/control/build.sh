@@ -14,7 +14,8 @@ skip_if_built control "$IMAGE" "$@"
 # the dependencies exactly as pyproject.toml names them (one line each in its dependencies list)
 mapfile -t deps < <(sed -n '/^dependencies = \[/,/^\]/p' "$ROOT/pyproject.toml" | sed -n 's/^ *"\([^"]*\)".*/\1/p')
 start=$(date +%s)
-"$SWARMPOOL_BASE_DIR/build.sh"
+# its base has iptables: `swarmpool guard` installs rules inside instances' network namespaces (docs/design-network.md)
+SWARMPOOL_BASE_IMAGE=swarmpool/base-net:bookworm SWARMPOOL_BASE_EXTRA=iptables "$SWARMPOOL_BASE_DIR/build.sh"
 "$SWARMPOOL_BASE_DIR/pip-offline.sh" "$HERE" "${deps[@]}"
 # after the dependencies (pip-offline.sh clears wheels/ when they change); rebuilt every time
 rm -f "$HERE"/wheels/swarmpool-*.whl

@@ -18,6 +18,7 @@ import docker
 import pytest
 
 from swarmpool.deploy import control_image
+from swarmpool.swarm.adapter import GUARD_PORT
 from tests.cluster import SUBNET, Cluster, two_node_swarm
 from tests.inside import LOOK_AROUND, ids_in, shell_command
 from tests.integration.test_isolation import CONNECT
@@ -87,7 +88,7 @@ def _get(cluster: Cluster, path: str) -> tuple[int, dict[str, str], bytes]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     _build("apps/echo/build.sh")
     _build("apps/control/build.sh", "--force")  # the image runs this checkout
-    with two_node_swarm([control_image(), ECHO], [ECHO]) as made:
+    with two_node_swarm([control_image(), ECHO], [control_image(), ECHO]) as made:  # guards run on every node
         yield made
 
 
@@ -96,7 +97,9 @@ def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     home = tmp_path_factory.mktemp("deploy")
     (home / "catalogue.toml").write_text(CATALOGUE)
     result = _swarmpool(cluster, "deploy", "--catalogue", str(home / "catalogue.toml"), "--stack", STACK,
-                        "--port", str(PORT), "--state-dir", str(home / "state"), "--timeout", "180")
+                        "--port", str(PORT), "--state-dir", str(home / "state"), "--timeout", "180",
+                        # each node's own engine (the test engines' sockets differ; a service template per node)
+                        "--docker-socket", "/var/lib/swarmpool-test-{{.Node.Hostname}}/docker.sock")
     try:
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"http://{cluster.manager.address}:{PORT}/" in result.stdout
@@ -468,6 +471,46 @@ def test_an_instance_reaches_nothing_on_either_node(deployed: Cluster) -> None:
         dns.close()
         lan.close()
         client.close()
+
+
+def _instance_addresses(cluster: Cluster) -> dict[str, tuple[str, str]]:
+    """Instance id -> (node, overlay address) of every running instance container, on both nodes."""
+    found = {}
+    for engine in (cluster.manager, cluster.worker):
+        client = engine.client()
+        try:
+            for container in client.containers.list(filters={"label": f"swarmpool.owner={STACK}"}):
+                network = container.attrs["NetworkSettings"]["Networks"].get(f"{STACK}_instances") or {}
+                if network.get("IPAddress"):
+                    found[container.labels["swarmpool.id"]] = (engine.name, network["IPAddress"])
+        finally:
+            client.close()
+    return found
+
+
+def test_an_instance_reaches_no_neighbour_on_either_node(deployed: Cluster) -> None:
+    by_node: dict[str, str] = {}
+    for _ in range(12):  # a session on each node
+        instance = _claim(deployed)
+        by_node.setdefault(_instance_addresses(deployed).get(instance, ("?", ""))[0], instance)
+        if {"spc-m", "spc-w"} <= set(by_node):
+            break
+    assert {"spc-m", "spc-w"} <= set(by_node), by_node
+    _wait(lambda: {n for n, _ in _instance_addresses(deployed).values()} >= {"spc-m", "spc-w"}
+          and len(_instance_addresses(deployed)) >= 4, 120, "neighbours running on both nodes")
+    addresses = _instance_addresses(deployed)
+    for node, instance in by_node.items():
+        neighbours: dict[str, str] = {}  # one other instance per node, claimed or warm
+        for other, (where, address) in addresses.items():
+            if other != instance:
+                neighbours.setdefault(where, address)
+        assert set(neighbours) == {"spc-m", "spc-w"}, (node, addresses)
+        outcomes = {(where, port): _run_in(deployed, instance, "python3", "-c", CONNECT, address, str(port), "2")
+                    for where, address in neighbours.items() for port in (8888, GUARD_PORT)}
+        # refused at once (a reset from the instance's own rules), on the app's port and on the guard's
+        assert set(outcomes.values()) == {"refused"}, (node, outcomes)
+        assert _run_in(deployed, instance, "python3", "-c", CONNECT, "127.0.0.1", "8888", "2") == "connected"
+        assert _answers(deployed, instance), f"{instance} on {node} no longer serves through the gateway"
 
 
 def test_undeploy_leaves_nothing_behind(deployed: Cluster) -> None:

@@ -48,12 +48,15 @@ def catalogue(app: str = "", settings: str = "") -> str:
     ("", 'network = "sp_control"\npublish_ports = false', "settings.network", "'sp_control'"),
     ("", 'network = "sp_instances"', "settings.network", "publish_ports = true publishes"),
     ("", "publish_ports = false", "settings.publish_ports", "default bridge, unfiltered"),
+    # the stack's overlay without the guard (a reload that dropped it): instances would reach each other
+    ("", 'network = "sp_instances"\npublish_ports = false', "settings.guard", "reach each other"),
     # a trust the catalogue does not need is refused too
     ('user = "1000:1000"\ntrusted = ["user"]', "", "apps.echo.trusted", "trusts 'user', but its user is safe"),
     ('cap_add = ["NET_BIND_SERVICE"]\ntrusted = ["cap_add"]', "", "apps.echo.trusted", "trusts 'cap_add'"),
     ('trusted = ["cap_add"]', "", "apps.echo.trusted", "trusts 'cap_add'"),
     ("", 'trusted = ["network"]', "settings.trusted", "trusts 'network'"),
-    ("", 'network = "sp_instances"\npublish_ports = false\ntrusted = ["network"]', "settings.trusted", "network"),
+    ("", 'network = "sp_instances"\npublish_ports = false\nguard = true\ntrusted = ["network"]', "settings.trusted",
+     "network"),
     ("", 'trusted = ["publish_ports"]', "settings.trusted", "trusts 'publish_ports'"),
     # trusting one setting does not cover another; unknown trusts are refused by type
     ('user = "0"\ncap_add = ["SYS_ADMIN"]\ntrusted = ["user"]', "", "apps.echo.cap_add", "in apps.echo.trusted"),
@@ -76,7 +79,7 @@ def test_an_unsafe_setting_is_refused_naming_its_field(app: str, settings: str, 
     ('cap_add = ["SYS_ADMIN", "NET_RAW"]\ntrusted = ["cap_add"]', "", ["cap_add"]),
     ('user = "root"\ncap_add = ["ALL"]\ntrusted = ["cap_add", "user"]', "", ["cap_add", "user"]),
     ('trusted = ["user"]', "", ["user"]),  # no user given: the image's own may be root by name (check_images)
-    ("", 'network = "sp_instances"\npublish_ports = false', []),
+    ("", 'network = "sp_instances"\npublish_ports = false\nguard = true', []),
     ("", 'network = "host"\npublish_ports = false\ntrusted = ["network"]', ["network"]),
     ("", 'network = "sp_instances"\ntrusted = ["network"]', ["network"]),
     ("", 'publish_ports = false\ntrusted = ["publish_ports"]', ["publish_ports"]),
@@ -97,7 +100,7 @@ def test_a_trusted_or_safe_setting_loads(app: str, settings: str, flags: list[st
     (None, "instances", False),
 ])
 def test_the_network_must_be_this_stacks_instances_overlay(namespace: str | None, network: str, ok: bool) -> None:
-    text = catalogue("", f'network = "{network}"\npublish_ports = false')
+    text = catalogue("", f'network = "{network}"\npublish_ports = false\nguard = true')
     if ok:
         assert parse(text, namespace=namespace).settings.network == network
     else:
@@ -180,7 +183,7 @@ def test_check_exits_2_naming_the_field_and_lists_trusted_apps(tmp_path: Path) -
     accepted = subprocess.run([*run, str(good)], capture_output=True, text=True)
     assert accepted.returncode == 0 and "echo is trusted with cap_add (SYS_ADMIN)" in accepted.stdout
     other_stack = tmp_path / "net.toml"
-    other_stack.write_text(catalogue("", 'network = "sp_instances"\npublish_ports = false'))
+    other_stack.write_text(catalogue("", 'network = "sp_instances"\npublish_ports = false\nguard = true'))
     assert subprocess.run([*run, str(other_stack)], capture_output=True).returncode == 0
     pinned = subprocess.run([*run, "--namespace", "cls", str(other_stack)], capture_output=True, text=True)
     assert pinned.returncode == 2 and "at settings.network" in pinned.stderr
