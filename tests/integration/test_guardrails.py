@@ -152,7 +152,7 @@ async def test_up_refuses_a_network_named_as_the_instances_overlay_that_is_an_op
                                      labels={"swarmpool.owner": namespace})
     catalogue = tmp_path / "catalogue.toml"
     catalogue.write_text(echo_catalogue(size=1).replace(
-        "[settings]", f'[settings]\nnetwork = "{namespace}_instances"\npublish_ports = false', 1))
+        "[settings]", f'[settings]\nnetwork = "{namespace}_instances"\npublish_ports = false\nguard = true', 1))
     assert f'network = "{namespace}_instances"' in catalogue.read_text()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(catalogue), "--namespace", namespace,

@@ -213,7 +213,7 @@ def test_status_shows_each_apps_trusted_settings() -> None:
 def test_the_network_on_the_engine_must_be_the_stacks_internal_overlay(found: dict | None, words: str | None) -> None:
     from swarmpool.catalogue import check_network
 
-    text = catalogue(settings='network = "sp_instances"\npublish_ports = false')
+    text = catalogue(settings='network = "sp_instances"\npublish_ports = false\nguard = true')
 
     async def inspect(name: str) -> dict | None:
         assert name == "sp_instances"
