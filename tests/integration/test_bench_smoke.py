@@ -31,7 +31,10 @@ SLOW = {"bench-class": 900, "bench-claim-stack": 1200, "bench-pluto": 2400}  # s
 
 
 def test_every_bench_in_just_list_has_a_smoke() -> None:
-    recipes = subprocess.run(["just", "--summary"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    # the venv's just (rust-just): CI runs pytest by the venv's python, with the venv not on PATH
+    venv_just = Path(sys.executable).parent / "just"
+    just = str(venv_just) if venv_just.exists() else "just"
+    recipes = subprocess.run([just, "--summary"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     benches = {r for r in recipes if r.startswith("bench-") and r != "bench-smoke"}
     assert benches, f"no bench recipes in `just --summary`: {recipes}"
     assert benches == set(SMOKES), f"benches without a smoke: {sorted(benches - set(SMOKES))}; " \
