@@ -42,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError
 
 from swarmpool.bus.messages import Instance, RetireRequest
 from swarmpool.bus.runtime import connect, encode
@@ -74,12 +76,14 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
             stop_process(proc, signal.SIGTERM, timeout=15)
 
 
-async def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+async def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60,
+                    log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with {proc.returncode}")
+                said = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+                raise RuntimeError(f"{what} exited with {proc.returncode}" + (f":\n{said}" if said else ""))
             try:
                 async with http.get(url) as r:
                     if r.status < 500:
@@ -148,6 +152,24 @@ class SeparateStack:
         assert b'"type":"ok"' in reply.data, reply.data
 
 
+async def records_once_created(nc: NATS, subjects: Subjects, functions: subprocess.Popen[bytes], log: Path,
+                               timeout: float = 60) -> InstanceStore:
+    """The instance records, once the functions host is up: its admin service answers (it serves that only
+    after creating every bucket the gateway reads)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await nc.request(f"$SRV.PING.{subjects.admin_service}", b"", timeout=1)
+            return await InstanceStore.open(nc, subjects, time.time, create=False)
+        except (BucketNotFoundError, nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if functions.poll() is not None:
+                raise RuntimeError(f"the functions host exited with {functions.returncode}:\n"
+                                   f"{log.read_text(errors='replace')[-2000:]}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no instance records within {timeout:.0f} s") from None
+            await asyncio.sleep(0.1)
+
+
 @asynccontextmanager
 async def separate_stack(catalogue_text: str) -> AsyncIterator[SeparateStack]:
     """The whole swarmpool in separate processes on an embedded nats-server; removes its instances after."""
@@ -163,20 +185,22 @@ async def separate_stack(catalogue_text: str) -> AsyncIterator[SeparateStack]:
                 natsd = await stack.enter_async_context(EmbeddedNats(tmp / "nats", namespaces=(namespace,)))
                 common = ["--nats-url", natsd.url, "--namespace", namespace, "--catalogue", str(catalogue)]
                 cli = [sys.executable, "-m", "swarmpool.cli"]
-                stack.enter_context(process([*cli, "functions", *common, "--credentials",
-                                             str(natsd.credentials("functions"))], tmp / "functions.log"))
-                port = free_port()
-                gateway = stack.enter_context(process(
-                    [*cli, "gateway", *common, "--credentials", str(natsd.credentials("gateway")),
-                     "--host", "127.0.0.1", "--port", str(port)], tmp / "gateway.log"))
-                url = f"http://127.0.0.1:{port}"
-                await wait_http(f"{url}/healthz", gateway, "the gateway")
+                functions = stack.enter_context(process([*cli, "functions", *common, "--credentials",
+                                                         str(natsd.credentials("functions"))], tmp / "functions.log"))
                 subjects = Subjects(namespace)
                 nc, claims = [await connect(natsd.url, f"bench-{role}", access=natsd.access(role),
                                             inbox_prefix=subjects.inbox(role)) for role in ("operator", "gateway")]
                 stack.push_async_callback(nc.drain)
                 stack.push_async_callback(claims.drain)
-                store = await stack.enter_async_context(await InstanceStore.open(nc, subjects, time.time, create=False))
+                # the functions host creates the buckets the gateway only reads: it starts once they are there
+                store = await stack.enter_async_context(
+                    await records_once_created(nc, subjects, functions, tmp / "functions.log"))
+                port = free_port()
+                gateway = stack.enter_context(process(
+                    [*cli, "gateway", *common, "--credentials", str(natsd.credentials("gateway")),
+                     "--host", "127.0.0.1", "--port", str(port)], tmp / "gateway.log"))
+                url = f"http://127.0.0.1:{port}"
+                await wait_http(f"{url}/healthz", gateway, "the gateway", log=tmp / "gateway.log")
                 print("waiting for the warm pool on the swarm ...", flush=True)
                 yield SeparateStack(namespace=namespace, nc=nc, claims=claims, store=store, gateway_url=url,
                                     gateway=gateway, tmp=tmp)
