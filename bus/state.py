@@ -8,11 +8,12 @@ published as an ``InstanceEvent`` on ``sp.instance.<app>.<id>.<event>`` (kept in
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -138,8 +139,40 @@ class _Mirror:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
+class _ReadyOrder:
+    """The ready records of one app, oldest first (ready time, then id), kept sorted as the mirror changes:
+    a claim finds the oldest in O(log n) and never sorts the pool."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[float, str, str]] = []  # (ready time, id, key)
+
+    @staticmethod
+    def _entry(instance: Instance) -> tuple[float, str, str]:
+        return (instance.ready_at or instance.created_at, instance.id, instance.key)
+
+    def add(self, instance: Instance) -> None:
+        bisect.insort(self._entries, self._entry(instance))
+
+    def discard(self, instance: Instance) -> None:
+        entry = self._entry(instance)
+        i = bisect.bisect_left(self._entries, entry)
+        if i < len(self._entries) and self._entries[i] == entry:
+            del self._entries[i]
+
+    def first(self, skip: Collection[str]) -> str | None:
+        """The key of the oldest ready record whose key is not in `skip`."""
+        for _, _, key in self._entries:
+            if key not in skip:
+                return key
+        return None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class InstanceStore:
-    """The instance bucket plus a live in-memory mirror of it."""
+    """The instance bucket plus a live in-memory mirror of it, indexed by app, by ready order and by the
+    browser holding a session, so that a click or an event costs the same with 10 or 1,000 records."""
 
     def __init__(self, nc: NATS, js: JetStreamContext, kv: KeyValue, subjects: Subjects,
                  clock: Callable[[], float]) -> None:
@@ -149,7 +182,11 @@ class InstanceStore:
         self._subjects = subjects
         self._clock = clock
         self._records: dict[str, Versioned] = {}
+        self._by_app: dict[str, dict[str, Versioned]] = {}  # app -> key -> record
+        self._ready: dict[str, _ReadyOrder] = {}  # app -> its ready records, oldest first
+        self._sessions: dict[tuple[str, str], set[str]] = {}  # (app, browser) -> keys of its claimed records
         self._changed = asyncio.Condition()
+        self._wake_pending = False  # one wake-up task covers every change made before it runs
         self._mirror: _Mirror | None = None
         self._listeners: list[Callable[[Instance | None, Instance | None], None]] = []
         self._seen = 0  # the bucket's last revision the watch has delivered
@@ -188,11 +225,11 @@ class InstanceStore:
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             if old is None:
                 return
-            del self._records[key]
+            self._put(key, old, None)
             self._notify(old.instance, None)
             return
         new = Versioned(_decode_instance(entry.value), entry.revision)
-        self._records[key] = new
+        self._put(key, old, new)
         self._notify(old.instance if old else None, new.instance)
 
     def _remember(self, key: str, versioned: Versioned | None, revision: int) -> None:
@@ -202,11 +239,36 @@ class InstanceStore:
             return
         if versioned is None:
             if old is not None:
-                del self._records[key]
+                self._put(key, old, None)
                 self._notify(old.instance, None)
             return
-        self._records[key] = versioned
+        self._put(key, old, versioned)
         self._notify(old.instance if old else None, versioned.instance)
+
+    def _put(self, key: str, old: Versioned | None, new: Versioned | None) -> None:
+        """Replace `old` by `new` (None: gone) under `key`, in the records and in every index."""
+        if old is not None:
+            app = old.instance.app
+            del self._by_app[app][key]
+            if not self._by_app[app]:
+                del self._by_app[app]
+            if old.instance.state == "ready":
+                self._ready[app].discard(old.instance)
+            if old.instance.state == "claimed" and old.instance.browser:
+                sessions = self._sessions[(app, old.instance.browser)]
+                sessions.discard(key)
+                if not sessions:
+                    del self._sessions[(app, old.instance.browser)]
+        if new is None:
+            self._records.pop(key, None)
+            return
+        self._records[key] = new
+        app = new.instance.app
+        self._by_app.setdefault(app, {})[key] = new
+        if new.instance.state == "ready":
+            self._ready.setdefault(app, _ReadyOrder()).add(new.instance)
+        if new.instance.state == "claimed" and new.instance.browser:
+            self._sessions.setdefault((app, new.instance.browser), set()).add(key)
 
     def _notify(self, old: Instance | None, new: Instance | None) -> None:
         for listener in self._listeners:
@@ -214,9 +276,12 @@ class InstanceStore:
                 listener(old, new)
             except Exception:
                 log.exception("instance listener failed")
-        asyncio.get_running_loop().create_task(self._wake())
+        if not self._wake_pending:
+            self._wake_pending = True
+            asyncio.get_running_loop().create_task(self._wake())
 
     async def _wake(self) -> None:
+        self._wake_pending = False  # a change from here on schedules its own wake-up
         async with self._changed:
             self._changed.notify_all()
 
@@ -263,7 +328,21 @@ class InstanceStore:
     # ---- reads (from the mirror) ----
 
     def all(self, app: str | None = None) -> list[Instance]:
-        return [v.instance for v in self._records.values() if app is None or v.instance.app == app]
+        """Every record, or those of one app (from its index: no walk over other apps' records)."""
+        if app is None:
+            return [v.instance for v in self._records.values()]
+        return [v.instance for v in self._by_app.get(app, {}).values()]
+
+    def oldest_ready(self, app: str, skip: Collection[str] = ()) -> Versioned | None:
+        """The ready record of `app` that has been ready longest (then by id), keys in `skip` passed over."""
+        order = self._ready.get(app)
+        key = order.first(skip) if order is not None else None
+        return self._records.get(key) if key is not None else None
+
+    def sessions(self, app: str, browser: str) -> list[Instance]:
+        """The claimed records of `app` one browser holds (any order)."""
+        keys = self._sessions.get((app, browser), ()) if browser else ()
+        return [self._records[key].instance for key in keys]
 
     def get(self, app: str, instance_id: str) -> Versioned | None:
         return self._records.get(f"{app}.{instance_id}")

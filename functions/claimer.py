@@ -15,7 +15,7 @@ from swarmpool.bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claim
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.state import Conflict
 from swarmpool.functions import lifecycle
-from swarmpool.functions.policy import live_sessions, pick_claim_order
+from swarmpool.functions.policy import claimable, live_sessions
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,14 @@ handlers = Handlers(state=ClaimerState)
 
 
 async def try_claim(ctx: Context, app: str, browser: str = "") -> Claimed | None:
-    """One pass over the ready instances; None when none could be won."""
+    """One pass over the ready instances, oldest first (the mirror keeps them in order: no sort per click);
+    None when none could be won."""
     claiming = ctx.state(ClaimerState).claiming
-    for record in pick_claim_order(ctx.store.all(app), skip=claiming):
-        current = ctx.store.get(app, record.id)
-        if current is None or current.instance.state != "ready":
+    passed: set[str] = set()  # keys this pass tried or may not hand out
+    while (current := ctx.store.oldest_ready(app, skip=passed | claiming if claiming else passed)) is not None:
+        record = current.instance
+        passed.add(record.key)
+        if not claimable(record):
             continue
         claiming.add(record.key)  # concurrent local claims try different instances
         try:
@@ -129,7 +132,7 @@ async def _claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
             return ClaimRefused(app=app, reason="empty", retry_after=RECONCILING_RETRY)
         if limit:
             async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
-                mine = live_sessions(ctx.store.all(app), request.browser)
+                mine = live_sessions(ctx.store.sessions(app, request.browser), request.browser)
                 if len(mine) >= limit:
                     ctx.metrics.claims.labels(app, "limit").inc()
                     return ClaimRefused(app=app, reason="limit", sessions=[r.id for r in mine])
@@ -156,7 +159,7 @@ async def release(ctx: Context, request: ReleaseRequest) -> Released:
         return Released(app=app, ended=0)
     async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
         # retiring under the browser's turn: its next claim already sees them gone
-        mine = live_sessions(ctx.store.all(app), request.browser)
+        mine = live_sessions(ctx.store.sessions(app, request.browser), request.browser)
         marked = [await lifecycle.begin_retire(ctx, app, r.id, RELEASED) for r in mine]
     ending = [r for r in marked if r is not None and r.reason == RELEASED]
     log.info("released %d session(s) of %s for one browser", len(ending), app)

@@ -219,10 +219,16 @@ def live_sessions(records: Iterable[Instance], browser: str) -> list[Instance]:
     return sorted(mine, key=lambda r: (r.claimed_at or r.created_at, r.id))
 
 
+def claimable(r: Instance) -> bool:
+    """Whether a claim may hand `r` out: ready, and its service not named after its id by an older version
+    (its neighbours read the id, the session's capability, in DNS)."""
+    return r.state == "ready" and bool(r.handle)
+
+
 def pick_claim_order(records: Iterable[Instance], skip: set[str]) -> list[Instance]:
-    """Ready instances, oldest first (the longest-warm one goes out first), minus `skip` and those whose service
-    an older version named after their id (its neighbours read the id, the session's capability, in DNS)."""
-    ready = [r for r in records if r.state == "ready" and r.handle and r.key not in skip]
+    """Claimable instances, oldest first (the longest-warm one goes out first), minus `skip`: the order
+    `InstanceStore.oldest_ready` keeps without sorting (the claimer walks that index)."""
+    ready = [r for r in records if claimable(r) and r.key not in skip]
     return sorted(ready, key=lambda r: (r.ready_at or r.created_at, r.id))
 
 
