@@ -77,6 +77,10 @@ bench-ready *ARGS:
 bench-pluto *ARGS:
     python -m bench.bench_pluto {{ARGS}}
 
+# hundreds of instances: control-plane memory, reconcile passes and 100 clicks/s at N real (busybox) instances and R records, against issue 17's goals
+bench-scale N="500" RECORDS="1000" *ARGS:
+    python -m bench.bench_scale -n {{N}} --records {{RECORDS}} {{ARGS}}
+
 # slow lane: every bench above in its smoke mode (tiny counts; the stack bench too): they still run (CI runs it)
 bench-smoke *ARGS:
     python -m pytest -m bench_smoke -q {{ARGS}}

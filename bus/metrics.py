@@ -65,6 +65,9 @@ class HostMetrics:
         self.retirements = Counter(
             "swarmpool_retirements_total", "Instances that began retiring, by the leading words of the reason "
             "(each host that sees the transition counts it)", ["app", "reason"], registry=r)
+        self.reconcile_seconds = Histogram(
+            "swarmpool_reconcile_seconds", "Duration of one reconcile pass of this host's keeper (one listing each of "
+            "services, tasks and nodes, then the fixes and top-ups)", buckets=LATENCY_BUCKETS, registry=r)
         self.admin_commands = Counter(
             "swarmpool_admin_commands_total", "Admin service requests answered by this host", ["verb", "result"],
             registry=r)

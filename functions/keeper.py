@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -211,6 +212,15 @@ async def top_up_soon(ctx: Context, app: str) -> None:
 
 @handlers.on(lambda s: s.tick(Period.RECONCILE), Tick, concurrency=1, skip_when_busy=True)
 async def reconcile(ctx: Context, tick: Tick) -> None:
+    """One reconcile pass, timed (`swarmpool_reconcile_seconds`: it must stay well under the period)."""
+    started = time.perf_counter()
+    try:
+        await reconcile_pass(ctx)
+    finally:
+        ctx.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+
+async def reconcile_pass(ctx: Context) -> None:
     """Compare swarm services and their tasks with records: remove leaks, retire ghosts, fail the
     dead (warm ones are replaced, claimed ones end), top every pool up; then claims may trust the
     pool again if the engine was out of sight. Each item is isolated: one that fails is logged

@@ -20,6 +20,7 @@ SMOKES: dict[str, tuple[list[str], str]] = {
     "bench-topup-lock": (["-m", "bench.bench_topup_lock", "--smoke"], "counting: mutex + catch-up, 1 host"),
     "bench-proxy": (["-m", "bench.bench_proxy", "--smoke"], "nginx -> gateway"),
     "bench-claim": (["-m", "bench.bench_claim", "--smoke"], "| click, sequential"),
+    "bench-scale": (["-m", "bench.bench_scale", "--smoke"], "| click -> 303 |"),
     "bench-notebook": (["-m", "bench.bench_click_to_notebook", "--smoke"], "click via gateway (in page)"),
     "bench-class": (["-m", "bench.bench_class", "--smoke"], "| nginx + gateway"),
     # the stack bench: the control image of this checkout, deployed on this machine's swarm (the slow one)
