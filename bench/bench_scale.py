@@ -16,7 +16,7 @@ control plane holds R records while the engine runs N; the reconcile pass still 
 Each instance publishes one host-mode port on 127.0.0.1 through the namespace's bridge (a Linux bridge holds at
 most 1,024 ports) with the engine's userland proxy as this engine runs it (one docker-proxy process per
 published port): what the engine pays per instance is printed too, measured as the change of docker-proxy and
-containerd-shim memory since the start (the machine is shared: other users' containers move it as well).
+containerd-shim memory (PSS) since the start (the machine is shared: other users' containers move it as well).
 
     python -m bench.bench_scale [-n 500] [--records 1000] [--rate 100] [--seconds 10] [--smoke]
 
@@ -139,13 +139,24 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages (the binary) split between the processes that map them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
 def engine_side() -> tuple[int, int]:
-    """(count, KiB of RSS) of the engine's per-instance helpers: docker-proxy and containerd-shim processes."""
+    """(count, KiB of PSS) of the engine's per-instance helpers: docker-proxy and containerd-shim processes."""
     count = kib = 0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and comm(int(entry.name)) in ("docker-proxy", "containerd-shim"):
             count += 1
-            kib += status_kib(int(entry.name))
+            kib += pss_kib(int(entry.name))
     return count, kib
 
 
@@ -431,7 +442,7 @@ def report(points: list[Point], burst: Burst, floor: list[float], rate: float, s
           + " | ".join(spread(p.catch_up_s, 1000) for p in points) + " | | |")
     print("| GET /metrics, ms (median / p99) | " + " | ".join(spread(p.metrics_ms, 1, 1) for p in points) + " | | |")
     print("| GET /status, ms (median / p99) | " + " | ".join(spread(p.status_ms, 1, 1) for p in points) + " | | |")
-    print("| docker-proxy + containerd-shim, processes / MiB (engine, not control plane) | "
+    print("| docker-proxy + containerd-shim, processes / MiB PSS (engine; all users' containers) | "
           + " | ".join(f"{p.engine[0]} / {p.engine[1] / 1024:.0f}" for p in points) + " | | |")
     print()
     clicks = int(rate * seconds)
@@ -453,7 +464,7 @@ def report(points: list[Point], burst: Burst, floor: list[float], rate: float, s
           f"clicks: {burst.cpu:.1f} s ({burst.cpu / burst.wall * 100:.0f}% of one core)")
     per = [(p.engine[1] - engine0[1]) / 1024 / p.real for p in points if p.real]
     if per:
-        print(f"engine side per real instance (docker-proxy + containerd-shim, change since the start): "
+        print(f"engine side per real instance (docker-proxy + containerd-shim PSS, change since the start): "
               f"{per[-1]:.1f} MiB")
 
 
