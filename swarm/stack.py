@@ -74,6 +74,11 @@ class Stack:
         found = [n for n in self._docker().api.networks(names=[name]) if n.get("Name") == name]
         return found[0] if found else None
 
+    def subnets(self) -> list[str]:
+        """The subnets of every network this engine knows (a new overlay must overlap none)."""
+        return [c["Subnet"] for n in self._docker().api.networks()
+                for c in ((n.get("IPAM") or {}).get("Config") or []) if c.get("Subnet")]
+
     def deploy(self, compose_file: str, *, registry_auth: bool = False) -> None:
         """`docker stack deploy` (the docker CLI reads DOCKER_HOST as we do); images are resolved by digest
         only with a registry."""

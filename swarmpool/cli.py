@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
                                                     "(default: DOCKER_HOST's path; a service template such as "
                                                     "{{.Node.Hostname}} is expanded on each node)")
     dp.add_argument("--functions-replicas", type=int, default=2, help="function hosts (default: 2)")
+    dp.add_argument("--instances-subnet", metavar="CIDR",
+                    help="the instances' overlay (default: a free block of 10.128.0.0/9 sized for the catalogue's "
+                         "max_instances, at least a /24)")
     dp.add_argument("--gateway-label", help="run gateways on nodes labelled LABEL=true instead of on managers")
     dp.add_argument("--encrypt-overlays", action="store_true",
                     help="encrypt the stack's overlays between nodes (IPsec; see docs/design-network.md)")

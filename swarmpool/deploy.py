@@ -4,6 +4,7 @@ standard compose file that `deploy --print` writes, so operators can `docker sta
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import math
 import re
@@ -60,6 +61,7 @@ class Options:
     tls: bool = False  # nats-server certificate and key given (secrets nats-cert.pem, nats-key.pem)
     tls_ca: bool = False  # and a CA (secret nats-ca.pem) that clients trust
     encrypt_overlays: bool = False  # IPsec between nodes on the stack's overlays (docs/design-network.md)
+    instances_subnet: str | None = None  # the instances' overlay (--instances-subnet); None: sized and chosen
 
     def check(self) -> None:
         if not _STACK.match(self.stack):
@@ -76,6 +78,14 @@ class Options:
             raise DeployError("--functions-replicas must be at least 1")
         if not self.docker_socket.startswith("/"):
             raise DeployError(f"--docker-socket must be an absolute path, got {self.docker_socket!r}")
+        if self.instances_subnet is not None:
+            try:
+                subnet = ipaddress.IPv4Network(self.instances_subnet)
+            except ValueError:
+                raise DeployError(f"--instances-subnet must be an IPv4 network such as 10.128.0.0/21, "
+                                  f"got {self.instances_subnet!r}") from None
+            if subnet.prefixlen > 24 or not subnet.is_private:
+                raise DeployError(f"--instances-subnet must be a private network of at least a /24, got {subnet}")
 
 
 def nats_names(options: Options) -> list[str]:
@@ -93,12 +103,56 @@ def instances_network(options: Options) -> str:
     return f"{options.stack}_instances"
 
 
+# addresses on the instances' overlay beside the instances: gateways and function hosts, one load balancer
+# address per node, the network's own, broadcast and gateway addresses
+OVERLAY_OVERHEAD = 64
+SUBNET_POOL = ipaddress.IPv4Network("10.128.0.0/9")  # where a sized subnet is chosen (Docker's pool fills 10.0/16 up)
+
+
+def instances_prefix(max_instances: int, functions_replicas: int = 2) -> int:
+    """The prefix length of the instances' overlay for `max_instances` at once (the catalogue's global bound, which
+    an `admin scale` cannot pass either), a quarter more for removed tasks that still hold their address while
+    their replacements start, and the stack's own tasks; never smaller than a /24, at most a /16."""
+    needed = max_instances + max_instances // 4 + functions_replicas + OVERLAY_OVERHEAD
+    bits = max(8, math.ceil(math.log2(needed)))
+    if bits > 16:
+        raise DeployError(f"settings.max_instances = {max_instances} needs more than a /16 on the instances' overlay "
+                          "(65,534 addresses); lower it")
+    return 32 - bits
+
+
+def usable_addresses(subnet: str) -> int:
+    """Addresses a subnet gives tasks (less its network, broadcast and gateway addresses)."""
+    return ipaddress.IPv4Network(subnet).num_addresses - 3
+
+
+def choose_subnet(stack: str, prefix: int, taken: list[str]) -> str:
+    """A block of `prefix` in SUBNET_POOL that overlaps none of `taken` (the engine's networks), starting at a
+    place derived from the stack's name, so a second stack or a redeploy lands elsewhere or on the same one."""
+    blocks = list(SUBNET_POOL.subnets(new_prefix=prefix))
+    used = [ipaddress.IPv4Network(t, strict=False) for t in taken if ":" not in t]
+    start = int(hashlib.sha256(stack.encode()).hexdigest(), 16) % len(blocks)
+    for i in range(len(blocks)):
+        block = blocks[(start + i) % len(blocks)]
+        if not any(block.overlaps(u) for u in used):
+            return str(block)
+    raise DeployError(f"no free /{prefix} left in {SUBNET_POOL} for the instances' overlay: give --instances-subnet")
+
+
+def network_subnets(found: dict[str, Any] | None) -> list[str]:
+    """The IPv4 subnets of a network as the engine reports it."""
+    configs = ((found or {}).get("IPAM") or {}).get("Config") or []
+    return [c["Subnet"] for c in configs if c.get("Subnet") and ":" not in c["Subnet"]]
+
+
 _OWNER_LABEL = "swarmpool.owner"  # swarm.adapter.LABEL_OWNER (not imported: it needs the docker package)
 
 
-def network_problem(options: Options, network: str, found: dict[str, Any] | None) -> str | None:
+def network_problem(options: Options, network: str, found: dict[str, Any] | None,
+                    max_instances: int | None = None) -> str | None:
     """Why an existing network of the stack cannot be kept (`docker stack deploy` keeps a network with its old
-    options), or None: the instances' one must be internal and ours, and each must be encrypted as asked."""
+    options), or None: the instances' one must be internal, ours and hold `max_instances` (when given), and each
+    must be encrypted as asked."""
     if found is None:
         return None
     problems = []
@@ -108,6 +162,11 @@ def network_problem(options: Options, network: str, found: dict[str, Any] | None
         owner = (found.get("Labels") or {}).get(_OWNER_LABEL)
         if owner != options.stack:
             problems.append(f"has owner label {_OWNER_LABEL}={owner!r}, not {options.stack!r}")
+        subnets = network_subnets(found)
+        room = sum(usable_addresses(s) for s in subnets)
+        if max_instances is not None and subnets and room < max_instances + options.functions_replicas:
+            problems.append(f"holds {room} addresses ({', '.join(subnets)}), fewer than settings.max_instances = "
+                            f"{max_instances} instances and the stack's tasks")
     encrypted = "encrypted" in (found.get("Options") or {})
     if encrypted != options.encrypt_overlays:
         problems.append("is encrypted" if encrypted else "is not encrypted (--encrypt-overlays was given)")
@@ -127,12 +186,14 @@ def _manager() -> dict[str, Any]:
     return {"constraints": ["node.role == manager"]}
 
 
-def compose(options: Options, files: dict[str, str], catalogue_at: float | None = None) -> dict[str, Any]:
+def compose(options: Options, files: dict[str, str], catalogue_at: float | None = None,
+            subnet: str | None = None) -> dict[str, Any]:
     """The stack's compose file as a dict (JSON is YAML, so `docker stack deploy -c` reads it as it is).
 
     `files` maps each secret and config name (nats-1.conf, functions.json, gateway.json, catalogue.toml,
     and the TLS files when given) to the local file it is created from; `catalogue_at` is when this
-    catalogue was first deployed (function hosts store it over an older one on the bus)."""
+    catalogue was first deployed (function hosts store it over an older one on the bus); `subnet` is the
+    instances' overlay (None: the engine's default, a /24)."""
     options.check()
     names = nats_names(options)
     catalogue_config = f"{options.stack}_catalogue_{_digest(files['catalogue.toml'])}"
@@ -212,7 +273,7 @@ def compose(options: Options, files: dict[str, str], catalogue_at: float | None 
             # no docker_gwbridge for its tasks, so on every node an instance has no route to its node, the LAN,
             # the internet or the control network, and its DNS forwards no outside name (docs/design-network.md)
             "instances": {"driver": "overlay", "internal": True, "labels": {"swarmpool.owner": options.stack},
-                          **encrypted},
+                          **({"ipam": {"config": [{"subnet": subnet}]}} if subnet else {}), **encrypted},
         },
         "volumes": {f"{n}-data": {} for n in names},
         # content-addressed names: a changed file is a new secret (secrets and configs are immutable)
@@ -326,11 +387,24 @@ def stack_dir(state_dir: str | Path, stack: str) -> Path:
     return Path(state_dir).expanduser() / "stacks" / stack
 
 
+def instances_subnet(options: Options, max_instances: int, taken: list[str] = [],
+                     existing: dict[str, Any] | None = None) -> str:
+    """The instances' overlay: --instances-subnet, else the existing network's (a redeploy keeps it), else a free
+    block sized for `max_instances` (`taken`: the engine's networks' subnets)."""
+    if options.instances_subnet:
+        return str(ipaddress.IPv4Network(options.instances_subnet))
+    if kept := network_subnets(existing):
+        return kept[0]
+    return choose_subnet(options.stack, instances_prefix(max_instances, options.functions_replicas), taken)
+
+
 def write_files(options: Options, state_dir: str | Path, catalogue_path: str, catalogue_text: str,
-                tls: Tls, operator_host: str | None) -> tuple[Path, dict[str, str]]:
+                tls: Tls, operator_host: str | None, taken: list[str] = [],
+                existing: dict[str, Any] | None = None) -> tuple[Path, dict[str, str]]:
     """Everything the stack is created from, under the state dir (mode 0700): passwords generated once and
     reused (redeploys keep the same secrets), the NATS configs, the role credentials, the catalogue and the
-    compose file. Returns the compose file's path and the files by secret/config name."""
+    compose file (the instances' overlay sized for the catalogue: see `instances_subnet`). Returns the compose
+    file's path and the files by secret/config name."""
     home = stack_dir(state_dir, options.stack)
     files_dir = home / "files"
     files_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -372,7 +446,8 @@ def write_files(options: Options, state_dir: str | Path, catalogue_path: str, ca
                ca=str(Path(tls.ca).expanduser().resolve()) if tls.ca else None).save(
             home / "credentials" / "operator.json", subjects.inbox("operator"), f"swarmpool operator ({url})")
     compose_file = home / "compose.json"
-    compose_file.write_text(json.dumps(compose(options, files, catalogue_at), indent=2) + "\n")
+    subnet = instances_subnet(options, parse(catalogue_text, catalogue_path).settings.max_instances, taken, existing)
+    compose_file.write_text(json.dumps(compose(options, files, catalogue_at, subnet), indent=2) + "\n")
     return compose_file, files
 
 
@@ -429,7 +504,8 @@ def options_from(args: Any) -> Options:
                    docker_socket=args.docker_socket or engine_socket(),
                    functions_replicas=args.functions_replicas, gateway_label=args.gateway_label,
                    tls=bool(args.tls_cert), tls_ca=bool(args.tls_ca),
-                   encrypt_overlays=bool(getattr(args, "encrypt_overlays", False)))
+                   encrypt_overlays=bool(getattr(args, "encrypt_overlays", False)),
+                   instances_subnet=getattr(args, "instances_subnet", None))
 
 
 def deploy(args: Any) -> int:
@@ -449,19 +525,26 @@ def deploy(args: Any) -> int:
         text = Path(catalogue_path).read_text()
         stack = None if args.print else Stack(options.stack)
         hosts: list[str] = []
+        taken: list[str] = []
+        existing = None
         if stack is not None:
             stack.check_manager()
+            max_instances = parse(text, catalogue_path).settings.max_instances
             for network in stack_networks(options):
-                problem = network_problem(options, network, stack.network(network))
+                found = stack.network(network)
+                problem = network_problem(options, network, found, max_instances)
                 if problem:
                     raise DeployError(problem)
+                if network == instances_network(options):
+                    existing = found
+            taken = stack.subnets()
             if not stack.has_image(options.image):
                 raise DeployError(f"image {options.image} is not on this manager: build it with "
                                   "apps/control/build.sh (and load it on every manager), or push it to a registry")
             hosts = stack.manager_addresses()
         compose_file, _ = write_files(options, args.state_dir, catalogue_path, text,
                                       Tls(args.tls_cert, args.tls_key, args.tls_ca),
-                                      args.operator_host or (hosts[0] if hosts else None))
+                                      args.operator_host or (hosts[0] if hosts else None), taken, existing)
         if stack is None:
             print(compose_file.read_text(), end="")
             print(f"# secrets and the catalogue are in {compose_file.parent}; deploy with:\n"

@@ -174,3 +174,60 @@ def test_the_networks_a_deploy_creates_pass_the_check_on_a_redeploy(tmp_path: Pa
                      "Options": spec.get("driver_opts", {})}
             assert network_problem(options, name, found) is None
         assert network_problem(options, "sp_control", {"Options": {}} if encrypt else {"Options": {"encrypted": ""}})
+
+
+@pytest.mark.parametrize(("max_instances", "prefix"), [
+    (1, 24), (100, 24), (150, 24),  # a /24 (253 addresses) holds them with room to spare
+    (200, 23), (400, 22), (500, 22), (1000, 21), (3000, 20), (50_000, 16)])
+def test_the_instances_overlay_is_sized_for_max_instances(max_instances: int, prefix: int) -> None:
+    from swarmpool.deploy import instances_prefix, usable_addresses
+
+    assert instances_prefix(max_instances) == prefix
+    subnet = f"10.128.0.0/{prefix}"
+    assert usable_addresses(subnet) >= max_instances + max_instances // 4 + 2  # removals overlap with starts
+
+
+def test_too_many_instances_for_one_overlay_is_a_clear_error() -> None:
+    from swarmpool.deploy import instances_prefix
+
+    with pytest.raises(DeployError, match="max_instances = 60000"):
+        instances_prefix(60_000)
+
+
+def test_a_deploy_writes_an_overlay_for_the_catalogues_max_instances(tmp_path: Path) -> None:
+    import ipaddress
+
+    from swarmpool.deploy import SUBNET_POOL
+
+    options = Options(image="swarmpool/control:test")
+    big = CATALOGUE.replace('[settings]\n', '[settings]\nmax_instances = 1000\n')
+    compose_file, _ = write_files(options, tmp_path, "cat.toml", big, Tls(), None)
+    ipam = json.loads(compose_file.read_text())["networks"]["instances"]["ipam"]["config"]
+    subnet = ipaddress.IPv4Network(ipam[0]["subnet"])
+    assert subnet.prefixlen == 21 and subnet.subnet_of(SUBNET_POOL)
+    # the engine's networks are avoided; an existing overlay is kept; --instances-subnet wins
+    compose_file, _ = write_files(options, tmp_path, "cat.toml", big, Tls(), None, taken=[str(subnet), "10.0.0.0/16"])
+    other = json.loads(compose_file.read_text())["networks"]["instances"]["ipam"]["config"][0]["subnet"]
+    assert other != str(subnet) and not ipaddress.IPv4Network(other).overlaps(subnet)
+    existing = {"IPAM": {"Config": [{"Subnet": "10.200.0.0/21"}]}}
+    compose_file, _ = write_files(options, tmp_path, "cat.toml", big, Tls(), None, existing=existing)
+    assert json.loads(compose_file.read_text())["networks"]["instances"]["ipam"]["config"] == [{"subnet": "10.200.0.0/21"}]
+    chosen = Options(image="swarmpool/control:test", instances_subnet="172.30.0.0/20")
+    compose_file, _ = write_files(chosen, tmp_path, "cat.toml", big, Tls(), None, existing=existing)
+    assert json.loads(compose_file.read_text())["networks"]["instances"]["ipam"]["config"] == [{"subnet": "172.30.0.0/20"}]
+
+
+@pytest.mark.parametrize("subnet", ["10.1.0.0/25", "8.8.0.0/16", "nonsense"])
+def test_a_bad_instances_subnet_is_refused(subnet: str) -> None:
+    with pytest.raises(DeployError, match="--instances-subnet"):
+        Options(instances_subnet=subnet).check()
+
+
+def test_an_existing_overlay_too_small_for_max_instances_is_refused() -> None:
+    from swarmpool.deploy import network_problem
+
+    found = {"Internal": True, "Labels": {"swarmpool.owner": "sp"}, "Options": {},
+             "IPAM": {"Config": [{"Subnet": "10.0.5.0/24"}]}}
+    assert network_problem(Options(), "sp_instances", found, 200) is None  # 253 addresses: today's stacks stay
+    said = network_problem(Options(), "sp_instances", found, 1000)
+    assert said is not None and "holds 253 addresses" in said and "swarmpool undeploy --stack sp" in said
