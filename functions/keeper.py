@@ -227,9 +227,8 @@ async def reconcile_pass(ctx: Context) -> None:
     and counted, the others go on."""
     gap = ctx.config.trust().gap  # the pass covers gaps opened before it lists anything
     records = ctx.store.all()  # before listing: a ghost must have been a record already then
-    services = await ctx.swarm.list_ours()
-    tasks = await ctx.swarm.task_states()
-    nodes = await ctx.swarm.nodes()
+    # the three listings at once: each costs the engine a walk over all it holds (hundreds of services)
+    services, tasks, nodes = await asyncio.gather(ctx.swarm.list_ours(), ctx.swarm.task_states(), ctx.swarm.nodes())
     now = ctx.clock()
     grace = float(ctx.settings.orphan_grace)
     by_key = {f"{s.app}.{s.id}": s for s in services}

@@ -55,6 +55,7 @@ INSTANCE_HOME = "/home/swarmpool"  # a writable tmpfs home for INSTANCE_UID
 _HOME_TMPFS_BYTES = 256 * 1024**2  # counts against the memory limit as it fills
 _NETWORK_TIMEOUT = 20.0  # waiting for the containers to leave the bridge before removing it
 _T = TypeVar("_T")
+NODE_ID_TTL = 30.0  # seconds this engine's swarm node id is reused (it changes only when the node leaves its swarm)
 
 
 class SwarmError(Exception):
@@ -213,6 +214,7 @@ class Swarm:
         self._bridges = {egress: _Bridge() for egress in EGRESS_CLASSES}  # one per egress class
         self._image_ids: dict[str, str] = {}  # catalogue image -> its id at the last create
         self._accounts: dict[str, tuple[str, str, str]] = {}  # image id -> its user and user database
+        self._node_id: tuple[str, float] | None = None  # this engine's node id, and when it was read
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -648,7 +650,7 @@ class Swarm:
         tasks = [t for t in api.tasks(filters={"name": f"{self.namespace}-"})
                  if ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels", {}).get(LABEL_OWNER)
                  == self.namespace]
-        node = ((client.info().get("Swarm") or {}).get("NodeID")) or ""
+        node = self._local_node()
         containers = {c["Id"]: c for c in api.containers(all=True, filters={"label": f"{LABEL_OWNER}={self.namespace}"})}
         newest: dict[str, dict[str, Any]] = {}
         for task in tasks:
@@ -673,6 +675,14 @@ class Swarm:
                 error=error, container_id=container_id, node=task.get("NodeID", "") or "")
         return states
 
+    def _local_node(self) -> str:
+        """The swarm node id of this engine: `info` costs the engine a count of everything it holds (a tenth
+        of a second with hundreds of containers), so a reconcile pass asks at most every NODE_ID_TTL seconds."""
+        now = time.monotonic()
+        if self._node_id is None or now - self._node_id[1] > NODE_ID_TTL:
+            self._node_id = (((self._docker().info().get("Swarm") or {}).get("NodeID")) or "", now)
+        return self._node_id[0]
+
     async def nodes(self) -> dict[str, str]:
         """Node id -> state (ready, down, unknown, disconnected) of every node of the swarm, in one
         listing; the node of this engine is ready (we are talking to it). A task on a Down node keeps
@@ -682,7 +692,7 @@ class Swarm:
     def _nodes(self) -> dict[str, str]:
         client = self._docker()
         states = {n["ID"]: ((n.get("Status") or {}).get("State") or "unknown") for n in client.api.nodes()}
-        here = ((client.info().get("Swarm") or {}).get("NodeID")) or ""
+        here = self._local_node()
         if here:
             states[here] = "ready"
         return states
