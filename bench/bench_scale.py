@@ -68,7 +68,7 @@ def catalogue(records: int, parallel: int) -> str:
 [settings]
 max_instances = {records + 20}
 claim_wait = 2
-reconcile_interval = 2
+reconcile_interval = "5s"  # the default
 tick_interval = 1
 refill_delay = 2
 start_budget = {parallel}
@@ -215,7 +215,7 @@ async def reconcile_passes(http: aiohttp.ClientSession, base: str, passes: int, 
             if last is not None and count == last[0] + 1:
                 out.append(total - last[1])
             last = (count, total)
-        await asyncio.sleep(0.2)  # poll: a pass every reconcile_interval (2 s)
+        await asyncio.sleep(0.25)  # poll: a pass every reconcile_interval (5 s)
     return out
 
 
@@ -380,21 +380,38 @@ def remove_leftovers(namespace: str) -> int:
     return len(found)
 
 
-async def paper_records(url: str, access: Access, namespace: str, count: int) -> None:
-    """`count` ready records of the app with no container behind them (never probed, never reconciled away)."""
+async def paper_records(url: str, access: Access, namespace: str, count: int, remove: list[Instance] = []
+                        ) -> list[Instance]:
+    """`count` ready records of the app with no container behind them (never probed, never reconciled away), after
+    the records of `remove` are deleted (by their ids: whatever state they reached)."""
     nc = await connect(url, name="bench-scale-paper", access=access, inbox_prefix=Subjects(namespace).inbox("functions"))
+    made = []
     try:
         store = await InstanceStore.open(nc, Subjects(namespace), time.time, create=False)
         try:
+            for gone in remove:
+                if (found := store.get(gone.app, gone.id)) is not None:
+                    await store.delete(found.instance, "bench: paper record")
             now = time.time()
             for i in range(count):
-                await store.create(Instance(id=new_instance_id(), app=APP, state="ready", service_id=f"paper{i}",
-                                            endpoint="127.0.0.1:9", created_at=now, ready_at=now + i * 1e-6,
-                                            handle=new_handle()))
+                made.append(await store.create(Instance(
+                    id=new_instance_id(), app=APP, state="ready", service_id=f"paper{i}", endpoint="127.0.0.1:9",
+                    created_at=now, ready_at=now + i * 1e-6, handle=new_handle())))
         finally:
             await store.close()
     finally:
         await nc.drain()
+    return [v.instance for v in made]
+
+
+async def paper_pool(up: Up, url: str, access: Access, count: int, size: int) -> list[Instance]:
+    """`count` paper records join a paused pool (no surplus retired, nothing started), then the pool is scaled to
+    `size` and resumed; returns the paper records."""
+    await up.admin("pause", APP)
+    made = await paper_records(url, access, up.namespace, count)
+    await up.admin("scale", APP, str(size))
+    await up.admin("resume", APP)
+    return made
 
 
 async def measure(point: Point, up: Up, plane: ControlPlane, http: aiohttp.ClientSession, url: str, access: Access,
@@ -415,8 +432,8 @@ def ok(good: bool) -> str:
     return "yes" if good else "NO"
 
 
-def report(points: list[Point], burst: Burst, floor: list[float], rate: float, seconds: float, engine0: tuple[int, int],
-           loads: tuple[str, str], n: int, records: int) -> None:
+def report(points: list[Point], burst: Burst, baseline: Burst, floor: list[float], rate: float, seconds: float,
+           engine0: tuple[int, int], loads: tuple[str, str], n: int, records: int) -> None:
     print()
     print(f"control plane of `swarmpool up` (functions + gateway in one process, and its nats-server) with the "
           f"busybox app {IMAGE}; {n} real instances, {records} records ({records - n} of them with no container); "
@@ -454,6 +471,9 @@ def report(points: list[Point], burst: Burst, floor: list[float], rate: float, s
     print("|---|---|---|---|---|---|---|---|")
     print(f"| NATS request/reply at the same rate (floor) | {len(floor)} | {f50:.2f} | {pct(floor, 99):.2f} | "
           f"{max(floor):.2f} | 1.0x | | |")
+    b = baseline.ms
+    print(f"| click -> 303, {len(b)} in 1 s on {len(b)} records (baseline) | {len(b)} | {statistics.median(b):.2f} | "
+          f"{pct(b, 99):.2f} | {max(b):.2f} | {statistics.median(b) / f50:.1f}x | | {baseline.errors} errors |")
     good = burst.errors == 0 and len(burst.ms) == clicks and pct(burst.ms, 99) < GOAL_CLICK_P99_MS
     print(f"| click -> 303 | {len(burst.ms)} | {statistics.median(burst.ms):.2f} | {pct(burst.ms, 99):.2f} | "
           f"{max(burst.ms):.2f} | {statistics.median(burst.ms) / f50:.1f}x | p99 < {GOAL_CLICK_P99_MS:.0f}, "
@@ -488,23 +508,26 @@ async def run(n: int, records: int, rate: float, seconds: float, parallel: int, 
         points: list[Point] = []
         async with aiohttp.ClientSession() as http:
             points.append(await measure(Point("0 records", 0, 0), up, plane, http, url, access, passes))
+            # the baseline of the clicks: the same rate for one second on a pool of that many paper records
+            small = int(rate)
+            paper = await paper_pool(up, url, access, small, small)
+            await up.wait_for(f"{small} ready records", lambda: up.ready >= small, 120)
+            baseline = await clicks_at_rate(f"http://127.0.0.1:{up.port}", rate, 1.0, plane)
             started = time.monotonic()
             await up.admin("scale", APP, str(n))
+            await paper_records(url, access, namespace, 0, remove=paper)
             await up.wait_for(f"{n} warm instances", lambda: up.ready >= n, 3600)
             print(f"{n} real instances warm in {time.monotonic() - started:.0f} s", file=sys.stderr)
             points.append(await measure(Point(f"{n} real", n, n), up, plane, http, url, access, passes))
-            # the paper records join a paused pool (no surplus retired, nothing started), scaled to hold them all
-            await up.admin("pause", APP)
-            await paper_records(url, access, namespace, records - n)
-            await up.admin("scale", APP, str(records))
-            await up.admin("resume", APP)
+            await paper_pool(up, url, access, records - n, records)
             await up.wait_for(f"{records} ready records", lambda: up.ready >= records, 120)
             points.append(await measure(Point(f"{records} records ({n} real)", records, n), up, plane, http, url,
                                         access, passes))
             burst = await clicks_at_rate(f"http://127.0.0.1:{up.port}", rate, seconds, plane)
         floor = await nats_floor_at_rate(state, rate, seconds)
         loads_end = Path("/proc/loadavg").read_text().split()[:3]
-        report(points, burst, floor, rate, seconds, engine0, (" ".join(loads), " ".join(loads_end)), n, records)
+        report(points, burst, baseline, floor, rate, seconds, engine0, (" ".join(loads), " ".join(loads_end)), n,
+               records)
     finally:
         await up.stop()
         left = remove_leftovers(namespace)
