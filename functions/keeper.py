@@ -227,8 +227,11 @@ async def reconcile_pass(ctx: Context) -> None:
     and counted, the others go on."""
     gap = ctx.config.trust().gap  # the pass covers gaps opened before it lists anything
     records = ctx.store.all()  # before listing: a ghost must have been a record already then
-    # the three listings at once: each costs the engine a walk over all it holds (hundreds of services)
-    services, tasks, nodes = await asyncio.gather(ctx.swarm.list_ours(), ctx.swarm.task_states(), ctx.swarm.nodes())
+    # the listings at once (each costs the engine a walk over all it holds: hundreds of services), and the images'
+    # ids (a tag moved to another image recycles its instances at the top-ups below)
+    services, tasks, nodes, _ = await asyncio.gather(
+        ctx.swarm.list_ours(), ctx.swarm.task_states(), ctx.swarm.nodes(),
+        ctx.each("image of an app", (_learn_image(ctx, spec.image) for spec in list(ctx.catalogue.apps.values()))))
     now = ctx.clock()
     grace = float(ctx.settings.orphan_grace)
     by_key = {f"{s.app}.{s.id}": s for s in services}
@@ -249,7 +252,5 @@ async def reconcile_pass(ctx: Context) -> None:
     await ctx.each("record node", (_record_node(ctx, key, node) for key, node in
                                    placed_nodes(records, task_nodes).items() if key not in dead_keys))
     await ctx.config.mark_reconciled(gap)
-    for spec in list(ctx.catalogue.apps.values()):  # a tag moved to another image recycles its instances
-        await ctx.isolated(f"image of {spec.name}", _learn_image(ctx, spec.image))
     for app in ctx.catalogue.apps:
         await ctx.isolated(f"top up {app}", top_up(ctx, app))
