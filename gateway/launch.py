@@ -153,7 +153,7 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
         visit("served", instance_id=reply.id)
         gw.routes.add_claimed(reply.id, spec.name, reply.endpoint)
         gw.metrics.launches.labels(spec.name, "claimed").inc()
-        log.info("launch %s: claimed %s", spec.name, short_id(spec.name, reply.id))
+        log.debug("launch %s: claimed %s", spec.name, short_id(spec.name, reply.id))  # the claimer logs it at INFO
         settings = gw.catalogue.settings
         location = launch_location(request, settings.instance_domain, reply.id, reply.deep_link,
                                    settings.trusted_proxies)
