@@ -371,12 +371,22 @@ class Up:
             self._reader.cancel()
 
 
-def remove_leftovers(namespace: str) -> int:
-    """Services of this run's namespace that a failed stop left behind, removed by their label."""
-    found = subprocess.run(["docker", "service", "ls", "-q", "--filter", f"label=swarmpool.owner={namespace}"],
-                           capture_output=True, text=True).stdout.split()
+def remove_leftovers(namespace: str, timeout: float = 120.0) -> int:
+    """Services and networks of this run's namespace that its stop left behind, removed by their label (a network
+    is in use until the engine has let go of the removed services' tasks: tried again until `timeout`)."""
+    label = f"label=swarmpool.owner={namespace}"
+    found = subprocess.run(["docker", "service", "ls", "-q", "--filter", label], capture_output=True, text=True).stdout.split()
     for chunk in range(0, len(found), 50):
         subprocess.run(["docker", "service", "rm", *found[chunk:chunk + 50]], capture_output=True)
+    deadline = time.monotonic() + timeout
+    while networks := subprocess.run(["docker", "network", "ls", "-q", "--filter", label],
+                                     capture_output=True, text=True).stdout.split():
+        found += networks
+        subprocess.run(["docker", "network", "rm", *networks], capture_output=True)
+        if time.monotonic() > deadline:
+            print(f"networks of {namespace} still there: {' '.join(networks)}", file=sys.stderr)
+            break
+        time.sleep(0.5)  # poll the engine until its networks are gone (bounded by the deadline)
     return len(found)
 
 
@@ -532,7 +542,7 @@ async def run(n: int, records: int, rate: float, seconds: float, parallel: int, 
         await up.stop()
         left = remove_leftovers(namespace)
         if left:
-            print(f"removed {left} leftover services of namespace {namespace}", file=sys.stderr)
+            print(f"removed {left} leftover services and networks of namespace {namespace}", file=sys.stderr)
         shutil.rmtree(state, ignore_errors=True)
 
 

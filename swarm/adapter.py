@@ -54,6 +54,7 @@ INSTANCE_UID = "10001:10001"  # who runs an image whose own user is root: no pas
 INSTANCE_HOME = "/home/swarmpool"  # a writable tmpfs home for INSTANCE_UID
 _HOME_TMPFS_BYTES = 256 * 1024**2  # counts against the memory limit as it fills
 _NETWORK_TIMEOUT = 20.0  # waiting for the containers to leave the bridge before removing it
+_CONFIG_NETWORK_TIMEOUT = 10.0  # then for the bridge's removal to free its config network
 _T = TypeVar("_T")
 NODE_ID_TTL = 30.0  # seconds this engine's swarm node id is reused (it changes only when the node leaves its swarm)
 
@@ -601,12 +602,22 @@ class Swarm:
                         log.warning("could not remove network %s: %s", network, e.explanation or e)
                         break
                     time.sleep(0.2)
+        # with hundreds of instances the swarm bridge's removal reaches this engine a while later: until then its
+        # config network is in use, so it is retried for a moment (a dead copy of an engine restart keeps it in
+        # use for good: moby#38318)
+        settle = max(deadline, time.monotonic() + _CONFIG_NETWORK_TIMEOUT)
         for network in [names[0] + "-config"] + [n + "-config" for n in names[1:] if n + "-config" in ours]:
-            try:  # a dead copy left by an engine restart keeps its config network in use (moby#38318)
-                api.remove_network(network)
-            except docker.errors.APIError as e:
-                if e.status_code != 404:
-                    log.info("network %s stays: %s", network, e.explanation or e)
+            while True:
+                try:
+                    api.remove_network(network)
+                    break
+                except docker.errors.APIError as e:
+                    if e.status_code == 404:
+                        break
+                    if time.monotonic() > settle:
+                        log.info("network %s stays: %s", network, e.explanation or e)
+                        break
+                    time.sleep(0.2)
 
     async def status(self, service_id: str) -> TaskStatus:
         """The state of the service's (single, newest) task; "missing" once the service is gone."""
