@@ -1,0 +1,144 @@
+"""The fair queue on a real swarm and a real nats-server: clicks that find no ready instance wait in line per
+app and are served first come, first served, at any gateway, by any functions host."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+import pytest
+
+from bench.students import Attendance, attend, click, new_browser, wait_turn
+from swarmpool.bus.queue import TicketStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.launcher import serve_gateway
+from swarmpool.natsd import free_port
+from tests.stack import Stack, echo_catalogue, running_stack, wait_for
+
+pytestmark = pytest.mark.docker
+
+WINDOW = 'queue_window = "3s"\nper_browser_limit = 1'
+
+
+def _catalogue(size: int, max_: int, queue_max: int | None = None) -> str:
+    text = echo_catalogue(size=size, max_=max_, parallel=1).replace("max_instances = 120", f"max_instances = 120\n{WINDOW}")
+    if queue_max is not None:
+        text = text.replace("max_parallel_starts = 1", f"max_parallel_starts = 1\nqueue_max = {queue_max}")
+    return text
+
+
+async def _take_the_pool(s: Stack, stack: AsyncExitStack) -> str:
+    """A first student takes the only ready instance; the instance's id."""
+    await s.wait_ready(1)
+    http = await stack.enter_async_context(new_browser())
+    first = await attend(http, s.url, "echo", Attendance("first"))
+    assert first.outcome == "served" and not first.ticket
+    return first.instance
+
+
+async def _tickets(s: Stack, stack: AsyncExitStack) -> TicketStore:
+    store = await TicketStore.open(s.nc, Subjects(s.namespace), create=False)
+    stack.push_async_callback(store.close)
+    return store
+
+
+async def test_the_queue_serves_in_arrival_order_across_two_gateways_and_two_hosts(
+        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    n = 5
+    async with running_stack(nats_server.url, namespace, _catalogue(size=1, max_=n + 2), hosts=2) as s, \
+            AsyncExitStack() as stack:
+        port = free_port()
+        await stack.enter_async_context(serve_gateway(s.nc, s.catalogue, namespace, "127.0.0.1", port))
+        gateways = [s.url, f"http://127.0.0.1:{port}"]
+        await _take_the_pool(s, stack)
+        tickets = await _tickets(s, stack)
+        students = [Attendance(f"student{i}") for i in range(n)]
+        browsers = [await stack.enter_async_context(new_browser()) for _ in range(n)]
+        # they click one after the other, on alternate gateways, while no instance is ready; each waits at the
+        # other gateway than the one it clicked at (a ticket is good at any gateway)
+        locations = []
+        for i, me in enumerate(students):
+            location = await click(browsers[i], gateways[i % 2], "echo", me)
+            if location is None or "/ticket/" not in location:  # the refill beat this click: wait for the next
+                pytest.fail(f"{me.name} was not queued: {location!r} ({me.outcome})")
+            locations.append(location)
+            await wait_for(lambda: tickets.length("echo") == i + 1, timeout=10, what=f"{me.name}'s ticket")
+        order = [p.ticket.id for p in tickets.queue("echo")]
+        assert order == [loc.rsplit("/", 1)[-1] for loc in locations]  # the bucket's sequence is the arrival order
+
+        async def wait_then_serve(i: int) -> Attendance:
+            me = students[i]
+            base = gateways[(i + 1) % 2]
+            me.ticket = locations[i]
+            async with browsers[i].get(base + me.ticket, allow_redirects=False) as page:
+                assert page.status == 200
+                assert f"number {i + 1} in line" in await page.text() or (i == 0 and "next in line" in await page.text())
+            assert await wait_turn(browsers[i], base, me.ticket, me)
+            async with browsers[i].get(base + me.ticket, allow_redirects=False) as turn:
+                assert turn.status == 303
+                location = turn.headers["Location"]
+                assert location.startswith("/i/")
+            async with browsers[i].get(base + location) as page:
+                assert page.status == 200
+            me.served_at = time.monotonic()
+            return me
+
+        served = await asyncio.gather(*(wait_then_serve(i) for i in range(n)))
+        by_time = sorted(served, key=lambda me: me.served_at or 0.0)
+        assert [me.name for me in by_time] == [me.name for me in students], "served out of arrival order"
+        assert all(me.positions and me.positions[0] == i + 1 for i, me in enumerate(students))
+        assert tickets.length("echo") == 0
+
+
+async def test_a_student_who_leaves_the_waiting_page_leaves_the_queue(
+        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, _catalogue(size=1, max_=4)) as s, AsyncExitStack() as stack:
+        await _take_the_pool(s, stack)
+        tickets = await _tickets(s, stack)
+        leaver, stayer = Attendance("leaver"), Attendance("stayer")
+        leaving, staying = [await stack.enter_async_context(new_browser()) for _ in range(2)]
+        leaver.ticket = await click(leaving, s.url, "echo", leaver) or ""
+        stayer.ticket = await click(staying, s.url, "echo", stayer) or ""
+        assert "/ticket/" in leaver.ticket and "/ticket/" in stayer.ticket
+        # a copied ticket URL serves nobody else: another browser is told the place is not held
+        other = await stack.enter_async_context(new_browser())
+        async with other.get(s.url + leaver.ticket, allow_redirects=False) as r:
+            assert r.status == 404
+        # the leaver's page holds its connection until its turn comes, then the tab is closed: never comes
+        assert await wait_turn(leaving, s.url, leaver.ticket, leaver)
+        held = tickets.get("echo", leaver.ticket.rsplit("/", 1)[-1])
+        assert held is not None and held.ticket.state == "turn"
+        held_instance = held.ticket.instance
+        # the stayer is served by the instance the leaver's turn held, once the window passes without the leaver
+        stay = asyncio.create_task(attend(staying, s.url, "echo", stayer))
+        served = await asyncio.wait_for(stay, timeout=60)
+        assert served.outcome == "served", served
+        assert served.instance == held_instance, "the instance held for the lapsed ticket was not passed on"
+        assert leaver.ticket.rsplit("/", 1)[-1] not in {p.ticket.id for p in tickets.queue("echo")}
+        async with leaving.get(s.url + leaver.ticket, allow_redirects=False) as gone:  # the leaver comes back
+            assert gone.status == 404
+            assert "not held any more" in await gone.text()
+
+
+async def test_a_full_queue_shows_the_class_is_full_page(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, _catalogue(size=1, max_=1, queue_max=1)) as s, \
+            AsyncExitStack() as stack:
+        await _take_the_pool(s, stack)  # max 1: nothing refills
+        waiting, late = Attendance("waiting"), Attendance("late")
+        first, second = [await stack.enter_async_context(new_browser()) for _ in range(2)]
+        waiting.ticket = await click(first, s.url, "echo", waiting) or ""
+        assert "/ticket/" in waiting.ticket
+        holding = asyncio.create_task(wait_turn(first, s.url, waiting.ticket, waiting))  # keeps the place
+        stack.callback(holding.cancel)
+        assert await click(second, s.url, "echo", late) is None
+        async with second.get(f"{s.url}/launch/echo", allow_redirects=False) as r:
+            assert r.status == 503
+            assert int(r.headers["Retry-After"]) > 0
+            assert "This class is full" in await r.text()
+        async with second.get(f"{s.url}/launch/echo", allow_redirects=False, headers={"Accept": "application/json"}) as r:
+            assert r.status == 503 and (await r.json())["status"] == "full"
+        async with second.get(f"{s.url}/status") as r:
+            assert (await r.json())["apps"]["echo"]["queued"] == 1
+        async with second.get(f"{s.url}/metrics") as r:
+            assert 'swarmpool_queue_waiting{app="echo"} 1.0' in await r.text()
