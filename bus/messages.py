@@ -143,6 +143,9 @@ class Ticket(msgspec.Struct, frozen=True, kw_only=True):
     at: float  # when it joined (UNIX seconds)
     seq: int = 0
     state: TicketState = "waiting"
+    # its browser came to its waiting page (a gateway said so): only then does it hold a place that others
+    # wait behind (a click whose page never comes, a client without cookies, lapses unnoticed)
+    confirmed: bool = False
     instance: str = ""  # "turn": the ready instance held for it (claimed only when its browser comes)
     turn_at: float | None = None
 

@@ -132,14 +132,19 @@ class TicketStore:
     # ---- reads ----
 
     def queue(self, app: str) -> list[Placed]:
-        """The app's tickets in arrival order (waiting and those whose turn came)."""
+        """The app's tickets in arrival order (waiting and those whose turn came; confirmed or not)."""
         return sorted((p for p in self._tickets.values() if p.ticket.app == app), key=lambda p: p.seq)
+
+    def line(self, app: str) -> list[Placed]:
+        """The students waiting in the app's line: the confirmed tickets, in arrival order."""
+        return [p for p in self.queue(app) if p.ticket.confirmed]
 
     def apps(self) -> set[str]:
         return {p.ticket.app for p in self._tickets.values()}
 
     def length(self, app: str) -> int:
-        return sum(p.ticket.app == app for p in self._tickets.values())
+        """Students waiting in the app's line (confirmed tickets)."""
+        return sum(p.ticket.app == app and p.ticket.confirmed for p in self._tickets.values())
 
     def get(self, app: str, ticket_id: str) -> Placed | None:
         return self._tickets.get(f"{app}.{ticket_id}")
@@ -149,7 +154,8 @@ class TicketStore:
         mine = self.get(app, ticket_id)
         if mine is None:
             return None
-        return 1 + sum(p.ticket.app == app and p.seq < mine.seq for p in self._tickets.values())
+        return 1 + sum(p.ticket.app == app and p.ticket.confirmed and p.seq < mine.seq
+                       for p in self._tickets.values())
 
     # ---- writes (the functions role) ----
 

@@ -18,7 +18,7 @@ from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.state import Conflict, Versioned
 from swarmpool.functions import lifecycle
 from swarmpool.functions.policy import live_sessions, pick_claim_order
-from swarmpool.functions.queue import tickets_of
+from swarmpool.functions.queue import QueueState, tickets_of
 from swarmpool.ids import new_instance_id
 
 log = logging.getLogger(__name__)
@@ -146,15 +146,16 @@ async def _claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
             # the engine was out of sight (restart, stream gap): records may name dead instances
             ctx.metrics.claims.labels(app, "reconciling").inc()
             return ClaimRefused(app=app, reason="empty", retry_after=RECONCILING_RETRY)
+        held = _held(ctx.state(QueueState).tickets, app)  # never an instance held for a ticket's turn
         if limit:
             async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
                 mine = live_sessions(ctx.store.all(app), request.browser)
                 if len(mine) >= limit:
                     ctx.metrics.claims.labels(app, "limit").inc()
                     return ClaimRefused(app=app, reason="limit", sessions=[r.id for r in mine])
-                claimed = await try_claim(ctx, app, request.browser)
+                claimed = await try_claim(ctx, app, request.browser, skip=held)
         else:
-            claimed = await try_claim(ctx, app)
+            claimed = await try_claim(ctx, app, skip=held)
         if claimed is not None:
             ctx.metrics.claims.labels(app, "claimed").inc()
             ctx.metrics.observe_claim(app, loop.time() - started)
@@ -174,6 +175,13 @@ def _limit_refusal(ctx: Context, app: str, browser: str) -> ClaimRefused | None:
         ctx.metrics.claims.labels(app, "limit").inc()
         return ClaimRefused(app=app, reason="limit", sessions=[r.id for r in mine])
     return None
+
+
+def _held(store: TicketStore | None, app: str) -> set[str]:
+    """Keys of the ready instances held for tickets whose turn came."""
+    if store is None:
+        return set()
+    return {f"{app}.{p.ticket.instance}" for p in store.queue(app) if p.ticket.state == "turn"}
 
 
 def _queued(ctx: Context, store: TicketStore, placed: Placed) -> Queued:
@@ -199,8 +207,8 @@ async def _claim_or_queue(ctx: Context, request: ClaimRequest, store: TicketStor
             if placed.ticket.browser == request.browser:
                 ctx.metrics.claims.labels(app, "queued").inc()
                 return _queued(ctx, store, placed)
-        if not queue:
-            claimed = await try_claim(ctx, app, request.browser)
+        if not store.line(app):  # nobody waits (tickets whose page never came hold no place)
+            claimed = await try_claim(ctx, app, request.browser, skip=_held(store, app))
             if claimed is not None:
                 ctx.metrics.claims.labels(app, "claimed").inc()
                 ctx.metrics.observe_claim(app, loop.time() - started)

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 OPEN_WAIT = 5.0  # seconds a claim waits for this host's queue mirror to open
 SERVE_EVERY = 0.5  # seconds between two passes when nothing changes (lapses are timed)
+CONFIRM_WAIT = 6.0  # seconds a ticket may wait for its browser to reach its page, then it lapses
 
 
 @dataclass
@@ -97,8 +98,15 @@ def last_seen(ticket: Ticket, heard: float | None, started: float | None) -> flo
 
 def lapsed(placed: list[Placed], seen: dict[str, float], started: float | None, now: float,
            window: float) -> list[Placed]:
-    """Tickets whose waiting page has been gone for longer than the window."""
-    return [p for p in placed if now - last_seen(p.ticket, seen.get(p.ticket.key), started) > window]
+    """Tickets whose waiting page has been gone for longer than the window, or never came (CONFIRM_WAIT)."""
+    return [p for p in placed
+            if now - last_seen(p.ticket, seen.get(p.ticket.key), started) > window
+            or (not p.ticket.confirmed and p.ticket.key not in seen and now - p.ticket.at > min(window, CONFIRM_WAIT))]
+
+
+def to_confirm(placed: list[Placed], seen: dict[str, float]) -> list[Placed]:
+    """Tickets whose page a gateway has now seen: from now on they hold their place."""
+    return [p for p in placed if not p.ticket.confirmed and p.ticket.key in seen]
 
 
 def turns(queue: list[Placed], ready: list[Instance],
@@ -112,7 +120,7 @@ def turns(queue: list[Placed], ready: list[Instance],
             and (p.ticket.instance, p.ticket.browser) not in serving]
     held = {p.ticket.instance for p in queue if p.ticket.state == "turn" and p.ticket.instance in ready_ids}
     free = [r for r in ready if r.id not in held]
-    waiting = [p for p in queue if p.ticket.state == "waiting"]
+    waiting = [p for p in queue if p.ticket.state == "waiting" and p.ticket.confirmed]
     return back, list(zip(waiting, free))
 
 
@@ -140,6 +148,8 @@ async def serve_pass(ctx: Context, store: TicketStore) -> None:
         gone = {p.ticket.key for p in queue} - {p.ticket.key for p in store.queue(app)}
         for key in gone:
             state.seen.pop(key, None)
+        for p in to_confirm(store.queue(app), state.seen):
+            await _cas(store, p, msgspec.structs.replace(p.ticket, confirmed=True))
         if ctx.app(app) is None or ctx.config.cached(app).paused:
             continue
         records = ctx.store.all(app)

@@ -149,7 +149,9 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
     room (whose retry keeps the lecture link `link`)."""
     wait = float(gw.catalogue.settings.claim_wait)
     started = time.monotonic()
-    reply = await _claim(gw, spec.name, wait, browser, link_id, queue=gw.queue is not None and bool(browser))
+    # API clients (JSON) keep the waiting room that they retry themselves: a place in line needs its page
+    queue = gw.queue is not None and bool(browser) and not wants_json(request)
+    reply = await _claim(gw, spec.name, wait, browser, link_id, queue=queue)
     gw.metrics.claim_latency.labels(spec.name).observe(time.monotonic() - started)
 
     visit = partial(gw.visits.click, spec.name, browser=browser, link=short_link(link_id))
@@ -247,7 +249,7 @@ async def ticket(request: web.Request) -> web.StreamResponse:
     placed = await gw.queue.find(spec.name, ticket_id, browser)
     if placed is None:
         return _ticket_gone(request, spec)
-    gw.queue.shown(spec.name, ticket_id)
+    await gw.queue.shown(spec.name, ticket_id)
     if placed.ticket.state == "turn":
         reply = await _claim(gw, spec.name, float(gw.catalogue.settings.claim_wait), browser, ticket=ticket_id)
         visit = partial(gw.visits.click, spec.name, browser=browser, link=short_link(placed.ticket.link))

@@ -89,6 +89,7 @@ class QueueView:
     recent: set[str] = field(default_factory=set)  # pages shown since the last heartbeat
 
     def hold(self, app: str, ticket: str) -> Callable[[], None]:
+        """Count one held connection of a waiting page; returns the function that lets it go."""
         key = f"{app}.{ticket}"
         self.held[key] = self.held.get(key, 0) + 1
 
@@ -98,8 +99,14 @@ class QueueView:
                 del self.held[key]
         return release
 
-    def shown(self, app: str, ticket: str) -> None:
+    async def shown(self, app: str, ticket: str) -> None:
+        """A waiting page was shown: said at once (its first showing confirms the ticket's place)."""
         self.recent.add(f"{app}.{ticket}")
+        try:
+            await self.publish(self.subjects.queue_seen(app),
+                               QueueSeen(app=app, tickets=[ticket], at=time.time(), gateway=self.host_label))
+        except Exception as err:
+            log.warning("queue heartbeat not published: %s", err)
 
     async def heartbeat(self) -> None:
         """Tell the functions which waiting pages are still here: held connections and recent refreshes."""

@@ -59,25 +59,9 @@ async def test_the_queue_serves_in_arrival_order_across_two_gateways_and_two_hos
                           and (old is None or old.state != "turn") else None)
         students = [Attendance(f"student{i}") for i in range(n)]
         browsers = [await stack.enter_async_context(new_browser()) for _ in range(n)]
-        # they click one after the other, on alternate gateways, while no instance is ready; each waits at the
-        # other gateway than the one it clicked at (a ticket is good at any gateway)
-        locations = []
-        for i, me in enumerate(students):
-            location = await click(browsers[i], gateways[i % 2], "echo", me)
-            if location is None or "/ticket/" not in location:  # the refill beat this click: wait for the next
-                pytest.fail(f"{me.name} was not queued: {location!r} ({me.outcome})")
-            locations.append(location)
-            await wait_for(lambda: tickets.length("echo") == i + 1, timeout=10, what=f"{me.name}'s ticket")
-        order = [p.ticket.id for p in tickets.queue("echo")]
-        assert order == [loc.rsplit("/", 1)[-1] for loc in locations]  # the bucket's sequence is the arrival order
 
-        async def wait_then_serve(i: int) -> Attendance:
+        async def wait_then_serve(i: int, base: str) -> Attendance:
             me = students[i]
-            base = gateways[(i + 1) % 2]
-            me.ticket = locations[i]
-            async with browsers[i].get(base + me.ticket, allow_redirects=False) as page:
-                assert page.status == 200
-                assert f"number {i + 1} in line" in await page.text() or (i == 0 and "next in line" in await page.text())
             assert await wait_turn(browsers[i], base, me.ticket, me)
             async with browsers[i].get(base + me.ticket, allow_redirects=False) as turn:
                 assert turn.status == 303
@@ -88,7 +72,24 @@ async def test_the_queue_serves_in_arrival_order_across_two_gateways_and_two_hos
             me.served_at = time.monotonic()
             return me
 
-        served = await asyncio.gather(*(wait_then_serve(i) for i in range(n)))
+        # they click one after the other, on alternate gateways, while no instance is ready; each waits at the
+        # other gateway than the one it clicked at (a ticket is good at any gateway)
+        waiting = []
+        for i, me in enumerate(students):
+            location = await click(browsers[i], gateways[i % 2], "echo", me)
+            assert location is not None and "/ticket/" in location, f"{me.name} was not queued: {me.outcome}"
+            me.ticket = location
+            base = gateways[(i + 1) % 2]
+            async with browsers[i].get(base + me.ticket, allow_redirects=False) as page:
+                assert page.status == 200
+                text = await page.text()
+                assert (f"number {i + 1} in line" if i else "next in line") in text
+            await wait_for(lambda: tickets.length("echo") == i + 1, timeout=10, what=f"{me.name}'s place")
+            waiting.append(asyncio.create_task(wait_then_serve(i, base)))
+        order = [p.ticket.id for p in tickets.queue("echo")]
+        assert order == [me.ticket.rsplit("/", 1)[-1] for me in students]  # the bucket's sequence: arrival order
+
+        served = await asyncio.gather(*waiting)
         assert turns == order, "turns came out of arrival order"
         # a later round is served after an earlier one, whatever the clients' timing within a round
         rounds = [served[i:i + size] for i in range(0, n, size)]
@@ -143,9 +144,11 @@ async def test_a_full_queue_shows_the_class_is_full_page(nats_server, namespace,
             assert r.status == 503
             assert int(r.headers["Retry-After"]) > 0
             assert "This class is full" in await r.text()
-        async with second.get(f"{s.url}/launch/echo", allow_redirects=False, headers={"Accept": "application/json"}) as r:
-            assert r.status == 503 and (await r.json())["status"] == "full"
-        async with second.get(f"{s.url}/status") as r:
-            assert (await r.json())["apps"]["echo"]["queued"] == 1
+
+        async def queued() -> int:
+            async with second.get(f"{s.url}/status") as r:
+                return int((await r.json())["apps"]["echo"]["queued"])
+        await wait_for(lambda: queued(), timeout=10, what="the waiting student in /status")  # its page seen
+        assert await queued() == 1
         async with second.get(f"{s.url}/metrics") as r:
             assert 'swarmpool_queue_waiting{app="echo"} 1.0' in await r.text()
