@@ -77,6 +77,10 @@ bench-ready *ARGS:
 bench-pluto *ARGS:
     python -m bench.bench_pluto {{ARGS}}
 
+# a lecture on `up`: N students (HTTP + WebSocket clients) arrive over a window against a smaller pool, wait in line, are served (--smoke: tiny counts)
+bench-lecture N="200" POOL="60" *ARGS:
+    python -m bench.bench_lecture --students {{N}} --pool {{POOL}} {{ARGS}}
+
 # slow lane: every bench above in its smoke mode (tiny counts; the stack bench too): they still run (CI runs it)
 bench-smoke *ARGS:
     python -m pytest -m bench_smoke -q {{ARGS}}
