@@ -64,7 +64,7 @@ async def follow_queue(ctx: Context) -> None:
     store = await TicketStore.open(ctx.nc, ctx.subjects)
     state.tickets, state.started = store, ctx.clock()
     state.opened.set()
-    stop_waking = ctx.store.on_change(lambda old, new: _wake(state))
+    stop_waking = ctx.store.on_change(lambda old, new: _wake(state, old, new))
     try:
         await asyncio.Event().wait()
     finally:
@@ -74,9 +74,11 @@ async def follow_queue(ctx: Context) -> None:
         await store.close()
 
 
-def _wake(state: QueueState) -> None:
-    """An instance changed: the lease holder's pass runs now (wakes through the ticket mirror's condition)."""
-    if state.tickets is not None:
+def _wake(state: QueueState, old: Instance | None, new: Instance | None) -> None:
+    """An instance changed state (not a heartbeat's fields): the lease holder's pass runs now (woken through the
+    ticket mirror's condition), when anyone waits."""
+    changed = old is None or new is None or old.state != new.state
+    if changed and state.tickets is not None and state.tickets.apps():
         state.tickets.poke()
 
 
