@@ -4,6 +4,7 @@ app and are served first come, first served, at any gateway, by any functions ho
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from contextlib import AsyncExitStack
 
@@ -118,6 +119,12 @@ async def test_a_student_who_leaves_the_waiting_page_leaves_the_queue(
         held = tickets.get("echo", leaver.ticket.rsplit("/", 1)[-1])
         assert held is not None and held.ticket.state == "turn"
         held_instance = held.ticket.instance
+        # a script's fetch() of the ticket URL on its turn takes nothing and learns nothing: only navigations
+        fetch = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "same-origin"}
+        async with leaving.get(s.url + leaver.ticket, allow_redirects=False, headers=fetch) as r:
+            assert r.status == 403 and "Location" not in r.headers and held_instance not in await r.text()
+        record = s.store.get("echo", held_instance)
+        assert record is not None and record.instance.state == "ready"
         # the stayer is served by the instance the leaver's turn held, once the window passes without the leaver
         stay = asyncio.create_task(attend(staying, s.url, "echo", stayer))
         served = await asyncio.wait_for(stay, timeout=60)
@@ -129,16 +136,31 @@ async def test_a_student_who_leaves_the_waiting_page_leaves_the_queue(
             assert "not held any more" in await gone.text()
 
 
-async def test_a_full_queue_shows_the_class_is_full_page(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+async def test_a_full_queue_shows_the_class_is_full_page_and_a_page_without_script_keeps_its_place(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     async with running_stack(nats_server.url, namespace, _catalogue(size=1, max_=1, queue_max=1)) as s, \
             AsyncExitStack() as stack:
         await _take_the_pool(s, stack)  # max 1: nothing refills
+        tickets = await _tickets(s, stack)
         waiting, late = Attendance("waiting"), Attendance("late")
         first, second = [await stack.enter_async_context(new_browser()) for _ in range(2)]
         waiting.ticket = await click(first, s.url, "echo", waiting) or ""
         assert "/ticket/" in waiting.ticket
-        holding = asyncio.create_task(wait_turn(first, s.url, waiting.ticket, waiting))  # keeps the place
+        refreshes: list[int] = []
+
+        async def without_script() -> None:  # a browser without script: its page's refresh, nothing else
+            while True:
+                async with first.get(s.url + waiting.ticket, allow_redirects=False) as page:
+                    assert page.status == 200
+                    every = re.search(r'<noscript><meta http-equiv="refresh" content="(\d+)">', await page.text())
+                assert every is not None
+                refreshes.append(int(every.group(1)))
+                await asyncio.sleep(refreshes[-1])  # as the browser waits out its meta refresh
+
+        holding = asyncio.create_task(without_script())
         stack.callback(holding.cancel)
+        # longer than the queue window (3 s) on refreshes alone: the place is kept
+        await wait_for(lambda: sum(refreshes) > 4, timeout=30, what="refreshes past the queue window")
+        assert tickets.get("echo", waiting.ticket.rsplit("/", 1)[-1]) is not None
         assert await click(second, s.url, "echo", late) is None
         async with second.get(f"{s.url}/launch/echo", allow_redirects=False) as r:
             assert r.status == 503
