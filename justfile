@@ -81,6 +81,10 @@ bench-pluto *ARGS:
 bench-scale N="500" RECORDS="1000" *ARGS:
     python -m bench.bench_scale -n {{N}} --records {{RECORDS}} {{ARGS}}
 
+# a lecture on `up`: N students (HTTP + WebSocket clients) arrive over a window against a smaller pool, wait in line, are served (--smoke: tiny counts)
+bench-lecture N="200" POOL="60" *ARGS:
+    python -m bench.bench_lecture --students {{N}} --pool {{POOL}} {{ARGS}}
+
 # slow lane: every bench above in its smoke mode (tiny counts; the stack bench too): they still run (CI runs it)
 bench-smoke *ARGS:
     python -m pytest -m bench_smoke -q {{ARGS}}

@@ -90,6 +90,11 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     # the lecture link the click came with (its id; the gateway checked its signature and expiry): the
     # claimer counts the claim against the link's budget; "" = no link (refused if the app requires one)
     link: Annotated[str, msgspec.Meta(pattern=r"^([a-z2-7]{16})?$")] = ""
+    # the gateway serves the queue's pages: with no ready instance the claimer answers Queued (a ticket),
+    # never waits; False (older gateways): the claim waits `wait`, then ClaimRefused("empty")
+    queue: bool = False
+    # the student's turn came (their ticket): claim the instance held for it, bound to `browser`
+    ticket: Annotated[str, msgspec.Meta(pattern=r"^([a-z2-7]{26})?$")] = ""
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True, tag="claimed"):
@@ -103,13 +108,59 @@ class ClaimRefused(msgspec.Struct, frozen=True, kw_only=True, tag="refused"):
     app: str
     # "limit" (the browser holds per_browser_limit sessions) and the link reasons are newer: older
     # gateways cannot decode them (link reasons only come for apps with require_link, new themselves)
+    # "full" (the app's queue holds pool.queue_max students) and "ticket" (a ticket that lapsed, or another
+    # browser's) come only to gateways that asked for the queue
     reason: Literal["empty", "unknown_app", "paused", "limit", "link_missing", "link_expired", "link_revoked",
-                    "link_spent"]
+                    "link_spent", "full", "ticket"]
     retry_after: float = 3.0
     sessions: list[str] = []  # "limit": ids of that browser's live sessions (its own capabilities)
 
 
-ClaimReply = Claimed | ClaimRefused
+class Queued(msgspec.Struct, frozen=True, kw_only=True, tag="queued"):
+    """No instance for the click now: it holds a place in the app's queue (only to gateways that ask, `queue`)."""
+
+    app: str
+    ticket: str  # 128 random bits: the waiting page's URL holds it; served only to the browser it was issued to
+    position: int  # 1: next to be served
+
+
+ClaimReply = Claimed | ClaimRefused | Queued
+
+
+# ---- the queue: KV records ``<app>.<ticket>`` in the queue bucket, heartbeats on sp.queue.seen.<app> ----
+
+TicketState = Literal["waiting", "turn"]
+
+
+class Ticket(msgspec.Struct, frozen=True, kw_only=True):
+    """One student's place in an app's queue. Its order is `seq`: the bucket's sequence number of its
+    creation (0 while unwritten: the record's revision is then that number)."""
+
+    id: str
+    app: str
+    browser: str  # the browser key it was issued to (a hash of the gateway's cookie): nobody else is served by it
+    link: str = ""  # the lecture link it came with (an id): counted when it is served
+    at: float  # when it joined (UNIX seconds)
+    seq: int = 0
+    state: TicketState = "waiting"
+    # its browser came to its waiting page (a gateway said so): only then does it hold a place that others
+    # wait behind (a click whose page never comes, a client without cookies, lapses unnoticed)
+    confirmed: bool = False
+    instance: str = ""  # "turn": the ready instance held for it (claimed only when its browser comes)
+    turn_at: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}.{self.id}"
+
+
+class QueueSeen(msgspec.Struct, frozen=True, kw_only=True):
+    """A gateway still holds these tickets' waiting pages (a held connection or a refresh): they keep their place."""
+
+    app: str
+    tickets: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^[a-z2-7]{26}$")]], msgspec.Meta(max_length=4096)]
+    at: float
+    gateway: str = ""
 
 
 # ---- releases (sp.release.<app>, request/reply): a browser at its limit ends its sessions ----
@@ -306,6 +357,7 @@ class AppStatus(msgspec.Struct, frozen=True, kw_only=True):
     claim_seconds: float | None = None  # median of this host's recent claims
     ready_seconds: float | None = None  # median time-to-ready of the live instances
     trusted: list[str] = []  # the unsafe settings the catalogue allows this app: user, cap_add, network, ...
+    queued: int = 0  # students waiting in the app's queue
 
 
 class AdminResult(msgspec.Struct, frozen=True, kw_only=True, tag="ok"):

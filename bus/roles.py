@@ -1,8 +1,8 @@
 """Who may do what on the bus: the NATS users of swarmpool (one per role), their subject
 permissions for a namespace, and how a process logs in as one (a credentials file).
 
-Three roles: ``gateway`` (publish claims, releases, activity and visits, receive its replies, read instance
-records), ``functions`` (what the handlers need; the only role that creates buckets and
+Three roles: ``gateway`` (publish claims, releases, queue heartbeats, activity and visits, receive its replies,
+read instance records and the queues), ``functions`` (what the handlers need; the only role that creates buckets and
 streams or writes KV), ``operator`` (admin verbs, the event log, reading records). The
 ``$JS.*`` and ``$KV.*`` patterns below are NATS' own JetStream API subjects, named here
 only to grant them; swarmpool's subjects come from ``Subjects``.
@@ -76,20 +76,23 @@ def _discovery(service: str) -> list[str]:
 def permissions(role: str, namespace: str) -> Permissions:
     """The allow lists of `role` for one namespace."""
     s = Subjects(namespace)
-    buckets = [s.instances_bucket, s.config_bucket, s.leases_bucket]
+    buckets = [s.instances_bucket, s.config_bucket, s.leases_bucket, s.queue_bucket]
     if role == "functions":
         publish = [s.instance_events_all(), s.docker_all(), s.tick_all(), s.audit_all()]
         for bucket in buckets:
             publish += _own_stream(kv_stream(bucket)) + [f"$KV.{bucket}.>"]
         # the event log's limits change with versions: its stream is updated in place
         publish += _own_stream(s.events_stream) + [f"$JS.API.STREAM.UPDATE.{s.events_stream}", "$JS.API.INFO"]
-        subscribe = [s.claim_all(), s.release_all(), s.activity_all(), s.settled_all(), s.docker_all(), s.tick_all(),
+        subscribe = [s.claim_all(), s.release_all(), s.queue_seen_all(), s.activity_all(), s.settled_all(), s.docker_all(), s.tick_all(),
                      s.admin_all(), s.instance_events_all()] + _discovery(s.admin_service)
         return Permissions(publish, subscribe + [s.inbox(role) + ".>"], allow_responses=True)
     if role == "gateway":
         # visits: into the event log by a plain publish (the stream stores it; no JetStream API needed)
-        publish = [s.claim_all(), s.release_all(), s.activity_all(), s.settled_all(), s.visits_all()]
+        publish = [s.claim_all(), s.release_all(), s.queue_seen_all(), s.activity_all(), s.settled_all(),
+                   s.visits_all()]
         publish += _read_stream(kv_stream(s.instances_bucket))
+        publish += _read_stream(kv_stream(s.queue_bucket))  # positions on the waiting pages; tickets are the functions'
+
         publish += _read_stream(kv_stream(s.config_bucket))  # the catalogue every host follows (reload)
         return Permissions(publish, [s.inbox(role) + ".>"])
     if role == "operator":

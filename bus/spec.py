@@ -200,6 +200,9 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     max: Annotated[int, msgspec.Meta(ge=0)] | None = None  # ready + starting + claimed; default size * 3
     max_warm_age: Interval | None = None  # recycle ready instances older than this
     max_parallel_starts: Annotated[int, msgspec.Meta(ge=1)] = 8
+    # students waiting in the app's queue at most (clicks that found no ready instance); one more gets the
+    # "class is full" page (503, Retry-After). None: no cap
+    queue_max: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
     @property
     def limit(self) -> int:
@@ -313,7 +316,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Global settings of one swarmpool."""
 
     max_instances: Annotated[int, msgspec.Meta(ge=1)] = 200  # global capacity, all apps
-    claim_wait: Duration = Duration(2.0)  # a click waits this long for a ready instance
+    claim_wait: Duration = Duration(2.0)  # a click waits this long for a ready instance (gateways without the queue)
+    # a waiting student keeps their place in the queue while their page holds its connection or refreshes
+    # within this long; then the ticket lapses and the next in line moves up
+    queue_window: Interval = Interval(20.0)
     heartbeat_interval: Interval = Interval(5.0)  # gateway throttles activity per instance
     reconcile_interval: Interval = Interval(5.0)  # keeper's full reconcile period (swarm vs records)
     tick_interval: Interval = Interval(1.0)  # reaper and prober backstop period

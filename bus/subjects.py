@@ -36,6 +36,14 @@ class Subjects:
         """Wildcard the claimers subscribe to for releases."""
         return f"{self.prefix}.release.*"
 
+    def queue_seen(self, app: str) -> str:
+        """Publish: a gateway still holds some tickets' waiting pages of `app` (every functions host hears it)."""
+        return f"{self.prefix}.queue.seen.{app}"
+
+    def queue_seen_all(self) -> str:
+        """Wildcard the queue's hosts subscribe to."""
+        return f"{self.prefix}.queue.seen.*"
+
     def activity(self, app: str, instance_id: str) -> str:
         """Publish: a gateway reports client traffic and open connections of one instance."""
         return f"{self.prefix}.activity.{app}.{instance_id}"
@@ -119,6 +127,11 @@ class Subjects:
     def config_bucket(self) -> str:
         """KV bucket holding operator overrides (scale, pause), key ``pool.<app>``."""
         return f"{self._name}_config"
+
+    @property
+    def queue_bucket(self) -> str:
+        """KV bucket holding the queues: one ticket per waiting student, key ``<app>.<ticket>``."""
+        return f"{self._name}_queue"
 
     @property
     def leases_bucket(self) -> str:

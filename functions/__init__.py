@@ -6,6 +6,6 @@ from swarmpool.bus.runtime import Handlers
 
 
 def all_handlers() -> list[Handlers]:
-    from swarmpool.functions import activity, admin, claimer, clock, docker_events, keeper, prober, reaper
+    from swarmpool.functions import activity, admin, claimer, clock, docker_events, keeper, prober, queue, reaper
 
-    return [m.handlers for m in (keeper, prober, claimer, activity, reaper, docker_events, clock, admin)]
+    return [m.handlers for m in (keeper, prober, claimer, queue, activity, reaper, docker_events, clock, admin)]

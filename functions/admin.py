@@ -27,6 +27,7 @@ from swarmpool.bus.verbs import Verb
 from swarmpool.catalogue import CatalogueError, check_images, check_network, parse, restart_only_changes
 from swarmpool.functions import keeper, lifecycle
 from swarmpool.functions.policy import counts, spec_version, target
+from swarmpool.functions.queue import queue_length
 from swarmpool.guardrails import trust_flags, trust_summary
 from swarmpool.ids import short_id
 
@@ -56,7 +57,8 @@ def status_of(ctx: Context, app: str) -> AppStatus:
                      starting=c["starting"], ready=c["ready"], claimed=c["claimed"], retiring=c["retiring"],
                      failed=c["failed"], claim_seconds=None if claim is None else round(claim, 4),
                      ready_seconds=_median(ready_times),
-                     trusted=trust_flags(spec, ctx.settings) if spec is not None else [])
+                     trusted=trust_flags(spec, ctx.settings) if spec is not None else [],
+                     queued=queue_length(ctx, app))
 
 
 def _statuses(ctx: Context, apps: list[str]) -> dict[str, AppStatus]:

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 import msgspec
 
 from swarmpool.bus.links import Links, short_link
-from swarmpool.bus.messages import ClaimRefused, ClaimReply, ClaimRequest, Claimed, Released, ReleaseRequest
+from swarmpool.bus.messages import (ClaimRefused, ClaimReply, ClaimRequest, Claimed, Queued, Released, ReleaseRequest,
+                                    Ticket)
+from swarmpool.bus.queue import Placed, TicketStore
 from swarmpool.bus.runtime import Context, Handlers
-from swarmpool.bus.state import Conflict
+from swarmpool.bus.state import Conflict, Versioned
 from swarmpool.functions import lifecycle
 from swarmpool.functions.policy import claimable, live_sessions
+from swarmpool.functions.queue import QueueState, tickets_of
+from swarmpool.ids import new_instance_id
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +62,38 @@ async def browser_turn(state: ClaimerState, key: str) -> AsyncIterator[None]:
 handlers = Handlers(state=ClaimerState)
 
 
-async def try_claim(ctx: Context, app: str, browser: str = "") -> Claimed | None:
-    """One pass over the ready instances, oldest first (the mirror keeps them in order: no sort per click);
-    None when none could be won."""
+async def try_claim(ctx: Context, app: str, browser: str = "", skip: set[str] | None = None) -> Claimed | None:
+    """One pass over the ready instances (but those in `skip`, keys), oldest first (the mirror keeps them in
+    order: no sort per click); None when none could be won."""
     claiming = ctx.state(ClaimerState).claiming
-    passed: set[str] = set()  # keys this pass tried or may not hand out
+    passed: set[str] = set(skip or ())  # keys this pass tried or may not hand out
     while (current := ctx.store.oldest_ready(app, skip=passed | claiming if claiming else passed)) is not None:
-        record = current.instance
-        passed.add(record.key)
-        if not claimable(record):
+        passed.add(current.instance.key)
+        if not claimable(current.instance):
             continue
-        claiming.add(record.key)  # concurrent local claims try different instances
-        try:
-            now = ctx.clock()
-            won = await ctx.store.cas(current, msgspec.structs.replace(
-                current.instance, state="claimed", claimed_at=now, last_activity=now, browser=browser))
-        except Conflict:
-            continue  # another claimer (or host) was faster: try the next one
-        finally:
-            claiming.discard(record.key)
-        spec = ctx.app(app)
-        assert spec is not None
-        log.info("claimed %s", won.instance.short)
-        return Claimed(id=won.instance.id, app=app, endpoint=won.instance.endpoint, deep_link=spec.deep_link)
+        won = await _take(ctx, current, browser)
+        if won is not None:
+            return won
     return None
+
+
+async def _take(ctx: Context, current: Versioned, browser: str) -> Claimed | None:
+    """CAS one ready instance to claimed for `browser`; None when another claim won it."""
+    claiming = ctx.state(ClaimerState).claiming
+    key = current.instance.key
+    claiming.add(key)  # concurrent local claims try different instances
+    try:
+        now = ctx.clock()
+        won = await ctx.store.cas(current, msgspec.structs.replace(
+            current.instance, state="claimed", claimed_at=now, last_activity=now, browser=browser))
+    except Conflict:
+        return None  # another claimer (or host) was faster
+    finally:
+        claiming.discard(key)
+    spec = ctx.app(current.instance.app)
+    assert spec is not None
+    log.info("claimed %s", won.instance.short)
+    return Claimed(id=won.instance.id, app=won.instance.app, endpoint=won.instance.endpoint, deep_link=spec.deep_link)
 
 
 # the app travels in the request and must be the subject's: bus permissions protect subjects
@@ -96,6 +108,8 @@ async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
         ctx.metrics.claims.labels(app, "paused").inc()
         return ClaimRefused(app=app, reason="paused", retry_after=10)
     spec = ctx.app(app)
+    if request.ticket:
+        return await _claim_for_ticket(ctx, request)
     if not request.link:
         if spec is not None and spec.require_link:
             ctx.metrics.claims.labels(app, "link_missing").inc()
@@ -119,7 +133,11 @@ async def claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
 
 
 async def _claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
-    """Wait (at most the request's wait) for a ready instance, within the browser's limit."""
+    """Wait (at most the request's wait) for a ready instance, within the browser's limit; or, for a
+    gateway that serves the queue, take one at once or join the queue."""
+    store = await tickets_of(ctx) if request.queue and request.browser else None
+    if store is not None:
+        return await _claim_or_queue(ctx, request, store)
     app = request.app
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -130,15 +148,16 @@ async def _claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
             # the engine was out of sight (restart, stream gap): records may name dead instances
             ctx.metrics.claims.labels(app, "reconciling").inc()
             return ClaimRefused(app=app, reason="empty", retry_after=RECONCILING_RETRY)
+        held = _held(ctx.state(QueueState).tickets, app)  # never an instance held for a ticket's turn
         if limit:
             async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
                 mine = live_sessions(ctx.store.sessions(app, request.browser), request.browser)
                 if len(mine) >= limit:
                     ctx.metrics.claims.labels(app, "limit").inc()
                     return ClaimRefused(app=app, reason="limit", sessions=[r.id for r in mine])
-                claimed = await try_claim(ctx, app, request.browser)
+                claimed = await try_claim(ctx, app, request.browser, skip=held)
         else:
-            claimed = await try_claim(ctx, app)
+            claimed = await try_claim(ctx, app, skip=held)
         if claimed is not None:
             ctx.metrics.claims.labels(app, "claimed").inc()
             ctx.metrics.observe_claim(app, loop.time() - started)
@@ -148,6 +167,118 @@ async def _claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
             ctx.metrics.claims.labels(app, "empty").inc()
             return ClaimRefused(app=app, reason="empty", retry_after=3)
         await ctx.store.wait_changed(remaining)
+
+
+def _limit_refusal(ctx: Context, app: str, browser: str) -> ClaimRefused | None:
+    """The browser's limit reached (its sessions named), or None."""
+    limit = ctx.settings.per_browser_limit if browser else 0
+    mine = live_sessions(ctx.store.sessions(app, browser), browser) if limit else []
+    if limit and len(mine) >= limit:
+        ctx.metrics.claims.labels(app, "limit").inc()
+        return ClaimRefused(app=app, reason="limit", sessions=[r.id for r in mine])
+    return None
+
+
+def _held(store: TicketStore | None, app: str) -> set[str]:
+    """Keys of the ready instances held for tickets whose turn came."""
+    if store is None:
+        return set()
+    return {f"{app}.{p.ticket.instance}" for p in store.queue(app) if p.ticket.state == "turn"}
+
+
+def _queued(ctx: Context, store: TicketStore, placed: Placed) -> Queued:
+    ticket = placed.ticket
+    return Queued(app=ticket.app, ticket=ticket.id, position=store.position(ticket.app, ticket.id) or 1)
+
+
+async def _claim_or_queue(ctx: Context, request: ClaimRequest, store: TicketStore) -> ClaimReply:
+    """Nobody waiting: the oldest ready instance, as before. Else (or none ready): a place in line, or the
+    browser's ticket it already holds (a second click keeps the place); the cap full: "full"."""
+    app = request.app
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    if not await ctx.config.wait_trusted(min(max(request.wait, 0.0), MAX_WAIT)):
+        ctx.metrics.claims.labels(app, "reconciling").inc()
+        return ClaimRefused(app=app, reason="empty", retry_after=RECONCILING_RETRY)
+    async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
+        refused = _limit_refusal(ctx, app, request.browser)
+        if refused is not None:
+            return refused
+        queue = store.queue(app)
+        for placed in queue:
+            if placed.ticket.browser == request.browser:
+                ctx.metrics.claims.labels(app, "queued").inc()
+                return _queued(ctx, store, placed)
+        if not store.line(app):  # nobody waits (tickets whose page never came hold no place)
+            claimed = await try_claim(ctx, app, request.browser, skip=_held(store, app))
+            if claimed is not None:
+                ctx.metrics.claims.labels(app, "claimed").inc()
+                ctx.metrics.observe_claim(app, loop.time() - started)
+                return claimed
+        spec = ctx.app(app)
+        cap = spec.pool.queue_max if spec is not None else None
+        if cap is not None and len(queue) >= cap:
+            ctx.metrics.claims.labels(app, "full").inc()
+            return ClaimRefused(app=app, reason="full", retry_after=30)
+        placed = await store.join(Ticket(id=new_instance_id(), app=app, browser=request.browser,
+                                         link=request.link, at=ctx.clock()))
+    ctx.metrics.claims.labels(app, "queued").inc()
+    log.info("ticket %s.%s joined the queue", app, placed.ticket.id[:4])
+    return _queued(ctx, store, placed)
+
+
+async def _claim_for_ticket(ctx: Context, request: ClaimRequest) -> ClaimReply:
+    """A ticket's browser came for its turn: claim the instance held for it (its lecture link counted now).
+    Not its turn yet: its place. Its instance lost meanwhile: first in line again."""
+    app = request.app
+    store = await tickets_of(ctx)
+    placed = store.get(app, request.ticket) if store is not None else None
+    if store is None or placed is None or not request.browser or placed.ticket.browser != request.browser:
+        ctx.metrics.claims.labels(app, "ticket").inc()
+        return ClaimRefused(app=app, reason="ticket", retry_after=0)
+    if placed.ticket.state != "turn":
+        return _queued(ctx, store, placed)
+    link = placed.ticket.link
+    links = Links(ctx.config.kv)
+    if link:
+        refused_link = await links.reserve(link, app, ctx.clock())
+        if refused_link is not None:
+            await store.remove(placed)
+            ctx.metrics.claims.labels(app, refused_link).inc()
+            return ClaimRefused(app=app, reason=refused_link, retry_after=0)
+    reply: ClaimReply | None = None
+    try:
+        reply = await _serve_turn(ctx, store, placed, request.browser)
+        return reply
+    finally:
+        if link and not isinstance(reply, Claimed):
+            await ctx.isolated("give back a link's claim", links.give_back(link))
+
+
+async def _serve_turn(ctx: Context, store: TicketStore, placed: Placed, browser: str) -> ClaimReply:
+    app = placed.ticket.app
+    async with browser_turn(ctx.state(ClaimerState), f"{app}.{browser}"):
+        refused = _limit_refusal(ctx, app, browser)
+        if refused is not None:
+            await store.remove(placed)  # the limit page offers to end sessions; a new click queues again
+            return refused
+        current = ctx.store.get(app, placed.ticket.instance)
+        won = await _take(ctx, current, browser) if current is not None and current.instance.state == "ready" else None
+    if won is None:  # lost to a claim that did not see the queue yet: back to the head of the line
+        try:
+            placed = await store.cas(placed, msgspec.structs.replace(placed.ticket, state="waiting", instance="",
+                                                                     turn_at=None))
+        except Conflict:
+            pass
+        return _queued(ctx, store, placed)
+    if not await store.remove(placed):
+        fresh = store.get(app, placed.ticket.id)
+        if fresh is not None:
+            await store.remove(fresh)
+    ctx.metrics.claims.labels(app, "claimed").inc()
+    ctx.metrics.observe_claim(app, max(0.0, ctx.clock() - placed.ticket.at))
+    log.info("ticket %s.%s served", app, placed.ticket.id[:4])
+    return won
 
 
 # a browser at its limit ends its own sessions (they are found by its key, never by id: nothing to forge)

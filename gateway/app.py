@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from swarmpool.bus.client import Bus
+from swarmpool.bus.queue import TicketStore
 from swarmpool.bus.spec import AppSpec, Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -21,6 +22,7 @@ from swarmpool.gateway.visits import VisitLog
 from swarmpool.gateway.context import GATEWAY, UPSTREAM, Gateway
 from swarmpool.gateway.framing import apply_frame_policy
 from swarmpool.gateway.metrics import GatewayMetrics
+from swarmpool.gateway.queue import QueueView, RefillRate
 from swarmpool.gateway.routing import RouteTable
 from swarmpool.ids import instance_prefix, valid_id
 
@@ -33,10 +35,11 @@ INSTANCE_ROUTE = instance_prefix("{id}")  # /i/{id}/: the layout comes from swar
 
 def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: Catalogue,
              host_label: str = "gw", clock: Callable[[], float] = time.time,
-             monotonic: Callable[[], float] = time.monotonic) -> web.Application:
+             monotonic: Callable[[], float] = time.monotonic, tickets: TicketStore | None = None) -> web.Application:
     """The gateway app; its cleanup context owns the heartbeat task and the upstream session.
 
-    `clock` stamps heartbeats and `monotonic` throttles them (tests inject both).
+    `clock` stamps heartbeats and `monotonic` throttles them (tests inject both); with `tickets` (the queue
+    bucket's mirror) clicks that find no instance wait in line, else in the waiting room that retries.
     """
     routes = RouteTable(catalogue)
     visits = VisitLog(bus.publish, subjects, host_label, clock=clock)
@@ -44,6 +47,9 @@ def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: C
                                clock=clock, monotonic=monotonic, on_settled=visits.page)
     gw = Gateway(bus=bus, subjects=subjects, store=store, catalogue=catalogue, host_label=host_label,
                  routes=routes, activity=activity, metrics=GatewayMetrics(), visits=visits)
+    if tickets is not None:
+        gw.queue = QueueView(tickets=tickets, publish=bus.publish, subjects=subjects, host_label=host_label,
+                             rate=RefillRate(clock))
     routes.on_removed(activity.forget)
     routes.on_removed(lambda instance_id: _close_sockets(gw, instance_id))
 
@@ -55,6 +61,8 @@ def make_app(*, bus: Bus, subjects: Subjects, store: InstanceStore, catalogue: C
     app.router.add_get("/", launch.index)
     app.router.add_get("/launch/{app}", launch.launch, allow_head=False)
     app.router.add_post("/launch/{app}", launch.end_sessions)  # the limit page's "end my sessions"
+    app.router.add_get("/launch/{app}/ticket/{ticket}", launch.ticket, allow_head=False)  # a place in line
+    app.router.add_get("/launch/{app}/ticket/{ticket}/wait", launch.ticket_wait, allow_head=False)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
     app.router.add_get("/robots.txt", launch.robots)
@@ -83,14 +91,23 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gw.routes.fill(gw.store.all())  # no await since subscribing: no change can slip between
     heartbeats = asyncio.create_task(gw.activity.run(), name="gateway-heartbeats")
     recording = asyncio.create_task(gw.visits.run(), name="gateway-visits")
+    waiting: asyncio.Task[None] | None = None
+    stop_rate: Callable[[], None] = lambda: None
+    if gw.queue is not None:  # the waiting pages this gateway holds, told to the functions; the refill rate
+        stop_rate = gw.store.on_change(gw.queue.rate.on_change)
+        waiting = asyncio.create_task(gw.queue.run(lambda: float(gw.catalogue.settings.queue_window)),
+                                      name="gateway-queue-heartbeats")
     log.info("gateway %s up with %d routes", gw.host_label, len(gw.routes))
     try:
         yield
     finally:
         stop_routing()
+        stop_rate()
         heartbeats.cancel()
         recording.cancel()
-        await asyncio.gather(heartbeats, recording, return_exceptions=True)
+        if waiting is not None:
+            waiting.cancel()
+        await asyncio.gather(heartbeats, recording, *([waiting] if waiting else []), return_exceptions=True)
         if gw.bus.is_connected:
             try:
                 await asyncio.wait_for(gw.activity.flush(force=True), 2)
@@ -191,17 +208,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     """Public availability per app, aggregate only (no ids, no sessions): available, busy (no warm
-    instance now: a click waits), or not accepting (paused or drained: nothing warm, nothing starting)."""
+    instance now: a click waits), or not accepting (paused or drained: nothing warm, nothing starting);
+    and how many students wait in its queue."""
     gw = request.app[GATEWAY]
     apps = {}
     for name in gw.catalogue.apps:
         records = gw.store.all(name)
         ready = sum(r.state == "ready" for r in records)
         starting = sum(r.state == "starting" for r in records)
-        apps[name] = {"status": "available" if ready else "busy" if starting else "unavailable", "ready": ready}
+        queued = gw.queue.tickets.length(name) if gw.queue is not None else 0
+        apps[name] = {"status": "available" if ready and not queued else "busy" if starting or queued
+                      else "unavailable", "ready": ready, "queued": queued}
     return web.json_response({"apps": apps}, headers={"Cache-Control": "no-store"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    if gw.queue is not None:
+        for name in gw.catalogue.apps:
+            gw.metrics.queued.labels(name).set(gw.queue.tickets.length(name))
     return web.Response(body=gw.metrics.render(), headers={"Content-Type": gw.metrics.content_type})

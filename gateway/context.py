@@ -11,12 +11,13 @@ from aiohttp import web
 
 from swarmpool.bus.client import Bus
 from swarmpool.bus.links import KeysMirror
-from swarmpool.bus.messages import Claimed, ClaimRefused, ErrorReply, Released
+from swarmpool.bus.messages import Claimed, ClaimRefused, ErrorReply, Queued, Released
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway.activity import ActivityTracker
 from swarmpool.gateway.metrics import GatewayMetrics
+from swarmpool.gateway.queue import QueueView
 from swarmpool.gateway.routing import RouteTable
 from swarmpool.gateway.static_cache import StaticCache
 from swarmpool.gateway.visits import VisitLog
@@ -35,8 +36,8 @@ class Gateway:
     activity: ActivityTracker
     metrics: GatewayMetrics
     visits: VisitLog  # clicks and page loads, into the event log (the report)
-    claim_decoder: msgspec.json.Decoder[Claimed | ClaimRefused | ErrorReply] = field(
-        default_factory=lambda: msgspec.json.Decoder(Claimed | ClaimRefused | ErrorReply))
+    claim_decoder: msgspec.json.Decoder[Claimed | ClaimRefused | Queued | ErrorReply] = field(
+        default_factory=lambda: msgspec.json.Decoder(Claimed | ClaimRefused | Queued | ErrorReply))
     release_decoder: msgspec.json.Decoder[Released | ErrorReply] = field(
         default_factory=lambda: msgspec.json.Decoder(Released | ErrorReply))
     open_sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)  # id -> client sockets
@@ -44,6 +45,7 @@ class Gateway:
     static: StaticCache | None = None  # the shared static cache (made on first use, sized by the settings)
     catalogue_version: str = ""
     link_keys: KeysMirror | None = None  # lecture links' signing keys (None: no link verifies)
+    queue: QueueView | None = None  # the queues (None: no queue bucket: the waiting room that retries, as before)
 
     def use(self, catalogue: Catalogue, version: str) -> None:
         """Follow a reloaded catalogue (listener settings, like timeouts, keep their values until restart)."""

@@ -312,7 +312,8 @@ def live_html(dash: Dashboard) -> str:
     rows = "".join(
         f'<tr class="pool" data-app="{html.escape(a.app)}" data-ready="{a.ready}" data-paused="{str(a.paused).lower()}">'
         f"<th>{html.escape(a.app)}</th><td>{_bar(a)}</td>"
-        f"<td>{a.ready} ready · {a.starting} starting · {a.claimed} in use · {a.failed} failed · target {a.target} "
+        f"<td>{a.ready} ready · {a.starting} starting · {a.claimed} in use · {a.failed} failed · "
+        f"{a.queued} waiting in line · target {a.target} "
         f"({html.escape(a.target_source)})</td></tr>" for a in dash.pools.values())
     events = "\n".join(html.escape(e) for e in dash.events) or "(no events since the dashboard started)"
     error = f'<p class="err">{html.escape(dash.error)}</p>' if dash.error else ""

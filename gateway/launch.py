@@ -18,7 +18,7 @@ from aiohttp import web
 
 from swarmpool.bus.client import BusError, NoResponders, RequestTimeout
 from swarmpool.bus.links import Verified, short_link
-from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply, Released, ReleaseRequest
+from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, ErrorReply, Queued, Released, ReleaseRequest
 from swarmpool.bus.spec import AppSpec
 from swarmpool.gateway import pages
 from swarmpool.gateway.context import BROWSER_COOKIE, GATEWAY, HTTPS_BROWSER_COOKIE, Gateway, wants_json
@@ -26,6 +26,8 @@ from swarmpool.gateway.framing import embeddable, third_party_cookie
 from swarmpool.gateway.metrics import UNKNOWN_APP
 from swarmpool.gateway.intent import launch_verdict
 from swarmpool.gateway.origin import launch_location, public_scheme
+from swarmpool.gateway.queue import (KEEPALIVE, browser_of, event, place_text, refresh_seconds, ticket_path,
+                                     valid_ticket)
 from swarmpool.ids import short_id, valid_id
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,9 @@ async def launch(request: web.Request) -> web.StreamResponse:
             gw.visits.click(spec.name, "refused", cause="frame", link=short_link(link_id))
         return _not_a_click(request, spec, verdict, link)
 
-    browser, new_cookie = browser_key(request) if gw.catalogue.settings.per_browser_limit else ("", None)
+    # the queue binds a ticket to the browser cookie, so with it the cookie is kept even without a limit
+    keyed = gw.catalogue.settings.per_browser_limit or gw.queue is not None
+    browser, new_cookie = browser_key(request) if keyed else ("", None)
     response = await _answer(request, gw, spec, browser, link, link_id)
     if new_cookie is not None:
         if _https(request) and embeddable(spec.frame_ancestors):
@@ -145,19 +149,23 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
     room (whose retry keeps the lecture link `link`)."""
     wait = float(gw.catalogue.settings.claim_wait)
     started = time.monotonic()
-    reply = await _claim(gw, spec.name, wait, browser, link_id)
+    # API clients (JSON) keep the waiting room that they retry themselves: a place in line needs its page
+    queue = gw.queue is not None and bool(browser) and not wants_json(request)
+    reply = await _claim(gw, spec.name, wait, browser, link_id, queue=queue)
     gw.metrics.claim_latency.labels(spec.name).observe(time.monotonic() - started)
 
     visit = partial(gw.visits.click, spec.name, browser=browser, link=short_link(link_id))
     if isinstance(reply, Claimed):
-        visit("served", instance_id=reply.id)
-        gw.routes.add_claimed(reply.id, spec.name, reply.endpoint)
-        gw.metrics.launches.labels(spec.name, "claimed").inc()
-        log.debug("launch %s: claimed %s", spec.name, short_id(spec.name, reply.id))  # the claimer logs it at INFO
-        settings = gw.catalogue.settings
-        location = launch_location(request, settings.instance_domain, reply.id, reply.deep_link,
-                                   settings.trusted_proxies)
-        return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+        return _served(request, gw, spec, reply, visit)
+    if isinstance(reply, Queued):  # no instance now: a place in line, on its own page (bound to this browser)
+        visit("waiting", cause="queued")
+        gw.metrics.launches.labels(spec.name, "queued").inc()
+        return web.Response(status=303, headers={"Location": ticket_path(spec.name, reply.ticket),
+                                                 "Cache-Control": "no-store"})
+    if isinstance(reply, ClaimRefused) and reply.reason == "full":
+        gw.metrics.launches.labels(spec.name, "full").inc()
+        visit("refused", cause="full")
+        return _full(request, spec, reply)
 
     if isinstance(reply, ClaimRefused) and reply.reason == "limit":
         gw.metrics.launches.labels(spec.name, "limit").inc()
@@ -187,6 +195,124 @@ async def _answer(request: web.Request, gw: Gateway, spec: AppSpec, browser: str
                                   "retry_after": retry}, status=503, headers=headers)
     return web.Response(text=pages.waiting_page(spec, retry, paused=paused, link=link), content_type="text/html",
                         status=503, headers=headers)
+
+
+def _served(request: web.Request, gw: Gateway, spec: AppSpec, reply: Claimed,
+            visit: partial[None]) -> web.Response:
+    """303 to the fresh session (its route known here at once)."""
+    visit("served", instance_id=reply.id)
+    gw.routes.add_claimed(reply.id, spec.name, reply.endpoint)
+    gw.metrics.launches.labels(spec.name, "claimed").inc()
+    log.debug("launch %s: claimed %s", spec.name, short_id(spec.name, reply.id))  # the claimer logs it at INFO
+    settings = gw.catalogue.settings
+    location = launch_location(request, settings.instance_domain, reply.id, reply.deep_link,
+                               settings.trusted_proxies)
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def _full(request: web.Request, spec: AppSpec, reply: ClaimRefused) -> web.Response:
+    """The app's queue holds pool.queue_max students: 503, try again later."""
+    retry = max(1, math.ceil(reply.retry_after))
+    headers = {"Retry-After": str(retry), "Cache-Control": "no-store"}
+    if wants_json(request):
+        return web.json_response({"status": "full", "app": spec.name, "retry_after": retry}, status=503,
+                                 headers=headers)
+    return web.Response(text=pages.full_page(spec, retry), content_type="text/html", status=503, headers=headers)
+
+
+def _ticket_gone(request: web.Request, spec: AppSpec) -> web.Response:
+    """A ticket that lapsed, was served, or is another browser's: 404, and a link to start again."""
+    headers = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
+    if wants_json(request):
+        return web.json_response({"status": "no_ticket", "app": spec.name}, status=404, headers=headers)
+    return web.Response(text=pages.ticket_gone_page(spec), content_type="text/html", status=404, headers=headers)
+
+
+def _browser_of_request(request: web.Request) -> str:
+    cookie, twice = browser_cookie(request)
+    return browser_of(cookie) if cookie and not twice and _BROWSER_VALUE.fullmatch(cookie) else ""
+
+
+async def ticket(request: web.Request) -> web.StreamResponse:
+    """GET /launch/<app>/ticket/<ticket>: the waiting student's place, or on their turn 303 to their session."""
+    gw = request.app[GATEWAY]
+    spec = gw.catalogue.apps.get(request.match_info["app"])
+    ticket_id = request.match_info["ticket"]
+    if spec is None or gw.queue is None or not valid_ticket(ticket_id):
+        return web.Response(text=pages.unknown_app_page(), content_type="text/html", status=404,
+                            headers={"Cache-Control": "no-store"})
+    verdict = launch_verdict(request.headers, spec.frame_ancestors)
+    if verdict == "frame" and spec.frame_ancestors and "'none'" not in spec.frame_ancestors:
+        # the launch's 303 inside an allowed course page's frame arrives cross-site without a Referer; the ticket
+        # came from a launch whose frame passed, and the page's frame-ancestors keep it out of any other parent
+        verdict = "claim"
+    if verdict != "claim":  # a prefetch or a script's fetch never takes the turn (nor learns where it leads)
+        gw.metrics.launches.labels(spec.name, verdict).inc()
+        return _not_a_click(request, spec, verdict)
+    browser = _browser_of_request(request)
+    placed = await gw.queue.find(spec.name, ticket_id, browser)
+    if placed is None:
+        return _ticket_gone(request, spec)
+    await gw.queue.shown(spec.name, ticket_id)
+    if placed.ticket.state == "turn":
+        reply = await _claim(gw, spec.name, float(gw.catalogue.settings.claim_wait), browser, ticket=ticket_id)
+        visit = partial(gw.visits.click, spec.name, browser=browser, link=short_link(placed.ticket.link))
+        if isinstance(reply, Claimed):
+            return _served(request, gw, spec, reply, visit)
+        if isinstance(reply, ClaimRefused) and reply.reason == "limit":
+            gw.metrics.launches.labels(spec.name, "limit").inc()
+            visit("refused", cause="limit")
+            return _limit(request, gw, spec, reply)
+        if isinstance(reply, ClaimRefused) and reply.reason in pages.LINK_REFUSALS:
+            gw.metrics.launches.labels(spec.name, reply.reason).inc()
+            visit("refused", cause=reply.reason)
+            return _link_refused(request, spec, reply.reason)
+        if isinstance(reply, ClaimRefused) and reply.reason == "ticket":
+            return _ticket_gone(request, spec)
+    where = gw.queue.where(spec.name, ticket_id)
+    refresh = refresh_seconds(float(gw.catalogue.settings.queue_window))
+    headers = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
+    if wants_json(request):
+        return web.json_response({"status": "queued", "app": spec.name, **where, "refresh": refresh},
+                                 headers=headers)
+    return web.Response(text=pages.queue_page(spec, place_text(where), refresh), content_type="text/html",
+                        headers=headers)
+
+
+async def ticket_wait(request: web.Request) -> web.StreamResponse:
+    """GET /launch/<app>/ticket/<ticket>/wait: the held connection (server-sent events) that keeps the place
+    while the page is open: the place as it moves, then "turn" (never where the session is)."""
+    gw = request.app[GATEWAY]
+    spec = gw.catalogue.apps.get(request.match_info["app"])
+    ticket_id = request.match_info["ticket"]
+    if spec is None or gw.queue is None or not valid_ticket(ticket_id):
+        return web.json_response({"status": "no_ticket"}, status=404, headers={"Cache-Control": "no-store"})
+    queue = gw.queue
+    if await queue.find(spec.name, ticket_id, _browser_of_request(request)) is None:
+        return web.json_response({"status": "no_ticket"}, status=404, headers={"Cache-Control": "no-store"})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    release = queue.hold(spec.name, ticket_id)
+    try:
+        last: dict[str, object] | None = None
+        while request.transport is not None and not request.transport.is_closing():
+            placed = queue.tickets.get(spec.name, ticket_id)
+            if placed is None or placed.ticket.state == "turn":
+                await response.write(event("gone" if placed is None else "turn"))
+                break
+            where = queue.where(spec.name, ticket_id)
+            if where != last:
+                await response.write(event("position", {**where, "text": place_text(where)}))
+                last = where
+            else:
+                await response.write(b": held\n\n")
+            await queue.tickets.wait_changed(KEEPALIVE)
+    except (ConnectionResetError, ConnectionError):
+        pass  # the tab went: the place lapses once the queue window passes without it
+    finally:
+        release()
+    return response
 
 
 def is_preview_agent(user_agent: str) -> bool:
@@ -365,11 +491,12 @@ async def robots(request: web.Request) -> web.Response:
     return web.Response(text=ROBOTS_TXT, content_type="text/plain", headers={"Cache-Control": "max-age=3600"})
 
 
-async def _claim(gw: Gateway, app: str, wait: float, browser: str = "",
-                 link: str = "") -> Claimed | ClaimRefused | ErrorReply | None:
-    """Ask the claimers for one instance (counted on the verified lecture link `link`, an id); None when
-    nobody answered in time."""
-    request = ClaimRequest(app=app, wait=wait, browser=browser, link=link)
+async def _claim(gw: Gateway, app: str, wait: float, browser: str = "", link: str = "", *, queue: bool = False,
+                 ticket: str = "") -> Claimed | ClaimRefused | Queued | ErrorReply | None:
+    """Ask the claimers for one instance (counted on the verified lecture link `link`, an id), or a place in
+    the queue (`queue`), or the instance held for `ticket`; None when nobody answered in time."""
+    request = ClaimRequest(app=app, wait=wait, browser=browser, link=link, queue=queue or bool(ticket),
+                           ticket=ticket)
     try:
         data = await gw.bus.request(gw.subjects.claim(app), request, timeout=wait + CLAIM_GRACE)
     except NoResponders:

@@ -27,6 +27,8 @@ class GatewayMetrics:
                                     "Requests below an app's static paths: hit (answered from the shared cache), "
                                     "pass (the student's instance answered), fill (one fetch from a ready instance)",
                                     ["app", "outcome"], registry=self.registry)
+        self.queued = Gauge("swarmpool_queue_waiting", "Students waiting in the app's queue (all gateways)",
+                            ["app"], registry=self.registry)
         self.claim_latency = Histogram("swarmpool_gateway_claim_seconds", "Claim request latency",
                                        ["app"], registry=self.registry,
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))

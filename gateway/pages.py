@@ -133,3 +133,43 @@ def link_refused_page(app: AppSpec, why: str) -> str:
     """A launch that a lecture link does not allow: what happened and what to do, no session."""
     _, heading, text = LINK_REFUSALS[why]
     return _page(f"{app.title or app.name}: {heading}", f"<h1>{escape(heading)}</h1><p>{escape(text)}</p>")
+
+
+_WAIT_SCRIPT = (
+    # the held connection keeps the place; on "turn" (or when the ticket is gone) the page navigates to its own
+    # URL, which answers 303 to the session: no script ever reads where the session is
+    "<script>(function(){var es=new EventSource(location.pathname+'/wait'),errors=0;"
+    "es.addEventListener('position',function(e){errors=0;"
+    "document.getElementById('place').textContent=JSON.parse(e.data).text;});"
+    "function go(){es.close();location.replace(location.pathname);}"
+    "es.addEventListener('turn',go);es.addEventListener('gone',go);"
+    "es.onerror=function(){if(++errors>3){go();}};})();</script>"
+)
+
+
+def queue_page(app: AppSpec, place: str, refresh: int) -> str:
+    """A waiting student's place in line. With script a held connection keeps it (also in a background tab);
+    without, the page refreshes itself within the queue window."""
+    title = escape(app.title or app.name)
+    head = f"<noscript><meta http-equiv=\"refresh\" content=\"{refresh}\"></noscript>"
+    return _page(f"Waiting for {app.title or app.name}",
+                 f"<h1>All {title} sessions are taken: you are in line</h1>"
+                 f"<p id=\"place\">{escape(place)}</p>"
+                 "<p>Keep this page open: it takes you to your session when your turn comes. "
+                 "If you close it, your place goes to the next student.</p>" + _WAIT_SCRIPT, head)
+
+
+def full_page(app: AppSpec, retry_after: int) -> str:
+    """The app's queue is full: nobody more can wait in line now."""
+    title = escape(app.title or app.name)
+    return _page(f"{app.title or app.name} is full",
+                 f"<h1>This class is full</h1><p>All {title} sessions are taken and the line of students waiting "
+                 f"for one is as long as it may be. Try again in {retry_after} seconds, or ask your teacher.</p>"
+                 f"<p><a href=\"{escape(launch_href(app))}\">Try again</a></p>")
+
+
+def ticket_gone_page(app: AppSpec) -> str:
+    """A waiting page whose place is no longer held (it lapsed, was served, or belongs to another browser)."""
+    return _page("Place not held", "<h1>This place in line is not held any more</h1>"
+                 "<p>It lapsed when its page was closed, or it was opened in another browser.</p>"
+                 f"<p><a href=\"{escape(launch_href(app))}\">Get in line again</a></p>")

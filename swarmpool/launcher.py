@@ -11,7 +11,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -24,6 +24,7 @@ from swarmpool.bus.runtime import Context, connect
 from swarmpool.bus.spec import Catalogue, Settings
 from swarmpool.bus.messages import CatalogueFile
 from swarmpool.bus.links import KeysMirror
+from swarmpool.bus.queue import TicketStore
 from swarmpool.bus.state import CatalogueStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
@@ -199,9 +200,11 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
                           "first") from None
     catalogues = await CatalogueStore.open(nc, subjects)  # the catalogue on the bus (admin reload)
     link_keys = await KeysMirror.open(nc, subjects)  # lecture links' signing keys (admin rotate)
-    async with store, _closing(catalogues), _closing(link_keys):
+    tickets = await _open_queue(nc, subjects)
+    async with store, _closing(catalogues), _closing(link_keys), \
+            (_closing(tickets) if tickets is not None else nullcontext()):
         app = make_app(bus=Bus(nc), subjects=subjects, store=store, catalogue=catalogue,
-                       host_label=f"gw-{socket.gethostname()}-{os.getpid()}")
+                       host_label=f"gw-{socket.gethostname()}-{os.getpid()}", tickets=tickets)
         gw = app[GATEWAY]
         gw.link_keys = link_keys
 
@@ -225,6 +228,17 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
             yield runner
         finally:
             await runner.cleanup()
+
+
+async def _open_queue(nc: NATS, subjects: Subjects) -> TicketStore | None:
+    """The queues' mirror (read-only), or None when the functions have not made the bucket (an older version:
+    clicks then get the waiting room that retries)."""
+    try:
+        return await TicketStore.open(nc, subjects, create=False)
+    except BucketNotFoundError:
+        log.warning("no queue bucket in namespace %s: clicks that find no instance get the waiting room",
+                    subjects.prefix)
+        return None
 
 
 @asynccontextmanager

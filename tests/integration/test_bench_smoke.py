@@ -23,6 +23,7 @@ SMOKES: dict[str, tuple[list[str], str]] = {
     "bench-scale": (["-m", "bench.bench_scale", "--smoke"], "| click -> 303 |"),
     "bench-notebook": (["-m", "bench.bench_click_to_notebook", "--smoke"], "click via gateway (in page)"),
     "bench-class": (["-m", "bench.bench_class", "--smoke"], "| nginx + gateway"),
+    "bench-lecture": (["-m", "bench.bench_lecture", "--smoke"], "| queue order violations"),
     # the stack bench: the control image of this checkout, deployed on this machine's swarm (the slow one)
     "bench-claim-stack": (["-m", "bench.bench_claim", "--smoke", "--stack"], "`swarmpool deploy` on this node"),
     # Pluto: a warm, one more and a cold instance (minutes of Julia each): the slowest smoke

@@ -37,6 +37,7 @@ from swarmpool.host import functions_host
 from swarmpool.launcher import serve_gateway
 from swarmpool.natsd import EmbeddedNats, free_port
 from swarmpool.swarm import Swarm
+from bench.students import Attendance, attend, new_browser
 from bench.support import stop_child
 from tests.fixtures import random_namespace, register_namespace
 from tests.stack import echo_catalogue, wait_for
@@ -228,6 +229,43 @@ async def test_gateway_routes_and_claims_under_its_restricted_user(server: Embed
                              headers={"Cookie": f"{BROWSER_COOKIE}={cookie}", "Accept": "application/json"}) as ended:
             assert ended.status == 200 and (await ended.json())["ended"] == 1
     assert violations(log, since) == []
+
+
+async def test_the_queue_runs_under_the_roles_and_the_gateway_cannot_write_a_ticket(
+        server: EmbeddedNats, auth_namespace: str, echo_image: str) -> None:
+    """A click that finds no instance waits in line and is served, each part logged in as its role; the
+    gateway may read the queue and say which pages it holds, never write a ticket (a place or a turn)."""
+    log = server.state_dir / "nats-server.log"
+    since = len(log.read_text(errors="replace"))
+    catalogue = parse(echo_catalogue(size=1, max_=2), "test-catalogue")
+    s = Subjects(auth_namespace)
+    async with AsyncExitStack() as stack:
+        swarm = Swarm(auth_namespace)
+        stack.push_async_callback(swarm.close)
+        stack.push_async_callback(swarm.remove_all)
+        fn = await connect(server.url, access=server.access("functions"), inbox_prefix=s.inbox("functions"))
+        stack.push_async_callback(fn.close)
+        ctx = await stack.enter_async_context(functions_host(fn, catalogue, swarm, auth_namespace))
+        gw = await connect(server.url, access=server.access("gateway"), inbox_prefix=s.inbox("gateway"))
+        stack.push_async_callback(gw.close)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        await stack.enter_async_context(serve_gateway(gw, catalogue, auth_namespace, "127.0.0.1", port))
+        await wait_for(lambda: any(r.state == "ready" for r in ctx.store.all()), timeout=120, what="a ready instance")
+        first = await attend(await stack.enter_async_context(new_browser()), base, "echo", Attendance("first"))
+        assert first.outcome == "served" and not first.ticket
+        second = await attend(await stack.enter_async_context(new_browser()), base, "echo", Attendance("second"))
+        assert second.outcome == "served" and second.ticket and second.echoed, second
+        assert violations(log, since) == []
+
+        forger = await login(server, "gateway", auth_namespace)
+        try:
+            key = f"$KV.{s.queue_bucket}.echo.{'c' * 26}"
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError)):
+                await forger.nc.jetstream().publish(key, b"{}", timeout=1)
+            await forger.violation(key)
+        finally:
+            await forger.nc.close()
 
 
 async def rss_mb(pid: int) -> float:

@@ -119,11 +119,13 @@ class Clicks:
         self.http = http
 
     async def click(self) -> str | None:
-        """One click; the instance path it was sent to, or None for the waiting room."""
+        """One click; the instance path it was sent to, or None for the waiting room (or a place in line)."""
         async with self.http.get(f"{self.base}/launch/echo", allow_redirects=False) as r:
             await r.read()
-            if r.status == 303:
+            if r.status == 303 and "/ticket/" not in r.headers["Location"]:
                 return r.headers["Location"]
+            if r.status == 303:
+                return None
             assert r.status in (200, 503), f"a click answered {r.status}"
             return None
 
@@ -295,10 +297,12 @@ def instance_of(location: str) -> str:
 
 
 async def click(s: Stack) -> str | None:
-    """One click through the stack's gateway: the location of the instance, or None (waiting room)."""
+    """One click through the stack's gateway: the location of the instance, or None (waiting room, a place in line)."""
     response = await s.launch()
-    if response.status == 303:
+    if response.status == 303 and "/ticket/" not in response.headers["Location"]:
         return response.headers["Location"]
+    if response.status == 303:
+        return None
     assert response.status in (200, 503), f"a click answered {response.status}"
     return None
 

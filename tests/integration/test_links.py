@@ -25,6 +25,7 @@ from swarmpool.bus.runtime import encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.launcher import serve_dashboard, serve_gateway
 from swarmpool.natsd import free_port
+from bench.students import Attendance, wait_turn
 from tests.stack import Stack, cli_process, echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
@@ -169,7 +170,7 @@ async def _status(answer: object, expected: int) -> bool:
     return bool(status == expected)
 
 
-async def test_the_waiting_room_and_the_browser_limit_keep_the_link_and_count_nothing(
+async def test_a_place_in_line_and_the_browser_limit_keep_the_link_and_count_nothing(
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     text = catalogue(size=1).replace("max = 3", "max = 1", 1)
     text = text.replace("max_instances = 120", "max_instances = 120\nper_browser_limit = 1", 1)
@@ -189,17 +190,21 @@ async def test_the_waiting_room_and_the_browser_limit_keep_the_link_and_count_no
                 session = first.headers["Location"].split("/")[2]
             async with alice.get(url, allow_redirects=False) as again:  # her browser's limit: 1
                 assert again.status == 429 and f'action="{kept}"' in await again.text()
-            async with bob.get(url, allow_redirects=False) as waiting:  # the pool is full: the waiting room
-                assert waiting.status == 503
-                page = await waiting.text()
-                assert f'url={kept}"' in page and f'href="{kept}"' in page
-            assert await claims() == 1  # neither the limit nor the waiting room counted
+            async with bob.get(url, allow_redirects=False) as waiting:  # the pool is full: a place in line
+                assert waiting.status == 303
+                ticket = waiting.headers["Location"]
+                assert ticket.startswith("/launch/echo/ticket/") and token not in ticket
+            async with bob.get(s.url + ticket, allow_redirects=False) as page:  # the waiting page
+                assert page.status == 200
+            assert await claims() == 1  # neither the limit nor a place in line counted
+            # bob's page holds its place (the ticket keeps the link: counted when his turn comes)
+            holding = asyncio.create_task(wait_turn(bob, s.url, ticket, Attendance("bob")))
 
             code, _, err = await cli(nats_server.url, namespace, "admin", "retire", session)
             assert code == 0, err
-            await s.wait_ready(1)
-            async with bob.get(s.url + kept, allow_redirects=False) as retry:  # the waiting room's retry
-                assert retry.status == 303
+            assert await asyncio.wait_for(holding, timeout=120)
+            async with bob.get(s.url + ticket, allow_redirects=False) as turn:  # the page goes to its own URL
+                assert turn.status == 303 and turn.headers["Location"].startswith("/i/")
             assert await claims() == 2
         assert (await click(url))[0] == 410
 

@@ -257,6 +257,17 @@ async def test_other_paths_are_not_rate_limited(front: Front) -> None:
                 assert r.status == 200
 
 
+async def test_the_queues_waiting_pages_are_not_rate_limited(front: Front) -> None:
+    """A class waiting in line behind one address refreshes its pages and holds their connections."""
+    page = f"{front.url}/launch/demo/ticket/{new_instance_id()}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(LAUNCH_BURST + 5):
+            async with http.get(page, allow_redirects=False) as r:
+                assert r.status != 429
+            async with http.get(page + "/wait", allow_redirects=False) as r:
+                assert r.status != 429
+
+
 def test_tls_config_is_valid(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(

@@ -1,0 +1,363 @@
+"""A lecture: N students arrive over a window against a pool smaller than the class, on `swarmpool up`.
+
+Each student is a plain HTTP + WebSocket client (bench/students.py), not a browser: it clicks the app's link,
+waits in line as a page with script does (the held connection, then the ticket URL's 303), loads the
+instance's page, opens its WebSocket and sends a few messages, then leaves (closes everything) or idles
+(keeps the WebSocket open until the lecture ends). "Served" is when the instance answered the student's page.
+
+Prints time to served (p50, p99, max; all students and those who waited in line), queue order violations
+(turns handed out while an earlier place in line still waited, read from the queue bucket, and students served
+directly while an earlier clicker still waited), the refill rate against the engine's own rate for the same
+image measured in the same run (services created 8 at a time until their containers say ready), the control
+plane's memory and CPU (`up`: functions + gateway, and its nats-server), and what is left at the end.
+
+    python -m bench.bench_lecture [--students 200] [--pool 60] [--window 60] [--leave 0.5] [--smoke]
+
+`--smoke`: 6 students on a pool of 2 over 2 s, so CI sees the bench still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import docker
+
+from bench.students import Attendance, attend, new_browser
+from bench.support import pct, stop_child
+from swarmpool.bus.messages import Instance, Ticket
+from swarmpool.bus.queue import TicketStore
+from swarmpool.bus.roles import Access, credentials_path
+from swarmpool.bus.runtime import connect
+from swarmpool.bus.state import InstanceStore
+from swarmpool.bus.subjects import Subjects
+from swarmpool.natsd import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "swarmpool/echo:latest"
+ENGINE_BATCH = 8  # services the engine baseline creates at once (as the issue measured it)
+
+
+def catalogue(students: int, pool: int) -> str:
+    return f"""
+[settings]
+max_instances = {students + pool + 10}
+tick_interval = 0.5
+reconcile_interval = 2
+heartbeat_interval = 1
+[apps.echo]
+title = "Echo"
+image = "{IMAGE}"
+build = "{ROOT}/apps/echo/build.sh"
+port = 8888
+deep_link = "hello"
+[apps.echo.probe]
+path = "healthz"
+log_marker = "echo ready"
+timeout = "600s"
+interval = 0.2
+[apps.echo.pool]
+size = {pool}
+max = {students + pool}
+[apps.echo.session]
+disconnect_grace = "5s"
+idle_timeout = "30m"
+[apps.echo.limits]
+memory = "96m"
+"""
+
+
+@dataclass
+class Watch:
+    """What the bench reads from the bus while the lecture runs (logged in as a gateway: read-only)."""
+
+    violations: int = 0  # turns handed out while an earlier confirmed place still waited
+    turns: int = 0
+    ready_at: list[float] = field(default_factory=list)  # wall-clock times of ready transitions
+    peak_queue: int = 0
+
+    def on_ticket(self, store: TicketStore, old: Ticket | None, new: Ticket | None) -> None:
+        self.peak_queue = max(self.peak_queue, store.length("echo"))
+        if new is None or new.state != "turn" or (old is not None and old.state == "turn"):
+            return
+        self.turns += 1
+        mine = store.get(new.app, new.id)
+        if mine is None:
+            return
+        if any(p.ticket.confirmed and p.ticket.state == "waiting" and p.seq < mine.seq for p in store.queue(new.app)):
+            self.violations += 1
+
+    def on_instance(self, old: Instance | None, new: Instance | None) -> None:
+        if new is not None and new.state == "ready" and (old is None or old.state != "ready"):
+            self.ready_at.append(time.time())
+
+
+@dataclass
+class Usage:
+    """Peak memory and CPU seconds of the control plane's processes (`up` and its nats-server)."""
+
+    pids: dict[str, int]
+    peak_mb: dict[str, float] = field(default_factory=dict)
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    cpu_end: dict[str, float] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), rss_mb(pid))
+
+    def cpu(self, into: dict[str, float]) -> None:
+        for name, pid in self.pids.items():
+            into[name] = cpu_seconds(pid)
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return 0.0
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def engine_rate(count: int, label: str) -> tuple[float, float]:
+    """The engine's own rate for the image: `count` bare services created ENGINE_BATCH at a time, timed until each
+    container's log says ready. (services per second, seconds); every service removed after."""
+    client = docker.from_env()
+    names = [f"{label}-{i}" for i in range(count)]
+    started = time.monotonic()
+    try:
+        pending = list(names)
+        live: list[str] = []
+        while pending or live:
+            while pending and len(live) < ENGINE_BATCH:
+                name = pending.pop(0)
+                client.services.create(IMAGE, name=name, labels={"swarmpool.bench": label},
+                                       resources=docker.types.Resources(mem_limit=96 * 1024**2))
+                live.append(name)
+            for name in list(live):
+                if _answers(client, name):
+                    live.remove(name)
+            time.sleep(0.1)
+        return count / (time.monotonic() - started), time.monotonic() - started
+    finally:
+        for service in client.services.list(filters={"label": f"swarmpool.bench={label}"}):
+            service.remove()
+        client.close()
+
+
+def _answers(client: docker.DockerClient, name: str) -> bool:
+    for container in client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}"}):
+        if b"echo ready" in container.logs(tail=20):
+            return True
+    return False
+
+
+def services_left(label: str) -> int:
+    client = docker.from_env()
+    try:
+        return len(client.services.list(filters={"label": f"swarmpool.owner={label}"}))
+    finally:
+        client.close()
+
+
+async def student(base: str, me: Attendance, at: float, leave: bool, interact: int,
+                  end: asyncio.Event) -> Attendance:
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    async with new_browser() as http:
+        try:
+            await attend(http, base, "echo", me)
+            if me.outcome != "served":
+                return me
+            async with http.ws_connect(f"{base}/i/{me.instance}/ws") as ws:
+                for i in range(interact):
+                    await ws.send_str(f"cell {i}")
+                    await ws.receive_str(timeout=30)
+                if not leave:
+                    await end.wait()  # idles with its socket open until the lecture ends
+        except (aiohttp.ClientError, TimeoutError) as err:
+            me.outcome = me.outcome if me.outcome == "served" else f"error: {type(err).__name__}"
+    return me
+
+
+async def lecture(args: argparse.Namespace) -> None:
+    state = Path(tempfile.mkdtemp(prefix="bench-lecture-"))
+    (state / "catalogue.toml").write_text(catalogue(args.students, args.pool))
+    port = free_port()
+    namespace = "lect" + str(os.getpid() % 10000)
+    base = f"http://127.0.0.1:{port}"
+    rng = random.Random(args.seed)
+
+    engine_per_s, engine_s = engine_rate(args.engine, f"{namespace}-engine")
+    print(f"engine baseline: {args.engine} {IMAGE} services in {engine_s:.1f} s", file=sys.stderr)
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(state / "catalogue.toml"),
+        "--port", str(port), "--state-dir", str(state), "--namespace", namespace, "--dashboard-port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    nats_url: list[str] = []
+
+    async def follow() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode()
+            lines.append(line)
+            if m := re.search(r"embedded nats-server on (\S+)", line):
+                nats_url.append(m.group(1))
+
+    reader = asyncio.create_task(follow())
+    watch = Watch()
+    try:
+        async with asyncio.timeout(args.warm_timeout):
+            while not nats_url or not any("swarmpool is up" in line for line in lines):
+                if proc.returncode is not None:
+                    raise SystemExit("swarmpool up exited early:\n" + "".join(lines[-20:]))
+                await asyncio.sleep(0.2)
+        s = Subjects(namespace)
+        nc = await connect(nats_url[0], access=Access.load(credentials_path(state, "gateway")),
+                           inbox_prefix=s.inbox("gateway"))
+        store = await InstanceStore.open(nc, s, time.time, create=False)
+        tickets = await TicketStore.open(nc, s, create=False)
+        tickets.on_change(lambda old, new: watch.on_ticket(tickets, old, new))
+        store.on_change(watch.on_instance)
+        warm_started = time.monotonic()
+        async with asyncio.timeout(args.warm_timeout):
+            while sum(r.state == "ready" for r in store.all("echo")) < args.pool:
+                await asyncio.sleep(0.2)
+        warm_s = time.monotonic() - warm_started
+        print(f"warm pool of {args.pool} in {warm_s:.1f} s (after up said it was up)", file=sys.stderr)
+
+        usage = Usage({"functions + gateway (up)": proc.pid, **{f"nats-server (pid {c})": c for c in children(proc.pid)}})
+        usage.cpu(usage.cpu_start)
+        end = asyncio.Event()
+        began = time.monotonic()
+        offsets = sorted(rng.uniform(0, args.window) for _ in range(args.students))
+        students = [Attendance(f"s{i}") for i in range(args.students)]
+        tasks = [asyncio.create_task(student(base, me, began + at, rng.random() < args.leave, args.interact, end))
+                 for me, at in zip(students, offsets)]
+        sampling = True
+
+        async def sample() -> None:
+            while sampling:
+                usage.sample()
+                await asyncio.sleep(0.5)
+        sampler = asyncio.create_task(sample())
+        async with asyncio.timeout(args.lecture_timeout):
+            while not all(me.outcome for me in students):
+                await asyncio.sleep(0.2)
+        lecture_s = time.monotonic() - began
+        usage.cpu(usage.cpu_end)
+        sampling = False
+        await sampler
+        records = {state_: sum(r.state == state_ for r in store.all("echo"))
+                   for state_ in ("starting", "ready", "claimed", "retiring", "failed")}
+        queued_at_end = tickets.length("echo")
+        end.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await tickets.close()
+        await store.close()
+        await nc.close()
+    finally:
+        await stop_child(proc, signal.SIGINT, timeout=300)
+        reader.cancel()
+        shutil.rmtree(state, ignore_errors=True)
+    left = services_left(namespace)
+    report(args, students, watch, usage, engine_per_s, lecture_s, warm_s, records, queued_at_end, left)
+
+
+def report(args: argparse.Namespace, students: list[Attendance], watch: Watch, usage: Usage, engine_per_s: float,
+           lecture_s: float, warm_s: float, records: dict[str, int], queued_at_end: int, left: int) -> None:
+    served = [me for me in students if me.outcome == "served" and me.served_at is not None]
+    waited = [me for me in served if me.ticket]
+    times = [(me.served_at or 0.0) - me.clicked_at for me in served]
+    waits = [(me.served_at or 0.0) - me.clicked_at for me in waited]
+    # a student served at once while an earlier clicker still waited in line
+    bypasses = sum(1 for d in served if not d.ticket for q in waited
+                   if q.clicked_at < d.clicked_at and (q.served_at or 0.0) > (d.served_at or 0.0))
+    first_wait = min((me.clicked_at for me in waited), default=0.0)
+    last_served = max((me.served_at or 0.0 for me in waited), default=0.0)
+    refill = len(waited) / (last_served - first_wait) if waited and last_served > first_wait else float("nan")
+    outcomes: dict[str, int] = {}
+    for me in students:
+        outcomes[me.outcome] = outcomes.get(me.outcome, 0) + 1
+
+    def ms(values: list[float], p: float) -> str:
+        return f"{pct(values, p):8.2f}" if values else "       -"
+
+    print(f"\n| lecture: {args.students} students over {args.window:.0f} s, pool {args.pool}, "
+          f"{args.leave:.0%} leave after {args.interact} messages, the others idle | value |")
+    print("|---|---|")
+    print(f"| served (instance answered the page) | {len(served)} of {args.students} "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}) |")
+    print(f"| time to served, all: p50 / p99 / max (s) | {ms(times, 50)} / {ms(times, 99)} / "
+          f"{max(times, default=float('nan')):.2f} |")
+    print(f"| time to served, waited in line ({len(waited)}): p50 / p99 / max (s) | {ms(waits, 50)} / {ms(waits, 99)} / "
+          f"{max(waits, default=float('nan')):.2f} |")
+    print(f"| queue order violations: turns out of line / served directly past an earlier clicker | "
+          f"{watch.violations} of {watch.turns} / {bypasses} |")
+    print(f"| longest line | {watch.peak_queue} |")
+    print(f"| refill rate while students waited (served from the line per s) | {refill:.2f} |")
+    print(f"| engine's own rate ({args.engine} services, {ENGINE_BATCH} at a time, until ready) per s | "
+          f"{engine_per_s:.2f} |")
+    print(f"| refill / engine | {refill / engine_per_s:.2f}x |")
+    for name in usage.pids:
+        cpu = usage.cpu_end.get(name, 0.0) - usage.cpu_start.get(name, 0.0)
+        print(f"| {name}: peak RSS (MB) / CPU (s, % of one core) | {usage.peak_mb.get(name, 0.0):.0f} / "
+              f"{cpu:.1f}, {100 * cpu / lecture_s:.0f}% |")
+    print(f"| lecture took (s); warm-up of the pool (s) | {lecture_s:.1f}; {warm_s:.1f} |")
+    print(f"| at the end: records by state; still in line | "
+          f"{', '.join(f'{k} {v}' for k, v in records.items())}; {queued_at_end} |")
+    print(f"| services left after `up` stopped | {left} |")
+    print(f"(median time to served {statistics.median(times) if times else float('nan'):.2f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--students", type=int, default=200)
+    parser.add_argument("--pool", type=int, default=60)
+    parser.add_argument("--window", type=float, default=60.0, help="seconds over which the students arrive")
+    parser.add_argument("--leave", type=float, default=0.5, help="share of students who leave after interacting")
+    parser.add_argument("--interact", type=int, default=3, help="WebSocket messages each student sends")
+    parser.add_argument("--engine", type=int, default=16, help="services of the engine baseline")
+    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--warm-timeout", type=float, default=1200.0)
+    parser.add_argument("--lecture-timeout", type=float, default=3600.0)
+    parser.add_argument("--smoke", action="store_true", help="6 students, a pool of 2, over 2 s")
+    args = parser.parse_args()
+    if args.smoke:
+        args.students, args.pool, args.window, args.engine = 6, 2, 2.0, 2
+    asyncio.run(lecture(args))
+
+
+if __name__ == "__main__":
+    main()
