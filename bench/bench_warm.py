@@ -2,7 +2,8 @@
 
     python -m bench.bench_warm [-n 60] [--burst N] [--smoke]
 
-In one process and one run, three rounds on this machine's swarm:
+In one process and one run, four rounds on this machine's swarm (the engine's twice, before and after
+swarmpool's, as the load of a shared machine moves; the baseline is their mean):
 
 - engine alone (the baseline): N echo services, each exactly as swarmpool would create it (same image,
   limits, labels, bridge, published port: `swarm/adapter.py` with `lifecycle.instance_spec`), created
@@ -173,7 +174,7 @@ class Up:
 
 
 @asynccontextmanager
-async def swarmpool_up(text: str) -> AsyncIterator[Up]:
+async def swarmpool_up(text: str, keep: bool = False) -> AsyncIterator[Up]:
     state = Path(tempfile.mkdtemp(prefix="bench-warm-"))
     (state / "catalogue.toml").write_text(text)
     port = free_port()
@@ -208,10 +209,12 @@ async def swarmpool_up(text: str) -> AsyncIterator[Up]:
     finally:
         await stop_child(proc, signal.SIGINT, timeout=180)  # up removes its instances on the way out
         log.close()
-        if ok:
+        if keep:
+            print(f"kept {state} (up.log)", file=sys.stderr, flush=True)
+        elif ok:
             shutil.rmtree(state, ignore_errors=True)  # kept (with up.log) when the run failed
         else:
-            print(f"kept {state} (up.log)", file=sys.stderr)
+            print(f"kept {state} (up.log)", file=sys.stderr, flush=True)
 
 
 async def ready_count(http: aiohttp.ClientSession, url: str) -> int:
@@ -260,8 +263,8 @@ async def student(http: aiohttp.ClientSession, url: str) -> None:
         await page.read()
 
 
-async def swarmpool_rounds(n: int, burst: int, text: str) -> list[Round]:
-    async with swarmpool_up(text) as up, AsyncExitStack() as stack:
+async def swarmpool_rounds(n: int, burst: int, text: str, keep: bool = False) -> list[Round]:
+    async with swarmpool_up(text, keep) as up, AsyncExitStack() as stack:
         http = await stack.enter_async_context(aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), connector=aiohttp.TCPConnector(limit=0)))
         started = time.perf_counter()
@@ -278,7 +281,8 @@ async def swarmpool_rounds(n: int, burst: int, text: str) -> list[Round]:
 
 
 def table(rounds: list[Round], n: int) -> str:
-    base = rounds[0].last
+    """The rows; `x engine`: each round's all-N time over the mean of the two engine rounds (the first two)."""
+    base = (rounds[0].last + rounds[1].last) / 2
     lines = [f"| round (N = {n})                          | median s | p99 s | all N s | x engine | load avg 1/5/15 |",
              "|------------------------------------------|----------|-------|---------|----------|-----------------|"]
     for r in rounds:
@@ -292,16 +296,19 @@ async def main(args: argparse.Namespace) -> int:
     text = catalogue(args.n, args.burst)
     print(f"load average before: {'/'.join(f'{x:.1f}' for x in loadavg())}, {os.cpu_count()} cores", flush=True)
     engine = await engine_round(args.n, args.create_concurrency, text)
-    print(f"engine alone: {args.n} answered in {engine.last:.1f} s", flush=True)
-    ours = await swarmpool_rounds(args.n, args.burst, text)
+    print(f"{engine.name}: {args.n} answered in {engine.last:.1f} s", flush=True)
+    ours = await swarmpool_rounds(args.n, args.burst, text, args.keep)
     for r in ours:
         print(f"{r.name}: {r.last:.1f} s", flush=True)
+    after = await engine_round(args.n, args.create_concurrency, text)  # the machine's load may have moved
+    after.name = "engine alone, again after"
+    print(f"{after.name}: {args.n} answered in {after.last:.1f} s", flush=True)
     print()
-    print(table([engine, *ours], args.n))
+    print(table([engine, after, *ours], args.n))
     print()
     print("seconds from the round's start until the k-th of N instances answered (engine) or was ready (swarmpool,"
           " the gateway's /status); refill: from the first click until N are ready again; x engine: all N"
-          " over the engine's all N, same run.")
+          " over the mean of the two engine rounds' all N (before and after swarmpool's, same run).")
     return 0
 
 
@@ -310,6 +317,7 @@ if __name__ == "__main__":
     parser.add_argument("-n", type=int, default=60, help="instances to warm")
     parser.add_argument("--burst", type=int, default=None, help="clicks of the refill round (default: N; 0: none)")
     parser.add_argument("--create-concurrency", type=int, default=8, help="the engine round's creates at once")
+    parser.add_argument("--keep", action="store_true", help="keep swarmpool's state dir and up.log")
     parser.add_argument("--smoke", action="store_true", help="N = 3, a burst of 2: does the bench still run (CI)")
     arguments = parser.parse_args()
     if arguments.smoke:

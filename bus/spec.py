@@ -324,7 +324,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # instances starting at once, all apps; 0: it follows the starts (see docs/starts.md)
     start_budget: Annotated[int, msgspec.Meta(ge=0)] = 0
     start_budget_max: Annotated[int, msgspec.Meta(ge=1)] = 32  # the followed budget's ceiling, per node
-    start_tolerance: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0  # starts this much slower than the fastest: narrow
+    start_tolerance: Annotated[float, msgspec.Meta(ge=1.0)] = 4.0  # starts this much slower than the fastest: narrow
     static_cache_size: ByteSize = ByteSize(256 * 1024**2)  # the gateway's shared static cache, all images
     static_cache_variants: Annotated[int, msgspec.Meta(ge=1)] = 8  # query strings kept per static path
     orphan_grace: Interval = Interval(30.0)  # a service without record (or record without service) this old is cleaned up

@@ -86,7 +86,8 @@ async def top_up(ctx: Context, app: str) -> int:
         settings = ctx.settings
         budget = start_budget(records, ctx.clock(), cores=os.cpu_count() or 1, ceiling=settings.start_budget_max,
                               tolerance=settings.start_tolerance, settle_cap=float(settings.settle_cap),
-                              short=plan.starts > 0, fixed=settings.start_budget)
+                              short=plan.starts > 0, fixed=settings.start_budget,
+                              timeouts={a.name: float(a.probe.timeout) for a in ctx.catalogue.apps.values()})
         if budget.size != state.budget:
             log.info("start budget %d (%s)", budget.size, budget.why)
             state.budget = budget.size

@@ -329,14 +329,17 @@ def start_seconds(r: Instance) -> float:
     return (r.ready_at or r.created_at) - r.created_at
 
 
-def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int,
-              tolerance: float) -> tuple[int, str]:
+def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, tolerance: float,
+              timeouts: Mapping[str, float] | None = None) -> tuple[int, str]:
     """The budget the recent starts on one node ask for (`records`: that node's, and those not placed yet).
 
     Each of the node's latest starts is compared with the fastest start of its app seen there: while they
     stay within `tolerance` times that (plus START_SLACK), the engine had room, so the budget doubles what
-    was in flight when they finished; when they take longer, the engine (or the node's CPU) is the queue,
-    so the budget shrinks to what would have kept them within the tolerance. Nothing recent: the cores."""
+    was in flight when they finished (quadruples while they stay within half the tolerance's margin, as
+    when the engine idled); when they take longer, the engine (or the node's CPU) is the queue,
+    so the budget shrinks to what would have kept them within the tolerance; so it does as well when they
+    took more than half their app's probe timeout (`timeouts`), whatever the fastest was (more at once would
+    fail them). Nothing recent: the cores."""
     done = sorted((r for r in records if r.ready_at is not None and now - r.ready_at <= START_WINDOW),
                   key=lambda r: r.ready_at or 0.0)[-START_SAMPLES:]
     if not done:
@@ -350,17 +353,23 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int,
         at = r.ready_at or 0.0
         loads.append(sum(1 for o in records if o.created_at <= at and (o.ready_at is None and o.state == "starting"
                                                                       or (o.ready_at or 0.0) >= at)))
-        ratios.append(start_seconds(r) / (fastest[r.app] + START_SLACK))
+        ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
+        limit = (timeouts or {}).get(r.app)
+        if limit and start_seconds(r) > limit / 2:  # too close to failing: counts as beyond the tolerance
+            ratio = max(ratio, tolerance * start_seconds(r) / (limit / 2))
+        ratios.append(ratio)
     slow = statistics.median(ratios)
-    if slow <= tolerance:
-        return min(ceiling, max(2 * max(loads), 2)), f"quick starts ({slow:.1f}x the fastest, {max(loads)} at once)"
+    if slow <= tolerance:  # as fast as the fastest: the engine was idling, so widen faster
+        grow = 4 if slow <= (1 + tolerance) / 2 else 2
+        return min(ceiling, max(grow * max(loads), 2)), f"quick starts ({slow:.1f}x the fastest, {max(loads)} at once)"
     load = statistics.median(loads)
     return max(1, min(ceiling, int(load * tolerance / slow))), f"slow starts ({slow:.1f}x the fastest, " \
                                                                 f"{load:.0f} at once)"
 
 
 def start_budget(records: list[Instance], now: float, *, cores: int, ceiling: int, tolerance: float,
-                 settle_cap: float, short: bool = True, fixed: int = 0) -> StartBudget:
+                 settle_cap: float, short: bool = True, fixed: int = 0,
+                 timeouts: Mapping[str, float] | None = None) -> StartBudget:
     """Instances that may be starting at once, all apps together (`fixed` > 0: that many, as configured).
 
     Per node (the swarm's node of each record; a start not placed yet counts on every node): what its recent
@@ -375,7 +384,7 @@ def start_budget(records: list[Instance], now: float, *, cores: int, ceiling: in
     total, whys = 0, []
     for node in nodes:
         mine = [r for r in records if r.node in (node, "")]
-        size, why = node_pace(mine, now, cores=cores, ceiling=ceiling, tolerance=tolerance)
+        size, why = node_pace(mine, now, cores=cores, ceiling=ceiling, tolerance=tolerance, timeouts=timeouts)
         if short and size < cores:
             size, why = cores, f"{why}; the cores while a pool is short"
         pages = sum(1 for r in settling if r.node in (node, ""))

@@ -32,13 +32,13 @@ def test_nothing_learned_yet_starts_as_many_as_the_cores() -> None:
 
 
 def test_the_budget_widens_when_starts_are_quick_and_nothing_is_settling() -> None:
-    # four started at once and each took as long as the fastest echo start: the engine had room
+    # four started at once and each took as long as the fastest echo start: the engine idled, so 4 x 4
     records = batch(NOW - 10, 4, 1.0)
     budget = start_budget(records, NOW, **KW)
-    assert budget.size == 8 and "quick" in budget.why
-    # and again from there: the budget follows what the last starts could bear, doubling
-    records += batch(NOW - 5, 8, 1.4)
-    assert start_budget(records, NOW, **KW).size == 16
+    assert budget.size == 16 and "quick" in budget.why
+    # twelve at once took longer (2.6 s, the fastest 1 s plus 0.5 s of slack: 1.7x), within the tolerance: 2 x 12
+    records += batch(NOW - 5, 12, 2.6)
+    assert start_budget(records, NOW, **KW).size == 24
 
 
 def test_the_budget_narrows_when_starts_slow_down_but_keeps_the_cores_while_a_pool_is_short() -> None:
@@ -54,7 +54,7 @@ def test_the_budget_narrows_when_starts_slow_down_but_keeps_the_cores_while_a_po
 
 def test_the_budget_narrows_while_pages_settle() -> None:
     quick = batch(NOW - 10, 4, 1.0)
-    assert start_budget(quick, NOW, **KW).size == 8
+    assert start_budget(quick, NOW, **KW).size == 16
     one = [inst("claimed", NOW - 900, NOW - 899, claimed_at=NOW - 1)]  # a student's page still loading
     narrowed = start_budget(quick + one, NOW, **KW)
     assert narrowed.size == CORES - 1 and "settling" in narrowed.why
@@ -62,25 +62,25 @@ def test_the_budget_narrows_while_pages_settle() -> None:
     assert start_budget(quick + many, NOW, **KW).size == 1  # never none: a start still goes on
     # once the page has loaded (or settle_cap has passed), the budget is back
     settled = [msgspec.structs.replace(r, settled_at=NOW - 0.5) for r in many]
-    assert start_budget(quick + settled, NOW, **KW).size == 8
-    stale = [inst("claimed", NOW - 40, NOW - 35, claimed_at=NOW - 11)]
-    assert start_budget(quick + stale, NOW, **KW).size == 8
+    assert start_budget(quick + settled, NOW, **KW).size == 16
+    stale = [inst("claimed", NOW - 900, NOW - 899, claimed_at=NOW - 11)]
+    assert start_budget(quick + stale, NOW, **KW).size == 16
 
 
 def test_each_node_follows_its_own_starts_and_the_budgets_add_up() -> None:
     fast = batch(NOW - 10, 4, 1.0, node="a")  # node a: quick
     slow = batch(NOW - 60, 1, 1.0, node="b") + batch(NOW - 30, 8, 12.0, node="b")  # node b: loaded
     budget = start_budget(fast + slow, NOW, **KW)
-    assert budget.size == 8 + CORES, budget.why
+    assert budget.size == 16 + CORES, budget.why
     # a page settling on node b narrows b only
     page = [inst("claimed", NOW - 50, NOW - 45, node="b", claimed_at=NOW - 1)]
-    assert start_budget(fast + slow + page, NOW, **KW).size == 8 + CORES - 1
+    assert start_budget(fast + slow + page, NOW, **KW).size == 16 + CORES - 1
 
 
 def test_starts_are_judged_against_their_own_apps_fastest() -> None:
     # a Voila start of 8 s is quick for Voila (its fastest is 6 s); an echo start of 8 s would not be
     voila = batch(NOW - 30, 2, 6.0, app="voila") + batch(NOW - 15, 2, 8.0, app="voila")
-    assert start_budget(voila, NOW, **KW).size == 4
+    assert start_budget(voila, NOW, **KW).size == 8
     echo = batch(NOW - 30, 1, 1.0) + batch(NOW - 15, 3, 8.0)
     assert start_budget(echo, NOW, **KW, short=False).size < 3
 
@@ -99,3 +99,11 @@ def test_a_fixed_start_budget_is_used_as_configured() -> None:
 def test_budgeted_starts_count_every_app_starting() -> None:
     assert budgeted_starts(wanted=10, deferred=2, budget=8, starting=3) == 5
     assert budgeted_starts(wanted=10, deferred=0, budget=8, starting=9) == 0
+
+
+def test_starts_near_their_probe_timeout_narrow_the_budget_whatever_the_fastest() -> None:
+    # all started at once and all took 50 s: as quick as the fastest, yet 50 s of a 60 s probe timeout
+    records = batch(NOW - 100, 1, 50.0) + batch(NOW - 55, 8, 50.0)
+    assert start_budget(records, NOW, **KW, short=False).size == 32  # (8 at once, ceiling)
+    narrowed = start_budget(records, NOW, **KW, short=False, timeouts={"echo": 60.0})
+    assert narrowed.size < 8 and "slow" in narrowed.why
