@@ -329,13 +329,26 @@ def start_seconds(r: Instance) -> float:
     return (r.ready_at or r.created_at) - r.created_at
 
 
+def starts_alongside(r: Instance, records: Iterable[Instance], now: float) -> float:
+    """How many starts were in flight, on average, while `r` started (itself included)."""
+    begin, end = r.created_at, r.ready_at if r.ready_at is not None else now
+    if end <= begin:
+        return 1.0
+    overlap = 0.0
+    for o in records:
+        until = o.ready_at if o.ready_at is not None else (now if o.state == "starting" else None)
+        if until is not None:
+            overlap += max(0.0, min(end, until) - max(begin, o.created_at))
+    return max(1.0, overlap / (end - begin))
+
+
 def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, tolerance: float,
               timeouts: Mapping[str, float] | None = None) -> tuple[int, str]:
     """The budget the recent starts on one node ask for (`records`: that node's, and those not placed yet).
 
     Each of the node's latest starts is compared with the fastest start of its app seen there: while they
     stay within `tolerance` times that (plus START_SLACK), the engine had room, so the budget doubles what
-    was in flight when they finished (quadruples while they stay within half the tolerance's margin, as
+    was in flight while they started (quadruples while they stay within half the tolerance's margin, as
     when the engine idled); when they take longer, the engine (or the node's CPU) is the queue,
     so the budget shrinks to what would have kept them within the tolerance; so it does as well when they
     took more than half their app's probe timeout (`timeouts`), whatever the fastest was (more at once would
@@ -350,9 +363,7 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
             fastest[r.app] = min(fastest.get(r.app, float("inf")), start_seconds(r))
     loads, ratios = [], []
     for r in done:
-        at = r.ready_at or 0.0
-        loads.append(sum(1 for o in records if o.created_at <= at and (o.ready_at is None and o.state == "starting"
-                                                                      or (o.ready_at or 0.0) >= at)))
+        loads.append(round(starts_alongside(r, records, now)))
         ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
         limit = (timeouts or {}).get(r.app)
         if limit and start_seconds(r) > limit / 2:  # too close to failing: counts as beyond the tolerance

@@ -107,3 +107,13 @@ def test_starts_near_their_probe_timeout_narrow_the_budget_whatever_the_fastest(
     assert start_budget(records, NOW, **KW, short=False).size == 32  # (8 at once, ceiling)
     narrowed = start_budget(records, NOW, **KW, short=False, timeouts={"echo": 60.0})
     assert narrowed.size < 8 and "slow" in narrowed.why
+
+
+def test_a_narrowing_budget_follows_the_load_the_slow_starts_ran_under_not_what_is_left_when_they_end() -> None:
+    # 32 reserved at once; the engine finished them one by one from 10 s to 40 s (the fastest start: 4 s). The
+    # last ones ran most of their life beside many others: counting only what was left at their end (a few)
+    # would shrink the budget to one and idle the engine; what they ran beside says it bears about 8
+    fastest = batch(NOW - 100, 1, 4.0)
+    staggered = [inst("ready", NOW - 41, NOW - 31 + k) for k in range(32)]
+    budget = start_budget(fastest + staggered, NOW, **{**KW, "tolerance": 4.0}, short=False)
+    assert "slow" in budget.why and 4 <= budget.size <= 12, budget.why
