@@ -38,10 +38,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import docker
-import msgspec
 
 from bench.support import pct, stop_child
 from swarmpool.bus.messages import ScaleRequest
@@ -100,8 +100,8 @@ def loadavg() -> tuple[float, float, float]:
 # ---- the engine alone ----
 
 
-def _published(task: dict[str, object]) -> int | None:
-    ports = ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []  # type: ignore[union-attr]
+def _published(task: dict[str, Any]) -> int | None:
+    ports = ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []
     for port in ports:
         if port.get("PublishedPort"):
             return int(port["PublishedPort"])
