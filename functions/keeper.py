@@ -134,8 +134,8 @@ async def on_instance_event(ctx: Context, event: InstanceEvent) -> None:
         pass  # the engine failed it: the next reconcile tops up (no start loop while it is away)
     elif event.event in (EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING):
         await top_up_soon(ctx, event.app)
-    if event.event in (EventKind.READY, EventKind.FAILED, EventKind.REMOVED):  # a start is over: the next begins
-        await top_up_short(ctx)
+    if event.event in (EventKind.READY, EventKind.FAILED, EventKind.REMOVED) and not engine_fault(event.reason):
+        await top_up_short(ctx)  # a start is over: the next begins (not while the engine is away)
 
 
 def short_apps(ctx: Context) -> list[str]:
