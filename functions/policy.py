@@ -351,8 +351,9 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
     was in flight while they started (quadruples while they stay within half the tolerance's margin, as
     when the engine idled); when they take longer, the engine (or the node's CPU) is the queue,
     so the budget shrinks to what would have kept them within the tolerance; so it does as well when they
-    took more than half their app's probe timeout (`timeouts`), whatever the fastest was (more at once would
-    fail them). Nothing recent: the cores."""
+    took more than half their app's probe timeout (`timeouts`), whatever the fastest was, and it never grows
+    past what would take them there if each start grew slower in proportion to the starts beside it (more
+    at once would fail them). Nothing recent: the cores."""
     done = sorted((r for r in records if r.ready_at is not None and now - r.ready_at <= START_WINDOW),
                   key=lambda r: r.ready_at or 0.0)[-START_SAMPLES:]
     if not done:
@@ -361,21 +362,25 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
     for r in records:
         if r.ready_at is not None:
             fastest[r.app] = min(fastest.get(r.app, float("inf")), start_seconds(r))
-    loads, ratios = [], []
+    loads, ratios, caps = [], [], []
     for r in done:
         loads.append(round(starts_alongside(r, records, now)))
-        ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
         limit = (timeouts or {}).get(r.app)
+        if limit:  # more at once makes each start slower, at worst in proportion: keep them within half the timeout
+            caps.append(loads[-1] * (limit / 2) / max(start_seconds(r), 0.001))
+        ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
         if limit and start_seconds(r) > limit / 2:  # too close to failing: counts as beyond the tolerance
             ratio = max(ratio, tolerance * start_seconds(r) / (limit / 2))
         ratios.append(ratio)
     slow = statistics.median(ratios)
+    cap = max(1, min(ceiling, int(min(caps)))) if caps else ceiling
     if slow <= tolerance:  # as fast as the fastest: the engine was idling, so widen faster
         grow = 4 if slow <= (1 + tolerance) / 2 else 2
-        return min(ceiling, max(grow * max(loads), 2)), f"quick starts ({slow:.1f}x the fastest, {max(loads)} at once)"
+        size = min(cap, max(grow * max(loads), 2))
+        return size, f"quick starts ({slow:.1f}x the fastest, {max(loads)} at once)" + (
+            "; half the probe timeout" if size == cap < ceiling else "")
     load = statistics.median(loads)
-    return max(1, min(ceiling, int(load * tolerance / slow))), f"slow starts ({slow:.1f}x the fastest, " \
-                                                                f"{load:.0f} at once)"
+    return max(1, min(cap, int(load * tolerance / slow))), f"slow starts ({slow:.1f}x the fastest, {load:.0f} at once)"
 
 
 def start_budget(records: list[Instance], now: float, *, cores: int, ceiling: int, tolerance: float,

@@ -117,3 +117,14 @@ def test_a_narrowing_budget_follows_the_load_the_slow_starts_ran_under_not_what_
     staggered = [inst("ready", NOW - 41, NOW - 31 + k) for k in range(32)]
     budget = start_budget(fastest + staggered, NOW, **{**KW, "tolerance": 4.0}, short=False)
     assert "slow" in budget.why and 4 <= budget.size <= 12, budget.why
+
+
+def test_quick_starts_widen_no_further_than_half_their_probe_timeout_would_bear() -> None:
+    # a busy machine: two Voila starts at once took 45 s each (the probe timeout: 120 s). Quick for each
+    # other, yet four times as many would take them to the timeout: the budget stays at what keeps 60 s
+    voila = batch(NOW - 50, 2, 45.0, app="voila")
+    assert start_budget(voila, NOW, **KW, short=False).size == 8
+    capped = start_budget(voila, NOW, **KW, short=False, timeouts={"voila": 120.0})
+    assert capped.size == 2 and "half the probe timeout" in capped.why
+    echo = batch(NOW - 10, 2, 2.0)  # light starts are far from theirs: they widen as before
+    assert start_budget(echo, NOW, **KW, timeouts={"echo": 60.0}).size == 8
