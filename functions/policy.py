@@ -309,6 +309,9 @@ def placed_nodes(records: Iterable[Instance], task_nodes: Mapping[str, str]) -> 
 START_WINDOW = 600.0  # starts that became ready longer ago than this say nothing about the engine now
 START_SAMPLES = 8  # the most recent starts of a node that its budget follows
 START_SLACK = 0.5  # seconds a start may take beyond its app's fastest and still be quick (probe granularity)
+# a page still loading this many settle_caps after its claim narrows the budget (its replacement waits one cap only):
+# on a busy machine a Voila page can take longer than the cap, and starts must not take its CPU then
+SETTLING_SPAN = 3
 
 
 class StartBudget(NamedTuple):
@@ -390,13 +393,13 @@ def start_budget(records: list[Instance], now: float, *, cores: int, ceiling: in
 
     Per node (the swarm's node of each record; a start not placed yet counts on every node): what its recent
     starts ask for (node_pace), at least its cores while a pool is short (the engine stays busy), and while
-    students' pages settle on it, fewer than its cores by one per page still loading (at least one):
+    students' pages settle on it (claims unsettled for up to SETTLING_SPAN x `settle_cap`), fewer than its cores by one per page still loading (at least one):
     a page's first load comes before a new instance's start. The nodes' budgets add up."""
     if fixed:
         return StartBudget(fixed, "start_budget")
     placed = {r.node for r in records if r.node}
     nodes = sorted(placed) or [""]
-    settling = unsettled_claims(records, now, settle_cap)
+    settling = unsettled_claims(records, now, SETTLING_SPAN * settle_cap)
     total, whys = 0, []
     for node in nodes:
         mine = [r for r in records if r.node in (node, "")]

@@ -60,10 +60,13 @@ def test_the_budget_narrows_while_pages_settle() -> None:
     assert narrowed.size == CORES - 1 and "settling" in narrowed.why
     many = [inst("claimed", NOW - 900, NOW - 899, claimed_at=NOW - 2) for _ in range(5)]
     assert start_budget(quick + many, NOW, **KW).size == 1  # never none: a start still goes on
-    # once the page has loaded (or settle_cap has passed), the budget is back
+    # a page slower than settle_cap (a busy machine) still narrows it: its replacement starts, no others
+    slow_page = [inst("claimed", NOW - 900, NOW - 899, claimed_at=NOW - 25)]
+    assert start_budget(quick + slow_page, NOW, **KW).size == CORES - 1
+    # once the page has loaded (or three settle_caps have passed: it never will), the budget is back
     settled = [msgspec.structs.replace(r, settled_at=NOW - 0.5) for r in many]
     assert start_budget(quick + settled, NOW, **KW).size == 16
-    stale = [inst("claimed", NOW - 900, NOW - 899, claimed_at=NOW - 11)]
+    stale = [inst("claimed", NOW - 900, NOW - 899, claimed_at=NOW - 31)]
     assert start_budget(quick + stale, NOW, **KW).size == 16
 
 
