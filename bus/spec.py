@@ -199,7 +199,7 @@ class Pool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     size: Annotated[int, msgspec.Meta(ge=0)] = 1  # ready instances to keep
     max: Annotated[int, msgspec.Meta(ge=0)] | None = None  # ready + starting + claimed; default size * 3
     max_warm_age: Interval | None = None  # recycle ready instances older than this
-    max_parallel_starts: Annotated[int, msgspec.Meta(ge=1)] = 8
+    max_parallel_starts: Annotated[int, msgspec.Meta(ge=1)] | None = None  # this app's starts at once; none: the budget's
     # students waiting in the app's queue at most (clicks that found no ready instance); one more gets the
     # "class is full" page (503, Retry-After). None: no cap
     queue_max: Annotated[int, msgspec.Meta(ge=0)] | None = None
@@ -327,7 +327,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # container's start from competing for the CPU with the student's first page load
     refill_delay: Duration = Duration(2.0)
     settle_cap: Duration = Duration(10.0)  # a claim's refill waits for its page to load, at most this long
-    start_budget: Annotated[int, msgspec.Meta(ge=0)] = 0  # instances starting at once, all apps; 0: the cores
+    # instances starting at once, all apps; 0: it follows the starts (see docs/starts.md)
+    start_budget: Annotated[int, msgspec.Meta(ge=0)] = 0
+    start_budget_max: Annotated[int, msgspec.Meta(ge=1)] = 32  # the followed budget's ceiling, per node
+    start_tolerance: Annotated[float, msgspec.Meta(ge=1.0)] = 4.0  # starts this much slower than the fastest: narrow
     static_cache_size: ByteSize = ByteSize(256 * 1024**2)  # the gateway's shared static cache, all images
     static_cache_variants: Annotated[int, msgspec.Meta(ge=1)] = 8  # query strings kept per static path
     orphan_grace: Interval = Interval(30.0)  # a service without record (or record without service) this old is cleaned up

@@ -17,9 +17,10 @@ from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.state import Mutex
 from swarmpool.functions import lifecycle
 from swarmpool.bus.spec import AppSpec
-from swarmpool.functions.policy import (dead_instances, engine_fault, failed_start, ghost_records,
-                                        leaked_services, lost_node_instances, placed_nodes, plan_recycle,
-                                        plan_top_up, spec_version, target)
+from swarmpool.functions.policy import (budgeted_starts, counts, dead_instances, engine_fault, failed_start,
+                                        ghost_records, leaked_services, lost_node_instances, placed_nodes,
+                                        plan_recycle, plan_top_up, spec_version, start_budget, target,
+                                        unsettled_claims)
 from swarmpool.ids import short_id
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,9 @@ class KeeperState:
 
     failures: dict[str, int] = field(default_factory=dict)  # app -> consecutive failed starts
     hold_starts_until: dict[str, float] = field(default_factory=dict)  # app -> end of the backoff
-    start_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)  # app -> parallel starts
     refill_pending: set[str] = field(default_factory=set)  # apps with a coalesced top-up on its way
     settle_pending: set[str] = field(default_factory=set)  # apps whose claims' refills wait for a settle
-    starved: set[str] = field(default_factory=set)  # apps whose starts the engine's budget held back
+    budget: int = 0  # the start budget this host last used (logged when it changes)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # this host's top-ups wait here, not on the bus
     mutex: Mutex | None = None  # ... and all hosts' on this one (see `counting`)
     image_ids: dict[str, str] = field(default_factory=dict)  # image name -> its id at the last reconcile
@@ -62,22 +62,6 @@ async def counting(ctx: Context) -> AsyncIterator[None]:
             yield
 
 
-def unsettled_claims(records: list[Instance], now: float, cap: float) -> list[Instance]:
-    """Claims whose student's page is still loading: their replacements wait (at most `cap` s)."""
-    return [r for r in records if r.state == "claimed" and r.settled_at is None
-            and r.claimed_at is not None and now - r.claimed_at < cap]
-
-
-def start_budget(configured: int, cpus: int | None) -> int:
-    """Instances that may start at once on the engine, all apps together: the setting, or the cores."""
-    return configured or cpus or 1
-
-
-def budgeted_starts(wanted: int, deferred: int, budget: int, starting: int) -> int:
-    """Starts now: the plan's, less the replacements of claims still loading, within the budget."""
-    return max(0, min(wanted - deferred, budget - starting))
-
-
 async def top_up(ctx: Context, app: str) -> int:
     """Start as many instances of `app` as its pool needs now; returns how many."""
     spec = ctx.app(app)
@@ -100,21 +84,24 @@ async def top_up(ctx: Context, app: str) -> int:
                         plan.hold_until - ctx.clock())
         records = ctx.store.all()
         deferred = len(unsettled_claims(current, ctx.clock(), float(ctx.settings.settle_cap)))
-        budget = start_budget(ctx.settings.start_budget, os.cpu_count())
-        starts = budgeted_starts(plan.starts, deferred, budget, sum(r.state == "starting" for r in records))
+        settings = ctx.settings
+        budget = start_budget(records, ctx.clock(), cores=os.cpu_count() or 1, ceiling=settings.start_budget_max,
+                              tolerance=settings.start_tolerance, settle_cap=float(settings.settle_cap),
+                              short=plan.starts > 0, fixed=settings.start_budget,
+                              timeouts={a.name: float(a.probe.timeout) for a in ctx.catalogue.apps.values()})
+        if budget.size != state.budget:
+            log.info("start budget %d (%s)", budget.size, budget.why)
+            state.budget = budget.size
+        starts = budgeted_starts(plan.starts, deferred, budget.size, sum(r.state == "starting" for r in records))
         if starts < plan.starts - deferred:
-            state.starved.add(app)
-            log.info("%s: %d of %d starts wait for the engine's start budget (%d)", app,
-                     plan.starts - deferred - starts, plan.starts - deferred, budget)
-        else:
-            state.starved.discard(app)
+            log.debug("%s: %d of %d starts wait for the engine's start budget (%d)", app,
+                      plan.starts - deferred - starts, plan.starts - deferred, budget.size)
         # records are written while counting: the next top-up, on any host, counts them
         reserved = [await lifecycle.reserve(ctx, spec) for _ in range(starts)]
         surplus = [await lifecycle.begin_retire(ctx, app, record.id, f"surplus: more than {plan.target} ready")
                    for record in plan.surplus]
     await ctx.each("retire surplus", (lifecycle.remove(ctx, record) for record in surplus if record is not None))
-    slots = state.start_slots.setdefault(app, asyncio.Semaphore(spec.pool.max_parallel_starts))
-    await ctx.each("start", (lifecycle.start(ctx, spec, record, slots) for record in reserved))
+    await ctx.each("start", (lifecycle.start(ctx, spec, record) for record in reserved))
     return starts
 
 
@@ -146,11 +133,28 @@ async def on_instance_event(ctx: Context, event: InstanceEvent) -> None:
         await refill_after_settle(ctx, event.app)
     elif engine_fault(event.reason):
         pass  # the engine failed it: the next reconcile tops up (no start loop while it is away)
-    elif event.event in (EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING, EventKind.READY):
+    elif event.event in (EventKind.FAILED, EventKind.REMOVED, EventKind.RETIRING):
         await top_up_soon(ctx, event.app)
-    if event.event in (EventKind.READY, EventKind.FAILED, EventKind.REMOVED):  # a start slot is free
-        for app in sorted(ctx.state(KeeperState).starved - {event.app}):
-            await ctx.isolated(f"top up {app}", top_up_soon(ctx, app))
+    if event.event in (EventKind.READY, EventKind.FAILED, EventKind.REMOVED) and not engine_fault(event.reason):
+        await top_up_short(ctx)  # a start is over: the next begins (not while the engine is away)
+
+
+def short_apps(ctx: Context) -> list[str]:
+    """Apps whose ready + starting instances are below their target (by the records every host sees)."""
+    short = []
+    for name, spec in ctx.catalogue.apps.items():
+        c = counts(ctx.store.all(name))
+        if c["ready"] + c["starting"] < target(spec, ctx.config.cached(name), ctx.clock(),
+                                               ctx.settings.timezone).size:
+            short.append(name)
+    return short
+
+
+async def top_up_short(ctx: Context) -> None:
+    """Top up every short app at once: a start that ended (or a page that settled) frees the budget now,
+    not at the next tick."""
+    for app in short_apps(ctx):
+        await ctx.isolated(f"top up {app}", top_up(ctx, app))
 
 
 @handlers.on(lambda s: s.settled_all(), Settled, expect=lambda s, m: s.settled(m.app, m.id))
@@ -161,6 +165,7 @@ async def on_settled(ctx: Context, message: Settled) -> None:
     await ctx.store.update(message.app, message.id, lambda r: msgspec.structs.replace(r, settled_at=message.at)
                            if r.state == "claimed" and r.settled_at is None else None)
     await top_up(ctx, message.app)
+    await top_up_short(ctx)  # a page less settling: the budget widens for every app
 
 
 async def _record_node(ctx: Context, key: str, node: str) -> None:

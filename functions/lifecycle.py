@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -43,16 +42,15 @@ async def reserve(ctx: Context, spec: AppSpec) -> Instance:
     return record
 
 
-async def start(ctx: Context, spec: AppSpec, record: Instance, slots: asyncio.Semaphore) -> None:
-    """Create the service of a reserved record (`slots` bounds the parallel starts of its app)."""
-    async with slots:
-        try:
-            service_id = await ctx.swarm.create(instance_spec(spec, record.id, ctx.settings, record.handle))
-        except Exception as err:
-            log.warning("could not start %s: %s", record.short, err)
-            fault = f"{ENGINE_FAULT}: " if isinstance(err, SwarmUnavailable) and ENGINE_FAULT not in str(err) else ""
-            await fail(ctx, record.app, record.id, f"service not created: {fault}{err}")
-            return
+async def start(ctx: Context, spec: AppSpec, record: Instance) -> None:
+    """Create the service of a reserved record (the keeper's start budget bounds how many start at once)."""
+    try:
+        service_id = await ctx.swarm.create(instance_spec(spec, record.id, ctx.settings, record.handle))
+    except Exception as err:
+        log.warning("could not start %s: %s", record.short, err)
+        fault = f"{ENGINE_FAULT}: " if isinstance(err, SwarmUnavailable) and ENGINE_FAULT not in str(err) else ""
+        await fail(ctx, record.app, record.id, f"service not created: {fault}{err}")
+        return
     image = ctx.swarm.image_id(spec.image)
     updated = await ctx.store.update(
         record.app, record.id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 from collections import Counter
 from datetime import datetime, timezone as dt_timezone
 from collections.abc import Iterable, Mapping
@@ -54,7 +55,7 @@ def target(spec: AppSpec | None, override: PoolOverride, now: float, timezone: s
     return best
 
 
-def starts_needed(*, records: list[Instance], target: int, limit: int, max_parallel: int,
+def starts_needed(*, records: list[Instance], target: int, limit: int, max_parallel: int | None,
                   global_free: int) -> int:
     """How many new instances to start now so that ready + starting reaches `target`.
 
@@ -65,7 +66,8 @@ def starts_needed(*, records: list[Instance], target: int, limit: int, max_paral
     warm = c["ready"] + c["starting"]
     alive = warm + c["claimed"]
     want = target - warm
-    return max(0, min(want, limit - alive, max_parallel - c["starting"], global_free))
+    parallel = want if max_parallel is None else max_parallel - c["starting"]
+    return max(0, min(want, limit - alive, parallel, global_free))
 
 
 def surplus_ready(records: list[Instance], target: int) -> list[Instance]:
@@ -306,3 +308,118 @@ def placed_nodes(records: Iterable[Instance], task_nodes: Mapping[str, str]) -> 
     return {r.key: task_nodes[r.service_id] for r in records
             if r.service_id and task_nodes.get(r.service_id) and r.node != task_nodes[r.service_id]
             and r.state in ("starting", "ready", "claimed")}
+
+
+# ---- the engine's start budget: how many instances may start at once ----
+
+START_WINDOW = 600.0  # starts that became ready longer ago than this say nothing about the engine now
+START_SAMPLES = 8  # the most recent starts of a node that its budget follows
+START_SLACK = 0.5  # seconds a start may take beyond its app's fastest and still be quick (probe granularity)
+# a page still loading this many settle_caps after its claim narrows the budget (its replacement waits one cap only):
+# on a busy machine a Voila page can take longer than the cap, and starts must not take its CPU then
+SETTLING_SPAN = 3
+
+
+class StartBudget(NamedTuple):
+    """Instances that may be starting at once on the engine, all apps together, and why (logged)."""
+
+    size: int
+    why: str
+
+
+def unsettled_claims(records: Iterable[Instance], now: float, cap: float) -> list[Instance]:
+    """Claims whose student's page is still loading (at most `cap` s after the claim)."""
+    return [r for r in records if r.state == "claimed" and r.settled_at is None
+            and r.claimed_at is not None and now - r.claimed_at < cap]
+
+
+def start_seconds(r: Instance) -> float:
+    """How long an instance took from its reservation to its first passed probe."""
+    return (r.ready_at or r.created_at) - r.created_at
+
+
+def starts_alongside(r: Instance, records: Iterable[Instance], now: float) -> float:
+    """How many starts were in flight, on average, while `r` started (itself included)."""
+    begin, end = r.created_at, r.ready_at if r.ready_at is not None else now
+    if end <= begin:
+        return 1.0
+    overlap = 0.0
+    for o in records:
+        until = o.ready_at if o.ready_at is not None else (now if o.state == "starting" else None)
+        if until is not None:
+            overlap += max(0.0, min(end, until) - max(begin, o.created_at))
+    return max(1.0, overlap / (end - begin))
+
+
+def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, tolerance: float,
+              timeouts: Mapping[str, float] | None = None) -> tuple[int, str]:
+    """The budget the recent starts on one node ask for (`records`: that node's, and those not placed yet).
+
+    Each of the node's latest starts is compared with the fastest start of its app seen there: while they
+    stay within `tolerance` times that (plus START_SLACK), the engine had room, so the budget doubles what
+    was in flight while they started (quadruples while they stay within half the tolerance's margin, as
+    when the engine idled); when they take longer, the engine (or the node's CPU) is the queue,
+    so the budget shrinks to what would have kept them within the tolerance; so it does as well when they
+    took more than half their app's probe timeout (`timeouts`), whatever the fastest was, and it never grows
+    past what would take them there if each start grew slower in proportion to the starts beside it (more
+    at once would fail them). Nothing recent: the cores."""
+    done = sorted((r for r in records if r.ready_at is not None and now - r.ready_at <= START_WINDOW),
+                  key=lambda r: r.ready_at or 0.0)[-START_SAMPLES:]
+    if not done:
+        return min(cores, ceiling), "no recent start"
+    fastest: dict[str, float] = {}
+    for r in records:
+        if r.ready_at is not None:
+            fastest[r.app] = min(fastest.get(r.app, float("inf")), start_seconds(r))
+    loads, ratios, caps = [], [], []
+    for r in done:
+        loads.append(round(starts_alongside(r, records, now)))
+        limit = (timeouts or {}).get(r.app)
+        if limit:  # more at once makes each start slower, at worst in proportion: keep them within half the timeout
+            caps.append(loads[-1] * (limit / 2) / max(start_seconds(r), 0.001))
+        ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
+        if limit and start_seconds(r) > limit / 2:  # too close to failing: counts as beyond the tolerance
+            ratio = max(ratio, tolerance * start_seconds(r) / (limit / 2))
+        ratios.append(ratio)
+    slow = statistics.median(ratios)
+    cap = max(1, min(ceiling, int(min(caps)))) if caps else ceiling
+    if slow <= tolerance:  # as fast as the fastest: the engine was idling, so widen faster
+        grow = 4 if slow <= (1 + tolerance) / 2 else 2
+        size = min(cap, max(grow * max(loads), 2))
+        return size, f"quick starts ({slow:.1f}x the fastest, {max(loads)} at once)" + (
+            "; half the probe timeout" if size == cap < ceiling else "")
+    load = statistics.median(loads)
+    return max(1, min(cap, int(load * tolerance / slow))), f"slow starts ({slow:.1f}x the fastest, {load:.0f} at once)"
+
+
+def start_budget(records: list[Instance], now: float, *, cores: int, ceiling: int, tolerance: float,
+                 settle_cap: float, short: bool = True, fixed: int = 0,
+                 timeouts: Mapping[str, float] | None = None) -> StartBudget:
+    """Instances that may be starting at once, all apps together (`fixed` > 0: that many, as configured).
+
+    Per node (the swarm's node of each record; a start not placed yet counts on every node): what its recent
+    starts ask for (node_pace), at least its cores while a pool is short (the engine stays busy), and while
+    students' pages settle on it (claims unsettled for up to SETTLING_SPAN x `settle_cap`), fewer than its cores by one per page still loading (at least one):
+    a page's first load comes before a new instance's start. The nodes' budgets add up."""
+    if fixed:
+        return StartBudget(fixed, "start_budget")
+    placed = {r.node for r in records if r.node}
+    nodes = sorted(placed) or [""]
+    settling = unsettled_claims(records, now, SETTLING_SPAN * settle_cap)
+    total, whys = 0, []
+    for node in nodes:
+        mine = [r for r in records if r.node in (node, "")]
+        size, why = node_pace(mine, now, cores=cores, ceiling=ceiling, tolerance=tolerance, timeouts=timeouts)
+        if short and size < cores:
+            size, why = cores, f"{why}; the cores while a pool is short"
+        pages = sum(1 for r in settling if r.node in (node, ""))
+        if pages:
+            size, why = max(1, min(size, cores) - pages), f"{why}; {pages} page(s) settling"
+        total += size
+        whys.append(f"{node[:12] or 'engine'}: {size} ({why})")
+    return StartBudget(total, "; ".join(whys))
+
+
+def budgeted_starts(wanted: int, deferred: int, budget: int, starting: int) -> int:
+    """Starts now: the plan's, less the replacements of claims still loading, within the budget."""
+    return max(0, min(wanted - deferred, budget - starting))

@@ -36,6 +36,7 @@ class Verdict:
     result: Literal["ready", "wait", "dead"]
     detail: str = ""
     endpoint: str = ""  # where the task answers, once it runs
+    node: str = ""  # the swarm node its task runs on (the start budget is followed per node)
 
 
 def is_probing(ctx: Context, key: str) -> bool:
@@ -66,7 +67,7 @@ async def probe_until_ready(ctx: Context, app: str, instance_id: str) -> None:
                     await ctx.store.update(app, instance_id, lambda r: msgspec.structs.replace(
                         r, endpoint=verdict.endpoint) if r.state == "starting" else None)
                 if verdict.result == "ready":
-                    await mark_ready(ctx, app, instance_id)
+                    await mark_ready(ctx, app, instance_id, verdict.node)
                     return
                 if verdict.result == "dead":
                     await lifecycle.fail(ctx, app, instance_id, verdict.detail)
@@ -90,13 +91,13 @@ async def check(swarm: SwarmPort, spec: AppSpec, record: Instance) -> Verdict:
             return Verdict("wait", "http probe", status.endpoint)
     if spec.probe.log_marker and not await swarm.logs_contain(record.service_id, spec.probe.log_marker):
         return Verdict("wait", "log marker", status.endpoint)
-    return Verdict("ready", "", status.endpoint)
+    return Verdict("ready", "", status.endpoint, status.node)
 
 
-async def mark_ready(ctx: Context, app: str, instance_id: str) -> None:
+async def mark_ready(ctx: Context, app: str, instance_id: str, node: str = "") -> None:
     now = ctx.clock()
     result = await ctx.store.update(app, instance_id, lambda r: msgspec.structs.replace(
-        r, state="ready", ready_at=now) if r.state == "starting" else None)
+        r, state="ready", ready_at=now, node=node or r.node) if r.state == "starting" else None)
     if result is not None and result.instance.state == "ready":
         log.info("ready %s after %.1f s", result.instance.short, now - result.instance.created_at)
 

@@ -240,7 +240,6 @@ RESTART_ONLY: dict[str, str] = {
     "settings.keepalive_timeout": "the gateway's listener is made at its start",
     "settings.upstream_read_timeout": "the gateway's client to instances is made at its start",
     "settings.publish_ports": "the instance bridge and packet filter of `up` are set up at its start",
-    "apps.*.pool.max_parallel_starts": "each functions host sizes an app's start slots when it first starts one",
 }
 
 

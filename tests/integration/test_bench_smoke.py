@@ -24,6 +24,7 @@ SMOKES: dict[str, tuple[list[str], str]] = {
     "bench-notebook": (["-m", "bench.bench_click_to_notebook", "--smoke"], "click via gateway (in page)"),
     "bench-class": (["-m", "bench.bench_class", "--smoke"], "| nginx + gateway"),
     "bench-lecture": (["-m", "bench.bench_lecture", "--smoke"], "| queue order violations"),
+    "bench-warm": (["-m", "bench.bench_warm", "--smoke"], "| swarmpool warm (admin scale 0 -> N)"),
     # the stack bench: the control image of this checkout, deployed on this machine's swarm (the slow one)
     "bench-claim-stack": (["-m", "bench.bench_claim", "--smoke", "--stack"], "`swarmpool deploy` on this node"),
     # Pluto: a warm, one more and a cold instance (minutes of Julia each): the slowest smoke
