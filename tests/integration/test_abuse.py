@@ -10,7 +10,7 @@ import pytest
 from yarl import URL
 
 from swarmpool.bus.messages import Activity, Instance
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway.context import BROWSER_COOKIE
 from tests.stack import Stack, echo_catalogue, running_stack, wait_for

@@ -166,7 +166,7 @@ async def test_only_the_operator_may_call_it(tmp_path: Path, namespace: str, ech
     from swarmpool.catalogue import parse
 
     async with EmbeddedNats(tmp_path / "state", namespaces=[namespace]) as server:
-        from swarmpool.bus.runtime import connect
+        from swarmpool.bus.wire import connect
 
         fn = await connect(server.url, access=server.access("functions"),
                            inbox_prefix=Subjects(namespace).inbox("functions"))

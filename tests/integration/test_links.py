@@ -21,7 +21,7 @@ import nats
 import pytest
 
 from swarmpool.bus.messages import ClaimRefused, ClaimRequest, Claimed, Instance
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.launcher import serve_dashboard, serve_gateway
 from swarmpool.natsd import free_port

@@ -12,6 +12,7 @@ import nats
 import pytest
 
 from swarmpool.bus.messages import Period
+from swarmpool.bus.client import Bus
 from swarmpool.bus.runtime import Context
 from swarmpool.bus.state import ConfigStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -233,7 +234,7 @@ async def test_two_hosts_topping_up_at_once_never_start_more_than_max(nats_serve
             store = await stack.enter_async_context(await InstanceStore.open(nc, subjects, time.time))
             config = await ConfigStore.open(nc, subjects)
             stack.push_async_callback(config.close)
-            hosts.append(Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=catalogue,
+            hosts.append(Context(bus=Bus(nc), subjects=subjects, store=store, config=config, catalogue=catalogue,
                                  swarm=swarm, namespace=namespace, host=name))
         started = await asyncio.gather(*(keeper.top_up(ctx, "echo") for ctx in hosts))
         assert sorted(started) == [0, 3]  # one host started the pool; the other counted its records

@@ -230,3 +230,25 @@ def test_nothing_below_the_front_door_imports_it() -> None:
     below = [m for m in graph if m.split(".")[1:2] and m.split(".")[1] in BARE]  # bus/, swarm/, functions/, gateway/
     broken = {m: sorted(graph[m] & FRONT_DOOR) for m in sorted(below) if graph[m] & FRONT_DOOR}
     assert not broken, f"bus/, swarm/, functions/, gateway/ import the front door: {broken}"
+
+
+# ---- handlers see ports, never the wire ----
+
+RAW_CLIENT = {"nc", "client"}  # the raw NATS client, by the names the code gives it (Context.bus.client)
+
+
+def test_functions_never_reach_the_raw_nats_client() -> None:
+    """Handlers publish, lock and read through the Context's ports; subscribing is the runtime's (bus/)."""
+    broken = [f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}"
+              for path in sorted((ROOT / "functions").rglob("*.py"))
+              for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.Attribute) and node.attr in RAW_CLIENT]
+    assert not broken, "functions/ reaches the raw NATS client:\n" + "\n".join(broken)
+
+
+def test_the_wire_is_below_the_runtime() -> None:
+    """bus/wire.py (connection, encoding, log redaction, the drop hook) imports no other module of bus/ but the
+    spec, the roles and the subjects; the runtime and the callers' facade stand on it."""
+    graph = import_graph()
+    assert graph["swarmpool.bus.wire"] <= FLOOR | {"swarmpool.bus.roles", "swarmpool.bus.subjects"}, graph["swarmpool.bus.wire"]
+    assert "swarmpool.bus.wire" in graph["swarmpool.bus.runtime"] and "swarmpool.bus.wire" in graph["swarmpool.bus.client"]
