@@ -10,10 +10,9 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import aiohttp
 import nats
@@ -32,8 +31,7 @@ from swarmpool.natsd import free_port
 
 from bench.support import echo_catalogue  # noqa: F401  (re-exported: one home for benches and tests)
 from bench.support import stop_child
-
-T = TypeVar("T")
+from tests.fixtures import wait_for  # noqa: F401  (re-exported: tests import it with the stack)
 
 
 async def cli_process(stack: AsyncExitStack, *args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
@@ -56,21 +54,6 @@ async def cli_process(stack: AsyncExitStack, *args: str) -> tuple[asyncio.subpro
 
     stack.push_async_callback(stop)
     return proc, lines
-
-
-async def wait_for(probe: Callable[[], T | None | Awaitable[T | None]], *, timeout: float = 60.0,
-                   what: str = "condition", interval: float = 0.05) -> T:
-    """Poll until `probe` returns something truthy, or fail after `timeout`, saying what was awaited."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if asyncio.iscoroutine(last) or isinstance(last, asyncio.Future):
-            last = await last
-        if last:
-            return last  # type: ignore[no-any-return]
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 @dataclass
