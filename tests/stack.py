@@ -1,6 +1,7 @@
 """The whole swarmpool, started for real in the test process: functions hosts + gateway.
 
-Real nats-server (session fixture), real Docker swarm, real gateway on a loopback port.
+Real nats-server (session fixture), real gateway on a loopback port, and the real Docker swarm, or, with
+`docker=False` where Docker is not what a test proves, `LocalSwarm` (echo instances in the test process).
 Everything it creates is labelled with a fresh namespace and removed by label afterwards.
 """
 
@@ -24,6 +25,7 @@ from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.swarm import Swarm
+from tests.local_swarm import LocalSwarm
 from swarmpool.catalogue import parse
 from swarmpool.host import functions_host
 from swarmpool.launcher import serve_gateway
@@ -62,7 +64,7 @@ class Stack:
     catalogue: Catalogue
     nc: NATS
     store: InstanceStore  # the test's own mirror of the records
-    swarm: Swarm
+    swarm: Swarm | LocalSwarm
     url: str
     http: aiohttp.ClientSession
     hosts: list[Context] = field(default_factory=list)
@@ -82,10 +84,10 @@ class Stack:
 
 @asynccontextmanager
 async def running_stack(nats_url: str, namespace: str, catalogue_text: str, *, hosts: int = 1,
-                        gateway: bool = True) -> AsyncIterator[Stack]:
+                        gateway: bool = True, docker: bool = True) -> AsyncIterator[Stack]:
     catalogue = parse(catalogue_text, "test-catalogue")
     async with AsyncExitStack() as stack:
-        swarm = Swarm(namespace)
+        swarm: Swarm | LocalSwarm = Swarm(namespace) if docker else LocalSwarm(namespace)
         stack.push_async_callback(swarm.close)
         stack.push_async_callback(swarm.remove_all)  # runs first on exit: nothing left behind
         nc = await nats.connect(nats_url)

@@ -50,10 +50,11 @@ async def test_click_redirects_to_a_fresh_instance_that_answers(nats_server, nam
 
 
 async def test_fifty_concurrent_clicks_get_fifty_distinct_instances_with_two_claimer_hosts(
-        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+        nats_server, namespace) -> None:  # type: ignore[no-untyped-def]
+    # invariant 1 is the claimers' CAS on the records: the instances are local (Docker is not the subject here)
     n = 50
     catalogue = echo_catalogue(size=n, max_=n, parallel=12).replace("claim_wait = 1.5", "claim_wait = 0.5")
-    async with running_stack(nats_server.url, namespace, catalogue, hosts=2) as s:
+    async with running_stack(nats_server.url, namespace, catalogue, hosts=2, docker=False) as s:
         await s.wait_ready(n, timeout=240)
         responses = await asyncio.gather(*(s.launch() for _ in range(n)))
         assert [r.status for r in responses] == [303] * n
@@ -134,7 +135,7 @@ async def test_reaper_retires_idle_disconnected_and_expired_but_keeps_a_busy_one
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     # idle: no client traffic for 3 s; disconnected: no connection for 2 s; lifetime: 8 s
     async with running_stack(nats_server.url, namespace,
-                             echo_catalogue(size=4, max_=8, idle="3s", grace="2s", lifetime="8s")) as s:
+                             echo_catalogue(size=4, max_=8, idle="3s", grace="2s", lifetime="8s"), docker=False) as s:
         await s.wait_ready(4)
         ids = [(await s.launch()).headers["Location"].split("/")[2] for _ in range(3)]
         idle_id, busy_id, socket_id = ids
@@ -178,7 +179,7 @@ async def test_reaper_retires_idle_disconnected_and_expired_but_keeps_a_busy_one
 
 async def test_unknown_and_unclaimed_ids_get_404_and_reach_no_instance(
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1)) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1), docker=False) as s:
         ready = (await s.wait_ready(1))[0]
         for path in (f"/i/{ready.id}/", "/i/" + "a" * 26 + "/", "/i/not-an-id/", "/launch/nope"):
             async with s.http.get(s.url + path) as page:
@@ -187,7 +188,7 @@ async def test_unknown_and_unclaimed_ids_get_404_and_reach_no_instance(
 
 
 async def test_healthz(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1)) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1), docker=False) as s:
         async with s.http.get(s.url + "/healthz") as r:
             assert r.status == 200
 
@@ -196,7 +197,7 @@ async def test_healthz(nats_server, namespace, echo_image) -> None:  # type: ign
 
 async def test_warm_up_never_overshoots_the_target(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     """Invariant 4: ready + starting converges to the target and never exceeds it while warming."""
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=6, max_=30, parallel=6)) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=6, max_=30, parallel=6), docker=False) as s:
         highest = 0
 
         def watch(old, new) -> None:  # type: ignore[no-untyped-def]
