@@ -19,6 +19,7 @@ from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
 from swarmpool.functions import keeper
 from swarmpool.swarm import Swarm
+from tests.local_swarm import LocalSwarm
 from tests.stack import echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
@@ -84,24 +85,36 @@ async def _claimed_event_ids(s) -> list[str]:  # type: ignore[no-untyped-def]
     return ids
 
 
-async def test_pool_refills_after_claims_and_replaces_a_killed_instance(
-        nats_server, namespace, echo_image, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=3)) as s:
+async def test_pool_refills_after_claims_and_replaces_a_dead_instance(nats_server, namespace) -> None:  # type: ignore[no-untyped-def]
+    """The keeper's part: claims are refilled, a die event fails a warm instance and it is replaced (the
+    instances are local; a real container's death is the next test's)."""
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=3), docker=False) as s:
         first = {r.id for r in await s.wait_ready(3)}
         for _ in range(2):
             assert (await s.launch()).status == 303
         await wait_for(lambda: len(s.records("ready")) == 3 and len(s.records("claimed")) == 2,
                        timeout=60, what="refill to 3 ready beside 2 claimed")
         victim = s.records("ready")[0]
-        container = _container_of(docker_client, namespace, victim.id)
-        container.kill()
+        assert isinstance(s.swarm, LocalSwarm)
+        await s.swarm.kill(victim.id)
+        await wait_for(lambda: s.store.get("echo", victim.id) is None, timeout=30,
+                       what="the dead instance's record to go")
+        await wait_for(lambda: len(s.records("ready")) == 3 and victim.id not in {r.id for r in s.records()},
+                       timeout=60, what="a replacement for the dead instance")
+        assert {r.id for r in s.records("ready")} != first
+        assert victim.id not in {svc.id for svc in await s.swarm.list_ours()}
+
+
+async def test_a_killed_warm_container_is_replaced(
+        nats_server, namespace, echo_image, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1)) as s:
+        victim = (await s.wait_ready(1))[0]
+        _container_of(docker_client, namespace, victim.id).kill()
         await wait_for(lambda: s.store.get("echo", victim.id) is None, timeout=30,
                        what="the killed instance's record to go")
-        await wait_for(lambda: len(s.records("ready")) == 3 and victim.id not in {r.id for r in s.records()},
+        await wait_for(lambda: len(s.records("ready")) == 1 and victim.id not in {r.id for r in s.records()},
                        timeout=60, what="a replacement for the killed instance")
-        assert {r.id for r in s.records("ready")} != first
-        services = await s.swarm.list_ours()
-        assert victim.id not in {svc.id for svc in services}
+        assert victim.id not in {svc.id for svc in await s.swarm.list_ours()}
 
 
 async def test_claimed_instance_whose_container_dies_shows_session_ended(
