@@ -9,13 +9,16 @@ does (services, labels, isolation, a container that dies) keep the real `Swarm`.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from swarmpool.ids import new_handle
 from swarmpool.swarm import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
@@ -23,8 +26,20 @@ from swarmpool.swarm import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
 NODE = "local"
 
 
+def _load_echo() -> ModuleType:
+    """apps/echo/app.py (its handlers that do not depend on the prefix are used as they are)."""
+    spec = importlib.util.spec_from_file_location("echo_app", Path(__file__).resolve().parents[1] / "apps/echo/app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ECHO = _load_echo()
+
+
 def echo_app(prefix: str, instance_id: str) -> web.Application:
-    """apps/echo/app.py's answers under `prefix`: healthz, page, ws (echo), POST echo, else a JSON echo."""
+    """apps/echo/app.py's answers under `prefix`: healthz, page, ws (echo), big, POST echo, else a JSON echo."""
     async def get(request: web.Request) -> web.StreamResponse:
         if not request.path.startswith(prefix):
             raise web.HTTPNotFound()
@@ -34,14 +49,9 @@ def echo_app(prefix: str, instance_id: str) -> web.Application:
         if tail == "page":
             return web.Response(text="<!doctype html><title>echo</title><p>echo</p>", content_type="text/html")
         if tail == "ws":
-            ws = web.WebSocketResponse()
-            await ws.prepare(request)
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    await ws.send_str(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    await ws.send_bytes(msg.data)
-            return ws
+            return await ECHO.websocket(request)
+        if tail == "big":
+            return await ECHO.big(request)
         return web.json_response({"id": instance_id, "hostname": "local", "path": request.path,
                                   "headers": dict(request.headers)})
 
