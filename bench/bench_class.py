@@ -62,7 +62,7 @@ from bench.support import (VOILA_APP, chromium, class_catalogue, ensure_voila_im
                            pct, stop_process)
 from swarmpool.bus.messages import ClaimRequest, Claimed, Instance, RetireRequest
 from swarmpool.bus.roles import Access, credentials_path
-from swarmpool.bus.runtime import connect, encode
+from swarmpool.bus.wire import connect, encode
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import instance_prefix

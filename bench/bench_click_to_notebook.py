@@ -33,7 +33,7 @@ import msgspec
 from bench.bench_proxy import SeparateStack, separate_stack
 from bench.support import VOILA_APP, chromium, ensure_voila_image, instance_id_of, voila_catalogue
 from swarmpool.bus.messages import ClaimRequest, Claimed
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import instance_prefix
 

@@ -47,7 +47,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError
 
 from swarmpool.bus.messages import Instance, RetireRequest
-from swarmpool.bus.runtime import connect, encode
+from swarmpool.bus.wire import connect, encode
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.swarm import Swarm

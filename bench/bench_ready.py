@@ -1,4 +1,4 @@
-"""What saying "ready" costs a host once it has subscribed (bus.runtime.subscribed): one request
+"""What saying "ready" costs a host once it has subscribed (bus.wire.subscribed): one request
 through the client's buffer behind its SUBs, answered by the server; beside the baseline of
 nats-py's flush() (a PING that may overtake the SUBs, so no guarantee), measured in the same run on
 a local nats-server. Each round first makes --subs fresh subscriptions, as a starting host does.
@@ -19,7 +19,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from bench.support import print_rows
-from swarmpool.bus.runtime import subscribed
+from swarmpool.bus.wire import subscribed
 from swarmpool.natsd import EmbeddedNats
 
 

@@ -19,6 +19,7 @@ import nats
 
 from bench.support import print_rows
 from swarmpool.bus.messages import Instance
+from swarmpool.bus.client import Bus
 from swarmpool.bus.runtime import Context
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import ConfigStore, InstanceStore
@@ -48,7 +49,7 @@ async def main(n: int, records: int, contenders: int) -> None:
                 store = await stack.enter_async_context(await InstanceStore.open(nc, subjects, time.time))
                 config = await ConfigStore.open(nc, subjects)
                 stack.push_async_callback(config.close)
-                hosts.append(Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=Catalogue(),
+                hosts.append(Context(bus=Bus(nc), subjects=subjects, store=store, config=config, catalogue=Catalogue(),
                                      swarm=None, namespace="bench", host=f"h{i}"))  # type: ignore[arg-type]
             for k in range(records):  # a pool's worth of records in the bucket
                 await hosts[0].store.create(Instance(app="echo", id=f"{k:026d}", state="ready", created_at=time.time()))

@@ -166,7 +166,8 @@ async def stop_child(process: asyncio.subprocess.Process, sig: int = signal.SIGT
             await process.wait()
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+def wait_listening(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    """Return once `process` listens on 127.0.0.1:`port`; fail if it exits first or after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -207,7 +208,7 @@ def nginx_front(out: Path, gateway: str, *extra: str) -> Iterator[str]:
     process = subprocess.Popen(_nginx_cmd(conf, "-g", "daemon off;"), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(port, process, "nginx")
+        wait_listening(port, process, "nginx")
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(process)  # SIGTERM: fast shutdown, the master stops its workers, then exits

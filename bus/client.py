@@ -1,7 +1,7 @@
 """The bus as its callers see it: publish a message, ask a question, know whether NATS is there.
 
 Callers outside ``bus/`` (the gateway) use this facade and its exceptions, never nats itself;
-messages go out in the one wire format of the bus (``runtime.encode``).
+messages go out in the one wire format of the bus (``wire.encode``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 
 Publish = Callable[[str, Any], Awaitable[None]]
 """Something that publishes one message on a subject: `Bus.publish`, or a fake in unit tests."""

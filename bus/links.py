@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from swarmpool.bus.messages import Link, LinkInfo, LinkKeys, Requester, SigningKey
+from swarmpool.bus.state import read_modify_cas
 from swarmpool.bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -143,20 +144,8 @@ class Links:
         return _decode_keys(entry.value), entry.revision or 0
 
     async def _change_keys(self, change: Callable[[LinkKeys], LinkKeys | None]) -> LinkKeys:
-        for _ in range(ATTEMPTS):
-            current, revision = await self.keys()
-            new = change(current)
-            if new is None:
-                return current
-            try:
-                if revision:
-                    await self._kv.update(KEYS_KEY, _encode(new), last=revision)
-                else:
-                    await self._kv.create(KEYS_KEY, _encode(new))
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-            return new
-        raise RuntimeError(f"{KEYS_KEY}: gave up after {ATTEMPTS} attempts")
+        keys, _, _ = await read_modify_cas(self._kv, KEYS_KEY, self.keys, change, attempts=ATTEMPTS)
+        return keys
 
     async def signing_key(self, now: float) -> SigningKey:
         """The newest unretired key (made at the first link)."""

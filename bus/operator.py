@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 
 from swarmpool.bus.client import Bus
 from swarmpool.bus.messages import AdminCommand, AdminEvent, AdminResult, ErrorReply, InstanceEvent
-from swarmpool.bus.runtime import subscribed
+from swarmpool.bus.wire import subscribed
 from swarmpool.bus.subjects import Subjects
 
 _reply = msgspec.json.Decoder(AdminResult | ErrorReply)

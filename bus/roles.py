@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from swarmpool.bus.subjects import Subjects
+from swarmpool.files import write_private
 
 ROLES = ("functions", "gateway", "operator")
 
@@ -169,11 +170,7 @@ class Access:
                 "password": self.password or "", "creds": self.creds or "", "ca": self.ca or "",
                 "cert": self.cert or "", "key": self.key or "", "inbox_prefix": inbox_prefix}
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.chmod(0o600)
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
+        write_private(path, json.dumps(data, indent=2) + "\n")
 
     def tls_context(self, url: str) -> ssl.SSLContext | None:
         """A client TLS context when the URL is ``tls://`` or TLS files are given, else None."""

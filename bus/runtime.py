@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -22,16 +20,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import msgspec
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from swarmpool.bus.client import Bus
 from swarmpool.bus.messages import ErrorReply
 from swarmpool.bus.metrics import HostMetrics
-from swarmpool.bus.roles import Access
-from swarmpool.bus.spec import AppSpec, Catalogue, Settings, enc_hook
-from swarmpool.bus.state import ConfigStore, InstanceStore, Lease
+from swarmpool.bus.spec import AppSpec, Catalogue, Settings
+from swarmpool.bus.state import CatalogueStore, ConfigStore, InstanceStore, Lease, Mutex
 from swarmpool.bus.subjects import QUEUE_FUNCTIONS, Subjects
-from swarmpool.ids import SHORT, valid_id
+from swarmpool.bus.wire import count_drops, encode, log_safe, subscribed
 
 if TYPE_CHECKING:
     from swarmpool.swarm.port import SwarmPort
@@ -39,90 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_encoder = msgspec.json.Encoder(enc_hook=enc_hook)
-
-
-def encode(message: Any) -> bytes:
-    """The one wire format of the bus: JSON via msgspec."""
-    return _encoder.encode(message)
-
-
-async def subscribed(nc: NATS, timeout: float = 10.0) -> None:
-    """Return once the server holds every subscription `nc` has made so far: from then on a publish
-    from any connection reaches them. Call it before saying "ready".
-
-    ``nc.flush()`` alone does not promise this: nats-py writes the PING of a flush straight to the
-    socket, ahead of SUBs still waiting in its buffer for the flusher task, so the PONG may come
-    back before the server has seen them. A request goes out through that buffer, behind the SUBs,
-    and the server handles one connection's commands in order: its answer means they are in place.
-    ``$JS.API.INFO`` is one the server answers itself and every role that subscribes may send (an
-    error or "no responders" answer proves the same)."""
-    import nats.errors
-
-    try:
-        await nc.request("$JS.API.INFO", b"", timeout=timeout)
-    except nats.errors.NoRespondersError:
-        pass
-
-
-async def connect(url: str, name: str = "swarmpool", *, access: Access | None = None,
-                  inbox_prefix: str | None = None) -> NATS:
-    """Connect to NATS, failing fast (ConnectionError) if no server answers now; later outages are
-    reconnected forever. (nats-py would otherwise retry the first connect for minutes.)
-
-    `access` logs in as one bus role (user/password or a .creds file; TLS for ``tls://`` URLs or
-    given CA/certificate files); `inbox_prefix` is that role's (``Subjects.inbox``), the only
-    inboxes its user may subscribe to. Messages a subscription drops because its handlers are
-    behind (nats-py's slow consumer) are counted by the runtime that owns it, never buffered."""
-    import nats
-    import nats.errors
-    from urllib.parse import urlparse
-
-    for server in url.split(","):
-        parsed = urlparse(server.strip() if "://" in server else f"nats://{server.strip()}")
-        try:
-            async with asyncio.timeout(3):
-                _, writer = await asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222)
-            writer.close()
-            break
-        except (OSError, TimeoutError):
-            continue
-    else:
-        raise ConnectionError(f"no NATS server answers at {url}")
-
-    async def on_error(err: Exception) -> None:
-        if isinstance(err, nats.errors.SlowConsumerError):
-            _slow_consumer(err.sub)
-            return
-        log.warning("nats: %s", log_safe_text(str(err)))
-
-    options = access.options(url) if access is not None else {}
-    if inbox_prefix:
-        options["inbox_prefix"] = inbox_prefix
-    servers = [server.strip() for server in url.split(",") if server.strip()]  # a cluster: every server's URL
-    return await nats.connect(servers, name=name, connect_timeout=5, max_reconnect_attempts=-1,
-                              error_cb=on_error, **options)
-
-
-# what the runtime does when one of its subscriptions drops a message (count it), by subscription
-_on_drop: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
-_drop_logged: dict[str, float] = {}
-DROP_LOG_EVERY = 10.0  # seconds between two log lines about drops on one subject pattern
-
-
-def _slow_consumer(sub: Any) -> None:
-    """A subscription's pending queue was full: the message is dropped; count it, log now and then."""
-    count = _on_drop.get(sub)
-    if count is not None:
-        count()
-    subject = log_safe(str(getattr(sub, "subject", "?")))
-    now = time.monotonic()
-    if now - _drop_logged.get(subject, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
-        _drop_logged[subject] = now
-        log.warning("dropping messages on %s: its handlers are behind (counted in "
-                    "swarmpool_messages_dropped_total{reason=\"slow_consumer\"})", subject)
-
-
 S = TypeVar("S")
 LEASE_RENEW = 3.0  # seconds between renewals of a singleton's lease (the lease expires after 15 s)
 PENDING_LIMIT = 4096  # messages a subscription buffers while its handlers are all busy; then dropped
@@ -131,9 +44,9 @@ STOP_TIMEOUT = 10.0  # seconds the runtime waits for its tasks to stop
 
 @dataclass
 class Context:
-    """Everything a handler may touch; handed in, never global."""
+    """Everything a handler may touch, as ports (the bus, the stores, the swarm); handed in, never global."""
 
-    nc: NATS
+    bus: Bus  # publish and request; the raw client stays in bus/ (the runtime subscribes through it)
     subjects: Subjects
     store: InstanceStore
     config: ConfigStore
@@ -144,12 +57,16 @@ class Context:
     host: str = "local"
     metrics: HostMetrics = field(default_factory=HostMetrics)
     states: dict[type, Any] = field(default_factory=dict)
-    # the catalogue on the bus (CatalogueStore): `catalogue` is swapped when a reload stores a new one
-    catalogues: Any = None
+    # the catalogue on the bus: `catalogue` is swapped when a reload stores a new one (None: no reload here)
+    catalogues: CatalogueStore | None = None
     catalogue_version: str = ""
 
     async def publish(self, subject: str, message: Any) -> None:
-        await self.nc.publish(subject, encode(message))
+        await self.bus.client.publish(subject, encode(message))  # nats' own errors, as before Bus wrapped them
+
+    async def mutex(self, name: str) -> Mutex:
+        """A cluster-wide mutex of this namespace (the top-up lock)."""
+        return await Mutex.open(self.bus.client, self.subjects, name)
 
     def app(self, name: str) -> AppSpec | None:
         return self.catalogue.apps.get(name)
@@ -261,7 +178,7 @@ class Runtime:
                 self._spawn(self._guard(single.body.__name__, functools.partial(self._hold, single)),
                             name=single.body.__name__)
         if any(table.subscriptions for table in self.tables):
-            await subscribed(self.ctx.nc)  # ready means the server routes to us
+            await subscribed(self.ctx.bus.client)  # ready means the server routes to us
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -299,7 +216,7 @@ class Runtime:
 
     async def _hold(self, single: Singleton) -> None:
         """Run `single.body` while this host holds its lease; stop it as soon as the lease is lost."""
-        lease = await Lease.open(self.ctx.nc, self.ctx.subjects, single.lease, self.ctx.host)
+        lease = await Lease.open(self.ctx.bus.client, self.ctx.subjects, single.lease, self.ctx.host)
         try:
             while True:
                 if not await lease.acquire_or_renew():
@@ -343,10 +260,10 @@ class Runtime:
             await limit.acquire()
             self._spawn(handle(msg), name=name)
 
-        nsub = await self.ctx.nc.subscribe(subject, queue=QUEUE_FUNCTIONS + "." + self.ctx.namespace
+        nsub = await self.ctx.bus.client.subscribe(subject, queue=QUEUE_FUNCTIONS + "." + self.ctx.namespace
                                            if sub.queue else "", cb=on_message,
                                            pending_msgs_limit=PENDING_LIMIT)
-        _on_drop[nsub] = self.ctx.metrics.dropped.labels(name, "slow_consumer").inc
+        count_drops(nsub, self.ctx.metrics.dropped.labels(name, "slow_consumer").inc)
         self._stack.push_async_callback(nsub.unsubscribe)
 
     async def _handle(self, msg: Msg, decoder: msgspec.json.Decoder[Any], sub: Subscription[Any],
@@ -390,20 +307,3 @@ class Runtime:
                 await msg.respond(encode(reply))
             except Exception:
                 log.exception("could not answer on %s", log_safe(msg.subject))
-
-
-def log_safe(subject: str) -> str:
-    """A subject as logs may show it: tokens that look like instance ids are cut to a prefix."""
-    return ".".join(short_token(t) for t in subject.split("."))
-
-
-def short_token(token: str) -> str:
-    return token[:SHORT] + "…" if valid_id(token) else token
-
-
-_ID_IN_TEXT = re.compile(r"(?<![a-z2-7])([a-z2-7]{%d})[a-z2-7]{%d}(?![a-z2-7])" % (SHORT, 26 - SHORT))
-
-
-def log_safe_text(text: str) -> str:
-    """Any text as logs may show it (a client error quoting a subject): id-like words cut to a prefix."""
-    return _ID_IN_TEXT.sub(lambda m: m.group(1) + "…", text)

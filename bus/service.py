@@ -21,7 +21,7 @@ from nats.micro.service import Service
 
 from swarmpool.bus.messages import ErrorReply
 from swarmpool.bus.metrics import HostMetrics
-from swarmpool.bus.runtime import encode, log_safe_text, subscribed
+from swarmpool.bus.wire import encode, log_safe_text, subscribed
 
 log = logging.getLogger(__name__)
 

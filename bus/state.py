@@ -13,9 +13,9 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats.js.errors
@@ -37,6 +37,7 @@ _decode_trust = msgspec.json.Decoder(EngineTrust).decode
 TRUST_KEY = "engine.trust"  # in the config bucket: see EngineTrust
 CATALOGUE_KEY = "catalogue"  # in the config bucket: see CatalogueFile
 _decode_catalogue = msgspec.json.Decoder(CatalogueFile).decode
+T = TypeVar("T")
 
 
 class Conflict(Exception):
@@ -45,6 +46,31 @@ class Conflict(Exception):
 
 class InvalidTransition(Exception):
     """A state change that the lifecycle does not allow."""
+
+
+async def read_modify_cas(kv: KeyValue, key: str, read: Callable[[], Awaitable[tuple[T, int]]],
+                          change: Callable[[T], T | None], *, refresh: Callable[[], Awaitable[object]] | None = None,
+                          attempts: int = 8, what: str | None = None) -> tuple[T, int, bool]:
+    """Read-modify-CAS of one key, retried when another writer got there first: `read` gives the value and
+    its revision (0: no key yet, the write creates it), `change` the new value (None: leave it alone); after a
+    lost race `refresh` learns what was stored (when `read` answers from a mirror). Returns the value, its
+    revision and whether this call wrote it; Conflict after `attempts` lost races."""
+    for _ in range(attempts):
+        current, revision = await read()
+        new = change(current)
+        if new is None:
+            return current, revision, False
+        try:
+            if revision:
+                revision = await kv.update(key, _encode(new), last=revision)
+            else:
+                revision = await kv.create(key, _encode(new))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            if refresh is not None:
+                await refresh()
+            continue
+        return new, revision, True
+    raise Conflict(f"{what or key}: gave up after {attempts} attempts")
 
 
 class Versioned(msgspec.Struct, frozen=True):
@@ -473,22 +499,19 @@ class ConfigStore:
     async def update(self, app: str, change: Callable[[PoolOverride], PoolOverride],
                      attempts: int = 8) -> PoolOverride:
         """Read-modify-CAS of one app's override, retried on a concurrent write."""
-        key = f"pool.{app}"
         known = self._overrides.get(app)
-        for _ in range(attempts):
-            current, revision = known if known else (PoolOverride(app=app), 0)
-            new = change(current)
-            try:
-                if revision:
-                    revision = await self._kv.update(key, _encode(new), last=revision)
-                else:
-                    revision = await self._kv.create(key, _encode(new))
-            except nats.js.errors.KeyWrongLastSequenceError:
-                known = await self._fetch(app)
-                continue
-            self._learn(app, new, revision)
-            return new
-        raise Conflict(f"pool override of {app}: gave up after {attempts} attempts")
+
+        async def read() -> tuple[PoolOverride, int]:
+            return known if known else (PoolOverride(app=app), 0)
+
+        async def refresh() -> None:
+            nonlocal known
+            known = await self._fetch(app)
+
+        new, revision, _ = await read_modify_cas(self._kv, f"pool.{app}", read, change, refresh=refresh,
+                                                 attempts=attempts, what=f"pool override of {app}")
+        self._learn(app, new, revision)
+        return new
 
     async def _fetch(self, app: str) -> tuple[PoolOverride, int] | None:
         try:
@@ -554,27 +577,20 @@ class ConfigStore:
 
     async def _change_trust(self, change: Callable[[EngineTrust], EngineTrust | None],
                             attempts: int = 8) -> EngineTrust:
-        for _ in range(attempts):
-            current, revision = self._trust
-            new = change(current)
-            if new is None:
-                return current
+        async def read() -> tuple[EngineTrust, int]:
+            return self._trust
+
+        async def refresh() -> None:
             try:
-                if revision:
-                    revision = await self._kv.update(TRUST_KEY, _encode(new), last=revision)
-                else:
-                    revision = await self._kv.create(TRUST_KEY, _encode(new))
-            except nats.js.errors.KeyWrongLastSequenceError:
-                try:
-                    entry = await self._kv.get(TRUST_KEY)
-                    self._learn_trust(entry)
-                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                    pass
-                continue
-            if revision > self._trust[1]:
-                self._set_trust(new, revision)
-            return new
-        raise Conflict(f"{TRUST_KEY}: gave up after {attempts} attempts")
+                self._learn_trust(await self._kv.get(TRUST_KEY))
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                pass
+
+        new, revision, written = await read_modify_cas(self._kv, TRUST_KEY, read, change, refresh=refresh,
+                                                       attempts=attempts)
+        if written and revision > self._trust[1]:
+            self._set_trust(new, revision)
+        return new
 
     async def close(self) -> None:
         if self._mirror is not None:
@@ -645,26 +661,24 @@ class CatalogueStore:
     async def publish(self, file: CatalogueFile, *, only_if_absent: bool = False) -> bool:
         """Store `file` as the catalogue every host follows (a CAS on the revision last seen, retried);
         with `only_if_absent`, only when none is stored yet. Whether it was stored."""
-        for _ in range(8):
-            known = self._current
+        async def read() -> tuple[CatalogueFile | None, int]:
+            return self._current or (None, 0)
+
+        async def refresh() -> None:
             try:
-                if known is None:
-                    revision = await self._kv.create(CATALOGUE_KEY, _encode(file))
-                elif only_if_absent:
-                    return False
-                else:
-                    revision = await self._kv.update(CATALOGUE_KEY, _encode(file), last=known[1])
-            except nats.js.errors.KeyWrongLastSequenceError:
-                try:
-                    entry = await self._kv.get(CATALOGUE_KEY)
-                    if entry.value and entry.revision:
-                        self._learn(_decode_catalogue(entry.value), entry.revision)
-                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                    pass
-                continue
+                entry = await self._kv.get(CATALOGUE_KEY)
+                if entry.value and entry.revision:
+                    self._learn(_decode_catalogue(entry.value), entry.revision)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                pass
+
+        def change(stored: CatalogueFile | None) -> CatalogueFile | None:
+            return None if stored is not None and only_if_absent else file
+
+        _, revision, written = await read_modify_cas(self._kv, CATALOGUE_KEY, read, change, refresh=refresh)
+        if written:
             self._learn(file, revision)
-            return True
-        raise Conflict(f"{CATALOGUE_KEY}: gave up after 8 attempts")
+        return written
 
     async def close(self) -> None:
         if self._mirror is not None:

@@ -56,7 +56,7 @@ async def counting(ctx: Context) -> AsyncIterator[None]:
     state = ctx.state(KeeperState)
     async with state.lock:
         if state.mutex is None:
-            state.mutex = await Mutex.open(ctx.nc, ctx.subjects, MUTEX)
+            state.mutex = await ctx.mutex(MUTEX)
         async with state.mutex.held():
             await ctx.store.caught_up()
             yield

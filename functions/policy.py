@@ -15,6 +15,7 @@ import msgspec
 from swarmpool.bus.messages import Activity, Instance, PoolOverride
 from swarmpool.bus.spec import AppSpec, Session
 from swarmpool.functions import schedule
+from swarmpool.swarm.tasks import ENDED_TASK_STATES
 
 
 def counts(records: Iterable[Instance]) -> Counter[str]:
@@ -253,7 +254,6 @@ def ghost_records(records: Iterable[Instance], service_ids: set[str], now: float
     return ghosts
 
 
-ENDED_TASK = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 FOUND_DEAD = "(found by reconcile)"  # a running instance that died (with its engine, most often)
 ENGINE_FAULT = "engine unavailable"  # in a reason when the engine failed the start, not the app
 
@@ -278,7 +278,7 @@ def dead_instances(records: Iterable[Instance], task_states: Mapping[str, str]) 
         state = task_states.get(r.service_id) if r.service_id else None
         if state is None or r.state not in ("starting", "ready", "claimed"):
             continue
-        if state in ENDED_TASK or (r.state != "starting" and state != "running"):
+        if state in ENDED_TASK_STATES or (r.state != "starting" and state != "running"):
             dead.append((r, f"container {state} {FOUND_DEAD}"))
     return dead
 

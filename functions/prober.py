@@ -15,10 +15,11 @@ from swarmpool.bus.spec import AppSpec
 from swarmpool.functions import lifecycle
 from swarmpool.ids import instance_prefix
 from swarmpool.swarm import SwarmPort
+from swarmpool.swarm.tasks import ENDED_TASK_STATES, MISSING
 
 log = logging.getLogger(__name__)
 
-DEAD = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove", "missing"}
+DEAD = ENDED_TASK_STATES | {MISSING}
 
 
 @dataclass

@@ -34,6 +34,7 @@ from swarmpool.bus.operator import ask_admin, follow_events
 from swarmpool.bus.subjects import Subjects
 from swarmpool.bus.verbs import VERBS, Verb, request_from
 from swarmpool.catalogue import CatalogueError
+from swarmpool.files import write_private
 from swarmpool.report import Point, Report, Spread
 from swarmpool.report_cli import last_lecture_report
 from swarmpool.ids import short_id
@@ -108,11 +109,7 @@ def load_key(state_dir: Path) -> bytes:
     path = state_dir / "dashboard.key"
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.chmod(0o600)
-        tmp.write_text(secrets.token_hex(32))
-        tmp.replace(path)
+        write_private(path, secrets.token_hex(32))
     return bytes.fromhex(path.read_text().strip())
 
 

@@ -286,7 +286,7 @@ async def _admin(args: argparse.Namespace) -> int:
     import nats.errors
 
     from swarmpool.bus.messages import AdminResult, ErrorReply
-    from swarmpool.bus.runtime import encode
+    from swarmpool.bus.wire import encode
     from swarmpool.bus.subjects import Subjects
     from swarmpool.operator import operator_connection, requester
 

@@ -19,6 +19,7 @@ from typing import Any
 from swarmpool.bus.roles import ROLES, Access, server_users, user_name
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
+from swarmpool.files import write_private
 from swarmpool.swarm.adapter import GUARD_PORT
 
 CONTROL_REPOSITORY = "swarmpool/control"
@@ -414,13 +415,13 @@ def write_files(options: Options, state_dir: str | Path, catalogue_path: str, ca
     known = json.loads(passwords_file.read_text()) if passwords_file.exists() else {}
     passwords = {role: known.get(role) or secrets.token_urlsafe(24) for role in ROLES}
     route_password = known.get("route") or secrets.token_urlsafe(24)
-    _private(passwords_file, json.dumps({**passwords, "route": route_password}, indent=2) + "\n")
+    write_private(passwords_file, json.dumps({**passwords, "route": route_password}, indent=2) + "\n")
 
     files: dict[str, str] = {}
 
     def put(name: str, text: str | bytes) -> None:
         target = files_dir / name
-        _private(target, text)
+        write_private(target, text)
         files[name] = str(target)
 
     for name in nats_names(options):
@@ -462,17 +463,8 @@ def deployed_at(home: Path, digest: str) -> float:
     except (OSError, ValueError, AttributeError):
         pass
     at = time.time()
-    _private(record, json.dumps({"digest": digest, "at": at}) + "\n")
+    write_private(record, json.dumps({"digest": digest, "at": at}) + "\n")
     return at
-
-
-def _private(path: Path, content: str | bytes) -> None:
-    """Write a file only its owner may read."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.touch(mode=0o600)
-    tmp.chmod(0o600)
-    tmp.write_bytes(content.encode() if isinstance(content, str) else content)
-    tmp.replace(path)
 
 
 def wait_for_gateway(addresses: list[str], port: int, timeout: float) -> str:

@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from nats.aio.client import Client as NATS
 
 from swarmpool.bus.messages import CatalogueFile, Requester
+from swarmpool.bus.client import Bus
 from swarmpool.bus.runtime import Context, Runtime
 from swarmpool.bus.service import Endpoint, serve
 from swarmpool.bus.spec import Catalogue
@@ -60,7 +61,7 @@ async def functions_host(nc: NATS, catalogue: Catalogue, swarm: SwarmPort, names
     store = await InstanceStore.open(nc, subjects, time.time)
     config = await ConfigStore.open(nc, subjects)
     catalogues = await CatalogueStore.open(nc, subjects)
-    ctx = Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=catalogue,
+    ctx = Context(bus=Bus(nc), subjects=subjects, store=store, config=config, catalogue=catalogue,
                   swarm=swarm, namespace=namespace, host=host or f"{socket.gethostname()}-{id(store):x}",
                   catalogues=catalogues)
     if catalogue_text is not None:
@@ -125,7 +126,7 @@ def admin_service(ctx: Context) -> AbstractAsyncContextManager[object]:
         return Endpoint(name=verb.name, subject=ctx.subjects.admin(verb.name), request=verb.request,
                         handle=handle, description=verb.help)
 
-    return serve(ctx.nc, name=ctx.subjects.admin_service, version=_version(),
+    return serve(ctx.bus.client, name=ctx.subjects.admin_service, version=_version(),
                  description="swarmpool operators' verbs (swarmpool admin --help)",
                  endpoints=[endpoint(v) for v in VERBS.values()], metrics=ctx.metrics,
                  queue=f"{QUEUE_FUNCTIONS}.{ctx.namespace}", metadata={"namespace": ctx.namespace})

@@ -20,7 +20,8 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError
 
 from swarmpool.bus.roles import Access
-from swarmpool.bus.runtime import Context, connect
+from swarmpool.bus.runtime import Context
+from swarmpool.bus.wire import connect
 from swarmpool.bus.spec import Catalogue, Settings
 from swarmpool.bus.messages import CatalogueFile
 from swarmpool.bus.links import KeysMirror

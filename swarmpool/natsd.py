@@ -16,6 +16,7 @@ from pathlib import Path
 
 from swarmpool.bus.roles import ROLES, Access, credentials_path, server_users, user_name
 from swarmpool.bus.subjects import Subjects
+from swarmpool.files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,7 @@ class EmbeddedNats:
                 tls.update(ca_file=ca, verify=True)
             config["tls"] = tls
         path = self.state_dir / "nats-server.conf"
-        path.touch(mode=0o600)
-        path.chmod(0o600)
-        path.write_text(json.dumps(config, indent=2) + "\n")
+        write_private(path, json.dumps(config, indent=2) + "\n")
         return path
 
     async def __aenter__(self) -> "EmbeddedNats":

@@ -10,7 +10,7 @@ from typing import Any
 
 from swarmpool.bus.messages import Requester
 from swarmpool.bus.roles import Access, credentials_path
-from swarmpool.bus.runtime import connect
+from swarmpool.bus.wire import connect
 from swarmpool.bus.subjects import Subjects
 from swarmpool.exits import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 

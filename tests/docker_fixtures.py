@@ -6,9 +6,8 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import docker
 import docker.errors
@@ -17,25 +16,10 @@ import pytest_asyncio
 
 from swarmpool.ids import new_instance_id  # noqa: F401  (tests/integration/test_swarm.py imports it from here)
 from swarmpool.swarm import LABEL_OWNER, Swarm
-from tests.fixtures import random_namespace
+from tests.fixtures import random_namespace, wait_for  # noqa: F401  (wait_for: re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_IMAGE = "swarmpool/echo:latest"
-T = TypeVar("T")
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"
-) -> T:
-    """Poll `probe` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="session")

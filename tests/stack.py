@@ -1,6 +1,7 @@
 """The whole swarmpool, started for real in the test process: functions hosts + gateway.
 
-Real nats-server (session fixture), real Docker swarm, real gateway on a loopback port.
+Real nats-server (session fixture), real gateway on a loopback port, and the real Docker swarm, or, with
+`docker=False` where Docker is not what a test proves, `LocalSwarm` (echo instances in the test process).
 Everything it creates is labelled with a fresh namespace and removed by label afterwards.
 """
 
@@ -10,10 +11,9 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import aiohttp
 import nats
@@ -25,6 +25,7 @@ from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.swarm import Swarm
+from tests.local_swarm import LocalSwarm
 from swarmpool.catalogue import parse
 from swarmpool.host import functions_host
 from swarmpool.launcher import serve_gateway
@@ -32,8 +33,7 @@ from swarmpool.natsd import free_port
 
 from bench.support import echo_catalogue  # noqa: F401  (re-exported: one home for benches and tests)
 from bench.support import stop_child
-
-T = TypeVar("T")
+from tests.fixtures import wait_for  # noqa: F401  (re-exported: tests import it with the stack)
 
 
 async def cli_process(stack: AsyncExitStack, *args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
@@ -58,28 +58,13 @@ async def cli_process(stack: AsyncExitStack, *args: str) -> tuple[asyncio.subpro
     return proc, lines
 
 
-async def wait_for(probe: Callable[[], T | None | Awaitable[T | None]], *, timeout: float = 60.0,
-                   what: str = "condition", interval: float = 0.05) -> T:
-    """Poll until `probe` returns something truthy, or fail after `timeout`, saying what was awaited."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if asyncio.iscoroutine(last) or isinstance(last, asyncio.Future):
-            last = await last
-        if last:
-            return last  # type: ignore[no-any-return]
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
 @dataclass
 class Stack:
     namespace: str
     catalogue: Catalogue
     nc: NATS
     store: InstanceStore  # the test's own mirror of the records
-    swarm: Swarm
+    swarm: Swarm | LocalSwarm
     url: str
     http: aiohttp.ClientSession
     hosts: list[Context] = field(default_factory=list)
@@ -99,10 +84,10 @@ class Stack:
 
 @asynccontextmanager
 async def running_stack(nats_url: str, namespace: str, catalogue_text: str, *, hosts: int = 1,
-                        gateway: bool = True) -> AsyncIterator[Stack]:
+                        gateway: bool = True, docker: bool = True) -> AsyncIterator[Stack]:
     catalogue = parse(catalogue_text, "test-catalogue")
     async with AsyncExitStack() as stack:
-        swarm = Swarm(namespace)
+        swarm: Swarm | LocalSwarm = Swarm(namespace) if docker else LocalSwarm(namespace)
         stack.push_async_callback(swarm.close)
         stack.push_async_callback(swarm.remove_all)  # runs first on exit: nothing left behind
         nc = await nats.connect(nats_url)

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 
 from swarmpool.bus.client import Bus
 from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, Released, ReleaseRequest
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 from swarmpool.bus.spec import AppSpec, Catalogue, Duration, Settings
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects

@@ -10,7 +10,7 @@ import pytest
 from yarl import URL
 
 from swarmpool.bus.messages import Activity, Instance
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway.context import BROWSER_COOKIE
 from tests.stack import Stack, echo_catalogue, running_stack, wait_for
@@ -44,7 +44,7 @@ def retire_reasons(s: Stack) -> dict[str, str]:
 
 async def test_unused_claim_retires_early_and_a_forged_heartbeat_cannot_keep_one(
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, catalogue(size=3, unused="1s")) as s:
+    async with running_stack(nats_server.url, namespace, catalogue(size=3, unused="1s"), docker=False) as s:
         await s.wait_ready(3)
         reasons = retire_reasons(s)
         used, unused, forged = [(await s.launch()).headers["Location"] for _ in range(3)]
@@ -67,7 +67,7 @@ async def test_unused_claim_retires_early_and_a_forged_heartbeat_cannot_keep_one
 
 async def test_one_browser_holds_at_most_the_limit_and_previews_never_claim(
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, catalogue(size=5, limit=2)) as s:
+    async with running_stack(nats_server.url, namespace, catalogue(size=5, limit=2), docker=False) as s:
         await s.wait_ready(5)
         launch = f"{s.url}/launch/echo"
 
@@ -149,7 +149,7 @@ async def test_one_browser_holds_at_most_the_limit_and_previews_never_claim(
 
 async def test_ending_sessions_answers_once_they_are_retiring_not_when_docker_has_removed_them(
         nats_server, namespace, echo_image, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, catalogue(size=2, limit=1)) as s:
+    async with running_stack(nats_server.url, namespace, catalogue(size=2, limit=1), docker=False) as s:
         await s.wait_ready(2)
         launch = f"{s.url}/launch/echo"
         json_answer = {"Accept": "application/json"}

@@ -41,7 +41,7 @@ async def status_json(nats_url: str, namespace: str) -> dict[str, dict[str, obje
 
 
 async def test_every_verb(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1, max_=4)) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1, max_=4), docker=False) as s:
         await s.wait_ready(1)
         code, out, _ = await admin(nats_server.url, namespace, "status")
         assert code == 0
@@ -85,7 +85,7 @@ async def test_every_verb(nats_server, namespace, echo_image) -> None:  # type: 
 async def test_bad_admin_requests_are_clear(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     code, _, err = await admin(nats_server.url, namespace, "status")
     assert code == 1 and "no admin service answers" in err  # nothing runs for this namespace yet
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1), gateway=False):
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1), gateway=False, docker=False):
         code, _, err = await admin(nats_server.url, namespace, "scale", "nope", "3")
         assert code == 2 and "unknown_app" in err
         code, _, err = await admin(nats_server.url, namespace, "scale", "echo", "many")
@@ -103,7 +103,7 @@ async def test_bad_admin_requests_are_clear(nats_server, namespace, echo_image) 
 
 
 async def test_malformed_requests_get_a_typed_error(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1), gateway=False) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1), gateway=False, docker=False) as s:
         msg = await s.nc.request(Subjects(namespace).admin("scale"), b'{"app": "echo", "size": -1}', timeout=5)
         assert json.loads(msg.data)["type"] == "error" and json.loads(msg.data)["error"] == "malformed"
         assert msg.headers and msg.headers["Nats-Service-Error-Code"] == "400"
@@ -113,7 +113,7 @@ async def test_malformed_requests_get_a_typed_error(nats_server, namespace, echo
 async def test_admin_service_in_discovery(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     s = Subjects(namespace)
     async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1), hosts=2,
-                             gateway=False) as stack:
+                             gateway=False, docker=False) as stack:
         inbox = stack.nc.new_inbox()
         sub = await stack.nc.subscribe(inbox)
         await stack.nc.publish(f"$SRV.PING.{s.admin_service}", b"", reply=inbox)
@@ -146,7 +146,7 @@ size = {size}
 
 async def test_schedule_and_scale_for(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     catalogue = echo_catalogue(size=0, max_=3, extra=schedule_now(1))
-    async with running_stack(nats_server.url, namespace, catalogue, gateway=False) as s:
+    async with running_stack(nats_server.url, namespace, catalogue, gateway=False, docker=False) as s:
         await s.wait_ready(1)  # the schedule, not pool.size (0), keeps one warm
         apps = await status_json(nats_server.url, namespace)
         assert apps["echo"]["target"] == 1 and str(apps["echo"]["target_source"]).startswith("schedule ")
@@ -166,7 +166,7 @@ async def test_only_the_operator_may_call_it(tmp_path: Path, namespace: str, ech
     from swarmpool.catalogue import parse
 
     async with EmbeddedNats(tmp_path / "state", namespaces=[namespace]) as server:
-        from swarmpool.bus.runtime import connect
+        from swarmpool.bus.wire import connect
 
         fn = await connect(server.url, access=server.access("functions"),
                            inbox_prefix=Subjects(namespace).inbox("functions"))

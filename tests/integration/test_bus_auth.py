@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from swarmpool.bus.messages import (Activity, Claimed, ClaimRefused, ClaimReply, ClaimRequest, DockerEvent,
                                     InstanceEvent, Visit)
 from swarmpool.bus.roles import Access
-from swarmpool.bus.runtime import connect, encode
+from swarmpool.bus.wire import connect, encode
 from swarmpool.bus.state import InstanceStore, ensure_event_log
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse

@@ -87,7 +87,7 @@ def _get(cluster: Cluster, path: str) -> tuple[int, dict[str, str], bytes]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     _build("apps/echo/build.sh")
-    _build("apps/control/build.sh", "--force")  # the image runs this checkout
+    _build("apps/control/build.sh")  # the image runs this checkout (rebuilt when its digest differs)
     with two_node_swarm([control_image(), ECHO], [control_image(), ECHO]) as made:  # guards run on every node
         yield made
 

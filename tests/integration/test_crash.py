@@ -86,7 +86,7 @@ async def test_restart_mid_run_leaves_no_leaks_or_ghosts(nats_server, namespace,
 async def test_malformed_bus_messages_are_logged_counted_and_dropped(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     from tests.stack import running_stack
 
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1)) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1), docker=False) as s:
         await s.wait_ready(1)
         subjects = Subjects(namespace)
         reply = await s.nc.request(subjects.claim("echo"), b"{not json", timeout=5)

@@ -30,6 +30,7 @@ import pytest_asyncio
 from swarmpool.swarm import InstanceSpec, Swarm
 from swarmpool.swarm.adapter import EGRESS_INTERNET, EGRESS_NONE
 from swarmpool.swarm.firewall import Firewall, host_networks, published_port_range
+from swarmpool.swarm.tasks import ENDED_TASK_STATES, MISSING
 from tests.docker_fixtures import new_instance_id, wait_for
 from tests.integration.test_isolation import CONNECT, sh
 
@@ -195,7 +196,7 @@ async def student(swarm: Swarm, image: str, http: aiohttp.ClientSession, docker_
 
     async def listening() -> Student | None:
         status = await swarm.status(service_id)
-        assert status.state not in ("failed", "rejected", "complete", "missing"), status
+        assert status.state not in ENDED_TASK_STATES | {MISSING}, status
         if status.state != "running" or not status.endpoint or not await swarm.probe_http(status.endpoint,
                                                                                           f"{prefix}healthz"):
             return None

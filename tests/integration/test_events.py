@@ -30,7 +30,7 @@ async def events(nats_url: str, namespace: str, *args: str) -> tuple[int, str, s
 
 
 async def test_events_json_csv_since_and_follow(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1, max_=2), gateway=False) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1, max_=2), gateway=False, docker=False) as s:
         ready = (await s.wait_ready(1))[0]
         assert (await admin(nats_server.url, namespace, "pause", "echo"))[0] == 0
         code, out, err = await events(nats_server.url, namespace, "--json")

@@ -21,7 +21,7 @@ from yarl import URL
 
 from swarmpool.bus.client import Bus
 from swarmpool.bus.messages import Activity, Claimed, ClaimRefused, ErrorReply, Instance
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 from swarmpool.bus.spec import AppSpec, Catalogue, Duration, Settings
 from swarmpool.bus.state import InstanceStore
 from swarmpool.ids import new_instance_id

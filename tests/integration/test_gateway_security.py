@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 
 from swarmpool.bus.client import Bus
 from swarmpool.bus.messages import Claimed, ClaimRefused, ClaimRequest, Released, ReleaseRequest
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 from swarmpool.bus.spec import AppSpec, ByteSize, Catalogue, Duration, Settings
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -38,6 +38,7 @@ from swarmpool.gateway.context import GATEWAY
 from swarmpool.gateway.launch import end_token
 from swarmpool.gateway.origin import host_label
 from swarmpool.ids import new_instance_id
+from tests.fixtures import wait_for
 from tests.integration.test_gateway import Claimer, claimed_instance, claimer  # noqa: F401
 from tests.integration.test_nginx import Upstream as NginxUpstream
 from tests.integration.test_nginx import running_nginx
@@ -314,7 +315,7 @@ async def test_the_limit_page_of_a_shared_origin_names_sessions_without_handing_
         twice = {"Cookie": "sp_browser=" + "k" * 22 + "; sp_browser=" + "a" * 22}
         async with gw.http.get(gw.url + "/launch/echo", headers=twice, allow_redirects=False) as r:
             assert "Set-Cookie" not in r.headers
-        await wait_until(lambda: len(requests.seen) == 3, "three claim requests")
+        await wait_for(lambda: len(requests.seen) == 3, what="three claim requests", timeout=5, interval=0.02)
         assert requests.seen[0].browser and requests.seen[0].browser == requests.seen[1].browser
         assert requests.seen[2].browser == ""
     finally:
@@ -416,13 +417,6 @@ async def test_a_bad_end_sessions_body_is_a_4xx_never_a_500_and_ends_nothing(
         assert len(asked) == 1
     finally:
         await sub.unsubscribe()
-
-
-async def wait_until(check: Any, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 # ---- WebSocket bounds ----
@@ -645,7 +639,7 @@ async def test_over_https_the_browser_cookie_is_host_only_and_a_planted_one_is_n
         async with sub.http.get(sub.url + "/launch/echo", headers={**https, "Cookie": f"__Host-sp_browser={value}"},
                                 allow_redirects=False) as r:
             assert "Set-Cookie" not in r.headers  # its own cookie came back: kept
-        await wait_until(lambda: len(requests.seen) == 2, "two claim requests")
+        await wait_for(lambda: len(requests.seen) == 2, what="two claim requests", timeout=5, interval=0.02)
         assert requests.seen[0].browser == requests.seen[1].browser  # the new cookie's key, not the planted one's
         assert requests.seen[0].browser != hashlib.sha256(planted.encode()).hexdigest()[:32]
         # over plain HTTP nothing changes: sp_browser, Path=/launch/

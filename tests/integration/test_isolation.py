@@ -23,6 +23,7 @@ import pytest_asyncio
 from swarmpool.swarm import InstanceSpec, Swarm, TaskStatus
 from swarmpool.swarm.adapter import instance_network_name
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
+from swarmpool.swarm.tasks import ENDED_TASK_STATES, MISSING
 from tests.docker_fixtures import new_instance_id, wait_for
 
 pytestmark = pytest.mark.docker
@@ -94,7 +95,7 @@ async def running_echo(swarm: Swarm, image: str) -> tuple[InstanceSpec, TaskStat
 
     async def listening() -> TaskStatus | None:
         status = await swarm.status(service_id)
-        assert status.state not in ("failed", "rejected", "complete", "missing"), status
+        assert status.state not in ENDED_TASK_STATES | {MISSING}, status
         if status.state != "running" or not status.endpoint:
             return None
         # the gateway's path: 127.0.0.1 on the host; an HTTP answer, not just a connect (docker-proxy

@@ -21,7 +21,7 @@ import nats
 import pytest
 
 from swarmpool.bus.messages import ClaimRefused, ClaimRequest, Claimed, Instance
-from swarmpool.bus.runtime import encode
+from swarmpool.bus.wire import encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.launcher import serve_dashboard, serve_gateway
 from swarmpool.natsd import free_port
@@ -86,7 +86,7 @@ def link_id(url: str) -> str:
 async def test_only_a_valid_link_claims_and_its_budget_is_shared_by_two_gateways(
         nats_server, namespace, echo_image, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.INFO)
-    async with running_stack(nats_server.url, namespace, catalogue(size=3), hosts=2) as s:
+    async with running_stack(nats_server.url, namespace, catalogue(size=3), hosts=2, docker=False) as s:
         other_nc = await nats.connect(nats_server.url)  # the second gateway: its own connection and app
         port = free_port()
         async with serve_gateway(other_nc, s.catalogue, namespace, "127.0.0.1", port):
@@ -174,7 +174,7 @@ async def test_a_place_in_line_and_the_browser_limit_keep_the_link_and_count_not
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     text = catalogue(size=1).replace("max = 3", "max = 1", 1)
     text = text.replace("max_instances = 120", "max_instances = 120\nper_browser_limit = 1", 1)
-    async with running_stack(nats_server.url, namespace, text) as s:
+    async with running_stack(nats_server.url, namespace, text, docker=False) as s:
         await s.wait_ready(1)
         url = await make_link(nats_server.url, namespace, s.url, "--for", "1h", "--max", "2")
         token = parse_qs(urlsplit(url).query)["l"][0]
@@ -210,7 +210,7 @@ async def test_a_place_in_line_and_the_browser_limit_keep_the_link_and_count_not
 
 
 async def test_the_dashboard_makes_a_working_link(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, catalogue(size=1)) as s:
+    async with running_stack(nats_server.url, namespace, catalogue(size=1), docker=False) as s:
         ops = free_port()
         async with serve_dashboard(s.nc, namespace, "127.0.0.1", ops, tmp_path, None, s.url) as login, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:

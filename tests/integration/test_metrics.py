@@ -59,7 +59,7 @@ async def _ready_metric(url: str) -> str | None:
 
 async def test_gateway_serves_the_functions_metrics(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     text = echo_catalogue(size=1, max_=2)
-    async with running_stack(nats_server.url, namespace, text) as s:
+    async with running_stack(nats_server.url, namespace, text, docker=False) as s:
         await s.wait_ready(1)
         assert (await s.launch()).status == 303
         port = free_port()

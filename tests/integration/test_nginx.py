@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from bench.support import wait_listening
 from swarmpool.ids import new_instance_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,18 +110,6 @@ class Front:
     out: Path
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nginx did not listen on {port}")
-
-
 @contextmanager
 def running_nginx(upstream: Upstream, out: Path, *options: str) -> Iterator[Front]:
     """nginx from a config rendered with `options`, in front of `upstream`, stopped afterwards."""
@@ -133,7 +122,7 @@ def running_nginx(upstream: Upstream, out: Path, *options: str) -> Iterator[Fron
     subprocess.run(nginx_cmd(conf, "-t"), check=True, capture_output=True)
     process = subprocess.Popen(nginx_cmd(conf, "-g", "daemon off;"), stderr=subprocess.PIPE)
     try:
-        wait_for_port(port, process, time.monotonic() + 10)
+        wait_listening(port, process, "nginx", timeout=10)
         yield Front(url=f"http://127.0.0.1:{port}", process=process, out=out)
     finally:
         process.send_signal(signal.SIGTERM)  # fast shutdown: master stops its workers, then exits

@@ -12,12 +12,14 @@ import nats
 import pytest
 
 from swarmpool.bus.messages import Period
+from swarmpool.bus.client import Bus
 from swarmpool.bus.runtime import Context
 from swarmpool.bus.state import ConfigStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
 from swarmpool.functions import keeper
 from swarmpool.swarm import Swarm
+from tests.local_swarm import LocalSwarm
 from tests.stack import echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
@@ -49,10 +51,11 @@ async def test_click_redirects_to_a_fresh_instance_that_answers(nats_server, nam
 
 
 async def test_fifty_concurrent_clicks_get_fifty_distinct_instances_with_two_claimer_hosts(
-        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+        nats_server, namespace) -> None:  # type: ignore[no-untyped-def]
+    # invariant 1 is the claimers' CAS on the records: the instances are local (Docker is not the subject here)
     n = 50
     catalogue = echo_catalogue(size=n, max_=n, parallel=12).replace("claim_wait = 1.5", "claim_wait = 0.5")
-    async with running_stack(nats_server.url, namespace, catalogue, hosts=2) as s:
+    async with running_stack(nats_server.url, namespace, catalogue, hosts=2, docker=False) as s:
         await s.wait_ready(n, timeout=240)
         responses = await asyncio.gather(*(s.launch() for _ in range(n)))
         assert [r.status for r in responses] == [303] * n
@@ -81,24 +84,36 @@ async def _claimed_event_ids(s) -> list[str]:  # type: ignore[no-untyped-def]
     return ids
 
 
-async def test_pool_refills_after_claims_and_replaces_a_killed_instance(
-        nats_server, namespace, echo_image, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=3)) as s:
+async def test_pool_refills_after_claims_and_replaces_a_dead_instance(nats_server, namespace) -> None:  # type: ignore[no-untyped-def]
+    """The keeper's part: claims are refilled, a die event fails a warm instance and it is replaced (the
+    instances are local; a real container's death is the next test's)."""
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=3), docker=False) as s:
         first = {r.id for r in await s.wait_ready(3)}
         for _ in range(2):
             assert (await s.launch()).status == 303
         await wait_for(lambda: len(s.records("ready")) == 3 and len(s.records("claimed")) == 2,
                        timeout=60, what="refill to 3 ready beside 2 claimed")
         victim = s.records("ready")[0]
-        container = _container_of(docker_client, namespace, victim.id)
-        container.kill()
+        assert isinstance(s.swarm, LocalSwarm)
+        await s.swarm.kill(victim.id)
+        await wait_for(lambda: s.store.get("echo", victim.id) is None, timeout=30,
+                       what="the dead instance's record to go")
+        await wait_for(lambda: len(s.records("ready")) == 3 and victim.id not in {r.id for r in s.records()},
+                       timeout=60, what="a replacement for the dead instance")
+        assert {r.id for r in s.records("ready")} != first
+        assert victim.id not in {svc.id for svc in await s.swarm.list_ours()}
+
+
+async def test_a_killed_warm_container_is_replaced(
+        nats_server, namespace, echo_image, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1)) as s:
+        victim = (await s.wait_ready(1))[0]
+        _container_of(docker_client, namespace, victim.id).kill()
         await wait_for(lambda: s.store.get("echo", victim.id) is None, timeout=30,
                        what="the killed instance's record to go")
-        await wait_for(lambda: len(s.records("ready")) == 3 and victim.id not in {r.id for r in s.records()},
+        await wait_for(lambda: len(s.records("ready")) == 1 and victim.id not in {r.id for r in s.records()},
                        timeout=60, what="a replacement for the killed instance")
-        assert {r.id for r in s.records("ready")} != first
-        services = await s.swarm.list_ours()
-        assert victim.id not in {svc.id for svc in services}
+        assert victim.id not in {svc.id for svc in await s.swarm.list_ours()}
 
 
 async def test_claimed_instance_whose_container_dies_shows_session_ended(
@@ -132,7 +147,7 @@ async def test_reaper_retires_idle_disconnected_and_expired_but_keeps_a_busy_one
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     # idle: no client traffic for 3 s; disconnected: no connection for 2 s; lifetime: 8 s
     async with running_stack(nats_server.url, namespace,
-                             echo_catalogue(size=4, max_=8, idle="3s", grace="2s", lifetime="8s")) as s:
+                             echo_catalogue(size=4, max_=8, idle="3s", grace="2s", lifetime="8s"), docker=False) as s:
         await s.wait_ready(4)
         ids = [(await s.launch()).headers["Location"].split("/")[2] for _ in range(3)]
         idle_id, busy_id, socket_id = ids
@@ -176,7 +191,7 @@ async def test_reaper_retires_idle_disconnected_and_expired_but_keeps_a_busy_one
 
 async def test_unknown_and_unclaimed_ids_get_404_and_reach_no_instance(
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1)) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=1), docker=False) as s:
         ready = (await s.wait_ready(1))[0]
         for path in (f"/i/{ready.id}/", "/i/" + "a" * 26 + "/", "/i/not-an-id/", "/launch/nope"):
             async with s.http.get(s.url + path) as page:
@@ -185,7 +200,7 @@ async def test_unknown_and_unclaimed_ids_get_404_and_reach_no_instance(
 
 
 async def test_healthz(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1)) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=0, max_=1), docker=False) as s:
         async with s.http.get(s.url + "/healthz") as r:
             assert r.status == 200
 
@@ -194,7 +209,7 @@ async def test_healthz(nats_server, namespace, echo_image) -> None:  # type: ign
 
 async def test_warm_up_never_overshoots_the_target(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     """Invariant 4: ready + starting converges to the target and never exceeds it while warming."""
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=6, max_=30, parallel=6)) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=6, max_=30, parallel=6), docker=False) as s:
         highest = 0
 
         def watch(old, new) -> None:  # type: ignore[no-untyped-def]
@@ -232,7 +247,7 @@ async def test_two_hosts_topping_up_at_once_never_start_more_than_max(nats_serve
             store = await stack.enter_async_context(await InstanceStore.open(nc, subjects, time.time))
             config = await ConfigStore.open(nc, subjects)
             stack.push_async_callback(config.close)
-            hosts.append(Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=catalogue,
+            hosts.append(Context(bus=Bus(nc), subjects=subjects, store=store, config=config, catalogue=catalogue,
                                  swarm=swarm, namespace=namespace, host=name))
         started = await asyncio.gather(*(keeper.top_up(ctx, "echo") for ctx in hosts))
         assert sorted(started) == [0, 3]  # one host started the pool; the other counted its records

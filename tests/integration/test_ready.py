@@ -25,7 +25,8 @@ from swarmpool.bus.client import Bus
 from swarmpool.bus.messages import InstanceEvent, Period, Tick
 from swarmpool.bus.metrics import HostMetrics
 from swarmpool.bus.operator import follow_events
-from swarmpool.bus.runtime import Context, Handlers, Runtime, encode
+from swarmpool.bus.runtime import Context, Handlers, Runtime
+from swarmpool.bus.wire import encode
 from swarmpool.bus.service import Endpoint, serve
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import ConfigStore, InstanceStore
@@ -123,7 +124,7 @@ async def test_a_runtime_is_ready_only_once_its_subscriptions_reached_the_server
     async with slow_link(nats_server.url) as url:
         host_nc = await nats.connect(url)
         try:
-            ctx = Context(nc=host_nc, subjects=subjects, store=store, config=config, catalogue=Catalogue(),
+            ctx = Context(bus=Bus(host_nc), subjects=subjects, store=store, config=config, catalogue=Catalogue(),
                           swarm=None, namespace=subjects.prefix)  # type: ignore[arg-type]
             async with Runtime(ctx, [table]):
                 # at once, from another connection: before, the SUB was still on its way

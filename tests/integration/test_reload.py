@@ -53,7 +53,7 @@ async def check(path: Path) -> tuple[int, str]:
 
 async def test_reload_adds_recycles_and_removes(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = nats_server.url
-    async with running_stack(url, namespace, echo_catalogue(size=2, max_=6), hosts=2) as s:
+    async with running_stack(url, namespace, echo_catalogue(size=2, max_=6), hosts=2, docker=False) as s:
         await s.wait_ready(2)
         launched = await s.launch()
         assert launched.status == 303
@@ -100,7 +100,7 @@ async def test_reload_adds_recycles_and_removes(nats_server, namespace, echo_ima
 
 async def test_reload_refuses_a_bad_file(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = nats_server.url
-    async with running_stack(url, namespace, echo_catalogue(size=1)) as s:
+    async with running_stack(url, namespace, echo_catalogue(size=1), docker=False) as s:
         await s.wait_ready(1)
         catalogues = await CatalogueStore.open(s.nc, Subjects(namespace))
         try:
@@ -125,7 +125,7 @@ async def test_reload_refuses_a_bad_file(nats_server, namespace, echo_image, tmp
 
 async def test_reload_names_the_restart_only_settings_it_changes(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = nats_server.url
-    async with running_stack(url, namespace, echo_catalogue(size=0, max_=1), gateway=False):
+    async with running_stack(url, namespace, echo_catalogue(size=0, max_=1), gateway=False, docker=False):
         changed = tmp_path / "changed.toml"
         changed.write_text(echo_catalogue(size=0, max_=1).replace("heartbeat_interval = 0.5", "heartbeat_interval = 2")
                            .replace("claim_wait = 1.5", "claim_wait = 3"))
@@ -151,7 +151,7 @@ def weekly_lecture_around(now: float, summary: str) -> str:
 async def test_reload_with_a_calendar_raises_the_target_on_every_host(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = nats_server.url
     plain = echo_catalogue(size=0, max_=2)
-    async with running_stack(url, namespace, plain, gateway=False) as s:
+    async with running_stack(url, namespace, plain, gateway=False, docker=False) as s:
         assert (await status_json(url, namespace))["echo"]["target"] == 0
         now = time.time()
         course = tmp_path / "course"

@@ -70,7 +70,7 @@ async def load_page(browser: aiohttp.ClientSession, base: str, location: str) ->
 async def test_a_scripted_lecture_gives_exact_counts(nats_server, namespace, echo_image, tmp_path) -> None:  # type: ignore[no-untyped-def]
     subjects = Subjects(namespace)
     entry, label = class_now()
-    async with running_stack(nats_server.url, namespace, catalogue(entry)) as s:
+    async with running_stack(nats_server.url, namespace, catalogue(entry), docker=False) as s:
         (tmp_path / "catalogue.toml").write_text(catalogue(entry))  # on the bus, as `up` stores it: the cost per hour
         code, _, err = await admin(nats_server.url, namespace, "reload", str(tmp_path / "catalogue.toml"))
         assert code == 0, err

@@ -8,7 +8,9 @@ import time
 from nats.aio.client import Client as NATS
 
 from swarmpool.bus.messages import Period, Tick
-from swarmpool.bus.runtime import LEASE_RENEW, Context, Handlers, Runtime, encode
+from swarmpool.bus.client import Bus
+from swarmpool.bus.runtime import LEASE_RENEW, Context, Handlers, Runtime
+from swarmpool.bus.wire import encode
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import ConfigStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
@@ -27,7 +29,7 @@ async def test_skip_when_busy_drops_messages_while_the_handler_runs(nc: NATS, su
         await release.wait()
 
     config = await ConfigStore.open(nc, subjects)
-    ctx = Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=Catalogue(), swarm=None,  # type: ignore[arg-type]
+    ctx = Context(bus=Bus(nc), subjects=subjects, store=store, config=config, catalogue=Catalogue(), swarm=None,  # type: ignore[arg-type]
                   namespace=subjects.prefix)
     try:
         async with Runtime(ctx, [table]):
@@ -67,7 +69,7 @@ async def test_a_singleton_runs_on_one_host_and_moves_when_that_host_stops(nc: N
     config = await ConfigStore.open(nc, subjects)
 
     def host(name: str) -> Context:
-        return Context(nc=nc, subjects=subjects, store=store, config=config, catalogue=Catalogue(),
+        return Context(bus=Bus(nc), subjects=subjects, store=store, config=config, catalogue=Catalogue(),
                        swarm=None, namespace=subjects.prefix, host=name)  # type: ignore[arg-type]
 
     try:

@@ -30,7 +30,7 @@ async def claim(s: Stack) -> Instance:
 async def test_a_claim_whose_page_never_loads_is_refilled_at_the_cap_and_a_loaded_page_at_once(
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     catalogue = echo_catalogue(size=1, max_=4).replace("refill_delay = 0.2", f"refill_delay = 0.2\nsettle_cap = {CAP}")
-    async with running_stack(nats_server.url, namespace, catalogue) as s:
+    async with running_stack(nats_server.url, namespace, catalogue, docker=False) as s:
         await s.wait_ready(1)
         idle = await claim(s)  # nobody loads its page
         assert idle.claimed_at is not None

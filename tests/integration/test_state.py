@@ -11,6 +11,7 @@ import pytest
 from swarmpool.bus.messages import Instance
 from swarmpool.bus.state import Conflict, InstanceStore, InvalidTransition
 from swarmpool.ids import new_instance_id
+from tests.stack import wait_for
 
 
 def make(app: str = "echo", state: str = "starting") -> Instance:
@@ -87,3 +88,29 @@ async def test_concurrent_overrides_from_two_hosts_both_take_effect(nc, subjects
     finally:
         await host_a.close()
         await host_b.close()
+
+
+async def test_the_engine_trust_and_the_catalogue_survive_racing_writers(nc, subjects) -> None:  # type: ignore[no-untyped-def]
+    """The read-modify-CAS retry (bus/state.py read_modify_cas) under races: three gaps marked by each of two hosts
+    at once all count; of two hosts storing the first catalogue `only_if_absent`, exactly one stores it."""
+    from swarmpool.bus.state import CatalogueStore, ConfigStore, catalogue_file
+
+    host_a, host_b = await ConfigStore.open(nc, subjects), await ConfigStore.open(nc, subjects)
+    cat_a, cat_b = await CatalogueStore.open(nc, subjects), await CatalogueStore.open(nc, subjects)
+    try:
+        await asyncio.gather(*(host.mark_gap(f"gap {i}") for i in range(3) for host in (host_a, host_b)))  # 6 writers: each loses at most 5 races of its 8 attempts
+        fresh = await ConfigStore.open(nc, subjects)
+        try:
+            assert fresh.trust().gap == 6 and not fresh.trusted()
+        finally:
+            await fresh.close()
+        stored = await asyncio.gather(cat_a.publish(catalogue_file("a = 1", "a.toml", 1.0), only_if_absent=True),
+                                      cat_b.publish(catalogue_file("b = 1", "b.toml", 2.0), only_if_absent=True))
+        assert sorted(stored) == [False, True]
+        assert await cat_b.publish(catalogue_file("c = 1", "c.toml", 3.0))  # a plain publish replaces it
+        for store in (cat_a, cat_b):
+            await wait_for(lambda s=store: s.current() is not None and s.current().source == "c.toml",  # type: ignore[union-attr]
+                           timeout=5, what="both hosts following the stored catalogue")
+    finally:
+        for closing in (host_a, host_b, cat_a, cat_b):
+            await closing.close()

@@ -15,6 +15,7 @@ import pytest
 from swarmpool.ids import new_handle
 from swarmpool.swarm import (LABEL_APP, LABEL_ID, LABEL_OWNER, EngineEvent, InstanceSpec, Swarm, SwarmError,
                              SwarmUnavailable, TaskStatus, service_name)
+from swarmpool.swarm.tasks import ENDED_TASK_STATES, MISSING
 from tests.docker_fixtures import new_instance_id, wait_for
 
 pytestmark = pytest.mark.docker
@@ -36,7 +37,7 @@ def echo_spec(image: str, **env: str) -> InstanceSpec:
 async def wait_running(swarm: Swarm, service_id: str, timeout: float = 60.0) -> TaskStatus:
     async def running() -> TaskStatus | None:
         status = await swarm.status(service_id)
-        assert status.state not in ("failed", "rejected", "complete", "missing"), status
+        assert status.state not in ENDED_TASK_STATES | {MISSING}, status
         return status if status.state == "running" and status.endpoint else None
 
     return await wait_for(running, timeout=timeout, what=f"service {service_id[:12]} running")
@@ -120,7 +121,7 @@ async def test_killed_container_gives_die_event_and_failed_status(
 
         async def ended() -> TaskStatus | None:
             current = await swarm.status(service_id)
-            return current if current.state in ("failed", "complete") else None
+            return current if current.state in ENDED_TASK_STATES else None
 
         final = await wait_for(ended, timeout=30, what="task failed after kill")
         assert final.exit_code == 137

@@ -212,7 +212,7 @@ def test_the_cycle_finder_finds_a_lazy_cycle() -> None:
 # the floor: what every part may import; each imports nothing of ours but the floor
 # functions.schedule: the pure time arithmetic of schedules and lecture calendars (imports only the spec)
 FLOOR = {"swarmpool.ids", "swarmpool.exits", "swarmpool.bus.spec", "swarmpool.catalogue", "swarmpool.guardrails",
-         "swarmpool.functions.schedule"}
+         "swarmpool.functions.schedule", "swarmpool.files"}
 # the front door's own modules: nothing below the top imports them
 FRONT_DOOR = {"swarmpool.cli", "swarmpool.launcher", "swarmpool.deploy", "swarmpool.host", "swarmpool.events",
               "swarmpool.natsd", "swarmpool.operator"}
@@ -230,3 +230,52 @@ def test_nothing_below_the_front_door_imports_it() -> None:
     below = [m for m in graph if m.split(".")[1:2] and m.split(".")[1] in BARE]  # bus/, swarm/, functions/, gateway/
     broken = {m: sorted(graph[m] & FRONT_DOOR) for m in sorted(below) if graph[m] & FRONT_DOOR}
     assert not broken, f"bus/, swarm/, functions/, gateway/ import the front door: {broken}"
+
+
+# ---- handlers see ports, never the wire ----
+
+RAW_CLIENT = {"nc", "client"}  # the raw NATS client, by the names the code gives it (Context.bus.client)
+
+
+def test_functions_never_reach_the_raw_nats_client() -> None:
+    """Handlers publish, lock and read through the Context's ports; subscribing is the runtime's (bus/)."""
+    broken = [f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}"
+              for path in sorted((ROOT / "functions").rglob("*.py"))
+              for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.Attribute) and node.attr in RAW_CLIENT]
+    assert not broken, "functions/ reaches the raw NATS client:\n" + "\n".join(broken)
+
+
+def test_the_wire_is_below_the_runtime() -> None:
+    """bus/wire.py (connection, encoding, log redaction, the drop hook) imports no other module of bus/ but the
+    spec, the roles and the subjects; the runtime and the callers' facade stand on it."""
+    graph = import_graph()
+    assert graph["swarmpool.bus.wire"] <= FLOOR | {"swarmpool.bus.roles", "swarmpool.bus.subjects"}, graph["swarmpool.bus.wire"]
+    assert "swarmpool.bus.wire" in graph["swarmpool.bus.runtime"] and "swarmpool.bus.wire" in graph["swarmpool.bus.client"]
+
+
+# ---- one home per idea ----
+
+TASK_STATES = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove", "missing"}
+# swarm/adapter.py keeps its own list of states with an exit code until its split (two branches edit it now)
+TASK_STATES_HOME = {"swarm/tasks.py", "swarm/adapter.py", "tests/unit/test_boundaries.py"}
+
+
+def task_state_lists(path: Path) -> list[int]:
+    """Lines of literal collections of Docker task states (two or more, a state only a task has among them)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.Set, ast.Tuple, ast.List)) and len(node.elts) >= 2:
+            words = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+            if len(words) == len(node.elts) and set(words) <= TASK_STATES and set(words) - {"failed", "missing"}:
+                found.append(node.lineno)
+    return found
+
+
+def test_the_ended_task_states_are_listed_once() -> None:
+    """swarm/tasks.py holds the states a task never leaves; everyone else (functions, tests) imports them."""
+    files = [*source_files(), *sorted((ROOT / "tests").rglob("*.py"))]
+    broken = [f"{rel}:{line}" for path in files if (rel := str(path.relative_to(ROOT))) not in TASK_STATES_HOME
+              for line in task_state_lists(path)]
+    assert not broken, "task states listed again (import ENDED_TASK_STATES from swarm/tasks.py):\n" + "\n".join(broken)
+    assert task_state_lists(ROOT / "swarm/tasks.py"), "the scanner no longer sees the one list"

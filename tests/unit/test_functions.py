@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from swarmpool.bus.messages import DockerEvent, EventKind, Instance, Period, PoolOverride
-from swarmpool.bus.runtime import log_safe
+from swarmpool.bus.wire import log_safe
 from swarmpool.bus.spec import AppSpec, Duration, Pool, Probe, Settings, dec_hook
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.docker_events import death_reason

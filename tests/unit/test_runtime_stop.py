@@ -25,7 +25,7 @@ async def test_a_task_that_swallows_one_cancellation_still_stops() -> None:
                 swallowed += 1  # the first cancel is lost, as in the wait_for race
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
 
-    ctx = Context(nc=None, subjects=None, store=None, config=None, catalogue=Catalogue(),  # type: ignore[arg-type]
+    ctx = Context(bus=None, subjects=None, store=None, config=None, catalogue=Catalogue(),  # type: ignore[arg-type]
                   swarm=None)  # type: ignore[arg-type]
     runtime = Runtime(ctx, [table])
     await runtime.__aenter__()
