@@ -40,7 +40,7 @@ from bench.support import pct, stop_child
 from swarmpool.bus.messages import Instance, Ticket
 from swarmpool.bus.queue import TicketStore
 from swarmpool.bus.roles import Access, credentials_path
-from swarmpool.bus.runtime import connect
+from swarmpool.bus.wire import connect
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.natsd import free_port

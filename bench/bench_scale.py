@@ -46,7 +46,7 @@ import nats
 from bench.support import pct, stop_child
 from swarmpool.bus.messages import Instance
 from swarmpool.bus.roles import Access, credentials_path
-from swarmpool.bus.runtime import connect
+from swarmpool.bus.wire import connect
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import new_handle, new_instance_id

@@ -46,7 +46,7 @@ import docker
 from bench.support import pct, stop_child
 from swarmpool.bus.messages import ScaleRequest
 from swarmpool.bus.roles import Access, credentials_path
-from swarmpool.bus.runtime import connect, encode
+from swarmpool.bus.wire import connect, encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
 from swarmpool.functions.lifecycle import instance_spec

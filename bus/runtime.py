@@ -27,6 +27,7 @@ from swarmpool.bus.messages import ErrorReply
 from swarmpool.bus.metrics import HostMetrics
 from swarmpool.bus.spec import AppSpec, Catalogue, Settings
 from swarmpool.bus.state import CatalogueStore, ConfigStore, InstanceStore, Lease, Mutex
+from swarmpool.bus.queue import TicketStore
 from swarmpool.bus.subjects import QUEUE_FUNCTIONS, Subjects
 from swarmpool.bus.wire import count_drops, encode, log_safe, subscribed
 
@@ -67,6 +68,10 @@ class Context:
     async def mutex(self, name: str) -> Mutex:
         """A cluster-wide mutex of this namespace (the top-up lock)."""
         return await Mutex.open(self.bus.client, self.subjects, name)
+
+    async def open_tickets(self) -> TicketStore:
+        """The queue bucket, mirrored (the caller closes it)."""
+        return await TicketStore.open(self.bus.client, self.subjects)
 
     def app(self, name: str) -> AppSpec | None:
         return self.catalogue.apps.get(name)

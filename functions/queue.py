@@ -61,7 +61,7 @@ def queue_length(ctx: Context, app: str) -> int:
 async def follow_queue(ctx: Context) -> None:
     """Open the queue bucket and mirror it for as long as the host runs."""
     state = ctx.state(QueueState)
-    store = await TicketStore.open(ctx.nc, ctx.subjects)
+    store = await ctx.open_tickets()
     state.tickets, state.started = store, ctx.clock()
     state.opened.set()
     stop_waking = ctx.store.on_change(lambda old, new: _wake(state, old, new))
