@@ -12,6 +12,7 @@ import bisect
 import hashlib
 import logging
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
@@ -415,7 +416,9 @@ class InstanceStore:
                      change: Callable[[Instance], Instance | None],
                      event: EventKind | None = None, attempts: int = 8) -> Versioned | None:
         """Read-modify-CAS with retries; `change` returns None to leave the record alone."""
-        for _ in range(attempts):
+        for attempt in range(attempts):
+            if attempt > 1:  # writers in a flood (heartbeats of several gateways): back off apart, not in step
+                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** attempt))
             current = self.get(app, instance_id) or await self.fetch(app, instance_id)
             if current is None:
                 return None
