@@ -5,6 +5,7 @@ Julia. One warm pool for the module (a Pluto start takes minutes); its own lane:
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,6 +55,25 @@ async def front(nats_server: Any, module_namespace: str, pluto_image: str,
     async with voila_front(nats_server.url, module_namespace, catalogue, tmp_path_factory.mktemp("nginx")) as f:
         await f.stack.wait_ready(2, timeout=2400)
         yield f
+
+
+def test_the_image_runs_pluto_from_its_system_image(pluto_image: str) -> None:
+    """Julia starts with Pluto and PlutoUI already in memory (compiled into the image's system image, which every
+    instance maps from the same read-only file), and the build's linker did not ship."""
+    config = subprocess.run(["docker", "image", "inspect", "-f", "{{json .Config.Cmd}}", pluto_image],
+                            capture_output=True, text=True, check=True).stdout
+    assert '"-J","/opt/pluto-sys/pluto.so"' in config.replace(" ", ""), config
+    # W_OK = 2: may the app user write the file? and is there a linker on the PATH?
+    script = """print(join(sort([k.name for k in keys(Base.loaded_modules)]), " "), " writable=",
+                    ccall(:access, Cint, (Cstring, Cint), "/opt/pluto-sys/pluto.so", 2) == 0,
+                    " ld=", Sys.which("ld") !== nothing)"""
+    done = subprocess.run(["docker", "run", "--rm", "--cap-drop", "ALL", "--network", "none", pluto_image, "julia",
+                           "--startup-file=no", "-J", "/opt/pluto-sys/pluto.so", "-e", script],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = done.stdout.split(" writable=")[0].split()
+    assert {"Pluto", "PlutoUI", "HTTP", "MsgPack"} <= set(loaded), loaded
+    assert done.stdout.endswith(" writable=false ld=false"), done.stdout
 
 
 async def click_and_move(browser: Any, launch_url: str, base: str, shot: str) -> str:
