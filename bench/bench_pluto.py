@@ -174,7 +174,27 @@ async def wait_page_idle(frames: list[float], visible_at: float, timeout: float 
         await asyncio.sleep(0.02)
 
 
+class NetworkChanged(Exception):
+    """Chromium dropped the page's requests because the host's network changed (Docker adds and removes
+    interfaces all the time on a shared machine): the sample says nothing about Pluto and is taken again."""
+
+
+REDONE: list[str] = []  # samples taken again, and why
+
+
 async def browse(browser: Any, url: str, moves: int, *, at_once: bool = False) -> dict[str, Any]:
+    """`browse_once`, taken again (up to twice) when Chromium saw the host's network change mid-load."""
+    for attempt in range(3):
+        try:
+            return await browse_once(browser, url, moves, at_once=at_once)
+        except NetworkChanged as err:
+            REDONE.append(f"{url}: {err}")
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def browse_once(browser: Any, url: str, moves: int, *, at_once: bool = False) -> dict[str, Any]:
     """Open url in a fresh context until the executed notebook is visible, wait until the page is idle (or not,
     at_once), move the slider `moves` times; the times and any request that would have left the machine."""
     context = await browser.new_context(viewport={"width": 1000, "height": 800})
@@ -182,6 +202,8 @@ async def browse(browser: Any, url: str, moves: int, *, at_once: bool = False) -
         outside = record_outside(context)
         page = await context.new_page()
         frames: list[float] = []
+        failed: list[str] = []
+        page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
 
         def watch(ws: Any) -> None:
             ws.on("framesent", lambda _: frames.append(time.monotonic()))
@@ -189,7 +211,13 @@ async def browse(browser: Any, url: str, moves: int, *, at_once: bool = False) -
 
         page.on("websocket", watch)
         began = time.monotonic()
-        await open_pluto(page, url, timeout=300)
+        try:
+            await open_pluto(page, url, timeout=180)
+        except Exception:
+            changed = [f for f in failed if "ERR_NETWORK_CHANGED" in f]
+            if changed:
+                raise NetworkChanged(changed[0]) from None
+            raise
         visible_at = time.monotonic()
         startup = 0.0 if at_once else await wait_page_idle(frames, visible_at)
         trips = []
@@ -305,6 +333,8 @@ async def main(args: argparse.Namespace) -> None:
         row(f"{name} per instance", [i.memory[key] for i in warm_all], [i.memory[key] for i in cold], "MiB")
     outside = [u for kind in results for r in results[kind] for u in r["outside"]]
     print(f"requests that would have left the machine: {len(outside)}" + (f" {outside[:5]}" if outside else ""))
+    if REDONE:
+        print(f"samples taken again (Chromium saw the host's network change mid-load): {len(REDONE)} {REDONE[:3]}")
     if outside:
         raise SystemExit(f"requests left (or tried to leave) the machine: {outside[:5]}")
 

@@ -1,6 +1,6 @@
 """A student's click lands on an executed, warm Pluto notebook: through the real gateway, then through real
 nginx in front of it; Chromium never sends a request off this machine, and a slider move comes back from
-Julia. One warm pool for the module (a Pluto start takes minutes); its own lane: `pytest -m pluto`."""
+Julia. One warm pool for the module; its own lane: `pytest -m pluto`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from bench.support import (
 )
 from tests.e2e.support import ARTIFACTS, Front, voila_front
 
-pytestmark = [pytest.mark.pluto, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.pluto, pytest.mark.timeout(900)]
 
 # what the notebook shows at the slider's default (5.0%), computed by Julia before anyone opened it
 EXECUTED = re.compile(r"After 20 years at 5\.0% growth:\s*2653")
@@ -53,7 +53,7 @@ async def front(nats_server: Any, module_namespace: str, pluto_image: str,
     # two warm instances, started together: one for the click through the gateway, one through nginx
     catalogue = pluto_catalogue(size=2, max_=3, parallel=2)
     async with voila_front(nats_server.url, module_namespace, catalogue, tmp_path_factory.mktemp("nginx")) as f:
-        await f.stack.wait_ready(2, timeout=2400)
+        await f.stack.wait_ready(2, timeout=600)  # seconds each on the system image
         yield f
 
 
