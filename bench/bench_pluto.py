@@ -72,6 +72,7 @@ class Instance:
     started: float
     ready: float = 0.0
     memory: dict[str, float] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # start()'s arguments: a replacement starts alike
 
     @property
     def url(self) -> str:
@@ -90,10 +91,16 @@ def start(kind: str, memory: str, *, sysimage: bool, warmup: bool) -> Instance:
     began = time.monotonic()
     docker("run", "-d", "--name", name, "--label", LABEL, "--cpus", "1", "--memory", memory, "--cap-drop", "ALL",
            "-p", f"127.0.0.1:{port}:1234", *env, PLUTO_IMAGE, *command)
-    return Instance(kind=kind, name=name, port=port, started=began)
+    return Instance(kind=kind, name=name, port=port, started=began,
+                    options={"memory": memory, "sysimage": sysimage, "warmup": warmup})
 
 
-async def wait_ready(instance: Instance, timeout: float = 1200) -> None:
+REPLACED: list[str] = []  # starts that exited before ready and were replaced (as the keeper replaces them)
+
+
+async def wait_ready(instance: Instance, timeout: float = 1200, replacements: int = 2) -> None:
+    """Until the marker; a start that exits first (start.jl refuses an errored or unfinished warm-up) is
+    replaced by a new one, at most `replacements` times, and counted: swarmpool's keeper does the same."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         logs = subprocess.run(["docker", "logs", instance.name], capture_output=True, text=True)
@@ -102,7 +109,14 @@ async def wait_ready(instance: Instance, timeout: float = 1200) -> None:
             return
         state = docker("inspect", "-f", "{{.State.Running}}", instance.name).strip()
         if state != "true":
-            raise RuntimeError(f"{instance.name} exited before ready:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+            tail = f"{logs.stdout[-2000:]}{logs.stderr[-2000:]}"
+            if len(REPLACED) >= replacements:
+                raise RuntimeError(f"{instance.name} exited before ready:\n{tail}")
+            REPLACED.append(instance.name)
+            print(f"{instance.name} exited before ready (replaced; its log's end below)\n{tail[-800:]}", flush=True)
+            subprocess.run(["docker", "rm", "-f", instance.name], capture_output=True)
+            again = start(instance.kind, **instance.options)
+            instance.name, instance.port, instance.started = again.name, again.port, again.started
         await asyncio.sleep(0.25)
     raise TimeoutError(f"{instance.name} not ready within {timeout:.0f} s")
 
@@ -382,6 +396,7 @@ async def main(args: argparse.Namespace) -> None:
                       ("sysimage", "of RSS: the system image file"), ("cgroup", "cgroup memory")):
         row(f"{name} per instance", [i.memory[key] for i in warm_all], [i.memory[key] for i in cold], "MiB")
     outside = [u for kind in results for r in results[kind] for u in r["outside"]]
+    print(f"starts that exited before ready and were replaced: {len(REPLACED)}")
     print(f"requests that would have left the machine: {len(outside)}" + (f" {outside[:5]}" if outside else ""))
     closed = [r["closed"] for kind in results for r in results[kind]]
     print(f"page WebSockets closed (Chromium saw the host's network change) and reopened by Pluto: {sum(closed)}")
