@@ -218,12 +218,12 @@ def nginx_front(out: Path, gateway: str, *extra: str) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def chromium() -> AsyncIterator[Any]:
+async def chromium(*extra_args: str) -> AsyncIterator[Any]:
     """The Debian Chromium driven by Playwright (never a downloaded browser)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:
@@ -246,7 +246,8 @@ def class_catalogue(*, size: int, max_: int, settings: str = "") -> str:
 
 # ---- the Pluto demo (apps/pluto-demo) ----
 
-PLUTO_IMAGE = "swarmpool/pluto-demo:latest"
+# the tag build.sh builds (SWARMPOOL_PLUTO_IMAGE overrides both: a variant under test)
+PLUTO_IMAGE = os.environ.get("SWARMPOOL_PLUTO_IMAGE", "swarmpool/pluto-demo:latest")
 PLUTO_APP = "pluto-demo"
 PLUTO_OUTPUT = "#sp-result .sp-value"  # the notebook's Julia-computed output ("After 20 years at 5.0% growth: ...")
 PLUTO_SLIDER = "pluto-cell input[type=range]"
@@ -282,6 +283,7 @@ def pluto_catalogue(*, size: int = 1, max_: int = 2, parallel: int = 1) -> str:
     following = re.compile(r"^\[apps\.(?!" + re.escape(PLUTO_APP) + r"[.\]])", re.MULTILINE).search(text, start + 1)
     app = text[start:following.start() if following else len(text)]
     app = re.sub(r'^build = .*\n', "", app, flags=re.MULTILINE)
+    app = _replace_once(app, r'^image = ".*"$', f'image = "{PLUTO_IMAGE}"')
     app = _replace_once(app, r"^size = \d+$", f"size = {size}")
     app = _replace_once(app, r"^max = \d+$", f"max = {max_}")
     app = _replace_once(app, r"^max_parallel_starts = \d+(.*)$", f"max_parallel_starts = {parallel}")
@@ -302,6 +304,23 @@ async def local_only(context: Any) -> list[str]:
             await route.abort()
 
     await context.route("**/*", guard)
+    context.on("request", lambda r: None if r.url.startswith(LOCAL) else outside.append(r.url))
+    context.on("page", lambda page: page.on(
+        "websocket", lambda ws: None if ws.url.startswith(LOCAL) else outside.append(ws.url)))
+    return outside
+
+
+def dead_proxy_args() -> list[str]:
+    """Chromium flags that keep every request on this machine without intercepting any: all but loopback goes
+    to a proxy at a free loopback port nobody listens on (the request fails there; Chromium never proxies
+    loopback), and host names resolve to nothing. Pair with `record_outside`, which fails the run on any."""
+    return [f"--proxy-server=http://127.0.0.1:{free_port()}"]
+
+
+def record_outside(context: Any) -> list[str]:
+    """Record (without intercepting: no Playwright routing, no cost per request) every request and WebSocket
+    of a browser context that is not for this machine; the returned list collects their URLs."""
+    outside: list[str] = []
     context.on("request", lambda r: None if r.url.startswith(LOCAL) else outside.append(r.url))
     context.on("page", lambda page: page.on(
         "websocket", lambda ws: None if ws.url.startswith(LOCAL) else outside.append(ws.url)))

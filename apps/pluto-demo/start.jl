@@ -17,6 +17,8 @@ const NOTEBOOK_ID = UUIDs.UUID(get(ENV, "SWARMPOOL_NOTEBOOK_ID", "5a1f0000-0000-
 const DISTRIBUTED = get(ENV, "SWARMPOOL_PLUTO_DISTRIBUTED", "0") in ("1", "true", "yes")
 const MARKER = get(ENV, "SWARMPOOL_READY_MARKER", "swarmpool: pluto-demo notebook executed")
 const WARM = get(ENV, "SWARMPOOL_PLUTO_WARM", "1") in ("1", "true", "yes")
+# the image build runs start.jl once to record what Julia compiles (for the system image), then it ends here
+const EXIT_WHEN_READY = get(ENV, "SWARMPOOL_PLUTO_EXIT_WHEN_READY", "0") in ("1", "true", "yes")
 
 # Pluto's own package manager would give the notebook an empty environment and Pkg.add from a registry
 # (there is none): the notebook uses the image's environment (JULIA_PROJECT) instead.
@@ -152,4 +154,5 @@ println("swarmpool: notebook ran in $(round(executed - started; digits=1)) s, se
         "$(round(serving - started; digits=1)) s, warm-up took $(round(time() - serving; digits=1)) s")
 println(MARKER)
 flush(stdout)
+EXIT_WHEN_READY && exit(0)
 wait(server)

@@ -1,10 +1,11 @@
 """A student's click lands on an executed, warm Pluto notebook: through the real gateway, then through real
 nginx in front of it; Chromium never sends a request off this machine, and a slider move comes back from
-Julia. One warm pool for the module (a Pluto start takes minutes); its own lane: `pytest -m pluto`."""
+Julia. One warm pool for the module; its own lane: `pytest -m pluto`."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from bench.support import (
 )
 from tests.e2e.support import ARTIFACTS, Front, voila_front
 
-pytestmark = [pytest.mark.pluto, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.pluto, pytest.mark.timeout(900)]
 
 # what the notebook shows at the slider's default (5.0%), computed by Julia before anyone opened it
 EXECUTED = re.compile(r"After 20 years at 5\.0% growth:\s*2653")
@@ -52,8 +53,27 @@ async def front(nats_server: Any, module_namespace: str, pluto_image: str,
     # two warm instances, started together: one for the click through the gateway, one through nginx
     catalogue = pluto_catalogue(size=2, max_=3, parallel=2)
     async with voila_front(nats_server.url, module_namespace, catalogue, tmp_path_factory.mktemp("nginx")) as f:
-        await f.stack.wait_ready(2, timeout=2400)
+        await f.stack.wait_ready(2, timeout=600)  # seconds each on the system image
         yield f
+
+
+def test_the_image_runs_pluto_from_its_system_image(pluto_image: str) -> None:
+    """Julia starts with Pluto and PlutoUI already in memory (compiled into the image's system image, which every
+    instance maps from the same read-only file), and the build's linker did not ship."""
+    config = subprocess.run(["docker", "image", "inspect", "-f", "{{json .Config.Cmd}}", pluto_image],
+                            capture_output=True, text=True, check=True).stdout
+    assert '"-J","/opt/pluto-sys/pluto.so"' in config.replace(" ", ""), config
+    # W_OK = 2: may the app user write the file? and is there a linker on the PATH?
+    script = """print(join(sort([k.name for k in keys(Base.loaded_modules)]), " "), " writable=",
+                    ccall(:access, Cint, (Cstring, Cint), "/opt/pluto-sys/pluto.so", 2) == 0,
+                    " ld=", Sys.which("ld") !== nothing)"""
+    done = subprocess.run(["docker", "run", "--rm", "--cap-drop", "ALL", "--network", "none", pluto_image, "julia",
+                           "--startup-file=no", "-J", "/opt/pluto-sys/pluto.so", "-e", script],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = done.stdout.split(" writable=")[0].split()
+    assert {"Pluto", "PlutoUI", "HTTP", "MsgPack"} <= set(loaded), loaded
+    assert done.stdout.endswith(" writable=false ld=false"), done.stdout
 
 
 async def click_and_move(browser: Any, launch_url: str, base: str, shot: str) -> str:
