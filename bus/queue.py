@@ -67,26 +67,22 @@ class TicketStore:
     # ---- the mirror ----
 
     def _apply(self, entry: Any) -> None:
-        key = entry.key
+        key, revision = entry.key, entry.revision or 0
         old = self._tickets.get(key)
-        revision = entry.revision or 0
         if old is not None and old.revision >= revision:
             return
         if entry.operation in ("DEL", "PURGE") or not entry.value:
-            if old is not None:
-                del self._tickets[key]
-                self._notify(old.ticket, None)
+            self._remember(key, None, revision)
             return
         try:
             ticket = _decode(entry.value)
         except msgspec.DecodeError:
             log.warning("ignoring a malformed ticket under %s", key.split(".")[0])
             return
-        self._tickets[key] = Placed(ticket, revision)
-        self._notify(old.ticket if old else None, ticket)
+        self._remember(key, Placed(ticket, revision), revision)
 
     def _remember(self, key: str, placed: Placed | None, revision: int) -> None:
-        """Read-your-writes: our own write is in the mirror at once."""
+        """A change seen by the watch, or our own write (read-your-writes: in the mirror at once)."""
         old = self._tickets.get(key)
         if old is not None and old.revision >= revision:
             return
@@ -134,10 +130,6 @@ class TicketStore:
     def queue(self, app: str) -> list[Placed]:
         """The app's tickets in arrival order (waiting and those whose turn came; confirmed or not)."""
         return sorted((p for p in self._tickets.values() if p.ticket.app == app), key=lambda p: p.seq)
-
-    def line(self, app: str) -> list[Placed]:
-        """The students waiting in the app's line: the confirmed tickets, in arrival order."""
-        return [p for p in self.queue(app) if p.ticket.confirmed]
 
     def apps(self) -> set[str]:
         return {p.ticket.app for p in self._tickets.values()}

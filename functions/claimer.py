@@ -148,13 +148,13 @@ async def _claim(ctx: Context, request: ClaimRequest) -> ClaimReply:
             # the engine was out of sight (restart, stream gap): records may name dead instances
             ctx.metrics.claims.labels(app, "reconciling").inc()
             return ClaimRefused(app=app, reason="empty", retry_after=RECONCILING_RETRY)
-        held = _held(ctx.state(QueueState).tickets, app)  # never an instance held for a ticket's turn
+        tickets = ctx.state(QueueState).tickets
+        held = _held(tickets.queue(app) if tickets is not None else [])  # never an instance held for a turn
         if limit:
             async with browser_turn(ctx.state(ClaimerState), f"{app}.{request.browser}"):
-                mine = live_sessions(ctx.store.sessions(app, request.browser), request.browser)
-                if len(mine) >= limit:
-                    ctx.metrics.claims.labels(app, "limit").inc()
-                    return ClaimRefused(app=app, reason="limit", sessions=[r.id for r in mine])
+                refused = _limit_refusal(ctx, app, request.browser)
+                if refused is not None:
+                    return refused
                 claimed = await try_claim(ctx, app, request.browser, skip=held)
         else:
             claimed = await try_claim(ctx, app, skip=held)
@@ -179,11 +179,9 @@ def _limit_refusal(ctx: Context, app: str, browser: str) -> ClaimRefused | None:
     return None
 
 
-def _held(store: TicketStore | None, app: str) -> set[str]:
-    """Keys of the ready instances held for tickets whose turn came."""
-    if store is None:
-        return set()
-    return {f"{app}.{p.ticket.instance}" for p in store.queue(app) if p.ticket.state == "turn"}
+def _held(queue: list[Placed]) -> set[str]:
+    """Keys of the ready instances held for the tickets (of one app's queue) whose turn came."""
+    return {f"{p.ticket.app}.{p.ticket.instance}" for p in queue if p.ticket.state == "turn"}
 
 
 def _queued(ctx: Context, store: TicketStore, placed: Placed) -> Queued:
@@ -209,8 +207,8 @@ async def _claim_or_queue(ctx: Context, request: ClaimRequest, store: TicketStor
             if placed.ticket.browser == request.browser:
                 ctx.metrics.claims.labels(app, "queued").inc()
                 return _queued(ctx, store, placed)
-        if not store.line(app):  # nobody waits (tickets whose page never came hold no place)
-            claimed = await try_claim(ctx, app, request.browser, skip=_held(store, app))
+        if not any(p.ticket.confirmed for p in queue):  # nobody waits (a ticket whose page never came holds no place)
+            claimed = await try_claim(ctx, app, request.browser, skip=_held(queue))
             if claimed is not None:
                 ctx.metrics.claims.labels(app, "claimed").inc()
                 ctx.metrics.observe_claim(app, loop.time() - started)
