@@ -27,6 +27,8 @@ from nats.aio.client import Client as NATS
 from swarmpool.bus.messages import (Activity, Claimed, ClaimRefused, ClaimReply, ClaimRequest, DockerEvent,
                                     InstanceEvent, Visit)
 from swarmpool.bus.roles import Access
+from swarmpool.bus.runtime import Context
+from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.wire import connect, encode
 from swarmpool.bus.state import InstanceStore, ensure_event_log
 from swarmpool.bus.subjects import Subjects
@@ -189,6 +191,24 @@ def _grown(js: Any, stream: str, before: int) -> Any:
     return probe
 
 
+async def roles_stack(stack: AsyncExitStack, server: EmbeddedNats, namespace: str,
+                      catalogue: Catalogue) -> tuple[Context, NATS, int]:
+    """A functions host and a gateway on the real swarm, each logged in as its own role: (the host's
+    context, the gateway's connection, its port); `stack` removes them and the instances."""
+    s = Subjects(namespace)
+    swarm = Swarm(namespace)
+    stack.push_async_callback(swarm.close)
+    stack.push_async_callback(swarm.remove_all)
+    fn = await connect(server.url, access=server.access("functions"), inbox_prefix=s.inbox("functions"))
+    stack.push_async_callback(fn.close)
+    ctx = await stack.enter_async_context(functions_host(fn, catalogue, swarm, namespace))
+    gw = await connect(server.url, access=server.access("gateway"), inbox_prefix=s.inbox("gateway"))
+    stack.push_async_callback(gw.close)
+    port = free_port()
+    await stack.enter_async_context(serve_gateway(gw, catalogue, namespace, "127.0.0.1", port))
+    return ctx, gw, port
+
+
 async def test_gateway_routes_and_claims_under_its_restricted_user(server: EmbeddedNats, auth_namespace: str,
                                                                    echo_image: str) -> None:
     """The whole click flow with each part logged in as its role: no permission is missing."""
@@ -197,16 +217,7 @@ async def test_gateway_routes_and_claims_under_its_restricted_user(server: Embed
     catalogue = parse(echo_catalogue(size=1, max_=3), "test-catalogue")
     s = Subjects(auth_namespace)
     async with AsyncExitStack() as stack:
-        swarm = Swarm(auth_namespace)
-        stack.push_async_callback(swarm.close)
-        stack.push_async_callback(swarm.remove_all)
-        fn = await connect(server.url, access=server.access("functions"), inbox_prefix=s.inbox("functions"))
-        stack.push_async_callback(fn.close)
-        ctx = await stack.enter_async_context(functions_host(fn, catalogue, swarm, auth_namespace))
-        gw = await connect(server.url, access=server.access("gateway"), inbox_prefix=s.inbox("gateway"))
-        stack.push_async_callback(gw.close)
-        port = free_port()
-        await stack.enter_async_context(serve_gateway(gw, catalogue, auth_namespace, "127.0.0.1", port))
+        ctx, gw, port = await roles_stack(stack, server, auth_namespace, catalogue)
         http = await stack.enter_async_context(aiohttp.ClientSession())
         await wait_for(lambda: any(r.state == "ready" for r in ctx.store.all()), timeout=60, what="a ready instance")
         async with http.get(f"http://127.0.0.1:{port}/launch/echo", allow_redirects=False) as r:
@@ -240,17 +251,8 @@ async def test_the_queue_runs_under_the_roles_and_the_gateway_cannot_write_a_tic
     catalogue = parse(echo_catalogue(size=1, max_=2), "test-catalogue")
     s = Subjects(auth_namespace)
     async with AsyncExitStack() as stack:
-        swarm = Swarm(auth_namespace)
-        stack.push_async_callback(swarm.close)
-        stack.push_async_callback(swarm.remove_all)
-        fn = await connect(server.url, access=server.access("functions"), inbox_prefix=s.inbox("functions"))
-        stack.push_async_callback(fn.close)
-        ctx = await stack.enter_async_context(functions_host(fn, catalogue, swarm, auth_namespace))
-        gw = await connect(server.url, access=server.access("gateway"), inbox_prefix=s.inbox("gateway"))
-        stack.push_async_callback(gw.close)
-        port = free_port()
+        ctx, gw, port = await roles_stack(stack, server, auth_namespace, catalogue)
         base = f"http://127.0.0.1:{port}"
-        await stack.enter_async_context(serve_gateway(gw, catalogue, auth_namespace, "127.0.0.1", port))
         await wait_for(lambda: any(r.state == "ready" for r in ctx.store.all()), timeout=120, what="a ready instance")
         first = await attend(await stack.enter_async_context(new_browser()), base, "echo", Attendance("first"))
         assert first.outcome == "served" and not first.ticket
