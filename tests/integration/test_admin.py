@@ -24,14 +24,21 @@ pytestmark = pytest.mark.docker
 NO_STATE = "/nonexistent/swarmpool-state"  # never pick up a developer's own operator credentials
 
 
-async def admin(nats_url: str | None, namespace: str, *args: str, state_dir: str = NO_STATE) -> tuple[int, str, str]:
+async def swarmpool_cli(nats_url: str | None, namespace: str, *args: str, state_dir: str = NO_STATE,
+                        timeout: float = 120) -> tuple[int, str, str]:
+    """`swarmpool <args> --nats-url URL --namespace NS --state-dir DIR` as an operator runs it: (exit code,
+    stdout, stderr)."""
     url = ["--nats-url", nats_url] if nats_url else []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpool.cli", "admin", *args, *url, "--namespace", namespace,
+        sys.executable, "-m", "swarmpool.cli", *args, *url, "--namespace", namespace,
         "--state-dir", state_dir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def admin(nats_url: str | None, namespace: str, *args: str, state_dir: str = NO_STATE) -> tuple[int, str, str]:
+    return await swarmpool_cli(nats_url, namespace, "admin", *args, state_dir=state_dir)
 
 
 async def status_json(nats_url: str, namespace: str) -> dict[str, dict[str, object]]:

@@ -14,19 +14,14 @@ from nats.js import api
 
 from swarmpool.bus.state import EVENTS_MAX_BYTES, ensure_streams
 from swarmpool.bus.subjects import Subjects
-from tests.integration.test_admin import NO_STATE, admin
+from tests.integration.test_admin import NO_STATE, admin, swarmpool_cli
 from tests.stack import echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
 
 
 async def events(nats_url: str, namespace: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpool.cli", "events", *args, "--nats-url", nats_url, "--namespace", namespace,
-        "--state-dir", NO_STATE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await swarmpool_cli(nats_url, namespace, "events", *args)
 
 
 async def test_events_json_csv_since_and_follow(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]

@@ -26,10 +26,10 @@ from swarmpool.bus.subjects import Subjects
 from swarmpool.launcher import serve_dashboard, serve_gateway
 from swarmpool.natsd import free_port
 from bench.students import Attendance, wait_turn
+from tests.integration.test_admin import swarmpool_cli
 from tests.stack import Stack, cli_process, echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
-NO_STATE = "/nonexistent/swarmpool-state"  # never pick up a developer's own operator credentials
 
 
 def catalogue(size: int) -> str:
@@ -38,12 +38,7 @@ def catalogue(size: int) -> str:
 
 
 async def cli(nats_url: str, namespace: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpool.cli", *args, "--nats-url", nats_url, "--namespace", namespace,
-        "--state-dir", NO_STATE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await swarmpool_cli(nats_url, namespace, *args)
 
 
 async def make_link(nats_url: str, namespace: str, gateway: str, *options: str) -> str:

@@ -7,7 +7,6 @@ import asyncio
 import csv
 import io
 import json
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -20,7 +19,7 @@ from swarmpool.bus.messages import Visit
 from swarmpool.bus.subjects import Subjects
 from swarmpool.launcher import serve_dashboard
 from swarmpool.natsd import free_port
-from tests.integration.test_admin import NO_STATE, admin
+from tests.integration.test_admin import admin, swarmpool_cli
 from bench.students import Attendance, wait_turn
 from tests.stack import echo_catalogue, running_stack, wait_for
 
@@ -47,12 +46,7 @@ def catalogue(entry: str) -> str:
 
 
 async def report(nats_url: str, namespace: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpool.cli", "report", *args, "--nats-url", nats_url, "--namespace", namespace,
-        "--state-dir", NO_STATE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await swarmpool_cli(nats_url, namespace, "report", *args)
 
 
 async def click(browser: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, str]:
