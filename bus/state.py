@@ -186,6 +186,10 @@ class _ReadyOrder:
         if i < len(self._entries) and self._entries[i] == entry:
             del self._entries[i]
 
+    def keys(self) -> list[str]:
+        """Every key, oldest first."""
+        return [key for _, _, key in self._entries]
+
     def first(self, skip: Collection[str]) -> str | None:
         """The key of the oldest ready record whose key is not in `skip`."""
         for _, _, key in self._entries:
@@ -365,6 +369,11 @@ class InstanceStore:
         order = self._ready.get(app)
         key = order.first(skip) if order is not None else None
         return self._records.get(key) if key is not None else None
+
+    def ready(self, app: str) -> list[Instance]:
+        """The ready records of `app`, the longest ready first (the index's order: no sort)."""
+        order = self._ready.get(app)
+        return [self._records[key].instance for key in order.keys()] if order is not None else []
 
     def sessions(self, app: str, browser: str) -> list[Instance]:
         """The claimed records of `app` one browser holds (any order)."""

@@ -19,7 +19,7 @@ from swarmpool.bus.messages import Instance, QueueSeen, Ticket
 from swarmpool.bus.queue import Placed, TicketStore
 from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.state import Conflict
-from swarmpool.functions.policy import pick_claim_order
+from swarmpool.functions.policy import claimable
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ async def serve_pass(ctx: Context, store: TicketStore) -> None:
             await _cas(store, p, msgspec.structs.replace(p.ticket, confirmed=True))
         if ctx.app(app) is None or ctx.config.cached(app).paused:
             continue
-        records = ctx.store.all(app)
-        back, serve_now = turns(store.queue(app), pick_claim_order(records, skip=set()), records)
+        ready = [r for r in ctx.store.ready(app) if claimable(r)]  # claim order, from the mirror's index
+        back, serve_now = turns(store.queue(app), ready, ctx.store.all(app))
         for p in back:  # its instance went (failed, recycled) or another host's claim took it: first in line again
             await _cas(store, p, msgspec.structs.replace(p.ticket, state="waiting", instance="", turn_at=None))
         for p, instance in serve_now:

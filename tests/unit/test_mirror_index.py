@@ -95,6 +95,7 @@ async def test_the_ready_index_keeps_the_claim_order_through_random_changes() ->
                 records = [r for r in live.values() if r.app == app]
                 assert sorted(r.id for r in store.all(app)) == sorted(r.id for r in records)
                 assert walk_order(store, app) == [r.id for r in pick_claim_order(records, set())]
+                assert [r.id for r in store.ready(app) if r.handle] == walk_order(store, app)
                 for browser in ("b1", "b2"):
                     assert live_sessions(store.sessions(app, browser), browser) == live_sessions(records, browser)
     assert len(store.all()) == len(live)
