@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import docker
@@ -209,7 +209,7 @@ def test_nothing_inside_an_instance_on_the_overlay_names_another_instances_id(de
 # -- faults on the deployed stack: one gateway, one NATS server, one function host, the worker's link ----------
 
 _RECORDS = """
-import asyncio, json
+import asyncio, json, sys
 import nats.js.errors
 from swarmpool.bus.roles import Access
 from swarmpool.bus.subjects import Subjects
@@ -222,12 +222,17 @@ async def main():
     js = nc.jetstream()
     kv = await js.key_value(s.instances_bucket)
     records = {{}}
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:  # no records yet (any other failure is one, not an empty bucket)
-        keys = []
+    keys = sys.argv[1:]  # the keys asked for, each read itself: a listing (an ordered watch) can miss a key
+    if not keys:         # that is rewritten while it is listed, and a record is rewritten at every heartbeat
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:  # no records yet (any other failure is one, not an empty bucket)
+            keys = []
     for key in keys:
-        entry = await kv.get(key)
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:  # absent (deleted or never written): left out
+            continue
         value = json.loads(entry.value)
         records[key] = {{"state": value["state"], "node": value.get("node", ""), "used": value.get("used", False)}}
     replicas = [(await js.stream_info(name)).config.num_replicas
@@ -239,15 +244,16 @@ asyncio.run(main())
 """.format(stack=STACK)
 
 
-def _bus(cluster: Cluster) -> dict[str, object]:
+def _bus(cluster: Cluster, keys: Iterable[str] = ()) -> dict[str, object]:
     """The instance records (key -> state, node) and the replica counts of the stack's streams, read on the bus
-    from inside a function host (NATS is reachable only on the stack's overlay)."""
+    from inside a function host (NATS is reachable only on the stack's overlay). With `keys`, those records
+    only, each read by its key (an absent one is left out); without, every key the bucket lists."""
     client = cluster.manager.client()
     failures = []
     try:
         for attempt in range(3):  # a read may fail while the cluster is busy: never taken for an empty bucket
             for host in client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_functions"}):
-                code, out = host.exec_run(["python3", "-c", _RECORDS])
+                code, out = host.exec_run(["python3", "-c", _RECORDS, *keys])
                 if code == 0:
                     return json.loads(out.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
                 failures.append(out.decode(errors="replace").strip().splitlines()[-1:])
@@ -257,9 +263,9 @@ def _bus(cluster: Cluster) -> dict[str, object]:
         client.close()
 
 
-def _bus_or_none(cluster: Cluster) -> dict[str, object] | None:
+def _bus_or_none(cluster: Cluster, keys: Iterable[str] = ()) -> dict[str, object] | None:
     try:
-        return _bus(cluster)
+        return _bus(cluster, keys)
     except (AssertionError, ValueError, docker.errors.APIError):
         return None
 
@@ -334,12 +340,13 @@ def test_killing_one_nats_server_loses_no_record_and_no_click(deployed: Cluster)
     killed = _kill_one(deployed, "nats-2")
     claimed = [_claim(deployed) for _ in range(2)]  # the other two servers keep the quorum
     assert _answers(deployed, session)
-    after = _wait(lambda: _bus_or_none(deployed), 60, "the bus answers")
+    held = {k for k, v in before.items() if v["state"] == "claimed"}  # type: ignore[union-attr]
+    after = _wait(lambda: _bus_or_none(deployed, held | {f"echo.{i}" for i in claimed}), 60, "the bus answers")
     records = after["records"]  # type: ignore[index]
     assert records[f"echo.{session}"]["state"] == "claimed"
     for instance in claimed:
         assert records[f"echo.{instance}"]["state"] == "claimed"
-    lost = {k for k, v in before.items() if v["state"] == "claimed"} - set(records)  # type: ignore[union-attr]
+    lost = held - set(records)
     assert not lost, f"claimed records lost with a NATS server: {len(lost)}"
     _wait(lambda: _restarted(deployed, "nats-2", killed, 1), 60, "the swarm restarts the NATS server")
 
@@ -348,16 +355,17 @@ def test_killing_one_function_host_loses_no_record_and_no_click(deployed: Cluste
     session = _claim(deployed)
     # the session's first heartbeat applied: one in flight to the killed host would be lost, and an
     # untouched session then ends by unused_grace (docs/operating.md, Known limits)
-    _wait(lambda: (_bus_or_none(deployed) or {}).get("records", {}).get(f"echo.{session}", {}).get("used"),  # type: ignore[attr-defined]
+    _wait(lambda: (_bus_or_none(deployed, [f"echo.{session}"]) or {}).get("records", {}).get(f"echo.{session}", {}).get("used"),  # type: ignore[attr-defined]
           60, "the session's traffic recorded")
     before = _bus(deployed)["records"]
     killed = _kill_one(deployed, "functions")
     claimed = [_claim(deployed) for _ in range(2)]  # the other host answers claims (queue groups)
     assert _answers(deployed, session)
-    records = _bus(deployed)["records"]
+    held = {k for k, v in before.items() if v["state"] == "claimed"}  # type: ignore[union-attr]
+    records = _bus(deployed, held | {f"echo.{i}" for i in [session, *claimed]})["records"]
     for instance in [session, *claimed]:
         assert records[f"echo.{instance}"]["state"] == "claimed"  # type: ignore[index]
-    lost = {k for k, v in before.items() if v["state"] == "claimed"} - set(records)  # type: ignore[union-attr,arg-type]
+    lost = held - set(records)  # type: ignore[arg-type]
     assert not lost, f"claimed records lost with a function host: {len(lost)}"
     _wait(lambda: _restarted(deployed, "functions", killed, 2), 60, "the swarm restarts the function host")
 
@@ -375,7 +383,7 @@ def test_losing_the_worker_ends_its_sessions_and_refills_on_the_manager(deployed
                 break
         assert on_worker and on_manager, f"no sessions on both nodes: {len(on_worker)}, {len(on_manager)}"
         def worker_session_placed() -> dict[str, object] | None:
-            bus = _bus_or_none(deployed)
+            bus = _bus_or_none(deployed, [f"echo.{on_worker[0]}"])
             record = bus["records"].get(f"echo.{on_worker[0]}") if bus else None  # type: ignore[attr-defined]
             return bus if record and record["node"] else None
 

@@ -264,7 +264,8 @@ async def claimed_events(nc: NATS, namespace: str) -> Counter[str]:
             *_, instance_id, event = msg.subject.split(".")
             if event == "claimed":
                 seen[instance_id] += 1
-            if msg.metadata.sequence.stream >= last:
+            # the log also keeps visits: its last message may be none of these, so caught up also ends it
+            if msg.metadata.sequence.stream >= last or msg.metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
