@@ -50,7 +50,7 @@ from swarmpool.bus.messages import Instance, RetireRequest
 from swarmpool.bus.wire import connect, encode
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
-from swarmpool.swarm import Swarm
+from swarmpool.swarm.adapter import Swarm
 from swarmpool.ids import instance_prefix, short_id
 from swarmpool.natsd import EmbeddedNats, free_port
 

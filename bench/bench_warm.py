@@ -6,7 +6,7 @@ In one process and one run, four rounds on this machine's swarm (the engine's tw
 swarmpool's, as the load of a shared machine moves; the baseline is their mean):
 
 - engine alone (the baseline): N echo services, each exactly as swarmpool would create it (same image,
-  limits, labels, bridge, published port: `swarm/adapter.py` with `lifecycle.instance_spec`), created
+  limits, labels, bridge, published port: `swarm/adapter.py` (services.py) with `lifecycle.instance_spec`), created
   as fast as the engine accepts them (--create-concurrency calls at once), timed from the first call
   until every one answers HTTP on its port (one task listing every 0.1 s, then GET <prefix>healthz);
 - swarmpool warm: `swarmpool up` (embedded nats-server, functions, gateway) with the echo app at size 0,
@@ -52,7 +52,7 @@ from swarmpool.catalogue import parse
 from swarmpool.functions.lifecycle import instance_spec
 from swarmpool.ids import instance_prefix, new_handle, new_instance_id
 from swarmpool.natsd import free_port
-from swarmpool.swarm import Swarm
+from swarmpool.swarm.adapter import Swarm
 
 POLL = 0.1
 

@@ -13,7 +13,7 @@ from swarmpool.bus.spec import AppSpec, Settings
 from swarmpool.bus.state import Conflict, InvalidTransition
 from swarmpool.functions.policy import spec_version
 from swarmpool.ids import instance_prefix, new_handle, new_instance_id, short_id
-from swarmpool.swarm.adapter import ENGINE_FAULT, InstanceSpec, SwarmUnavailable
+from swarmpool.swarm.model import ENGINE_FAULT, InstanceSpec, SwarmUnavailable
 
 log = logging.getLogger(__name__)
 

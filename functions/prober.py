@@ -14,7 +14,7 @@ from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.spec import AppSpec
 from swarmpool.functions import lifecycle
 from swarmpool.ids import instance_prefix
-from swarmpool.swarm import SwarmPort
+from swarmpool.swarm.port import SwarmPort
 from swarmpool.swarm.tasks import ENDED_TASK_STATES, MISSING
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Packet filter rules that close a namespace's instances in: nothing reaches them but the gateway, and they reach
 nothing but, for apps allowed it, the public internet (iptables and ip6tables).
 
-Published instances join one of the namespace's two bridges (see `Swarm._ensure_bridge`), whose ports bind
+Published instances join one of the namespace's two bridges (see `networks.Bridges.ensure`), whose ports bind
 127.0.0.1 and whose containers cannot talk to each other: `sp<namespace>.<generation>` for apps with
 egress "none", `sp<namespace>-<generation>` for egress "internet". The interface name says the class, so
 the rules never change per instance and hold from a container's first packet. Two chains of our own,
@@ -35,7 +35,8 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from swarmpool.swarm.adapter import EGRESS_INTERNET, EGRESS_NONE, bridge_name
+from swarmpool.swarm.model import EGRESS_INTERNET, EGRESS_NONE
+from swarmpool.swarm.names import bridge_name
 
 log = logging.getLogger(__name__)
 

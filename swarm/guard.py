@@ -10,7 +10,7 @@ network namespace (`network_mode: container:<id>`, NET_ADMIN and NET_RAW only) t
   else refused (a TCP reset, else ICMP port-unreachable), so the student's code fails at once;
 - last, nat `PREROUTING`: TCP to GUARD_PORT redirected to the app's port.
 
-The instance's service endpoint is `<service name>:GUARD_PORT` (swarm/adapter.py), where nothing answers before
+The instance's service endpoint is `<service name>:GUARD_PORT` (swarm/model.py), where nothing answers before
 that redirect exists: the prober cannot see it ready, and no claim can reach it, until its rules are in. The
 instance itself runs without NET_ADMIN (catalogue guardrails), so it cannot change them.
 """
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from swarmpool.swarm.adapter import LABEL_GUARD_PORT, LABEL_ID, LABEL_OWNER, LABEL_PORT
+from swarmpool.swarm.model import LABEL_GUARD_PORT, LABEL_ID, LABEL_OWNER, LABEL_PORT
 
 log = logging.getLogger(__name__)
 

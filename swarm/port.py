@@ -1,6 +1,6 @@
 """The narrow port through which functions reach the swarm: what they call, and nothing else.
 
-`swarmpool.swarm.Swarm` implements it against the Docker engine; unit tests pass a fake.
+`swarmpool.swarm.adapter.Swarm` implements it against the Docker engine; unit tests pass a fake.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from swarmpool.swarm.adapter import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
+from swarmpool.swarm.model import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
 
 
 class SwarmPort(Protocol):

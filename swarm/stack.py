@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import docker
 import docker.errors
 
-from swarmpool.swarm.adapter import LABEL_OWNER, SwarmError, SwarmUnavailable
+from swarmpool.swarm.model import LABEL_OWNER, SwarmError, SwarmUnavailable
 
 LABEL_STACK = "com.docker.stack.namespace"  # what `docker stack deploy` puts on everything it creates
 

@@ -20,7 +20,7 @@ from swarmpool.bus.roles import ROLES, Access, server_users, user_name
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
 from swarmpool.files import write_private
-from swarmpool.swarm.adapter import GUARD_PORT
+from swarmpool.swarm.model import GUARD_PORT
 
 CONTROL_REPOSITORY = "swarmpool/control"
 COMPOSE_VERSION = "3.8"
@@ -146,7 +146,7 @@ def network_subnets(found: dict[str, Any] | None) -> list[str]:
     return [c["Subnet"] for c in configs if c.get("Subnet") and ":" not in c["Subnet"]]
 
 
-_OWNER_LABEL = "swarmpool.owner"  # swarm.adapter.LABEL_OWNER (not imported: it needs the docker package)
+_OWNER_LABEL = "swarmpool.owner"  # swarm/model.py LABEL_OWNER
 
 
 def network_problem(options: Options, network: str, found: dict[str, Any] | None,
@@ -505,7 +505,7 @@ def deploy(args: Any) -> int:
     import sys
 
     from swarmpool.catalogue import CatalogueError, default_catalogue_path
-    from swarmpool.swarm.adapter import SwarmError
+    from swarmpool.swarm.model import SwarmError
     from swarmpool.swarm.stack import Stack
 
     catalogue_path = args.catalogue or str(default_catalogue_path())
@@ -579,7 +579,7 @@ def undeploy(args: Any) -> int:
     """`swarmpool undeploy`: every instance of the stack (by label), then the stack and what it created."""
     import sys
 
-    from swarmpool.swarm.adapter import SwarmError
+    from swarmpool.swarm.model import SwarmError
     from swarmpool.swarm.stack import Stack, leftover_names
 
     if not _STACK.match(args.stack):

@@ -22,7 +22,7 @@ from swarmpool.catalogue import CatalogueError, parse
 from swarmpool.functions import admin, all_handlers
 from swarmpool.functions.admin import announce_trust
 from swarmpool.functions.policy import target
-from swarmpool.swarm import SwarmPort
+from swarmpool.swarm.port import SwarmPort
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from swarmpool.bus.queue import TicketStore
 from swarmpool.bus.state import CatalogueStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.admin import status_of
-from swarmpool.swarm import Swarm, SwarmError, SwarmUnavailable
+from swarmpool.swarm.adapter import Swarm
+from swarmpool.swarm.model import SwarmError, SwarmUnavailable
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
 from swarmpool.catalogue import check_images, check_network, default_catalogue_path, parse, without_apps
 from swarmpool.guardrails import trust_summary

@@ -15,7 +15,8 @@ import pytest
 import pytest_asyncio
 
 from swarmpool.ids import new_instance_id  # noqa: F401  (tests/integration/test_swarm.py imports it from here)
-from swarmpool.swarm import LABEL_OWNER, Swarm
+from swarmpool.swarm.adapter import Swarm
+from swarmpool.swarm.model import LABEL_OWNER
 from tests.fixtures import random_namespace, wait_for  # noqa: F401  (wait_for: re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent

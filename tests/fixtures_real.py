@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.natsd import EmbeddedNats
-from swarmpool.swarm import LABEL_OWNER
+from swarmpool.swarm.model import LABEL_OWNER
 from tests.docker_fixtures import docker_client, echo_image, remove_namespace, swarm, swarm_namespace
 from tests.fixtures import register_namespace, take_namespaces
 

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from swarmpool.ids import new_handle
-from swarmpool.swarm import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
+from swarmpool.swarm.model import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
 
 NODE = "local"
 

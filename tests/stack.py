@@ -24,7 +24,7 @@ from swarmpool.bus.runtime import Context
 from swarmpool.bus.spec import Catalogue
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
-from swarmpool.swarm import Swarm
+from swarmpool.swarm.adapter import Swarm
 from tests.local_swarm import LocalSwarm
 from swarmpool.catalogue import parse
 from swarmpool.host import functions_host

@@ -17,7 +17,7 @@ from swarmpool.bus.subjects import Subjects
 from swarmpool.bus.verbs import VERBS
 from swarmpool.host import functions_host
 from swarmpool.natsd import EmbeddedNats
-from swarmpool.swarm import Swarm
+from swarmpool.swarm.adapter import Swarm
 from tests.stack import echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker

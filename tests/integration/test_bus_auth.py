@@ -38,7 +38,7 @@ from swarmpool.gateway.launch import end_token
 from swarmpool.host import functions_host
 from swarmpool.launcher import serve_gateway
 from swarmpool.natsd import EmbeddedNats, free_port
-from swarmpool.swarm import Swarm
+from swarmpool.swarm.adapter import Swarm
 from bench.students import Attendance, attend, new_browser
 from bench.support import stop_child
 from tests.fixtures import random_namespace, register_namespace

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from swarmpool.deploy import control_image
-from swarmpool.swarm.adapter import GUARD_PORT
+from swarmpool.swarm.model import GUARD_PORT
 from tests.cluster import SUBNET, Cluster, two_node_swarm
 from tests.inside import LOOK_AROUND, ids_in, shell_command
 from tests.integration.test_isolation import CONNECT

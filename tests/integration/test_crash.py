@@ -18,7 +18,8 @@ from swarmpool.bus.messages import Instance
 from swarmpool.bus.state import InstanceStore
 from swarmpool.ids import new_instance_id
 from swarmpool.bus.subjects import Subjects
-from swarmpool.swarm import InstanceSpec, Swarm
+from swarmpool.swarm.adapter import Swarm
+from swarmpool.swarm.model import InstanceSpec
 from bench.support import stop_child
 from tests.stack import echo_catalogue, wait_for
 

@@ -11,7 +11,7 @@ import nats
 
 from swarmpool.host import catalogue_file, catalogue_version, functions_host
 from swarmpool.catalogue import parse
-from swarmpool.swarm import Swarm
+from swarmpool.swarm.adapter import Swarm
 from tests.stack import echo_catalogue, wait_for
 
 

@@ -27,8 +27,8 @@ import docker
 import pytest
 import pytest_asyncio
 
-from swarmpool.swarm import InstanceSpec, Swarm
-from swarmpool.swarm.adapter import EGRESS_INTERNET, EGRESS_NONE
+from swarmpool.swarm.adapter import Swarm
+from swarmpool.swarm.model import EGRESS_INTERNET, EGRESS_NONE, InstanceSpec
 from swarmpool.swarm.firewall import Firewall, host_networks, published_port_range
 from swarmpool.swarm.tasks import ENDED_TASK_STATES, MISSING
 from tests.docker_fixtures import new_instance_id, wait_for

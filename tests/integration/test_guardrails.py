@@ -19,8 +19,8 @@ from swarmpool.bus.messages import AdminEvent
 from swarmpool.bus.state import CatalogueStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.natsd import free_port
-from swarmpool.swarm import InstanceSpec, Swarm
-from swarmpool.swarm.adapter import SwarmError
+from swarmpool.swarm.adapter import Swarm
+from swarmpool.swarm.model import InstanceSpec, SwarmError
 from tests.docker_fixtures import new_instance_id
 from bench.support import stop_child
 from tests.integration.test_admin import admin, status_json

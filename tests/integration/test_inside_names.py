@@ -20,7 +20,7 @@ from swarmpool.bus.messages import EventKind, Instance, InstanceEvent
 from swarmpool.bus.subjects import Subjects
 from swarmpool.functions.policy import spec_version
 from swarmpool.ids import new_instance_id
-from swarmpool.swarm import LABEL_APP, LABEL_ID, LABEL_OWNER, LABEL_PORT
+from swarmpool.swarm.model import LABEL_APP, LABEL_ID, LABEL_OWNER, LABEL_PORT
 from tests.inside import LOOK_AROUND, ids_in, shell_command
 from tests.stack import Stack, echo_catalogue, running_stack, wait_for
 

@@ -20,8 +20,9 @@ import docker
 import pytest
 import pytest_asyncio
 
-from swarmpool.swarm import InstanceSpec, Swarm, TaskStatus
-from swarmpool.swarm.adapter import instance_network_name
+from swarmpool.swarm.adapter import Swarm
+from swarmpool.swarm.model import InstanceSpec, TaskStatus
+from swarmpool.swarm.names import instance_network_name
 from swarmpool.swarm.firewall import Firewall, FirewallUnavailable
 from swarmpool.swarm.tasks import ENDED_TASK_STATES, MISSING
 from tests.docker_fixtures import new_instance_id, wait_for

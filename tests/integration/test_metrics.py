@@ -14,7 +14,7 @@ import pytest
 from swarmpool.catalogue import parse
 from swarmpool.launcher import serve_gateway
 from swarmpool.natsd import free_port
-from swarmpool.swarm import Swarm
+from swarmpool.swarm.adapter import Swarm
 from tests.stack import echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker

@@ -18,7 +18,7 @@ from swarmpool.bus.state import ConfigStore, InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
 from swarmpool.functions import keeper
-from swarmpool.swarm import Swarm
+from swarmpool.swarm.adapter import Swarm
 from tests.local_swarm import LocalSwarm
 from tests.stack import echo_catalogue, running_stack, wait_for
 

@@ -13,8 +13,10 @@ import msgspec
 import pytest
 
 from swarmpool.ids import new_handle
-from swarmpool.swarm import (LABEL_APP, LABEL_ID, LABEL_OWNER, EngineEvent, InstanceSpec, Swarm, SwarmError,
-                             SwarmUnavailable, TaskStatus, service_name)
+from swarmpool.swarm.adapter import Swarm
+from swarmpool.swarm.model import (LABEL_APP, LABEL_ID, LABEL_OWNER, EngineEvent, InstanceSpec, SwarmError,
+                                   SwarmUnavailable, TaskStatus)
+from swarmpool.swarm.names import service_name
 from swarmpool.swarm.tasks import ENDED_TASK_STATES, MISSING
 from tests.docker_fixtures import new_instance_id, wait_for
 

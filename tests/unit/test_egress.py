@@ -14,7 +14,8 @@ from swarmpool.catalogue import CatalogueError, parse
 from swarmpool.functions.lifecycle import instance_spec
 from swarmpool.functions.policy import spec_version
 from swarmpool.swarm import firewall
-from swarmpool.swarm.adapter import EGRESS_INTERNET, EGRESS_NONE, bridge_name, instance_network_name
+from swarmpool.swarm.model import EGRESS_INTERNET, EGRESS_NONE
+from swarmpool.swarm.names import bridge_name, instance_network_name
 from swarmpool.swarm.firewall import Firewall, denied_networks, host_resolvers
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from swarmpool.swarm.adapter import NODE_ID_TTL, Swarm
-import swarmpool.swarm.adapter as adapter
+from swarmpool.swarm import status as status_module
+from swarmpool.swarm.engine import Engine
+from swarmpool.swarm.networks import Bridges
+from swarmpool.swarm.status import NODE_ID_TTL, Status
 
 
 class Api:
@@ -33,13 +35,14 @@ class Client:
 
 def test_passes_ask_the_engine_for_its_node_id_once_per_ttl(monkeypatch: Any) -> None:
     client = Client()
-    swarm = Swarm("t", client=client)  # type: ignore[arg-type]
+    engine = Engine("t", client=client)  # type: ignore[arg-type]
+    status = Status(engine, Bridges(engine))
     now = [1000.0]
-    monkeypatch.setattr(adapter.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(status_module.time, "monotonic", lambda: now[0])
     for _ in range(5):  # five reconcile passes in a row: tasks and nodes each
-        assert swarm._task_states() == {}
-        assert swarm._nodes() == {"n1": "ready", "n2": "ready"}  # this engine's node is ready: we talk to it
+        assert status.task_states() == {}
+        assert status.nodes() == {"n1": "ready", "n2": "ready"}  # this engine's node is ready: we talk to it
     assert client.infos == 1
     client.node = "n3"  # left its swarm and joined another: seen again after the TTL
     now[0] += NODE_ID_TTL + 1
-    assert swarm._nodes()["n3"] == "ready" and client.infos == 2
+    assert status.nodes()["n3"] == "ready" and client.infos == 2

@@ -1,7 +1,9 @@
 """Which failures are the engine's (no start backoff) and which task errors mean a dead bridge copy."""
 
 from swarmpool.functions.policy import FOUND_DEAD, engine_fault, failed_start
-from swarmpool.swarm.adapter import ENGINE_FAULT, bridge_name, instance_network_name, stale_network
+from swarmpool.swarm.model import ENGINE_FAULT
+from swarmpool.swarm.names import bridge_name, instance_network_name
+from swarmpool.swarm.networks import stale_network
 
 
 def test_engine_faults_and_deaths_of_running_instances_do_not_count_as_failed_starts() -> None:

@@ -17,8 +17,9 @@ from swarmpool.functions.lifecycle import failed, instance_spec, retiring
 from swarmpool.functions.policy import plan_top_up
 from swarmpool.functions.prober import Verdict, check
 from swarmpool.ids import new_instance_id
-from swarmpool.swarm import EngineEvent, InstanceSpec, ServiceInfo, SwarmPort, TaskStatus
-from swarmpool.swarm.adapter import INSTANCE_UID, run_as
+from swarmpool.swarm.model import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
+from swarmpool.swarm.port import SwarmPort
+from swarmpool.swarm.services import INSTANCE_UID, run_as
 
 NOW = 50_000.0
 SPEC = AppSpec(name="echo", image="echo", port=8888, probe=Probe(path="healthz", log_marker="echo ready",

@@ -12,7 +12,9 @@ from swarmpool.bus.spec import AppSpec, Settings
 from swarmpool.deploy import DeployError, Options, Tls, cluster_catalogue, write_files
 from swarmpool.functions.lifecycle import instance_spec
 from swarmpool.swarm.guard import CHAIN, Target, filter_rules, redirect_rule, script, target_of, to_guard
-from swarmpool.swarm.adapter import GUARD_PORT, LABEL_GUARD_PORT, Swarm
+from swarmpool.swarm.model import GUARD_PORT, LABEL_GUARD_PORT
+from swarmpool.swarm.services import labels as service_labels
+from swarmpool.swarm.status import endpoint as task_endpoint
 
 NS = "cls"
 
@@ -65,7 +67,7 @@ def test_an_inspected_container_is_read_from_its_config() -> None:
 
 def test_a_guarded_instance_is_reached_only_on_the_guard_port() -> None:
     def endpoint(spec: dict[str, object]) -> str:
-        return Swarm._endpoint({"Spec": {"Name": "cls-echo-x", **spec}}, {})
+        return task_endpoint({"Spec": {"Name": "cls-echo-x", **spec}}, {})
 
     assert endpoint({"Labels": labels()}) == f"cls-echo-x:{GUARD_PORT}"
     assert endpoint({"Labels": {"swarmpool.port": "8888"}}) == "cls-echo-x:8888"
@@ -76,11 +78,10 @@ def test_instances_are_guarded_on_a_cluster_only() -> None:
     cluster = Settings(publish_ports=False, network="cls_instances", guard=True)
     assert instance_spec(app, "abcdef0123456789", cluster).guard is True
     assert instance_spec(app, "abcdef0123456789", Settings()).guard is False
-    swarm = Swarm(NS)
     spec = instance_spec(app, "abcdef0123456789", cluster)
-    assert swarm._labels(spec)[LABEL_GUARD_PORT] == str(GUARD_PORT)
+    assert service_labels(NS, spec)[LABEL_GUARD_PORT] == str(GUARD_PORT)
     published = instance_spec(app, "abcdef0123456789", Settings(guard=True))  # publish_ports: the host filter
-    assert LABEL_GUARD_PORT not in swarm._labels(published)
+    assert LABEL_GUARD_PORT not in service_labels(NS, published)
 
 
 CATALOGUE = """
