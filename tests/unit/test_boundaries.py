@@ -69,6 +69,10 @@ def folder_of(path: Path) -> str:
     return path.relative_to(ROOT).parts[0]
 
 
+# what of swarm/ the functions see: the port, and values that import nothing of docker (nor does swarm/__init__.py)
+SWARM_VALUES = {"swarmpool.swarm.port", "swarmpool.swarm.model", "swarmpool.swarm.names", "swarmpool.swarm.tasks"}
+
+
 def nats_allowed(path: Path) -> bool:
     """NATS lives in bus/ and in the front door's own files (swarmpool/*.py, not the mapped folders)."""
     rel = path.relative_to(ROOT)
@@ -89,6 +93,10 @@ RULES = {
         lambda m: any(within(m, f"swarmpool.{x}") for x in ("functions", "swarm"))),
     "functions/ does not import swarmpool.gateway": (
         lambda p: folder_of(p) == "functions", lambda m: within(m, "swarmpool.gateway")),
+    "bus/ and functions/ reach swarm/ only through its port and docker-free values": (
+        lambda p: folder_of(p) in ("bus", "functions"),
+        lambda m: within(m, "swarmpool.swarm") and m != "swarmpool.swarm"
+        and not any(within(m, v) for v in SWARM_VALUES)),
 }
 
 
@@ -106,7 +114,7 @@ def test_import_boundary(rule: str) -> None:
 def test_the_import_scanner_sees_real_imports() -> None:
     """Guard against a vacuous pass: the scanner finds what is known to be there."""
     assert len(source_files()) > 20
-    assert any(within(m, "docker") for m in imported_modules(ROOT / "swarm/adapter.py"))
+    assert any(within(m, "docker") for m in imported_modules(ROOT / "swarm/engine.py"))
     assert any(within(m, "nats") for m in imported_modules(ROOT / "bus/state.py"))
     assert "swarmpool.bus.subjects" in imported_modules(ROOT / "bus/state.py")
 
@@ -232,6 +240,80 @@ def test_nothing_below_the_front_door_imports_it() -> None:
     assert not broken, f"bus/, swarm/, functions/, gateway/ import the front door: {broken}"
 
 
+# ---- swarm/: one facade over concern modules, values at the bottom ----
+
+# each module of swarm/ imports only modules of swarm/ in layers below its own (swarm/__init__.py imports nothing)
+SWARM_LAYERS = [
+    {"model", "tasks"},  # labels, errors, value types, task states: nothing of docker, nothing of ours
+    {"names", "port"},  # what we name on the engine; the port the functions see
+    # docker-py's gaps, the client and its threads, the probe; beside the adapter: packet filter, guard, stack
+    {"raw_api", "engine", "probe", "firewall", "guard", "stack"},
+    {"images", "networks", "lease", "events"},  # concerns, each on the engine
+    {"services", "status"},  # instance services (images, bridges); task status (a task's error marks a bridge dead)
+    {"adapter"},  # Swarm, the facade composing them
+]
+
+
+def test_swarm_modules_stand_on_the_layers_below() -> None:
+    """Values at the bottom, the engine above them, the concerns on the engine, the facade on top."""
+    graph = import_graph()
+    layer = {f"swarmpool.swarm.{name}": i for i, names in enumerate(SWARM_LAYERS) for name in names}
+    modules = {module_name(p) for p in (ROOT / "swarm").glob("*.py")} - {"swarmpool.swarm"}
+    assert modules == set(layer), f"place every module of swarm/ in SWARM_LAYERS: {sorted(modules ^ set(layer))}"
+    assert not graph["swarmpool.swarm"], "swarm/__init__.py imports a module (so docker-free ones would load docker)"
+    broken = {m: up for m in sorted(layer)
+              if (up := sorted(d for d in graph[m] if within(d, "swarmpool.swarm") and layer[d] >= layer[m]))}
+    assert not broken, f"swarm/ modules import their own layer or above: {broken}"
+
+
+def test_the_swarm_values_import_nothing_of_docker_or_ours() -> None:
+    """model.py and tasks.py import only the standard library and msgspec; names.py and port.py those and them."""
+    base = set(sys.stdlib_module_names) | {"msgspec"}
+    for name, ours in (("model", ()), ("tasks", ()), ("names", ("model",)), ("port", ("model",))):
+        foreign = [m for m in imported_modules(ROOT / "swarm" / f"{name}.py") if m.split(".")[0] not in base
+                   and not any(within(m, f"swarmpool.swarm.{o}") for o in ours)]
+        assert not foreign, f"swarm/{name}.py imports {foreign}"
+
+
+def test_function_hosts_load_no_docker() -> None:
+    """Importing every module of bus/, functions/ and gateway/ leaves docker (and the Swarm adapter) unloaded."""
+    code = ("import importlib, pkgutil, sys\n"
+            "import swarmpool.bus, swarmpool.functions, swarmpool.gateway\n"
+            "for pkg in (swarmpool.bus, swarmpool.functions, swarmpool.gateway):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+            "        importlib.import_module(pkg.__name__ + '.' + m.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'docker' or m == 'swarmpool.swarm.adapter'))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True, timeout=60)
+    loaded = ast.literal_eval(out.stdout.strip())
+    assert not loaded, f"the function hosts' modules load {len(loaded)} modules of docker or the adapter: {loaded[:4]}"
+
+
+def docker_private_names() -> set[str]:
+    """The underscore attributes of docker-py's clients (its private API: `api._post_json`, `api._url`, ...)."""
+    import docker
+
+    return {a for cls in (docker.APIClient, docker.DockerClient) for a in dir(cls)
+            if a.startswith("_") and not a.startswith("__")}
+
+
+def private_docker_uses(path: Path, private: set[str]) -> list[int]:
+    """Lines where an object other than `self` is asked for one of docker-py's private attributes."""
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and node.attr in private
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))]
+
+
+def test_docker_private_api_is_used_in_one_place() -> None:
+    """swarm/raw_api.py holds the calls docker-py has no public method for; nothing else reaches its privates."""
+    private = docker_private_names()
+    assert {"_url", "_post_json", "_result"} <= private
+    files = [*source_files(), *sorted((ROOT / "tests").rglob("*.py")), *sorted((ROOT / "bench").rglob("*.py"))]
+    broken = [f"{path.relative_to(ROOT)}:{line}" for path in files if path != ROOT / "swarm/raw_api.py"
+              for line in private_docker_uses(path, private)]
+    assert not broken, "docker-py's private API outside swarm/raw_api.py:\n" + "\n".join(broken)
+    assert private_docker_uses(ROOT / "swarm/raw_api.py", private), "the scanner no longer sees raw_api's calls"
+
+
 # ---- handlers see ports, never the wire ----
 
 RAW_CLIENT = {"nc", "client"}  # the raw NATS client, by the names the code gives it (Context.bus.client)
@@ -257,8 +339,7 @@ def test_the_wire_is_below_the_runtime() -> None:
 # ---- one home per idea ----
 
 TASK_STATES = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove", "missing"}
-# swarm/adapter.py keeps its own list of states with an exit code until its split (two branches edit it now)
-TASK_STATES_HOME = {"swarm/tasks.py", "swarm/adapter.py", "tests/unit/test_boundaries.py"}
+TASK_STATES_HOME = {"swarm/tasks.py", "tests/unit/test_boundaries.py"}
 
 
 def task_state_lists(path: Path) -> list[int]:
