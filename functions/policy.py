@@ -15,6 +15,7 @@ import msgspec
 from swarmpool.bus.messages import Activity, Instance, PoolOverride
 from swarmpool.bus.spec import AppSpec, Session
 from swarmpool.functions import schedule
+from swarmpool.swarm.model import ENGINE_FAULT  # in a reason when the engine failed the start, not the app
 from swarmpool.swarm.tasks import ENDED_TASK_STATES
 
 
@@ -255,7 +256,6 @@ def ghost_records(records: Iterable[Instance], service_ids: set[str], now: float
 
 
 FOUND_DEAD = "(found by reconcile)"  # a running instance that died (with its engine, most often)
-ENGINE_FAULT = "engine unavailable"  # in a reason when the engine failed the start, not the app
 
 
 def engine_fault(reason: str) -> bool:

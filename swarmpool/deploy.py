@@ -20,14 +20,15 @@ from swarmpool.bus.roles import ROLES, Access, server_users, user_name
 from swarmpool.bus.subjects import Subjects
 from swarmpool.catalogue import parse
 from swarmpool.files import write_private
-from swarmpool.swarm.model import GUARD_PORT
+from swarmpool.swarm.model import GUARD_PORT, LABEL_OWNER
+from swarmpool.swarm.names import NAMESPACE
 
 CONTROL_REPOSITORY = "swarmpool/control"
 COMPOSE_VERSION = "3.8"
 NATS_CLIENT_PORT = 4222
 NATS_ROUTE_PORT = 6222
 GATEWAY_PORT = 8000  # inside the gateway container; --port is what each node publishes
-_STACK = re.compile(r"^[a-z][a-z0-9]{0,10}$")  # the adapter's namespace rule: the stack name is the namespace
+_STACK = NAMESPACE  # the stack name is the namespace
 
 
 def control_image(version: str | None = None) -> str:
@@ -146,9 +147,6 @@ def network_subnets(found: dict[str, Any] | None) -> list[str]:
     return [c["Subnet"] for c in configs if c.get("Subnet") and ":" not in c["Subnet"]]
 
 
-_OWNER_LABEL = "swarmpool.owner"  # swarm/model.py LABEL_OWNER
-
-
 def network_problem(options: Options, network: str, found: dict[str, Any] | None,
                     max_instances: int | None = None) -> str | None:
     """Why an existing network of the stack cannot be kept (`docker stack deploy` keeps a network with its old
@@ -160,9 +158,9 @@ def network_problem(options: Options, network: str, found: dict[str, Any] | None
     if network == instances_network(options):
         if not found.get("Internal"):
             problems.append("is not internal (instances on it would reach the internet and the nodes)")
-        owner = (found.get("Labels") or {}).get(_OWNER_LABEL)
+        owner = (found.get("Labels") or {}).get(LABEL_OWNER)
         if owner != options.stack:
-            problems.append(f"has owner label {_OWNER_LABEL}={owner!r}, not {options.stack!r}")
+            problems.append(f"has owner label {LABEL_OWNER}={owner!r}, not {options.stack!r}")
         subnets = network_subnets(found)
         room = sum(usable_addresses(s) for s in subnets)
         if max_instances is not None and subnets and room < max_instances + options.functions_replicas:

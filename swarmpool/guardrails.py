@@ -26,7 +26,7 @@ from swarmpool.bus.spec import AppSpec, Catalogue, Settings
 SAFE_CAPABILITIES = ("NET_BIND_SERVICE", "KILL")
 INSTANCES_NETWORK = "{namespace}_instances"  # the overlay `swarmpool deploy` makes for a stack's instances
 _ANY_INSTANCES_NETWORK = re.compile(r"^[a-z][a-z0-9]{0,10}_instances$")
-OWNER_LABEL = "swarmpool.owner"  # swarm.adapter.LABEL_OWNER, on everything of a namespace
+OWNER_LABEL = "swarmpool.owner"  # swarm/model.py LABEL_OWNER (above the floor), on everything of a namespace
 _NUMERIC_ID = re.compile(r"^[+-]?[0-9]+$")  # what the engine reads as a number (Go's strconv.Atoi: "+0", "00")
 
 
