@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from swarmpool.ids import new_handle
+from swarmpool.swarm import raw_api
 from swarmpool.swarm.adapter import Swarm
 from swarmpool.swarm.model import (LABEL_APP, LABEL_ID, LABEL_OWNER, EngineEvent, InstanceSpec, SwarmError,
                                    SwarmUnavailable, TaskStatus)
@@ -214,6 +215,34 @@ async def test_unreachable_engine_is_swarm_unavailable() -> None:
             await adapter.ping()
     finally:
         await adapter.close()
+
+
+async def test_one_owner_per_namespace_by_a_version_checked_lease(swarm: Swarm,
+                                                                   docker_client: docker.DockerClient) -> None:
+    """The owner lease on the engine: refused to a second holder while fresh, taken over in the holder's own name
+    or once stale, renewed and handed over by version-checked updates (swarm/raw_api.py), released by its holder."""
+    name = f"swarmpool-owner-{swarm.namespace}"
+    try:
+        assert await swarm.claim_namespace("a", ttl=60) is None
+        held = await swarm.claim_namespace("b", ttl=60)
+        assert held is not None and held.startswith("a (renewed ")
+        first = docker_client.api.inspect_config(name)
+        assert await swarm.renew_namespace("a") and not await swarm.renew_namespace("b")
+        assert await swarm.claim_namespace("a", ttl=60) is None  # its own name: a copy of us that died
+        # an update that read the lease before someone else changed it is refused, not applied
+        assert not raw_api.update_config(docker_client.api, first["ID"], first["Version"]["Index"], first["Spec"])
+        assert await swarm.claim_namespace("b", ttl=-1) is None  # not renewed for ttl seconds: taken over
+        assert not await swarm.renew_namespace("a")
+        await swarm.release_namespace("a")  # no longer a's: stays
+        labels = docker_client.api.inspect_config(name)["Spec"]["Labels"]
+        assert labels["swarmpool.lease.holder"] == "b" and labels["swarmpool.owner-lease"] == swarm.namespace
+        await swarm.release_namespace("b")
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.api.inspect_config(name)
+        assert await swarm.claim_namespace("a", ttl=60) is None  # free again
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.api.remove_config(name)
 
 
 async def test_remove_all_removes_only_our_namespace(swarm: Swarm, echo_image: str) -> None:
