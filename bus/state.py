@@ -74,6 +74,16 @@ async def read_modify_cas(kv: KeyValue, key: str, read: Callable[[], Awaitable[t
     raise Conflict(f"{what or key}: gave up after {attempts} attempts")
 
 
+async def stored_keys(kv: KeyValue, prefix: str = "") -> list[str]:
+    """Every key of the bucket that starts with `prefix`, as the server holds them at one instant."""
+    # kv.keys() is an ordered watch that ends at the first message saying nothing is pending: under
+    # concurrent writes it ends early and misses keys that are being rewritten (a link claimed on,
+    # a record heartbeating). The stream's subjects are one snapshot; a deleted key is still listed
+    # (its tombstone), so its get() says it is not found.
+    info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}{prefix}>")
+    return sorted(subject[len(kv._pre):] for subject in info.state.subjects or {})
+
+
 class Versioned(msgspec.Struct, frozen=True):
     """A record and the KV revision it was read at."""
 
