@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 
 from swarmpool.bus.messages import Instance
+from swarmpool.bus.state import stored_keys
 from swarmpool.bus.subjects import Subjects
 from swarmpool.natsd import EmbeddedNats, free_port
 from tests.engine import Engine, namespaced_engine
@@ -277,13 +278,12 @@ async def stored_records(url: str, namespace: str) -> dict[str, Instance]:
     nc = await nats.connect(url)
     try:
         kv = await nc.jetstream().key_value(Subjects(namespace).instances_bucket)
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
         found = {}
-        for key in keys:
-            entry = await kv.get(key)
+        for key in await stored_keys(kv):  # one snapshot: kv.keys() misses records rewritten meanwhile (heartbeats)
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:  # deleted since (or before: its tombstone is listed)
+                continue
             if entry.value:
                 found[key] = msgspec.json.decode(entry.value, type=Instance)
         return found
