@@ -374,7 +374,7 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
 
         stop_listening = s.store.on_change(kill_at_third_claim)
         burst += [asyncio.create_task(click(s)) for _ in range(30)]
-        await wait_for(lambda: killed_at, timeout=10, what="the host killed mid-burst")
+        await wait_for(lambda: killed_at, timeout=30, what="the host killed mid-burst")
         stop_listening()
         await doomed.wait()
         assert killed_at[0] < 10, f"killed after {killed_at[0]} answers: not in the middle of the burst"
@@ -386,7 +386,7 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
         after_burst = len(locations)
         later = time.monotonic()
         while len(locations) < after_burst + 5:  # claims go on on the surviving host
-            assert time.monotonic() - later < 45, f"claims did not go on ({len(locations) - after_burst} after)"
+            assert time.monotonic() - later < 90, f"claims did not go on ({len(locations) - after_burst} after)"
             location = await click(s)
             if location is None:
                 await asyncio.sleep(0.2)  # the waiting room retries by itself; so does this browser
