@@ -59,10 +59,11 @@ async def test_events_json_csv_since_and_follow(nats_server, namespace, echo_ima
             "--nats-url", nats_server.url, "--namespace", namespace, "--state-dir", NO_STATE,
             stdout=asyncio.subprocess.PIPE)
         try:
-            assert follow.stdout is not None
+            output = follow.stdout
+            assert output is not None
 
             async def printed(event: str) -> None:
-                while event not in json.loads(await follow.stdout.readline()).get("event", ""):  # type: ignore[union-attr]
+                while event not in json.loads(await output.readline()).get("event", ""):
                     pass
 
             async with asyncio.timeout(30):

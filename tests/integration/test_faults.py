@@ -358,8 +358,8 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
     at once and one host is killed -9 at the burst's third claim, claims and starts under way. Every
     click is answered (a session or the waiting room), claims go on on the other host, no instance is
     handed out twice (the 303s' ids are distinct; the event log has at most one `claimed` per id),
-    and once the starts under way are done (a reconcile period plus the orphan grace later) every service labelled ours has a record
-    and every record a service, none left starting, failed or retiring."""
+    and once the starts under way are done (a reconcile period plus the orphan grace later) every
+    service labelled ours has a record and every record a service, none left starting, failed or retiring."""
     catalogue = tmp_path / "catalogue.toml"
     catalogue.write_text(echo_catalogue(size=10, max_=24, parallel=6).replace(
         "max_instances = 120", "max_instances = 120\norphan_grace = 3\nsettle_cap = 2"))
