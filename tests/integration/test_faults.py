@@ -189,11 +189,14 @@ async def test_engine_restart_hands_out_no_dead_instance_and_ends_dead_sessions(
         assert session is not None and (await clicks.get(session))[0] == 200
         await asyncio.to_thread(engine.restart)
         restarted = time.monotonic()
-        handed = await clicks_never_dead(clicks, 4, restarted + 60)
-        assert len(handed) == 4
+        # every warm instance died with the engine: the four clicks wait for fresh starts, slow under load
+        handed = await clicks_never_dead(clicks, 4, restarted + 120)
+        print(f"{len(handed)} clicks handed an instance {time.monotonic() - restarted:.0f} s after the restart")
+        assert len(handed) == 4, f"only {len(handed)} of 4 clicks got an instance within 120 s"
         status, page = await clicks.get(session)
         assert status == 404 and "session has ended" in page, (status, page[:200])
-        await wait_for(lambda: pool_whole(engine), timeout=60, what="the pool whole again")
+        await wait_for(lambda: pool_whole(engine), timeout=120, what="the pool whole again")
+        print(f"the pool whole {time.monotonic() - restarted:.0f} s after the restart")
 
 
 async def test_power_cut_restart_hands_out_no_dead_instance(engine: Engine, tmp_path: Path,
