@@ -347,6 +347,7 @@ async def test_nats_server_kill_9_loses_no_record_and_hands_out_nothing_twice(
                     continue
                 handed.append(location)
                 assert (await answered_by(s.http, s.url + location))["id"] == instance_of(location)
+            print(f"4 claims {time.monotonic() - restarted:.0f} s after the nats-server restart")
             ids = [instance_of(h) for h in handed if h]
             assert len(set(ids)) == len(ids), f"handed out twice: {ids}"
             claims = await claims_logged(s.nc, namespace, ids)
@@ -399,6 +400,7 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
                 continue
             assert (await answered_by(s.http, s.url + location))["id"] == instance_of(location)
             locations.append(location)
+        print(f"5 claims on the surviving host {time.monotonic() - later:.0f} s after the burst")
         assert survivor.returncode is None
         ids = [instance_of(location) for location in locations]
         assert len(set(ids)) == len(ids), f"handed out twice: {Counter(ids).most_common(3)}"
@@ -413,6 +415,7 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
 
         # the refills started by the last claims must be ready too: Docker starts at load 10+ outlast 45 s
         await wait_for(agree, timeout=90, interval=0.5, what="services and records to agree (no leak, no ghost)")
+        print(f"services and records agree {time.monotonic() - later:.0f} s after the burst")
         records = await stored_records(nats_server.url, namespace)
         assert set(ids) <= {r.id for r in records.values() if r.state == "claimed"}
 
