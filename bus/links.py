@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from swarmpool.bus.messages import Link, LinkInfo, LinkKeys, Requester, SigningKey
-from swarmpool.bus.state import read_modify_cas
+from swarmpool.bus.state import read_modify_cas, stored_keys
 from swarmpool.bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,8 @@ class Links:
 
     async def all(self) -> list[Link]:
         """Every link stored, oldest first."""
-        try:
-            names = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        found = [await self.get(k[len(LINK_PREFIX):]) for k in names if k.startswith(LINK_PREFIX)]
+        names = await stored_keys(self._kv, LINK_PREFIX)  # not kv.keys(): it misses a link being claimed on
+        found = [await self.get(k[len(LINK_PREFIX):]) for k in names]
         return sorted((f[0] for f in found if f is not None), key=lambda link: link.created_at)
 
     async def update(self, link_id: str, change: Callable[[Link], Link | None]) -> Link | None:

@@ -74,6 +74,16 @@ async def read_modify_cas(kv: KeyValue, key: str, read: Callable[[], Awaitable[t
     raise Conflict(f"{what or key}: gave up after {attempts} attempts")
 
 
+async def stored_keys(kv: KeyValue, prefix: str = "") -> list[str]:
+    """Every key of the bucket that starts with `prefix`, as the server holds them at one instant."""
+    # kv.keys() is an ordered watch that ends at the first message saying nothing is pending: under
+    # concurrent writes it ends early and misses keys that are being rewritten (a link claimed on,
+    # a record heartbeating). The stream's subjects are one snapshot; a deleted key is still listed
+    # (its tombstone), so its get() says it is not found.
+    info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}{prefix}>")
+    return sorted(subject[len(kv._pre):] for subject in info.state.subjects or {})
+
+
 class Versioned(msgspec.Struct, frozen=True):
     """A record and the KV revision it was read at."""
 
@@ -130,6 +140,9 @@ async def ensure_event_log(js: JetStreamContext, subjects: Subjects) -> api.Stre
     return info
 
 
+RECONNECT_CHECK = 0.25  # seconds between a mirror's looks at its connection's reconnect count
+
+
 class _Mirror:
     """One KV watch followed by a task of its own: `apply(entry)` for every change (a failing entry is
     logged and skipped, never stops the mirror); started once the initial values are in."""
@@ -139,6 +152,7 @@ class _Mirror:
         self._apply = apply
         self._synced = asyncio.Event()
         self._task = asyncio.create_task(self._follow(), name=name)
+        self._resumer = asyncio.create_task(self._resume_after_reconnects(), name=f"{name}-resume")
 
     @classmethod
     async def start(cls, watcher: Any, apply: Callable[[Any], None], name: str) -> "_Mirror":
@@ -156,8 +170,39 @@ class _Mirror:
             except Exception:
                 log.exception("%s: bad entry under key %s", self._task.get_name(), entry.key.split(".")[0])
 
+    async def _resume_after_reconnects(self) -> None:
+        """After each reconnect, recreate the watch's consumer from the next revision at once."""
+        # A restarted nats-server has lost the watch's (in-memory) consumer; nats-py recreates it only
+        # after two missed idle heartbeats, leaving the mirror frozen 10-20 s (no refill, stale
+        # routes). Its own reset, called early: resumes after the last revision applied, so no change
+        # is missed and none applied twice; a reconnect to a server that kept the consumer costs a new one.
+        jsi = getattr(getattr(getattr(self._watcher, "_sub", None), "_sub", None), "_jsi", None)
+        conn = getattr(jsi, "_conn", None)
+        if jsi is None or conn is None or not hasattr(jsi, "reset_ordered_consumer"):
+            log.warning("%s: this nats-py hides the watch's consumer: after a reconnect the mirror resumes "
+                        "only when nats-py misses two heartbeats", self._task.get_name())
+            return
+        seen = conn.stats["reconnects"]
+        while not conn.is_closed:
+            await asyncio.sleep(RECONNECT_CHECK)
+            if conn.stats["reconnects"] == seen or not conn.is_connected:
+                continue
+            seen = conn.stats["reconnects"]
+            consumer = jsi._psub._consumer
+            for attempt in range(20):  # JetStream may need a moment after the server's port opened
+                log.info("%s: reconnected: recreating its watch after revision %d", self._task.get_name(), jsi._sseq)
+                await jsi.reset_ordered_consumer(jsi._sseq + 1)
+                for _ in range(20):  # the new consumer is asked for in the background
+                    await asyncio.sleep(RECONNECT_CHECK)
+                    if jsi._psub._consumer != consumer or conn.stats["reconnects"] != seen:
+                        break
+                if jsi._psub._consumer != consumer or conn.stats["reconnects"] != seen or conn.is_closed:
+                    break
+
     async def stop(self) -> None:
-        """Stop the watch, then the task that follows it."""
+        """Stop the watch, then the tasks that follow it."""
+        self._resumer.cancel()
+        await asyncio.gather(self._resumer, return_exceptions=True)
         try:
             await self._watcher.stop()
         except Exception:  # the connection may already be gone at shutdown

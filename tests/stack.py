@@ -11,13 +11,15 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
 import nats
 from nats.aio.client import Client as NATS
+from nats.js import api
 
 from swarmpool.bus.messages import Instance
 from swarmpool.bus.runtime import Context
@@ -106,3 +108,38 @@ async def running_stack(nats_url: str, namespace: str, catalogue_text: str, *, h
         stack.push_async_callback(http.close)
         yield Stack(namespace=namespace, catalogue=catalogue, nc=nc, store=store, swarm=swarm,
                     url=f"http://127.0.0.1:{port}", http=http, hosts=contexts)
+
+
+async def claimed_in_log(nc: NATS, namespace: str) -> Counter[str]:
+    """How often the event log says each instance was claimed (every event so far, read in order)."""
+    subjects = Subjects(namespace)
+    js = nc.jetstream()
+    last = (await js.stream_info(subjects.events_stream)).state.last_seq
+    seen: Counter[str] = Counter()
+    instance_events = subjects.instance_events_all().removesuffix(">")
+    # the whole log (visits and commands too), read up to its last message whatever that is: a consumer
+    # filtered to instance events never reaches a last message that is a visit, its num_pending can read 0
+    # while writes are under way, and a pause in delivery under load is no end of the log
+    sub = await js.subscribe(f"{subjects.prefix}.>", stream=subjects.events_stream, ordered_consumer=True,
+                             deliver_policy=api.DeliverPolicy.ALL)
+    try:
+        while last:
+            msg = await sub.next_msg(timeout=30)
+            if msg.subject.startswith(instance_events) and msg.subject.endswith(".claimed"):
+                seen[msg.subject.split(".")[-2]] += 1
+            if msg.metadata.sequence.stream >= last:
+                break
+    finally:
+        await sub.unsubscribe()
+    return seen
+
+
+async def claims_logged(nc: NATS, namespace: str, ids: Collection[str], timeout: float = 30) -> Counter[str]:
+    """The event log's claims (`claimed_in_log`) once it holds one for each of `ids`: an event is published
+    without waiting for the log, so it may be stored a moment after its claim was answered."""
+    async def probe() -> Counter[str] | None:
+        claims = await claimed_in_log(nc, namespace)
+        return claims if set(ids) <= set(claims) else None
+
+    return await wait_for(probe, timeout=timeout, interval=0.2,
+                          what=f"a claimed event in the log for each of the {len(set(ids))} instances handed out")

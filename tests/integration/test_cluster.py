@@ -223,11 +223,10 @@ async def main():
     kv = await js.key_value(s.instances_bucket)
     records = {{}}
     keys = sys.argv[1:]  # the keys asked for, each read itself: a listing (an ordered watch) can miss a key
-    if not keys:         # that is rewritten while it is listed, and a record is rewritten at every heartbeat
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:  # no records yet (any other failure is one, not an empty bucket)
-            keys = []
+    if not keys:         # that is rewritten while it is listed, and a record is rewritten at every heartbeat;
+        pre = "$KV." + s.instances_bucket + "."  # so every key is the stream's subjects, one snapshot
+        info = await js.stream_info("KV_" + s.instances_bucket, subjects_filter=pre + ">")
+        keys = sorted(subject[len(pre):] for subject in info.state.subjects or {{}})
     for key in keys:
         try:
             entry = await kv.get(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from datetime import datetime
@@ -44,21 +45,31 @@ async def test_events_json_csv_since_and_follow(nats_server, namespace, echo_ima
 
         last = time.time()
         await wait_for(lambda: time.time() > last + 5, timeout=8, what="the earlier events to age")
+        resuming = time.time()
         assert (await admin(nats_server.url, namespace, "resume", "echo"))[0] == 0
-        code, out, _ = await events(nats_server.url, namespace, "--json", "--since", "4s")
+        # back to just before the resume plus 4 s (the events CLI's own start, slow under load); the pause
+        # is 5 s older than the resume, so it stays out
+        since = math.ceil(time.time() - resuming) + 4
+        code, out, _ = await events(nats_server.url, namespace, "--json", "--since", f"{since}s")
         recent = [json.loads(line)["event"] for line in out.splitlines()]
         assert "admin resume" in recent and "admin pause" not in recent and "created" not in recent[:1]
 
         follow = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "swarmpool.cli", "events", "--follow", "--json", "--since", "1s",
+            sys.executable, "-m", "swarmpool.cli", "events", "--follow", "--json", "--since", "1m",
             "--nats-url", nats_server.url, "--namespace", namespace, "--state-dir", NO_STATE,
             stdout=asyncio.subprocess.PIPE)
         try:
-            assert (await admin(nats_server.url, namespace, "drain", "echo"))[0] == 0
-            assert follow.stdout is not None
-            async with asyncio.timeout(20):
-                while "admin drain" not in json.loads(await follow.stdout.readline()).get("event", ""):
+            output = follow.stdout
+            assert output is not None
+
+            async def printed(event: str) -> None:
+                while event not in json.loads(await output.readline()).get("event", ""):
                     pass
+
+            async with asyncio.timeout(30):
+                await printed("admin resume")  # following: what was logged before it started is out
+                assert (await admin(nats_server.url, namespace, "drain", "echo"))[0] == 0
+                await printed("admin drain")  # and what is logged afterwards comes as it happens
         finally:
             follow.terminate()
             await follow.wait()

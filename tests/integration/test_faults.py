@@ -23,15 +23,14 @@ import msgspec
 import nats
 import nats.js.errors
 import pytest
-from nats.aio.client import Client as NATS
-from nats.js import api
 
 from swarmpool.bus.messages import Instance
+from swarmpool.bus.state import stored_keys
 from swarmpool.bus.subjects import Subjects
 from swarmpool.natsd import EmbeddedNats, free_port
 from tests.engine import Engine, namespaced_engine
 from tests.integration.test_crash import functions_process
-from tests.stack import Stack, echo_catalogue, running_stack, wait_for
+from tests.stack import Stack, claims_logged, echo_catalogue, running_stack, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -190,11 +189,14 @@ async def test_engine_restart_hands_out_no_dead_instance_and_ends_dead_sessions(
         assert session is not None and (await clicks.get(session))[0] == 200
         await asyncio.to_thread(engine.restart)
         restarted = time.monotonic()
-        handed = await clicks_never_dead(clicks, 4, restarted + 60)
-        assert len(handed) == 4
+        # every warm instance died with the engine: the four clicks wait for fresh starts, slow under load
+        handed = await clicks_never_dead(clicks, 4, restarted + 120)
+        print(f"{len(handed)} clicks handed an instance {time.monotonic() - restarted:.0f} s after the restart")
+        assert len(handed) == 4, f"only {len(handed)} of 4 clicks got an instance within 120 s"
         status, page = await clicks.get(session)
         assert status == 404 and "session has ended" in page, (status, page[:200])
-        await wait_for(lambda: pool_whole(engine), timeout=60, what="the pool whole again")
+        await wait_for(lambda: pool_whole(engine), timeout=120, what="the pool whole again")
+        print(f"the pool whole {time.monotonic() - restarted:.0f} s after the restart")
 
 
 async def test_power_cut_restart_hands_out_no_dead_instance(engine: Engine, tmp_path: Path,
@@ -250,40 +252,17 @@ async def test_second_copy_is_refused_and_touches_nothing(engine: Engine, tmp_pa
 # ---- the control plane's own processes killed -9 (on the host's swarm, a namespace per test) ----
 
 
-async def claimed_events(nc: NATS, namespace: str) -> Counter[str]:
-    """How often the event log says each instance was claimed (every event so far, read in order)."""
-    subjects = Subjects(namespace)
-    js = nc.jetstream()
-    last = (await js.stream_info(subjects.events_stream)).state.last_seq
-    seen: Counter[str] = Counter()
-    sub = await js.subscribe(subjects.instance_events_all(), ordered_consumer=True,
-                             deliver_policy=api.DeliverPolicy.ALL)
-    try:
-        while last:
-            msg = await sub.next_msg(timeout=10)
-            *_, instance_id, event = msg.subject.split(".")
-            if event == "claimed":
-                seen[instance_id] += 1
-            # the log also keeps visits: its last message may be none of these, so caught up also ends it
-            if msg.metadata.sequence.stream >= last or msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return seen
-
-
 async def stored_records(url: str, namespace: str) -> dict[str, Instance]:
     """Every record in the instance bucket, read from KV itself on a fresh connection (no mirror)."""
     nc = await nats.connect(url)
     try:
         kv = await nc.jetstream().key_value(Subjects(namespace).instances_bucket)
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
         found = {}
-        for key in keys:
-            entry = await kv.get(key)
+        for key in await stored_keys(kv):  # one snapshot: kv.keys() misses records rewritten meanwhile (heartbeats)
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:  # deleted since (or before: its tombstone is listed)
+                continue
             if entry.value:
                 found[key] = msgspec.json.decode(entry.value, type=Instance)
         return found
@@ -344,29 +323,35 @@ async def test_nats_server_kill_9_loses_no_record_and_hands_out_nothing_twice(
             await server.start()  # same state dir (JetStream store) and port
 
             # once JetStream has recovered its store (a moment after the port opens, under load),
-            # every record from before is there again
+            # every record from before is there again; a read refused meanwhile is tried again
             async def recovered() -> dict[str, Instance] | None:
-                found = await stored_records(server.url, namespace)
+                try:
+                    found = await stored_records(server.url, namespace)
+                except (OSError, nats.errors.Error):  # not yet answering (a lost bucket times out below)
+                    return None
                 return found if set(before) <= set(found) else None
 
-            after = await wait_for(recovered, timeout=15, interval=0.2, what="every record from before the kill")
+            after = await wait_for(recovered, timeout=30, interval=0.2, what="every record from before the kill")
             for key, old in before.items():
                 if old.state == "claimed":
                     assert after[key].state == "claimed" and after[key].claimed_at == old.claimed_at
             restarted = time.monotonic()
-            while len(handed) < 6:  # claims resume once the hosts have reconnected
-                assert time.monotonic() - restarted < 30, f"claims did not resume ({len(handed) - 2} after)"
+            # claims resume once the hosts have reconnected; the fourth needs a refill, which waits until
+            # the host's mirror follows the bucket again (its watch recreated on the reconnect) and then
+            # a Docker start: at load 10+ that can take more than 30 s
+            while len(handed) < 6:
+                assert time.monotonic() - restarted < 90, f"claims did not resume ({len(handed) - 2} after)"
                 location = await click(s)
                 if location is None:
                     await asyncio.sleep(0.2)  # the waiting room retries by itself; so does this browser
                     continue
                 handed.append(location)
                 assert (await answered_by(s.http, s.url + location))["id"] == instance_of(location)
+            print(f"4 claims {time.monotonic() - restarted:.0f} s after the nats-server restart")
             ids = [instance_of(h) for h in handed if h]
             assert len(set(ids)) == len(ids), f"handed out twice: {ids}"
-            claims = await claimed_events(s.nc, namespace)
+            claims = await claims_logged(s.nc, namespace, ids)
             assert max(claims.values()) == 1, f"claimed twice in the event log: {claims}"
-            assert set(ids) <= set(claims)
     finally:
         await server.stop()
 
@@ -377,8 +362,8 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
     at once and one host is killed -9 at the burst's third claim, claims and starts under way. Every
     click is answered (a session or the waiting room), claims go on on the other host, no instance is
     handed out twice (the 303s' ids are distinct; the event log has at most one `claimed` per id),
-    and within a reconcile period (plus the orphan grace) every service labelled ours has a record
-    and every record a service, none left starting, failed or retiring."""
+    and once the starts under way are done (a reconcile period plus the orphan grace later) every
+    service labelled ours has a record and every record a service, none left starting, failed or retiring."""
     catalogue = tmp_path / "catalogue.toml"
     catalogue.write_text(echo_catalogue(size=10, max_=24, parallel=6).replace(
         "max_instances = 120", "max_instances = 120\norphan_grace = 3\nsettle_cap = 2"))
@@ -396,7 +381,7 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
 
         stop_listening = s.store.on_change(kill_at_third_claim)
         burst += [asyncio.create_task(click(s)) for _ in range(30)]
-        await wait_for(lambda: killed_at, timeout=10, what="the host killed mid-burst")
+        await wait_for(lambda: killed_at, timeout=30, what="the host killed mid-burst")
         stop_listening()
         await doomed.wait()
         assert killed_at[0] < 10, f"killed after {killed_at[0]} answers: not in the middle of the burst"
@@ -408,19 +393,19 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
         after_burst = len(locations)
         later = time.monotonic()
         while len(locations) < after_burst + 5:  # claims go on on the surviving host
-            assert time.monotonic() - later < 45, f"claims did not go on ({len(locations) - after_burst} after)"
+            assert time.monotonic() - later < 90, f"claims did not go on ({len(locations) - after_burst} after)"
             location = await click(s)
             if location is None:
                 await asyncio.sleep(0.2)  # the waiting room retries by itself; so does this browser
                 continue
             assert (await answered_by(s.http, s.url + location))["id"] == instance_of(location)
             locations.append(location)
+        print(f"5 claims on the surviving host {time.monotonic() - later:.0f} s after the burst")
         assert survivor.returncode is None
         ids = [instance_of(location) for location in locations]
         assert len(set(ids)) == len(ids), f"handed out twice: {Counter(ids).most_common(3)}"
-        claims = await claimed_events(s.nc, namespace)
+        claims = await claims_logged(s.nc, namespace, ids)
         assert max(claims.values()) == 1, f"claimed twice in the event log: {claims.most_common(3)}"
-        assert set(ids) <= set(claims)
 
         async def agree() -> bool:
             services = {x.id for x in await s.swarm.list_ours()}
@@ -428,7 +413,9 @@ async def test_function_host_kill_9_mid_burst_hands_out_nothing_twice_leaks_noth
             return (services == {r.id for r in records.values()}
                     and all(r.state in ("ready", "claimed") for r in records.values()))
 
-        await wait_for(agree, timeout=45, interval=0.5, what="services and records to agree (no leak, no ghost)")
+        # the refills started by the last claims must be ready too: Docker starts at load 10+ outlast 45 s
+        await wait_for(agree, timeout=90, interval=0.5, what="services and records to agree (no leak, no ghost)")
+        print(f"services and records agree {time.monotonic() - later:.0f} s after the burst")
         records = await stored_records(nats_server.url, namespace)
         assert set(ids) <= {r.id for r in records.values() if r.state == "claimed"}
 

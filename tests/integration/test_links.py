@@ -20,11 +20,13 @@ import msgspec
 import nats
 import pytest
 
-from swarmpool.bus.messages import ClaimRefused, ClaimRequest, Claimed, Instance
+from swarmpool.bus.links import Links
+from swarmpool.bus.messages import ClaimRefused, ClaimRequest, Claimed, Instance, Requester
+from swarmpool.bus.state import ensure_streams
 from swarmpool.bus.wire import encode
 from swarmpool.bus.subjects import Subjects
 from swarmpool.launcher import serve_dashboard, serve_gateway
-from swarmpool.natsd import free_port
+from swarmpool.natsd import EmbeddedNats, free_port
 from bench.students import Attendance, wait_turn
 from tests.integration.test_admin import swarmpool_cli
 from tests.stack import Stack, cli_process, echo_catalogue, running_stack, wait_for
@@ -249,3 +251,42 @@ async def test_swarmpool_link_against_up_with_its_roles(tmp_path, namespace, ech
         assert (await click(url))[0] == 410
         token = parse_qs(urlsplit(url).query)["l"][0]
         assert not any(token in line for line in lines)  # up's own log (INFO) names no token
+
+
+async def test_every_link_is_listed_while_students_claim_on_it(nats_server: EmbeddedNats, namespace: str) -> None:
+    """`admin links` and `admin revoke` find every link while students claim on them: each claim rewrites
+    its link's record, and a listing taken meanwhile still names all of them (kv.keys(), an ordered watch,
+    missed about one rewritten link in eight here)."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        subjects = Subjects(namespace)
+        await ensure_streams(nc.jetstream(), subjects)
+        links = Links(await nc.jetstream().key_value(subjects.config_bucket))
+        made = {(await links.create("echo", 3600, None, "", Requester(), time.time()))[0].id for _ in range(5)}
+        stop = asyncio.Event()
+
+        async def students() -> int:
+            claims = 0
+            while not stop.is_set():
+                for link_id in made:
+                    assert await links.reserve(link_id, "echo", time.time()) is None
+                    claims += 1
+            return claims
+
+        claiming = [asyncio.create_task(students()) for _ in range(2)]
+        try:
+            short = []
+            deadline = time.monotonic() + 60
+            for _ in range(150):
+                if time.monotonic() > deadline:
+                    break
+                listed = {link.id for link in await links.all()}
+                if listed != made:
+                    short.append(len(listed))
+        finally:
+            stop.set()
+            claims = sum(await asyncio.gather(*claiming))
+        assert claims > 150, f"only {claims} claims: the links were hardly rewritten while listed"
+        assert not short, f"{len(short)} listings missed links being claimed on (found {short[:5]} of 5)"
+    finally:
+        await nc.close()

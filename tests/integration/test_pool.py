@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from contextlib import AsyncExitStack
 
@@ -20,7 +19,7 @@ from swarmpool.catalogue import parse
 from swarmpool.functions import keeper
 from swarmpool.swarm.adapter import Swarm
 from tests.local_swarm import LocalSwarm
-from tests.stack import echo_catalogue, running_stack, wait_for
+from tests.stack import claims_logged, echo_catalogue, running_stack, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -65,23 +64,8 @@ async def test_fifty_concurrent_clicks_get_fifty_distinct_instances_with_two_cla
         extra = await s.launch()
         assert extra.status == 303 and "/launch/echo/ticket/" in extra.headers["Location"]
         # the event log shows every instance claimed exactly once
-        claimed_events = await _claimed_event_ids(s)
-        assert sorted(claimed_events) == sorted(ids)
-
-
-async def _claimed_event_ids(s) -> list[str]:  # type: ignore[no-untyped-def]
-    js = s.nc.jetstream()
-    sub = await js.subscribe(s.store._subjects.instance_event("*", "*", "claimed"), ordered_consumer=True)
-    ids = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=1)
-            ids.append(json.loads(msg.data)["id"])
-    except Exception:
-        pass
-    finally:
-        await sub.unsubscribe()
-    return ids
+        claims = await claims_logged(s.nc, namespace, ids)
+        assert sorted(claims.elements()) == sorted(ids)
 
 
 async def test_pool_refills_after_claims_and_replaces_a_dead_instance(nats_server, namespace) -> None:  # type: ignore[no-untyped-def]

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from pathlib import Path
 
 import msgspec
+import nats
 import pytest
 
 from swarmpool.bus.messages import Instance
 from swarmpool.bus.state import Conflict, InstanceStore, InvalidTransition
+from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import new_instance_id
+from swarmpool.natsd import EmbeddedNats, free_port
 from tests.stack import wait_for
 
 
@@ -114,3 +120,43 @@ async def test_the_engine_trust_and_the_catalogue_survive_racing_writers(nc, sub
     finally:
         for closing in (host_a, host_b, cat_a, cat_b):
             await closing.close()
+
+
+async def test_a_mirror_follows_the_bucket_again_as_soon_as_a_restarted_nats_server_is_back(
+        tmp_path: Path, namespace: str) -> None:
+    """nats-server killed -9 and restarted on the same store: the mirror's watch (its consumer lost with the
+    server) follows the bucket again once its connection is back, not only when nats-py has missed two
+    heartbeats (10-20 s of a frozen mirror: no refill, stale routes). nats-py's own heartbeat recovery is
+    switched off here, so only the mirror's can bring it back."""
+    server = EmbeddedNats(tmp_path / "nats", free_port(), auth=False)
+    await server.start()
+    try:
+        nc = await nats.connect(server.url, reconnect_time_wait=0.5)
+        store = await InstanceStore.open(nc, Subjects(namespace), time.time)
+        try:
+            before = await store.create(make())
+            jsi = store._mirror._watcher._sub._sub._jsi  # type: ignore[union-attr]
+            jsi._hbtask.cancel()
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGKILL)
+            await server.stop()  # reaps the killed process
+            await server.start()  # same store and port
+            await wait_for(lambda: nc.is_connected, timeout=30,
+                           what="the connection back")
+            writer = await nats.connect(server.url)
+            try:
+                other = await InstanceStore.open(writer, Subjects(namespace), time.time)
+                try:
+                    after = await other.create(make())
+                finally:
+                    await other.close()
+            finally:
+                await writer.close()
+            await wait_for(lambda: store.get("echo", after.instance.id), timeout=30,
+                           what="the mirror to see a record written after the restart")
+            assert store.get("echo", before.instance.id) is not None
+        finally:
+            await store.close()
+            await nc.close()
+    finally:
+        await server.stop()
