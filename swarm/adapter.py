@@ -56,6 +56,7 @@ _HOME_TMPFS_BYTES = 256 * 1024**2  # counts against the memory limit as it fills
 _NETWORK_TIMEOUT = 20.0  # waiting for the containers to leave the bridge before removing it
 _CONFIG_NETWORK_TIMEOUT = 10.0  # then for the bridge's removal to free its config network
 _T = TypeVar("_T")
+NODE_CORES_TTL = 60.0  # seconds the nodes' cores of the last nodes listing are reused by the start budget
 NODE_ID_TTL = 30.0  # seconds this engine's swarm node id is reused (it changes only when the node leaves its swarm)
 
 
@@ -125,6 +126,8 @@ class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     container_id: str = ""
     node: str = ""  # swarm node id the task is placed on ("" before it is scheduled)
+    created_at: float = 0.0  # when the swarm created the task (its CreatedAt; 0: not known)
+    running_at: float | None = None  # when its node's engine reported it running (Status.Timestamp while running)
 
 
 class EngineEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -216,6 +219,7 @@ class Swarm:
         self._image_ids: dict[str, str] = {}  # catalogue image -> its id at the last create
         self._accounts: dict[str, tuple[str, str, str]] = {}  # image id -> its user and user database
         self._node_id: tuple[str, float] | None = None  # this engine's node id, and when it was read
+        self._cores: tuple[dict[str, int], float] | None = None  # node id -> cores of the last nodes listing, and its time
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -683,7 +687,9 @@ class Swarm:
                     exit_code = None
             states[service_id] = TaskStatus(
                 state=state, exit_code=exit_code if state in ("complete", "failed", "shutdown", "rejected") else None,
-                error=error, container_id=container_id, node=task.get("NodeID", "") or "")
+                error=error, container_id=container_id, node=task.get("NodeID", "") or "",
+                created_at=parse_timestamp(task.get("CreatedAt", "")),
+                running_at=(parse_timestamp(status.get("Timestamp", "")) or None) if state == "running" else None)
         return states
 
     def _local_node(self) -> str:
@@ -700,9 +706,19 @@ class Swarm:
         reporting `running`: only the node's state tells that it is lost."""
         return await self._run(self._nodes)
 
+    async def node_cores(self) -> dict[str, int]:
+        """Node id -> its cores (the engine's NanoCPUs), from a nodes listing at most NODE_CORES_TTL s old."""
+        if self._cores is None or time.monotonic() - self._cores[1] > NODE_CORES_TTL:
+            await self.nodes()
+        return dict(self._cores[0]) if self._cores else {}
+
     def _nodes(self) -> dict[str, str]:
         client = self._docker()
-        states = {n["ID"]: ((n.get("Status") or {}).get("State") or "unknown") for n in client.api.nodes()}
+        listed = client.api.nodes()
+        states = {n["ID"]: ((n.get("Status") or {}).get("State") or "unknown") for n in listed}
+        cores = {n["ID"]: int((((n.get("Description") or {}).get("Resources") or {}).get("NanoCPUs") or 0) // 10**9)
+                 for n in listed}
+        self._cores = ({node: n for node, n in cores.items() if n > 0}, time.monotonic())
         here = self._local_node()
         if here:
             states[here] = "ready"

@@ -43,3 +43,28 @@ def test_passes_ask_the_engine_for_its_node_id_once_per_ttl(monkeypatch: Any) ->
     client.node = "n3"  # left its swarm and joined another: seen again after the TTL
     now[0] += NODE_ID_TTL + 1
     assert swarm._nodes()["n3"] == "ready" and client.infos == 2
+
+
+class ClusterApi(Api):
+    def tasks(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        labels = {"Labels": {adapter.LABEL_OWNER: "t"}}
+        return [{"ServiceID": "s1", "NodeID": "w1", "CreatedAt": "2026-12-02T12:00:00.25Z",
+                 "Spec": {"ContainerSpec": labels}, "Status": {"State": "running", "Timestamp": "2026-12-02T12:00:01.5Z"}},
+                {"ServiceID": "s2", "NodeID": "w1", "CreatedAt": "2026-12-02T12:00:00Z",
+                 "Spec": {"ContainerSpec": labels}, "Status": {"State": "preparing", "Timestamp": "2026-12-02T12:00:03Z"}}]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"ID": "n2", "Status": {"State": "ready"}, "Description": {"Resources": {"NanoCPUs": 2_000_000_000}}},
+                {"ID": "w1", "Status": {"State": "ready"}, "Description": {"Resources": {"NanoCPUs": 8_000_000_000}}},
+                {"ID": "w2", "Status": {"State": "down"}}]
+
+
+async def test_the_engine_says_each_nodes_cores_and_when_each_task_was_created_and_ran() -> None:
+    client = Client()
+    client.api = ClusterApi()
+    swarm = Swarm("t", client=client)  # type: ignore[arg-type]
+    assert await swarm.node_cores() == {"n2": 2, "w1": 8}  # a node that does not say its cores is left out
+    tasks = swarm._task_states()
+    assert tasks["s1"].created_at == adapter.parse_timestamp("2026-12-02T12:00:00.25Z")
+    assert tasks["s1"].running_at is not None and tasks["s1"].running_at - tasks["s1"].created_at == 1.25
+    assert tasks["s2"].running_at is None  # not running yet: its status time is not a start
