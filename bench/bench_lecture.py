@@ -199,6 +199,7 @@ class Stage:
     usage: Usage
     engine_per_s: float
     left: int = -1  # services of the namespace after the control plane stopped (set when the stage is left)
+    unserved: int = 0  # students not served (set when the lecture ended): the stack's logs are kept then
 
 
 @asynccontextmanager
@@ -299,6 +300,18 @@ def stack_processes(engines: list[docker.DockerClient], stack: str) -> dict[str,
             for service, trees in sorted(found.items())}
 
 
+def keep_logs(client: docker.DockerClient, stack: str, into: Path) -> None:
+    """The stack's control services' logs (ids in them are short prefixes), written into `into` before undeploy."""
+    into.mkdir(parents=True, exist_ok=True)
+    for service in client.services.list(filters={"label": f"com.docker.stack.namespace={stack}"}):
+        try:
+            text = b"".join(service.logs(stdout=True, stderr=True, timestamps=True))
+        except docker.errors.APIError as err:
+            text = f"no log: {err}".encode()
+        (into / f"{service.name}.log").write_bytes(text)
+    print(f"the stack's logs: {into}", file=sys.stderr)
+
+
 @asynccontextmanager
 async def on_cluster(args: argparse.Namespace, namespace: str) -> AsyncIterator[Stage]:
     """`swarmpool deploy` on the 2-node swarm of tests/cluster.py, its pool warm; everything removed afterwards."""
@@ -326,6 +339,8 @@ async def on_cluster(args: argparse.Namespace, namespace: str) -> AsyncIterator[
                     finally:
                         if watch.lines and not watch.latest.records:
                             print("the bus watch said:\n" + "\n".join(watch.lines), file=sys.stderr)
+                        if stage.unserved or args.keep_logs:
+                            keep_logs(manager, namespace, Path(args.keep_logs or tempfile.mkdtemp(prefix="bench-lecture-logs-")))
                 if stage is not None:
                     stage.left = services_left(manager, namespace)
             finally:
@@ -386,6 +401,7 @@ async def lecture(args: argparse.Namespace) -> None:
             while not all(me.outcome for me in students):
                 await asyncio.sleep(0.2)
         lecture_s = time.monotonic() - began
+        stage.unserved = sum(me.outcome != "served" for me in students)
         usage.cpu(usage.cpu_end)
         sampling = False
         await sampler
@@ -461,6 +477,8 @@ def main() -> None:
     parser.add_argument("--lecture-timeout", type=float, default=3600.0)
     parser.add_argument("--cluster", action="store_true",
                         help="on `swarmpool deploy` on a 2-node swarm of namespaced engines (tests/cluster.py; root)")
+    parser.add_argument("--keep-logs", metavar="DIR", help="--cluster: write the stack's logs into DIR (they are "
+                        "kept in a temporary directory anyway when a student was not served)")
     parser.add_argument("--smoke", action="store_true", help="6 students, a pool of 2, over 2 s")
     args = parser.parse_args()
     if args.smoke:
