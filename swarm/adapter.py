@@ -707,9 +707,15 @@ class Swarm:
         return await self._run(self._nodes)
 
     async def node_cores(self) -> dict[str, int]:
-        """Node id -> its cores (the engine's NanoCPUs), from a nodes listing at most NODE_CORES_TTL s old."""
+        """Node id -> its cores (the engine's NanoCPUs), from a nodes listing at most NODE_CORES_TTL s old; never
+        raises: an engine out of sight keeps what was known (tried again after the TTL, so a top-up never waits on
+        it twice a minute)."""
         if self._cores is None or time.monotonic() - self._cores[1] > NODE_CORES_TTL:
-            await self.nodes()
+            try:
+                await self.nodes()
+            except (SwarmError, docker.errors.DockerException, OSError) as err:
+                log.debug("nodes' cores not listed: %s", err)
+                self._cores = (self._cores[0] if self._cores else {}, time.monotonic())
         return dict(self._cores[0]) if self._cores else {}
 
     def _nodes(self) -> dict[str, str]:

@@ -68,3 +68,25 @@ async def test_the_engine_says_each_nodes_cores_and_when_each_task_was_created_a
     assert tasks["s1"].created_at == adapter.parse_timestamp("2026-12-02T12:00:00.25Z")
     assert tasks["s1"].running_at is not None and tasks["s1"].running_at - tasks["s1"].created_at == 1.25
     assert tasks["s2"].running_at is None  # not running yet: its status time is not a start
+
+
+class DownApi(Api):
+    def __init__(self) -> None:
+        self.listings = 0
+
+    def nodes(self) -> list[dict[str, Any]]:
+        self.listings += 1
+        raise adapter.SwarmUnavailable("cannot reach the Docker engine")
+
+
+async def test_an_engine_out_of_sight_leaves_the_cores_to_this_host_and_is_asked_once_per_ttl(monkeypatch: Any) -> None:
+    client = Client()
+    api = client.api = DownApi()
+    swarm = Swarm("t", client=client)  # type: ignore[arg-type]
+    now = [1000.0]
+    monkeypatch.setattr(adapter.time, "monotonic", lambda: now[0])
+    assert await swarm.node_cores() == {} and await swarm.node_cores() == {}  # top-ups go on (the host's cores)
+    assert api.listings == 1
+    now[0] += adapter.NODE_CORES_TTL + 1
+    await swarm.node_cores()
+    assert api.listings == 2
