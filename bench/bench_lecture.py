@@ -462,6 +462,10 @@ def report(args: argparse.Namespace, stage: Stage, students: list[Attendance], w
           f"{', '.join(f'{k} {v}' for k, v in watch.records.items())}; {watch.queued} |")
     print(f"| services left after {'`up` stopped' if stage.kind == 'up' else '`swarmpool undeploy`'} | {stage.left} |")
     print(f"(median time to served {statistics.median(times) if times else float('nan'):.2f} s)")
+    for me in students:  # the instance's first 4 characters, as the logs name it
+        if me.outcome != "served":
+            print(f"not served: {me.name} {me.outcome} (instance {me.instance[:4] or '-'}, ticket "
+                  f"{'yes' if me.ticket else 'no'}, last status {me.status})", file=sys.stderr)
 
 
 def main() -> None:
