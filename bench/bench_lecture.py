@@ -300,15 +300,17 @@ def stack_processes(engines: list[docker.DockerClient], stack: str) -> dict[str,
             for service, trees in sorted(found.items())}
 
 
-def keep_logs(client: docker.DockerClient, stack: str, into: Path) -> None:
-    """The stack's control services' logs (ids in them are short prefixes), written into `into` before undeploy."""
+def keep_logs(engines: list[docker.DockerClient], stack: str, into: Path) -> None:
+    """The stack's control containers' logs on every node (ids in them are short prefixes), written into `into`
+    before undeploy. Container logs, not service logs: `docker service logs` of a replicated service can hang."""
     into.mkdir(parents=True, exist_ok=True)
-    for service in client.services.list(filters={"label": f"com.docker.stack.namespace={stack}"}):
-        try:
-            text = b"".join(service.logs(stdout=True, stderr=True, timestamps=True))
-        except docker.errors.APIError as err:
-            text = f"no log: {err}".encode()
-        (into / f"{service.name}.log").write_bytes(text)
+    for engine in engines:
+        for container in engine.containers.list(filters={"label": f"com.docker.stack.namespace={stack}"}):
+            try:
+                text = container.logs(stdout=True, stderr=True, timestamps=True)
+            except (docker.errors.DockerException, OSError) as err:
+                text = f"no log: {err}".encode()
+            (into / f"{container.name}.log").write_bytes(text)
     print(f"the stack's logs: {into}", file=sys.stderr)
 
 
@@ -340,7 +342,8 @@ async def on_cluster(args: argparse.Namespace, namespace: str) -> AsyncIterator[
                         if watch.lines and not watch.latest.records:
                             print("the bus watch said:\n" + "\n".join(watch.lines), file=sys.stderr)
                         if stage.unserved or args.keep_logs:
-                            keep_logs(manager, namespace, Path(args.keep_logs or tempfile.mkdtemp(prefix="bench-lecture-logs-")))
+                            keep_logs([manager, worker], namespace,
+                                      Path(args.keep_logs or tempfile.mkdtemp(prefix="bench-lecture-logs-")))
                 if stage is not None:
                     stage.left = services_left(manager, namespace)
             finally:
@@ -413,7 +416,10 @@ async def lecture(args: argparse.Namespace) -> None:
         watch = stage.watch()
         end.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-    report(args, stage, students, watch, lecture_s, warm_s)
+        report(args, stage, students, watch, lecture_s, warm_s)  # before the teardown: it must not lose the table
+    print(f"| services left after {'`up` stopped' if stage.kind == 'up' else '`swarmpool undeploy`'} | {stage.left} |")
+    times = [(me.served_at or 0.0) - me.clicked_at for me in students if me.outcome == "served" and me.served_at]
+    print(f"(median time to served {statistics.median(times) if times else float('nan'):.2f} s)")
 
 
 def report(args: argparse.Namespace, stage: Stage, students: list[Attendance], watch: Watch, lecture_s: float,
@@ -460,8 +466,6 @@ def report(args: argparse.Namespace, stage: Stage, students: list[Attendance], w
     print(f"| lecture took (s); warm-up of the pool (s) | {lecture_s:.1f}; {warm_s:.1f} |")
     print(f"| at the end: records by state; still in line | "
           f"{', '.join(f'{k} {v}' for k, v in watch.records.items())}; {watch.queued} |")
-    print(f"| services left after {'`up` stopped' if stage.kind == 'up' else '`swarmpool undeploy`'} | {stage.left} |")
-    print(f"(median time to served {statistics.median(times) if times else float('nan'):.2f} s)")
     for me in students:  # the instance's first 4 characters, as the logs name it
         if me.outcome != "served":
             print(f"not served: {me.name} {me.outcome} (instance {me.instance[:4] or '-'}, ticket "
