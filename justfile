@@ -85,6 +85,10 @@ bench-scale N="500" RECORDS="1000" *ARGS:
 bench-lecture N="200" POOL="60" *ARGS:
     python -m bench.bench_lecture --students {{N}} --pool {{POOL}} {{ARGS}}
 
+# the same lecture on `swarmpool deploy` on a 2-node swarm of namespaced engines (tests/cluster.py; root; --smoke: tiny counts)
+bench-lecture-cluster N="200" POOL="60" *ARGS:
+    python -m bench.bench_lecture --cluster --students {{N}} --pool {{POOL}} {{ARGS}}
+
 # warming (and refilling) a pool of N echo instances against the engine's own rate for N such services (--smoke: tiny N)
 bench-warm N="60" *ARGS:
     python -m bench.bench_warm -n {{N}} {{ARGS}}

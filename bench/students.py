@@ -103,6 +103,7 @@ async def attend(http: aiohttp.ClientSession, base: str, app: str, me: Attendanc
                     location = turn.headers["Location"]
                     break
                 location = me.ticket  # lost the instance to a racing claim: first in line again
+    me.instance = instance_id_of(location)  # before its page: a page that fails names the instance it was for
     async with http.get(base + location, allow_redirects=False) as page:
         body = await page.read()
         me.status = page.status
@@ -110,7 +111,6 @@ async def attend(http: aiohttp.ClientSession, base: str, app: str, me: Attendanc
             me.outcome = f"error: instance page {page.status}"
             return me
     me.served_at = time.monotonic()
-    me.instance = instance_id_of(location)
     try:
         answered = json.loads(body).get("id")
         if answered != me.instance:

@@ -66,6 +66,9 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     settled_at: float | None = None  # when its student's page had loaded (a gateway's Settled)
     spec: str = ""  # version of what it runs (image name, command, ...): a reload that changes it recycles
     node: str = ""  # swarm node id its task runs on ("" until reconcile has seen it placed)
+    # seconds its node's engine took from creating its task to running it (the task's own timestamps, recorded
+    # by reconcile with the node): the start budget judges a node's pace by these, not by any host's clock
+    task_start: float | None = None
     # random, independent of the id: its service's name (seen by neighbours in DNS); "" for a service named
     # after its id by an older version (recycled as outdated)
     handle: str = ""

@@ -17,8 +17,8 @@ from swarmpool.bus.runtime import Context, Handlers
 from swarmpool.bus.state import Mutex
 from swarmpool.functions import lifecycle
 from swarmpool.bus.spec import AppSpec
-from swarmpool.functions.policy import (budgeted_starts, counts, dead_instances, engine_fault, failed_start,
-                                        ghost_records, leaked_services, lost_node_instances, placed_nodes,
+from swarmpool.functions.policy import (budgeted_starts, counts, dead_instances, engine_fault, engine_starts,
+                                        failed_start, ghost_records, leaked_services, lost_node_instances, placed_nodes,
                                         plan_recycle, plan_top_up, spec_version, start_budget, target,
                                         unsettled_claims)
 from swarmpool.ids import short_id
@@ -68,6 +68,7 @@ async def top_up(ctx: Context, app: str) -> int:
     if spec is None:
         return 0
     state = ctx.state(KeeperState)
+    node_cores = await ctx.swarm.node_cores()  # the swarm's nodes listing, at most a minute old (not under the mutex)
     async with counting(ctx):
         failures = state.failures.get(app, 0)
         override = ctx.config.cached(app)
@@ -88,7 +89,8 @@ async def top_up(ctx: Context, app: str) -> int:
         budget = start_budget(records, ctx.clock(), cores=os.cpu_count() or 1, ceiling=settings.start_budget_max,
                               tolerance=settings.start_tolerance, settle_cap=float(settings.settle_cap),
                               short=plan.starts > 0, fixed=settings.start_budget,
-                              timeouts={a.name: float(a.probe.timeout) for a in ctx.catalogue.apps.values()})
+                              timeouts={a.name: float(a.probe.timeout) for a in ctx.catalogue.apps.values()},
+                              node_cores=node_cores)
         if budget.size != state.budget:
             log.info("start budget %d (%s)", budget.size, budget.why)
             state.budget = budget.size
@@ -168,10 +170,20 @@ async def on_settled(ctx: Context, message: Settled) -> None:
     await top_up_short(ctx)  # a page less settling: the budget widens for every app
 
 
-async def _record_node(ctx: Context, key: str, node: str) -> None:
+async def _record_placement(ctx: Context, key: str, node: str | None, task_start: float | None) -> None:
+    """Write the node an instance's task runs on and the engine's time to start it, whichever is new."""
     app, instance_id = key.split(".", 1)
-    await ctx.store.update(app, instance_id, lambda r: msgspec.structs.replace(r, node=node)
-                           if r.node != node and r.state in ("starting", "ready", "claimed") else None)
+
+    def placed(r: Instance) -> Instance | None:
+        if r.state not in ("starting", "ready", "claimed"):
+            return None
+        new_node = node if node and r.node != node else r.node
+        new_start = task_start if task_start is not None and r.task_start is None else r.task_start
+        if (new_node, new_start) == (r.node, r.task_start):
+            return None
+        return msgspec.structs.replace(r, node=new_node, task_start=new_start)
+
+    await ctx.store.update(app, instance_id, placed)
 
 
 async def _learn_image(ctx: Context, image: str) -> None:
@@ -254,8 +266,11 @@ async def reconcile_pass(ctx: Context) -> None:
     dead += [(r, why) for r, why in lost_node_instances(records, task_nodes, nodes) if r.key not in dead_keys]
     await ctx.each("fail dead instance", (lifecycle.fail(ctx, r.app, r.id, reason) for r, reason in dead))
     dead_keys = {r.key for r, _ in dead}
-    await ctx.each("record node", (_record_node(ctx, key, node) for key, node in
-                                   placed_nodes(records, task_nodes).items() if key not in dead_keys))
+    nodes_new = placed_nodes(records, task_nodes)
+    starts_new = engine_starts(records, {k: (t.created_at, t.running_at) for k, t in tasks.items()})
+    await ctx.each("record placement", (_record_placement(ctx, key, nodes_new.get(key), starts_new.get(key))
+                                        for key in sorted(nodes_new.keys() | starts_new.keys())
+                                        if key not in dead_keys))
     await ctx.config.mark_reconciled(gap)
     for app in ctx.catalogue.apps:
         await ctx.isolated(f"top up {app}", top_up(ctx, app))

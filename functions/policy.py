@@ -303,6 +303,17 @@ def lost_node_instances(records: Iterable[Instance], task_nodes: Mapping[str, st
     return lost
 
 
+def engine_starts(records: Iterable[Instance], tasks: Mapping[str, tuple[float, float | None]]) -> dict[str, float]:
+    """Record key -> seconds its node's engine took from creating its task to running it, for live records that
+    do not have it yet and whose task runs (`tasks`: service id -> the task's created and running times)."""
+    found = {}
+    for r in records:
+        created, running = tasks.get(r.service_id, (0.0, None)) if r.service_id else (0.0, None)
+        if r.task_start is None and created and running and r.state in ("starting", "ready", "claimed"):
+            found[r.key] = max(0.0, running - created)
+    return found
+
+
 def placed_nodes(records: Iterable[Instance], task_nodes: Mapping[str, str]) -> dict[str, str]:
     """Record key -> node id for records whose task's node is known and not yet recorded."""
     return {r.key: task_nodes[r.service_id] for r in records
@@ -355,7 +366,9 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
               timeouts: Mapping[str, float] | None = None) -> tuple[int, str]:
     """The budget the recent starts on one node ask for (`records`: that node's, and those not placed yet).
 
-    Each of the node's latest starts is compared with the fastest start of its app seen there: while they
+    Each of the node's latest starts is compared with the fastest start of its app seen there, by the node's
+    engine's own task timestamps (created -> running) where reconcile recorded them, else by the records' times
+    (reservation -> first passed probe, which a busy functions host's probe delays): while they
     stay within `tolerance` times that (plus START_SLACK), the engine had room, so the budget doubles what
     was in flight while they started (quadruples while they stay within half the tolerance's margin, as
     when the engine idled); when they take longer, the engine (or the node's CPU) is the queue,
@@ -368,16 +381,22 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
     if not done:
         return min(cores, ceiling), "no recent start"
     fastest: dict[str, float] = {}
+    fastest_task: dict[str, float] = {}
     for r in records:
         if r.ready_at is not None:
             fastest[r.app] = min(fastest.get(r.app, float("inf")), start_seconds(r))
+        if r.task_start is not None:
+            fastest_task[r.app] = min(fastest_task.get(r.app, float("inf")), r.task_start)
     loads, ratios, caps = [], [], []
     for r in done:
         loads.append(round(starts_alongside(r, records, now)))
         limit = (timeouts or {}).get(r.app)
         if limit:  # more at once makes each start slower, at worst in proportion: keep them within half the timeout
             caps.append(loads[-1] * (limit / 2) / max(start_seconds(r), 0.001))
-        ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
+        if r.task_start is not None:  # the engine's own timing on the node: no host's clock or probe in it
+            ratio = r.task_start / (fastest_task[r.app] + START_SLACK)
+        else:
+            ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
         if limit and start_seconds(r) > limit / 2:  # too close to failing: counts as beyond the tolerance
             ratio = max(ratio, tolerance * start_seconds(r) / (limit / 2))
         ratios.append(ratio)
@@ -394,13 +413,15 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
 
 def start_budget(records: list[Instance], now: float, *, cores: int, ceiling: int, tolerance: float,
                  settle_cap: float, short: bool = True, fixed: int = 0,
-                 timeouts: Mapping[str, float] | None = None) -> StartBudget:
+                 timeouts: Mapping[str, float] | None = None,
+                 node_cores: Mapping[str, int] | None = None) -> StartBudget:
     """Instances that may be starting at once, all apps together (`fixed` > 0: that many, as configured).
 
     Per node (the swarm's node of each record; a start not placed yet counts on every node): what its recent
     starts ask for (node_pace), at least its cores while a pool is short (the engine stays busy), and while
     students' pages settle on it (claims unsettled for up to SETTLING_SPAN x `settle_cap`), fewer than its cores by one per page still loading (at least one):
-    a page's first load comes before a new instance's start. The nodes' budgets add up."""
+    a page's first load comes before a new instance's start. The nodes' budgets add up. A node's cores are
+    `node_cores`' (the swarm's nodes listing), else `cores` (this host's)."""
     if fixed:
         return StartBudget(fixed, "start_budget")
     placed = {r.node for r in records if r.node}
@@ -409,12 +430,13 @@ def start_budget(records: list[Instance], now: float, *, cores: int, ceiling: in
     total, whys = 0, []
     for node in nodes:
         mine = [r for r in records if r.node in (node, "")]
-        size, why = node_pace(mine, now, cores=cores, ceiling=ceiling, tolerance=tolerance, timeouts=timeouts)
-        if short and size < cores:
-            size, why = cores, f"{why}; the cores while a pool is short"
+        its = (node_cores or {}).get(node) or cores
+        size, why = node_pace(mine, now, cores=its, ceiling=ceiling, tolerance=tolerance, timeouts=timeouts)
+        if short and size < its:
+            size, why = its, f"{why}; the cores while a pool is short"
         pages = sum(1 for r in settling if r.node in (node, ""))
         if pages:
-            size, why = max(1, min(size, cores) - pages), f"{why}; {pages} page(s) settling"
+            size, why = max(1, min(size, its) - pages), f"{why}; {pages} page(s) settling"
         total += size
         whys.append(f"{node[:12] or 'engine'}: {size} ({why})")
     return StartBudget(total, "; ".join(whys))

@@ -8,20 +8,25 @@ bridges), status.py (tasks, nodes, listings), lease.py (the owner lease), events
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncGenerator
 
 import docker
+import docker.errors
 
 from swarmpool.swarm.engine import Engine
 from swarmpool.swarm.events import follow
 from swarmpool.swarm.images import Images
 from swarmpool.swarm.lease import OwnerLease
-from swarmpool.swarm.model import EngineEvent, InstanceSpec, ServiceInfo, TaskStatus
+from swarmpool.swarm.model import EngineEvent, InstanceSpec, ServiceInfo, SwarmError, TaskStatus
 from swarmpool.swarm.names import NAMESPACE
 from swarmpool.swarm.networks import Bridges
 from swarmpool.swarm.probe import Probe
 from swarmpool.swarm.services import Services, named
-from swarmpool.swarm.status import Status
+from swarmpool.swarm.status import NODE_CORES_TTL, Status
+
+log = logging.getLogger(__name__)
 
 
 class Swarm:
@@ -117,6 +122,19 @@ class Swarm:
         listing; the node of this engine is ready (we are talking to it). A task on a Down node keeps
         reporting `running`: only the node's state tells that it is lost."""
         return await self._engine.run(self._status.nodes)
+
+    async def node_cores(self) -> dict[str, int]:
+        """Node id -> its cores (the engine's NanoCPUs), from a nodes listing at most NODE_CORES_TTL s old; never
+        raises: an engine out of sight keeps what was known (tried again after the TTL, so a top-up never waits on
+        it twice a minute)."""
+        known = self._status.cores
+        if known is None or time.monotonic() - known[1] > NODE_CORES_TTL:
+            try:
+                await self.nodes()
+            except (SwarmError, docker.errors.DockerException, OSError) as err:
+                log.debug("nodes' cores not listed: %s", err)
+                self._status.cores = (known[0] if known else {}, time.monotonic())
+        return dict(self._status.cores[0]) if self._status.cores else {}
 
     async def list_ours(self, app: str | None = None) -> list[ServiceInfo]:
         """Our services (label owner == namespace), optionally of one app, oldest first."""

@@ -81,6 +81,8 @@ class TaskStatus(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     container_id: str = ""
     node: str = ""  # swarm node id the task is placed on ("" before it is scheduled)
+    created_at: float = 0.0  # when the swarm created the task (its CreatedAt; 0: not known)
+    running_at: float | None = None  # when its node's engine reported it running (Status.Timestamp while running)
 
 
 class EngineEvent(msgspec.Struct, frozen=True, kw_only=True):

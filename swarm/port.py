@@ -54,6 +54,10 @@ class SwarmPort(Protocol):
         """Node id -> state (ready, down, unknown, ...) of every swarm node, in one listing."""
         ...
 
+    async def node_cores(self) -> dict[str, int]:
+        """Node id -> its cores, as the swarm lists its nodes (nodes it does not say are left out)."""
+        ...
+
     async def logs_contain(self, service_id: str, marker: str) -> bool:
         """Whether the service's log has shown `marker`."""
         ...

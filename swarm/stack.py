@@ -114,7 +114,10 @@ class Stack:
         api = self._docker().api
         stack = {"label": f"{LABEL_STACK}={self.name}"}
         owned = {"label": f"{LABEL_OWNER}={self.name}"}
-        found = [("network", n["Id"]) for f in (stack, owned) for n in api.networks(filters=f)]
+        # instances a function host started while the first ones were removed (it refills a pool that vanishes
+        # under it until its own service is gone): removed too, or they outlive the stack
+        found = [("service", s["ID"]) for s in api.services(filters=owned)]
+        found += [("network", n["Id"]) for f in (stack, owned) for n in api.networks(filters=f)]
         found += [("secret", s["ID"]) for s in api.secrets(filters=stack)]
         found += [("config", c["ID"]) for f in (stack, owned) for c in api.configs(filters=f)]
         found += [("volume", v["Name"]) for v in (api.volumes(filters=stack).get("Volumes") or [])]
@@ -126,7 +129,7 @@ class Stack:
         api = self._docker().api
         services = [s["Spec"]["Name"] for label in (LABEL_STACK, LABEL_OWNER)
                     for s in api.services(filters={"label": f"{label}={self.name}"})]
-        return services + [f"{kind} {ident[:12]}" for kind, ident in self._removable()]
+        return services + [f"{kind} {ident[:12]}" for kind, ident in self._removable() if kind != "service"]
 
     def close(self) -> None:
         if self._client is not None:

@@ -13,6 +13,7 @@ from swarmpool.swarm.model import (LABEL_APP, LABEL_GUARD_PORT, LABEL_HANDLE, LA
 from swarmpool.swarm.networks import Bridges
 from swarmpool.swarm.tasks import EXIT_CODE_STATES
 
+NODE_CORES_TTL = 60.0  # seconds the nodes' cores of the last nodes listing are reused by the start budget
 NODE_ID_TTL = 30.0  # seconds this engine's swarm node id is reused (it changes only when the node leaves its swarm)
 
 
@@ -39,6 +40,7 @@ class Status:
         self._engine = engine
         self._bridges = bridges  # a task's error may say that a bridge is dead
         self._node_id: tuple[str, float] | None = None  # this engine's node id, and when it was read
+        self.cores: tuple[dict[str, int], float] | None = None  # node id -> cores of the last nodes listing, its time
 
     def status(self, service_id: str) -> TaskStatus:
         """The state of the service's (single, newest) task; "missing" once the service is gone."""
@@ -98,7 +100,9 @@ class Status:
                     exit_code = None
             states[service_id] = TaskStatus(
                 state=state, exit_code=exit_code if state in EXIT_CODE_STATES else None,
-                error=error, container_id=container_id, node=task.get("NodeID", "") or "")
+                error=error, container_id=container_id, node=task.get("NodeID", "") or "",
+                created_at=parse_timestamp(task.get("CreatedAt", "")),
+                running_at=(parse_timestamp(status.get("Timestamp", "")) or None) if state == "running" else None)
         return states
 
     def _local_node(self) -> str:
@@ -112,7 +116,11 @@ class Status:
     def nodes(self) -> dict[str, str]:
         """Node id -> state (ready, down, unknown, disconnected) of every node of the swarm; this engine's is ready."""
         client = self._engine.client()
-        states = {n["ID"]: ((n.get("Status") or {}).get("State") or "unknown") for n in client.api.nodes()}
+        listed = client.api.nodes()
+        states = {n["ID"]: ((n.get("Status") or {}).get("State") or "unknown") for n in listed}
+        cores = {n["ID"]: int((((n.get("Description") or {}).get("Resources") or {}).get("NanoCPUs") or 0) // 10**9)
+                 for n in listed}
+        self.cores = ({node: n for node, n in cores.items() if n > 0}, time.monotonic())
         here = self._local_node()
         if here:
             states[here] = "ready"

@@ -232,15 +232,24 @@ async def serve_gateway(nc: NATS, catalogue: Catalogue, namespace: str, host: st
             await runner.cleanup()
 
 
-async def _open_queue(nc: NATS, subjects: Subjects) -> TicketStore | None:
-    """The queues' mirror (read-only), or None when the functions have not made the bucket (an older version:
-    clicks then get the waiting room that retries)."""
-    try:
-        return await TicketStore.open(nc, subjects, create=False)
-    except BucketNotFoundError:
-        log.warning("no queue bucket in namespace %s: clicks that find no instance get the waiting room",
-                    subjects.prefix)
-        return None
+QUEUE_WAIT = 30.0  # seconds a gateway waits for the functions to make the queue bucket after the records' bucket
+
+
+async def _open_queue(nc: NATS, subjects: Subjects, wait: float = QUEUE_WAIT) -> TicketStore | None:
+    """The queues' mirror (read-only), or None when the functions have not made the bucket within `wait` s (an
+    older version: clicks then get the waiting room that retries). A functions host makes it just after the
+    records' bucket: a gateway that starts in between (a deployed stack's, started with its function hosts) waits
+    for it, or it would serve without the queue for its whole life."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return await TicketStore.open(nc, subjects, create=False)
+        except BucketNotFoundError:
+            if time.monotonic() >= deadline:
+                log.warning("no queue bucket in namespace %s: clicks that find no instance get the waiting room",
+                            subjects.prefix)
+                return None
+        await asyncio.sleep(0.5)
 
 
 @asynccontextmanager

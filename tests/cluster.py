@@ -8,7 +8,9 @@ in with `docker save | docker load`. Everything is removed afterwards, also when
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -18,6 +20,9 @@ from tests.engine import Engine, _remove_root, _run
 
 BRIDGE = "spc-br"
 SUBNET = "10.233.0"
+ROOT = Path(__file__).resolve().parents[1]
+# each node's own engine for function hosts and guards (the test engines' sockets differ): a template per node
+NODE_SOCKET = "/var/lib/swarmpool-test-{{.Node.Hostname}}/docker.sock"
 
 
 class NamedEngine(Engine):
@@ -105,3 +110,32 @@ def two_node_swarm(manager_images: list[str], worker_images: list[str]) -> Itera
         for image in worker_images:
             _copy_image(image, worker)
         yield Cluster(manager=manager, worker=worker)
+
+
+def build_image(script: str, *args: str) -> None:
+    """Run one of the checkout's image scripts (apps/*/build.sh: rebuilds only what changed); fails with its output."""
+    result = subprocess.run([str(ROOT / script), *args], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def swarmpool_cli(cluster: Cluster, *args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
+    """The swarmpool CLI of this checkout against the cluster's manager engine."""
+    return subprocess.run([sys.executable, "-m", "swarmpool.cli", *args], capture_output=True, text=True,
+                          env=cluster.manager.env, timeout=timeout)
+
+
+@contextmanager
+def deployed_stack(cluster: Cluster, catalogue: Path, stack: str, port: int, state_dir: Path,
+                   *extra: str) -> Iterator[str]:
+    """`swarmpool deploy` of `catalogue` on the cluster; yields the gateway's URL (the manager's address, which
+    the host reaches), and `swarmpool undeploy` afterwards, also when the deploy failed."""
+    result = swarmpool_cli(cluster, "deploy", "--catalogue", str(catalogue), "--stack", stack, "--port", str(port),
+                           "--state-dir", str(state_dir), "--timeout", "180", "--docker-socket", NODE_SOCKET, *extra)
+    url = f"http://{cluster.manager.address}:{port}"
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"{url}/" in result.stdout, result.stdout
+        yield url
+    finally:
+        swarmpool_cli(cluster, "undeploy", "--stack", stack, "--timeout", "300", timeout=400)  # hundreds of instances

@@ -134,6 +134,9 @@ class LocalSwarm:
     async def nodes(self) -> dict[str, str]:
         return {NODE: "ready"}
 
+    async def node_cores(self) -> dict[str, int]:
+        return {}
+
     async def logs_contain(self, service_id: str, marker: str) -> bool:
         found = self._instances.get(service_id)
         return found is not None and marker in found.log

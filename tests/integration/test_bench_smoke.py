@@ -27,10 +27,14 @@ SMOKES: dict[str, tuple[list[str], str]] = {
     "bench-warm": (["-m", "bench.bench_warm", "--smoke"], "| swarmpool warm (admin scale 0 -> N)"),
     # the stack bench: the control image of this checkout, deployed on this machine's swarm (the slow one)
     "bench-claim-stack": (["-m", "bench.bench_claim", "--smoke", "--stack"], "`swarmpool deploy` on this node"),
+    # the lecture on `swarmpool deploy` on the 2-node swarm of namespaced engines (also in the cluster lane: below)
+    "bench-lecture-cluster": (["-m", "bench.bench_lecture", "--smoke", "--cluster"], "| queue order violations"),
     # Pluto: a warm, one more and a cold instance, then one click through the gateway (seconds each on the system image)
     "bench-pluto": (["-m", "bench.bench_pluto", "--smoke"], "first slider move, page idle, gateway"),
 }
-SLOW = {"bench-class": 900, "bench-claim-stack": 1200, "bench-pluto": 900}  # seconds; the others within the suite's 300
+SLOW = {"bench-class": 900, "bench-claim-stack": 1200, "bench-pluto": 900, "bench-lecture-cluster": 900}  # seconds; the
+# others within the suite's 300
+CLUSTER = {"bench-lecture-cluster"}  # builds the 2-node swarm of tests/cluster.py: in the cluster lane too (one at a time)
 
 
 def test_every_bench_in_just_list_has_a_smoke() -> None:
@@ -44,7 +48,9 @@ def test_every_bench_in_just_list_has_a_smoke() -> None:
                                    f"smokes of no bench: {sorted(set(SMOKES) - benches)}"
 
 
-@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.timeout(SLOW.get(r, 300))) for r in SMOKES])
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[pytest.mark.timeout(SLOW.get(r, 300)),
+                                                            *([pytest.mark.cluster] if r in CLUSTER else [])])
+                                    for r in SMOKES])
 def test_bench_smoke_runs_and_prints_its_table(recipe: str) -> None:
     args, table_line = SMOKES[recipe]
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,

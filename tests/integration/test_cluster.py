@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shlex
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import docker
 import pytest
 
 from swarmpool.deploy import control_image
 from swarmpool.swarm.model import GUARD_PORT
-from tests.cluster import SUBNET, Cluster, two_node_swarm
+from tests.cluster import SUBNET, Cluster, build_image, deployed_stack, swarmpool_cli, two_node_swarm
 from tests.inside import LOOK_AROUND, ids_in, shell_command
 from tests.integration.test_isolation import CONNECT
 
 pytestmark = [pytest.mark.docker, pytest.mark.cluster]
 
-ROOT = Path(__file__).resolve().parents[2]
 STACK = "spcl"
 PORT = 18431
 POOL = 4
@@ -50,18 +46,6 @@ max = 16
 [apps.echo.limits]
 memory = "128m"
 """
-STACK_TIMEOUT = 240.0
-
-
-def _build(script: str, *args: str) -> None:
-    result = subprocess.run([str(ROOT / script), *args], capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable})
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _swarmpool(cluster: Cluster, *args: str, timeout: float = STACK_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "swarmpool.cli", *args], capture_output=True, text=True,
-                          env=cluster.manager.env, timeout=timeout)
 
 
 def _wait(condition: object, timeout: float, what: str) -> object:
@@ -86,8 +70,8 @@ def _get(cluster: Cluster, path: str) -> tuple[int, dict[str, str], bytes]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    _build("apps/echo/build.sh")
-    _build("apps/control/build.sh")  # the image runs this checkout (rebuilt when its digest differs)
+    build_image("apps/echo/build.sh")
+    build_image("apps/control/build.sh")  # the image runs this checkout (rebuilt when its digest differs)
     with two_node_swarm([control_image(), ECHO], [control_image(), ECHO]) as made:  # guards run on every node
         yield made
 
@@ -96,20 +80,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     home = tmp_path_factory.mktemp("deploy")
     (home / "catalogue.toml").write_text(CATALOGUE)
-    result = _swarmpool(cluster, "deploy", "--catalogue", str(home / "catalogue.toml"), "--stack", STACK,
-                        "--port", str(PORT), "--state-dir", str(home / "state"), "--timeout", "180",
-                        # each node's own engine (the test engines' sockets differ; a service template per node)
-                        "--docker-socket", "/var/lib/swarmpool-test-{{.Node.Hostname}}/docker.sock")
-    try:
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert f"http://{cluster.manager.address}:{PORT}/" in result.stdout
+    with deployed_stack(cluster, home / "catalogue.toml", STACK, PORT, home / "state"):
         yield cluster
-    finally:
-        _swarmpool(cluster, "undeploy", "--stack", STACK)
 
 
 def test_control_image_runs_swarmpool_and_nats_server() -> None:
-    _build("apps/control/build.sh")
+    build_image("apps/control/build.sh")
     help_text = subprocess.run(["docker", "run", "--rm", control_image(), "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "deploy" in help_text.stdout
     version = subprocess.run(["docker", "run", "--rm", "--entrypoint", "nats-server", control_image(), "--version"],
@@ -521,7 +497,7 @@ def test_an_instance_reaches_no_neighbour_on_either_node(deployed: Cluster) -> N
 
 
 def test_undeploy_leaves_nothing_behind(deployed: Cluster) -> None:
-    result = _swarmpool(deployed, "undeploy", "--stack", STACK)
+    result = swarmpool_cli(deployed, "undeploy", "--stack", STACK)
     assert result.returncode == 0, result.stdout + result.stderr
     client = deployed.manager.client()
     try:

@@ -174,3 +174,31 @@ async def test_a_full_queue_shows_the_class_is_full_page_and_a_page_without_scri
         assert await queued() == 1
         async with second.get(f"{s.url}/metrics") as r:
             assert 'swarmpool_queue_waiting{app="echo"} 1.0' in await r.text()
+
+
+async def test_a_gateway_that_starts_before_the_queue_bucket_waits_for_it(nc, namespace, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A deployed stack starts its gateway and function hosts together: the records' bucket can exist before the
+    queue bucket, and a gateway that gave up at once served the whole lecture without a queue (every click past the
+    pool: 503)."""
+    import swarmpool.launcher as launcher
+
+    s = Subjects(namespace)
+    looked: list[str] = []
+
+    class Watched(TicketStore):
+        @classmethod
+        async def open(cls, nc, subjects, create=True):  # type: ignore[no-untyped-def, override]
+            looked.append(subjects.prefix)
+            return await TicketStore.open(nc, subjects, create=create)
+
+    monkeypatch.setattr(launcher, "TicketStore", Watched)
+    opening = asyncio.create_task(launcher._open_queue(nc, s, wait=20))
+    await wait_for(lambda: looked and not opening.done(), timeout=10, what="the gateway looked for the queue bucket")
+    made = await TicketStore.open(nc, s)  # the functions host makes it after the gateway looked
+    opened = await asyncio.wait_for(opening, 20)
+    assert opened is not None, "the gateway gave up on the queue bucket made after it looked"
+    await opened.close()
+    await made.close()
+    started = time.monotonic()
+    assert await launcher._open_queue(nc, Subjects(namespace + "x"), wait=1) is None  # an older functions host
+    assert time.monotonic() - started < 10

@@ -35,3 +35,20 @@ async def test_a_warm_up_widens_past_the_cores_and_each_ready_start_lets_the_nex
                        what=f"{size} ready with no timer to start them")
         assert highest > CORES, f"never more than {highest} starting at once ({CORES} cores)"
         assert len(await s.swarm.list_ours()) == size
+
+
+async def test_reconcile_records_each_starts_time_by_the_engines_own_task_timestamps(
+        nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
+    """The start budget judges a node by what its engine says of each task (created -> running), recorded on the
+    record with its node by the reconcile pass: never by a functions host's clock alone."""
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=2, max_=2)) as s:
+        def timed_and_placed() -> list[Instance] | None:
+            ready = s.records("ready")
+            return ready if len(ready) == 2 and all(r.task_start is not None and r.node for r in ready) else None
+
+        timed = await wait_for(timed_and_placed, timeout=120, what="2 ready with the engine's start time recorded")
+        tasks = await s.swarm.task_states()
+        for r in timed:
+            task = tasks[r.service_id]
+            assert task.running_at is not None and r.task_start == pytest.approx(task.running_at - task.created_at)
+            assert 0 <= r.task_start <= (r.ready_at or 0) - r.created_at + 1  # within the whole start (clocks: 1 s)

@@ -74,6 +74,9 @@ class FakeSwarm:
     async def nodes(self) -> dict[str, str]:
         return {}
 
+    async def node_cores(self) -> dict[str, int]:
+        return {}
+
     async def logs_contain(self, service_id: str, marker: str) -> bool:
         return marker in self.log
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from swarmpool.bus.messages import Instance
-from swarmpool.functions.policy import budgeted_starts, node_pace, start_budget
+from swarmpool.functions.policy import budgeted_starts, engine_starts, node_pace, start_budget
 from swarmpool.ids import new_instance_id
 
 NOW = 90_000.0
@@ -131,3 +131,48 @@ def test_quick_starts_widen_no_further_than_half_their_probe_timeout_would_bear(
     assert capped.size == 2 and "half the probe timeout" in capped.why
     echo = batch(NOW - 10, 2, 2.0)  # light starts are far from theirs: they widen as before
     assert start_budget(echo, NOW, **KW, timeouts={"echo": 60.0}).size == 8
+
+
+# -- a cluster: each node by its own engine's task timestamps and its own cores (issue 17, "per node") --------------
+
+def test_a_node_is_sized_by_its_own_cores_from_the_swarms_nodes_listing() -> None:
+    # a worker with 8 cores and a manager the listing does not size: nothing learned yet, each its cores
+    starting = [inst("starting", NOW - 1, node="w1"), inst("starting", NOW - 1, node="m1")]
+    budget = start_budget(starting, NOW, **KW, node_cores={"w1": 8})
+    assert budget.size == 8 + CORES, budget.why
+    # slow starts on the worker: a short pool still keeps its 8 cores busy, not this host's 2
+    slow = batch(NOW - 60, 1, 1.0, node="w1") + batch(NOW - 30, 4, 20.0, node="w1")
+    assert start_budget(slow, NOW, **KW, node_cores={"w1": 8}, short=True).size == 8
+    # a page settling on the worker takes one of its own cores, not one of this host's
+    page = inst("claimed", NOW - 900, NOW - 899, node="w1", claimed_at=NOW - 1)
+    assert start_budget(batch(NOW - 10, 4, 1.0, node="w1") + [page], NOW, **KW, node_cores={"w1": 8}).size == 7
+
+
+def test_a_workers_pace_is_its_engines_task_timestamps_not_when_a_busy_host_probed_it() -> None:
+    # the worker's engine ran every task within 0.4-0.5 s of creating it; the manager's functions host was busy and
+    # its probes passed 12 s after the reservations (the fastest of them in 1 s): the worker had room
+    records = (batch(NOW - 60, 1, 1.0, node="w1", task_start=0.4)
+               + batch(NOW - 20, 8, 12.0, node="w1", task_start=0.5))
+    budget = start_budget(records, NOW, **KW)
+    assert budget.size == 32 and "quick" in budget.why, budget.why  # 4 x 8, the ceiling
+    # the same records without the engine's timestamps: the host's clock says slow, the budget narrows
+    untimed = [msgspec.structs.replace(r, task_start=None) for r in records]
+    assert start_budget(untimed, NOW, **KW).size == CORES
+
+
+def test_a_worker_whose_engine_slows_down_narrows_even_when_its_probes_came_quickly() -> None:
+    # the engine took 6 s to run each of 8 tasks (its fastest: 0.5 s); the records show 7 s against 6.5 s
+    records = (batch(NOW - 60, 1, 6.5, node="w1", task_start=0.5)
+               + batch(NOW - 20, 8, 7.0, node="w1", task_start=6.0))
+    budget = start_budget(records, NOW, **KW, short=False)
+    assert budget.size == 2 and "slow" in budget.why, budget.why  # 8 x 2 / (6 / 1)
+
+
+def test_reconcile_records_the_engines_start_time_once_per_running_task() -> None:
+    fresh = inst("starting", NOW - 5, service_id="s1")
+    known = inst("ready", NOW - 50, NOW - 40, service_id="s2", task_start=0.7)
+    pending = inst("starting", NOW - 1, service_id="s3")
+    gone = inst("retiring", NOW - 90, NOW - 80, service_id="s4")
+    tasks = {"s1": (NOW - 4.0, NOW - 3.25), "s2": (NOW - 49.0, NOW - 48.0), "s3": (NOW - 1.0, None),
+             "s4": (NOW - 89.0, NOW - 88.0)}
+    assert engine_starts([fresh, known, pending, gone], tasks) == {fresh.key: 0.75}
