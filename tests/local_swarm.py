@@ -81,10 +81,31 @@ class LocalSwarm:
     namespace: str
     create_delay: tuple[float, float] = (0.02, 0.15)  # seconds a create takes (random in this range), as an engine's
     _instances: dict[str, _Instance] = field(default_factory=dict)
+    _held: bool = False  # creates wait for a permit (an engine still busy starting), see hold()
+    _permits: int = 0
+    _gate: asyncio.Condition = field(default_factory=asyncio.Condition)
     _events: asyncio.Queue[EngineEvent] = field(default_factory=asyncio.Queue)
     _http: aiohttp.ClientSession | None = None
 
+    def hold(self) -> None:
+        """From now on a create waits until `release` lets it through (a test's clicks meet an empty pool,
+        however quick the starts would be)."""
+        self._held, self._permits = True, 0
+
+    async def release(self, n: int | None = None) -> None:
+        """Let `n` more waiting or future creates through (None: all, and stop holding)."""
+        async with self._gate:
+            if n is None:
+                self._held = False
+            else:
+                self._permits += n
+            self._gate.notify_all()
+
     async def create(self, spec: InstanceSpec) -> str:
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._held or self._permits > 0)
+            if self._held:
+                self._permits -= 1
         await asyncio.sleep(random.uniform(*self.create_delay))
         handle = spec.handle or new_handle()
         service_id = f"local-{handle}"
