@@ -42,6 +42,7 @@ from swarmpool.swarm import Swarm
 from bench.students import Attendance, attend, new_browser
 from bench.support import stop_child
 from tests.fixtures import random_namespace, register_namespace
+from tests.local_swarm import LocalSwarm
 from tests.stack import echo_catalogue, wait_for
 
 pytestmark = pytest.mark.docker
@@ -193,10 +194,11 @@ def _grown(js: Any, stream: str, before: int) -> Any:
 
 async def roles_stack(stack: AsyncExitStack, server: EmbeddedNats, namespace: str,
                       catalogue: Catalogue) -> tuple[Context, NATS, int]:
-    """A functions host and a gateway on the real swarm, each logged in as its own role: (the host's
-    context, the gateway's connection, its port); `stack` removes them and the instances."""
+    """A functions host and a gateway, each logged in as its own role: (the host's context, the gateway's
+    connection, its port); `stack` removes them and the instances. The instances are local (LocalSwarm): what is
+    tested is the bus under the roles, not Docker."""
     s = Subjects(namespace)
-    swarm = Swarm(namespace)
+    swarm = LocalSwarm(namespace)
     stack.push_async_callback(swarm.close)
     stack.push_async_callback(swarm.remove_all)
     fn = await connect(server.url, access=server.access("functions"), inbox_prefix=s.inbox("functions"))
@@ -248,15 +250,22 @@ async def test_the_queue_runs_under_the_roles_and_the_gateway_cannot_write_a_tic
     gateway may read the queue and say which pages it holds, never write a ticket (a place or a turn)."""
     log = server.state_dir / "nats-server.log"
     since = len(log.read_text(errors="replace"))
-    catalogue = parse(echo_catalogue(size=1, max_=2), "test-catalogue")
+    # the students load no HTML page: the refill starts at the settle cap, shortened (settling is not tested here)
+    catalogue = parse(echo_catalogue(size=1, max_=2, settle_cap=1), "test-catalogue")
     s = Subjects(auth_namespace)
     async with AsyncExitStack() as stack:
         ctx, gw, port = await roles_stack(stack, server, auth_namespace, catalogue)
         base = f"http://127.0.0.1:{port}"
         await wait_for(lambda: any(r.state == "ready" for r in ctx.store.all()), timeout=120, what="a ready instance")
+        assert isinstance(ctx.swarm, LocalSwarm)
+        ctx.swarm.hold()  # the refill waits until the second student is in line
         first = await attend(await stack.enter_async_context(new_browser()), base, "echo", Attendance("first"))
         assert first.outcome == "served" and not first.ticket
-        second = await attend(await stack.enter_async_context(new_browser()), base, "echo", Attendance("second"))
+        second = Attendance("second")
+        serving = asyncio.create_task(attend(await stack.enter_async_context(new_browser()), base, "echo", second))
+        await wait_for(lambda: second.ticket or serving.done(), timeout=30, what="the second student in line")
+        await ctx.swarm.release()
+        await serving
         assert second.outcome == "served" and second.ticket and second.echoed, second
         assert violations(log, since) == []
 
