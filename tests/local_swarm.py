@@ -66,6 +66,23 @@ def echo_app(prefix: str, instance_id: str) -> web.Application:
     return app
 
 
+PORTS = range(20000, 30000)  # below the kernel's ephemeral range (32768-): never a port free_port() just handed a
+# gateway that has yet to bind it, nor one Docker publishes (30000-32767)
+
+
+async def _listen(runner: web.AppRunner) -> int:
+    """Serve `runner` on a free port of PORTS; return the port."""
+    for _ in range(100):
+        port = random.choice(PORTS)
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        try:
+            await site.start()
+            return port
+        except OSError:  # in use
+            await site.stop()
+    raise OSError("no free port for a local instance")
+
+
 @dataclass
 class _Instance:
     info: ServiceInfo
@@ -112,9 +129,7 @@ class LocalSwarm:
         runner = web.AppRunner(echo_app(spec.env.get("SWARMPOOL_PREFIX", "/"), spec.id), access_log=None,
                                shutdown_timeout=0.1)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
+        port = await _listen(runner)
         info = ServiceInfo(service_id=service_id, name=f"{self.namespace}-{spec.app}-{handle}", app=spec.app,
                            id=spec.id, created_at=time.time(), handle=handle)
         self._instances[service_id] = _Instance(info, runner, TaskStatus(
