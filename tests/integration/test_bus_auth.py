@@ -333,7 +333,10 @@ async def test_a_heartbeat_flood_leaves_memory_flat_and_claims_working(server: E
         return reply if isinstance(reply, Claimed) else None  # "empty": still warming up
 
     try:
-        first = await wait_for(first_claim, timeout=60, what="a first claim")  # warm: the pool is up
+        first = await wait_for(first_claim, timeout=60, what="a first claim")
+        async with await InstanceStore.open(gw, s, time.time, create=False) as records:  # the gateway's read
+            await wait_for(lambda: len([r for r in records.all("echo") if r.state == "ready"]) >= 2, timeout=120,
+                           what="the pool warm again (two ready beside the claimed one)")
         before = await rss_mb(proc.pid)
         peak = before
         heartbeat = encode(Activity(app="echo", id=first.id, at=time.time(), traffic=True))
