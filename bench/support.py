@@ -68,8 +68,11 @@ def print_rows(rows: list[tuple[str, list[float]]], decimals: int = 1) -> None:
 
 
 def echo_catalogue(*, size: int = 2, max_: int | None = None, idle: str = "10m", grace: str = "2m",
-                   lifetime: str = "2h", parallel: int = 8, extra: str = "") -> str:
-    """A catalogue with one app, the echo test app (apps/echo), and fast clocks (benches and tests)."""
+                   lifetime: str = "2h", parallel: int = 8, extra: str = "", settle_cap: float | None = None) -> str:
+    """A catalogue with one app, the echo test app (apps/echo), and fast clocks (benches and tests); `settle_cap`:
+    how long a claim's refill waits for its page (the default 10 s unless given: tests whose clients never load an
+    HTML page, and whose subject is not settling, shorten it)."""
+    settle = "" if settle_cap is None else f"settle_cap = {settle_cap}\n"
     return f"""
 [settings]
 tick_interval = 0.2
@@ -77,7 +80,7 @@ reconcile_interval = 1
 heartbeat_interval = 0.5
 claim_wait = 1.5
 refill_delay = 0.2
-max_instances = 120
+{settle}max_instances = 120
 
 [apps.echo]
 title = "Echo"

@@ -66,6 +66,23 @@ def echo_app(prefix: str, instance_id: str) -> web.Application:
     return app
 
 
+PORTS = range(20000, 30000)  # below the kernel's ephemeral range (32768-): never a port free_port() just handed a
+# gateway that has yet to bind it, nor one Docker publishes (30000-32767)
+
+
+async def _listen(runner: web.AppRunner) -> int:
+    """Serve `runner` on a free port of PORTS; return the port."""
+    for _ in range(100):
+        port = random.choice(PORTS)
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        try:
+            await site.start()
+            return port
+        except OSError:  # in use
+            await site.stop()
+    raise OSError("no free port for a local instance")
+
+
 @dataclass
 class _Instance:
     info: ServiceInfo
@@ -81,19 +98,38 @@ class LocalSwarm:
     namespace: str
     create_delay: tuple[float, float] = (0.02, 0.15)  # seconds a create takes (random in this range), as an engine's
     _instances: dict[str, _Instance] = field(default_factory=dict)
+    _held: bool = False  # creates wait for a permit (an engine still busy starting), see hold()
+    _permits: int = 0
+    _gate: asyncio.Condition = field(default_factory=asyncio.Condition)
     _events: asyncio.Queue[EngineEvent] = field(default_factory=asyncio.Queue)
     _http: aiohttp.ClientSession | None = None
 
+    def hold(self) -> None:
+        """From now on a create waits until `release` lets it through (a test's clicks meet an empty pool,
+        however quick the starts would be)."""
+        self._held, self._permits = True, 0
+
+    async def release(self, n: int | None = None) -> None:
+        """Let `n` more waiting or future creates through (None: all, and stop holding)."""
+        async with self._gate:
+            if n is None:
+                self._held = False
+            else:
+                self._permits += n
+            self._gate.notify_all()
+
     async def create(self, spec: InstanceSpec) -> str:
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._held or self._permits > 0)
+            if self._held:
+                self._permits -= 1
         await asyncio.sleep(random.uniform(*self.create_delay))
         handle = spec.handle or new_handle()
         service_id = f"local-{handle}"
         runner = web.AppRunner(echo_app(spec.env.get("SWARMPOOL_PREFIX", "/"), spec.id), access_log=None,
                                shutdown_timeout=0.1)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
+        port = await _listen(runner)
         info = ServiceInfo(service_id=service_id, name=f"{self.namespace}-{spec.app}-{handle}", app=spec.app,
                            id=spec.id, created_at=time.time(), handle=handle)
         self._instances[service_id] = _Instance(info, runner, TaskStatus(

@@ -71,7 +71,8 @@ async def test_fifty_concurrent_clicks_get_fifty_distinct_instances_with_two_cla
 async def test_pool_refills_after_claims_and_replaces_a_dead_instance(nats_server, namespace) -> None:  # type: ignore[no-untyped-def]
     """The keeper's part: claims are refilled, a die event fails a warm instance and it is replaced (the
     instances are local; a real container's death is the next test's)."""
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=3), docker=False) as s:
+    # the claims load no HTML page: their refills start at the settle cap, shortened (settling is test_settle's)
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=3, settle_cap=1), docker=False) as s:
         first = {r.id for r in await s.wait_ready(3)}
         for _ in range(2):
             assert (await s.launch()).status == 303
@@ -193,7 +194,8 @@ async def test_healthz(nats_server, namespace, echo_image) -> None:  # type: ign
 
 async def test_warm_up_never_overshoots_the_target(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     """Invariant 4: ready + starting converges to the target and never exceeds it while warming."""
-    async with running_stack(nats_server.url, namespace, echo_catalogue(size=6, max_=30, parallel=6), docker=False) as s:
+    async with running_stack(nats_server.url, namespace, echo_catalogue(size=6, max_=30, parallel=6, settle_cap=1),
+                             docker=False) as s:  # the claims load no page: refills at a 1 s settle cap
         highest = 0
 
         def watch(old, new) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,8 @@
-"""The fair queue on a real swarm and a real nats-server: clicks that find no ready instance wait in line per
-app and are served first come, first served, at any gateway, by any functions host."""
+"""The fair queue on a real nats-server: clicks that find no ready instance wait in line per app and are served
+first come, first served, at any gateway, by any functions host.
+
+The instances are local (tests/local_swarm.py: Docker is not the subject here); the test holds their starts while
+its students queue, then lets them through as an engine starting `max_parallel_starts` at a time would."""
 
 from __future__ import annotations
 
@@ -8,22 +11,21 @@ import re
 import time
 from contextlib import AsyncExitStack
 
-import pytest
 
 from bench.students import Attendance, attend, click, new_browser, wait_turn
 from swarmpool.bus.queue import TicketStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.launcher import serve_gateway
 from swarmpool.natsd import free_port
+from tests.local_swarm import LocalSwarm
 from tests.stack import Stack, echo_catalogue, running_stack, wait_for
-
-pytestmark = pytest.mark.docker
 
 WINDOW = 'queue_window = "3s"\nper_browser_limit = 1'
 
 
 def _catalogue(size: int, max_: int, queue_max: int | None = None) -> str:
-    text = echo_catalogue(size=size, max_=max_, parallel=size).replace("max_instances = 120",
+    # the students here load no HTML page: their refills start at the settle cap, shortened (not what is tested)
+    text = echo_catalogue(size=size, max_=max_, parallel=size, settle_cap=1).replace("max_instances = 120",
                                                                        f"max_instances = 120\n{WINDOW}")
     if queue_max is not None:
         text = text.replace(f"max_parallel_starts = {size}", f"max_parallel_starts = {size}\nqueue_max = {queue_max}")
@@ -31,8 +33,10 @@ def _catalogue(size: int, max_: int, queue_max: int | None = None) -> str:
 
 
 async def _take_the_pool(s: Stack, stack: AsyncExitStack, size: int = 1) -> None:
-    """First students take every ready instance."""
+    """First students take every ready instance; the refills wait for the test's `s.swarm.release`."""
     await s.wait_ready(size)
+    assert isinstance(s.swarm, LocalSwarm)
+    s.swarm.hold()
     for i in range(size):
         http = await stack.enter_async_context(new_browser())
         first = await attend(http, s.url, "echo", Attendance(f"first{i}"))
@@ -48,7 +52,8 @@ async def _tickets(s: Stack, stack: AsyncExitStack) -> TicketStore:
 async def test_the_queue_serves_in_arrival_order_across_two_gateways_and_two_hosts(
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
     n, size = 6, 3  # two rounds of refills, three at a time
-    async with running_stack(nats_server.url, namespace, _catalogue(size=size, max_=n + size), hosts=2) as s, \
+    async with running_stack(nats_server.url, namespace, _catalogue(size=size, max_=n + size), hosts=2,
+                             docker=False) as s, \
             AsyncExitStack() as stack:
         port = free_port()
         await stack.enter_async_context(serve_gateway(s.nc, s.catalogue, namespace, "127.0.0.1", port))
@@ -90,6 +95,11 @@ async def test_the_queue_serves_in_arrival_order_across_two_gateways_and_two_hos
         order = [p.ticket.id for p in tickets.queue("echo")]
         assert order == [me.ticket.rsplit("/", 1)[-1] for me in students]  # the bucket's sequence: arrival order
 
+        by_ticket = {me.ticket.rsplit("/", 1)[-1]: me for me in students}
+        for i in range(size, n + 1, size):  # the engine starts a round (max_parallel_starts) while the line waits
+            await s.swarm.release(size)  # type: ignore[union-attr]
+            await wait_for(lambda: len(turns) >= i and all(by_ticket[t].turn_at for t in turns[:i]), timeout=60,
+                           what=f"{i} turns, seen by their pages")
         served = await asyncio.gather(*waiting)
         assert turns == order, "turns came out of arrival order"
         # a later round is served after an earlier one, whatever the clients' timing within a round
@@ -102,7 +112,7 @@ async def test_the_queue_serves_in_arrival_order_across_two_gateways_and_two_hos
 
 async def test_a_student_who_leaves_the_waiting_page_leaves_the_queue(
         nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, _catalogue(size=1, max_=4)) as s, AsyncExitStack() as stack:
+    async with running_stack(nats_server.url, namespace, _catalogue(size=1, max_=4), docker=False) as s, AsyncExitStack() as stack:
         await _take_the_pool(s, stack)
         tickets = await _tickets(s, stack)
         leaver, stayer = Attendance("leaver"), Attendance("stayer")
@@ -115,6 +125,7 @@ async def test_a_student_who_leaves_the_waiting_page_leaves_the_queue(
         async with other.get(s.url + leaver.ticket, allow_redirects=False) as r:
             assert r.status == 404
         # the leaver's page holds its connection until its turn comes, then the tab is closed: never comes
+        await s.swarm.release(1)  # type: ignore[union-attr]  # one start: the instance the leaver's turn holds
         assert await wait_turn(leaving, s.url, leaver.ticket, leaver)
         held = tickets.get("echo", leaver.ticket.rsplit("/", 1)[-1])
         assert held is not None and held.ticket.state == "turn"
@@ -137,7 +148,8 @@ async def test_a_student_who_leaves_the_waiting_page_leaves_the_queue(
 
 
 async def test_a_full_queue_shows_the_class_is_full_page_and_a_page_without_script_keeps_its_place(nats_server, namespace, echo_image) -> None:  # type: ignore[no-untyped-def]
-    async with running_stack(nats_server.url, namespace, _catalogue(size=1, max_=1, queue_max=1)) as s, \
+    async with running_stack(nats_server.url, namespace, _catalogue(size=1, max_=1, queue_max=1),
+                             docker=False) as s, \
             AsyncExitStack() as stack:
         await _take_the_pool(s, stack)  # max 1: nothing refills
         tickets = await _tickets(s, stack)
