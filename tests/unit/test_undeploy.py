@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from swarmpool.swarm.adapter import LABEL_OWNER
+from swarmpool.swarm.model import LABEL_OWNER
 from swarmpool.swarm.stack import Stack
 
 
