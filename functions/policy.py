@@ -393,8 +393,11 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
         limit = (timeouts or {}).get(r.app)
         if limit:  # more at once makes each start slower, at worst in proportion: keep them within half the timeout
             caps.append(loads[-1] * (limit / 2) / max(start_seconds(r), 0.001))
-        if r.task_start is not None:  # the engine's own timing on the node: no host's clock or probe in it
-            ratio = r.task_start / (fastest_task[r.app] + START_SLACK)
+        if r.task_start is not None and r.app in fastest:
+            # the engine's own timing on the node (no host's clock or probe in it): what it took beyond its
+            # fastest is added to the app's fastest whole start, so a start is judged at the scale the
+            # student waits on (an engine part of 0.4 s that takes 2 s is not a start five times slower)
+            ratio = (fastest[r.app] + max(0.0, r.task_start - fastest_task[r.app])) / (fastest[r.app] + START_SLACK)
         else:
             ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
         if limit and start_seconds(r) > limit / 2:  # too close to failing: counts as beyond the tolerance

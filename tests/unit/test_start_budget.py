@@ -160,12 +160,21 @@ def test_a_workers_pace_is_its_engines_task_timestamps_not_when_a_busy_host_prob
     assert start_budget(untimed, NOW, **KW).size == CORES
 
 
-def test_a_worker_whose_engine_slows_down_narrows_even_when_its_probes_came_quickly() -> None:
-    # the engine took 6 s to run each of 8 tasks (its fastest: 0.5 s); the records show 7 s against 6.5 s
-    records = (batch(NOW - 60, 1, 6.5, node="w1", task_start=0.5)
+def test_a_worker_whose_engine_slows_down_narrows() -> None:
+    # the app's fastest start took 1 s, 0.4 s of it the engine's; now the engine takes 6 s to run each of 8 tasks:
+    # 5.6 s more than its fastest on a 1 s start, beyond the tolerance (2x here), so the budget narrows
+    records = (batch(NOW - 60, 1, 1.0, node="w1", task_start=0.4)
                + batch(NOW - 20, 8, 7.0, node="w1", task_start=6.0))
     budget = start_budget(records, NOW, **KW, short=False)
-    assert budget.size == 2 and "slow" in budget.why, budget.why  # 8 x 2 / (6 / 1)
+    assert budget.size == 3 and "slow" in budget.why, budget.why  # 8 x 2 / ((1 + 5.6) / 1.5)
+
+
+def test_an_engine_part_slower_than_its_fastest_is_judged_on_the_whole_start() -> None:
+    # the engine's part went from 0.3 to 1.5 s (5x) on starts of 4 s: the students wait 1.2 s more on 4, quick
+    records = (batch(NOW - 60, 1, 4.0, node="w1", task_start=0.3)
+               + batch(NOW - 20, 8, 5.2, node="w1", task_start=1.5))
+    budget = start_budget(records, NOW, **KW, short=False)
+    assert budget.size == 32 and "quick" in budget.why, budget.why
 
 
 def test_reconcile_records_the_engines_start_time_once_per_running_task() -> None:
