@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
+def connect(**options: Any) -> docker.DockerClient:
+    """A client of the engine in the environment (DOCKER_HOST, else the local socket); SwarmUnavailable without one."""
+    try:
+        return docker.from_env(**options)
+    except docker.errors.DockerException as e:
+        raise SwarmUnavailable(f"cannot reach the Docker engine (is dockerd running? DOCKER_HOST?): {e}") from e
+
+
 class Engine:
     """The Docker client of one namespace (made on first use) and the thread pool its calls run in."""
 
@@ -35,10 +43,7 @@ class Engine:
         """The Docker client, connected on first use; SwarmUnavailable when there is no engine to connect to."""
         with self._client_lock:
             if self._client is None:
-                try:
-                    self._client = docker.from_env(max_pool_size=32)
-                except docker.errors.DockerException as e:
-                    raise SwarmUnavailable(f"cannot reach the Docker engine (is dockerd running? DOCKER_HOST?): {e}") from e
+                self._client = connect(max_pool_size=32)
             return self._client
 
     async def run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import docker
 import docker.errors
 
+from swarmpool.swarm.engine import connect
 from swarmpool.swarm.model import LABEL_OWNER, SwarmError, SwarmUnavailable
 
 LABEL_STACK = "com.docker.stack.namespace"  # what `docker stack deploy` puts on everything it creates
@@ -37,10 +38,7 @@ class Stack:
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
-            try:
-                self._client = docker.from_env(timeout=60)
-            except docker.errors.DockerException as e:
-                raise SwarmUnavailable(f"cannot reach the Docker engine (DOCKER_HOST?): {e}") from e
+            self._client = connect(timeout=60)
         return self._client
 
     def check_manager(self) -> None:

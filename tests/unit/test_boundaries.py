@@ -246,9 +246,9 @@ def test_nothing_below_the_front_door_imports_it() -> None:
 SWARM_LAYERS = [
     {"model", "tasks"},  # labels, errors, value types, task states: nothing of docker, nothing of ours
     {"names", "port"},  # what we name on the engine; the port the functions see
-    # docker-py's gaps, the client and its threads, the probe; beside the adapter: packet filter, guard, stack
-    {"raw_api", "engine", "probe", "firewall", "guard", "stack"},
-    {"images", "networks", "lease", "events"},  # concerns, each on the engine
+    # docker-py's gaps, the client and its threads, the probe; beside the adapter: packet filter, guard
+    {"raw_api", "engine", "probe", "firewall", "guard"},
+    {"images", "networks", "lease", "events", "stack"},  # concerns, each on the engine's connection
     {"services", "status"},  # instance services (images, bridges); task status (a task's error marks a bridge dead)
     {"adapter"},  # Swarm, the facade composing them
 ]
