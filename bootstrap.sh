@@ -69,7 +69,15 @@ cmd="${1:-up}"
 shift || true
 case "$cmd" in
     up) exec "$VENV/bin/swarmpool" up "$@" ;;
-    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    test)
+        # modules (and each slow lane as a whole) run on parallel workers: most of a test's time is spent waiting on
+        # the engine, a page or a timeout, not on the CPU (tests/conftest.py groups them); -n 0 runs them in one
+        # process, SWARMPOOL_TEST_WORKERS sets how many
+        parallel=(-n "${SWARMPOOL_TEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder)
+        for arg in "$@"; do
+            [[ "$arg" == -n* || "$arg" == --numprocesses* || "$arg" == no:xdist ]] && parallel=()
+        done
+        exec "$VENV/bin/python" -m pytest "${parallel[@]}" "$@" ;;
     shell) say "ready: source $VENV/bin/activate" ;;
     *) exec "$VENV/bin/$cmd" "$@" ;;
 esac

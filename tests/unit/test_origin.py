@@ -13,7 +13,7 @@ from swarmpool.gateway.origin import (
 )
 from swarmpool.ids import new_instance_id
 
-ID = new_instance_id()
+ID = "qhcyoczf5zhryhayztd3rzqzqu"  # fixed: parametrized ids must be the same in every xdist worker
 P = f"/i/{ID}"
 
 
