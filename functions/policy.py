@@ -325,6 +325,7 @@ def placed_nodes(records: Iterable[Instance], task_nodes: Mapping[str, str]) -> 
 
 START_WINDOW = 600.0  # starts that became ready longer ago than this say nothing about the engine now
 START_SAMPLES = 8  # the most recent starts of a node that its budget follows
+START_BASELINE = 4 * START_SAMPLES  # the latest timed starts of a node whose quickest is the engine's own pace
 START_SLACK = 0.5  # seconds a start may take beyond its app's fastest and still be quick (probe granularity)
 # a page still loading this many settle_caps after its claim narrows the budget (its replacement waits one cap only):
 # on a busy machine a Voila page can take longer than the cap, and starts must not take its CPU then
@@ -369,7 +370,7 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
     Each of the node's latest starts (those its engine's task timestamps timed, created -> running, where reconcile
     recorded any; else by the records' times, reservation -> first passed probe, which a busy functions host's probe
     delays) is compared with the fastest start of its app seen there. A timed start is judged by the engine's time
-    per start in flight beside it: the engine is a queue whose every start takes longer the more it holds while it
+    per start in flight beside it (against the quickest of the latest START_BASELINE timed starts): the engine is a queue whose every start takes longer the more it holds while it
     gets through them no slower, so only its time per start beyond its fastest (added to the app's fastest whole
     start) says it has no room. While they stay within `tolerance` times the fastest (plus START_SLACK), the engine
     had room, so the budget doubles what is in flight (what ran beside them, or what is starting now if more;
@@ -385,16 +386,19 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
     if not done:
         return min(cores, ceiling), "no recent start"
     fastest: dict[str, float] = {}
-    fastest_task: dict[str, float] = {}  # the engine's fastest time per start in flight
     for r in records:
         if r.ready_at is not None:
             fastest[r.app] = min(fastest.get(r.app, float("inf")), start_seconds(r))
-            if r.task_start is not None:
-                fastest_task[r.app] = min(fastest_task.get(r.app, float("inf")),
-                                          r.task_start / starts_alongside(r, records, now))
+    baseline = timed[-START_BASELINE:]  # not every record's: each costs a pass over the records beside it
+    since = min(r.created_at for r in baseline + done)
+    beside = [o for o in records if (o.ready_at if o.ready_at is not None else now) > since]  # the others add 0
+    fastest_task: dict[str, float] = {}  # the engine's fastest time per start in flight, of its latest timed starts
+    for r in baseline:
+        fastest_task[r.app] = min(fastest_task.get(r.app, float("inf")),
+                                  (r.task_start or 0.0) / starts_alongside(r, beside, now))
     loads, ratios, caps = [], [], []
     for r in done:
-        alongside = starts_alongside(r, records, now)
+        alongside = starts_alongside(r, beside, now)
         loads.append(round(alongside))
         limit = (timeouts or {}).get(r.app)
         if limit:  # more at once makes each start slower, at worst in proportion: keep them within half the timeout
