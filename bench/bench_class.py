@@ -151,7 +151,8 @@ async def swarmpool_up(catalogue_text: str, pool_size: int) -> AsyncIterator[Poo
     log = open(state / "up.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(state / "catalogue.toml"),
-         "--port", str(port), "--state-dir", str(state / "state"), "--namespace", namespace, "--no-build"],
+         "--port", str(port), "--state-dir", str(state / "state"), "--namespace", namespace, "--no-build",
+         "--dashboard-port", "0"],  # another up on this machine may hold the default dashboard port
         stdout=log, stderr=subprocess.STDOUT)
     print(f"swarmpool up (namespace {namespace}, log {state / 'up.log'}) ...", flush=True)
     try:

@@ -57,11 +57,13 @@ from swarmpool.swarm.adapter import Swarm
 POLL = 0.1
 
 
-def catalogue(n: int, burst: int) -> str:
-    """The echo app at size 0 (the bench scales it), its default probe interval, room for a refill."""
+def catalogue(n: int, burst: int, start_budget: int = 0) -> str:
+    """The echo app at size 0 (the bench scales it), its default probe interval, room for a refill
+    (`start_budget` > 0: that many starting at once, instead of the followed budget)."""
     return f"""
 [settings]
 max_instances = {2 * n + burst + 10}
+start_budget = {start_budget}
 claim_wait = 10
 per_browser_limit = 0
 
@@ -293,7 +295,7 @@ def table(rounds: list[Round], n: int) -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
-    text = catalogue(args.n, args.burst)
+    text = catalogue(args.n, args.burst, args.start_budget)
     print(f"load average before: {'/'.join(f'{x:.1f}' for x in loadavg())}, {os.cpu_count()} cores", flush=True)
     engine = await engine_round(args.n, args.create_concurrency, text)
     print(f"{engine.name}: {args.n} answered in {engine.last:.1f} s", flush=True)
@@ -318,6 +320,8 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=None, help="clicks of the refill round (default: N; 0: none)")
     parser.add_argument("--create-concurrency", type=int, default=8, help="the engine round's creates at once")
     parser.add_argument("--keep", action="store_true", help="keep swarmpool's state dir and up.log")
+    parser.add_argument("--start-budget", type=int, default=0,
+                        help="settings.start_budget of swarmpool's rounds (default 0: the followed budget)")
     parser.add_argument("--smoke", action="store_true", help="N = 3, a burst of 2: does the bench still run (CI)")
     arguments = parser.parse_args()
     if arguments.smoke:

@@ -329,7 +329,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     settle_cap: Duration = Duration(10.0)  # a claim's refill waits for its page to load, at most this long
     # instances starting at once, all apps; 0: it follows the starts (see docs/starts.md)
     start_budget: Annotated[int, msgspec.Meta(ge=0)] = 0
-    start_budget_max: Annotated[int, msgspec.Meta(ge=1)] = 32  # the followed budget's ceiling, per node
+    start_budget_max: Annotated[int, msgspec.Meta(ge=1)] = 64  # the followed budget's ceiling, per node
     start_tolerance: Annotated[float, msgspec.Meta(ge=1.0)] = 4.0  # starts this much slower than the fastest: narrow
     static_cache_size: ByteSize = ByteSize(256 * 1024**2)  # the gateway's shared static cache, all images
     static_cache_variants: Annotated[int, msgspec.Meta(ge=1)] = 8  # query strings kept per static path

@@ -325,6 +325,7 @@ def placed_nodes(records: Iterable[Instance], task_nodes: Mapping[str, str]) -> 
 
 START_WINDOW = 600.0  # starts that became ready longer ago than this say nothing about the engine now
 START_SAMPLES = 8  # the most recent starts of a node that its budget follows
+START_BASELINE = 4 * START_SAMPLES  # the latest timed starts of a node whose quickest is the engine's own pace
 START_SLACK = 0.5  # seconds a start may take beyond its app's fastest and still be quick (probe granularity)
 # a page still loading this many settle_caps after its claim narrows the budget (its replacement waits one cap only):
 # on a busy machine a Voila page can take longer than the cap, and starts must not take its CPU then
@@ -366,38 +367,48 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
               timeouts: Mapping[str, float] | None = None) -> tuple[int, str]:
     """The budget the recent starts on one node ask for (`records`: that node's, and those not placed yet).
 
-    Each of the node's latest starts is compared with the fastest start of its app seen there, by the node's
-    engine's own task timestamps (created -> running) where reconcile recorded them, else by the records' times
-    (reservation -> first passed probe, which a busy functions host's probe delays): while they
-    stay within `tolerance` times that (plus START_SLACK), the engine had room, so the budget doubles what
-    was in flight while they started (quadruples while they stay within half the tolerance's margin, as
-    when the engine idled); when they take longer, the engine (or the node's CPU) is the queue,
-    so the budget shrinks to what would have kept them within the tolerance; so it does as well when they
-    took more than half their app's probe timeout (`timeouts`), whatever the fastest was, and it never grows
-    past what would take them there if each start grew slower in proportion to the starts beside it (more
-    at once would fail them). Nothing recent: the cores."""
-    done = sorted((r for r in records if r.ready_at is not None and now - r.ready_at <= START_WINDOW),
-                  key=lambda r: r.ready_at or 0.0)[-START_SAMPLES:]
+    Each of the node's latest starts (those its engine's task timestamps timed, created -> running, where reconcile
+    recorded any; else by the records' times, reservation -> first passed probe, which a busy functions host's probe
+    delays) is compared with the fastest start of its app seen there. A timed start is judged by the engine's time
+    per start in flight beside it (against the quickest of the latest START_BASELINE timed starts): the engine is a queue whose every start takes longer the more it holds while it
+    gets through them no slower, so only its time per start beyond its fastest (added to the app's fastest whole
+    start) says it has no room. While they stay within `tolerance` times the fastest (plus START_SLACK), the engine
+    had room, so the budget doubles what is in flight (what ran beside them, or what is starting now if more;
+    quadruples while they stay within half the tolerance's margin, as when the engine idled); when they take
+    longer, the engine (or the node's CPU) is the queue, so the budget shrinks to what would have kept them within
+    the tolerance; so it does as well when they took more than half their app's probe timeout (`timeouts`),
+    whatever the fastest was, and it never grows past what would take them there if each start grew slower in
+    proportion to the starts beside it (more at once would fail them). Nothing recent: the cores."""
+    recent = sorted((r for r in records if r.ready_at is not None and now - r.ready_at <= START_WINDOW),
+                    key=lambda r: r.ready_at or 0.0)
+    timed = [r for r in recent if r.task_start is not None]  # a start is timed a reconcile pass after it runs
+    done = (timed or recent)[-START_SAMPLES:]
     if not done:
         return min(cores, ceiling), "no recent start"
     fastest: dict[str, float] = {}
-    fastest_task: dict[str, float] = {}
     for r in records:
         if r.ready_at is not None:
             fastest[r.app] = min(fastest.get(r.app, float("inf")), start_seconds(r))
-        if r.task_start is not None:
-            fastest_task[r.app] = min(fastest_task.get(r.app, float("inf")), r.task_start)
+    baseline = timed[-START_BASELINE:]  # not every record's: each costs a pass over the records beside it
+    since = min(r.created_at for r in baseline + done)
+    beside = [o for o in records if (o.ready_at if o.ready_at is not None else now) > since]  # the others add 0
+    fastest_task: dict[str, float] = {}  # the engine's fastest time per start in flight, of its latest timed starts
+    for r in baseline:
+        fastest_task[r.app] = min(fastest_task.get(r.app, float("inf")),
+                                  (r.task_start or 0.0) / starts_alongside(r, beside, now))
     loads, ratios, caps = [], [], []
     for r in done:
-        loads.append(round(starts_alongside(r, records, now)))
+        alongside = starts_alongside(r, beside, now)
+        loads.append(round(alongside))
         limit = (timeouts or {}).get(r.app)
         if limit:  # more at once makes each start slower, at worst in proportion: keep them within half the timeout
             caps.append(loads[-1] * (limit / 2) / max(start_seconds(r), 0.001))
-        if r.task_start is not None and r.app in fastest:
-            # the engine's own timing on the node (no host's clock or probe in it): what it took beyond its
-            # fastest is added to the app's fastest whole start, so a start is judged at the scale the
+        if r.task_start is not None and r.app in fastest_task:
+            # the engine's own timing on the node (no host's clock or probe in it), per start in flight: what it took
+            # beyond its fastest is added to the app's fastest whole start, so a start is judged at the scale the
             # student waits on (an engine part of 0.4 s that takes 2 s is not a start five times slower)
-            ratio = (fastest[r.app] + max(0.0, r.task_start - fastest_task[r.app])) / (fastest[r.app] + START_SLACK)
+            beyond = max(0.0, r.task_start / alongside - fastest_task[r.app])
+            ratio = (fastest[r.app] + beyond) / (fastest[r.app] + START_SLACK)
         else:
             ratio = start_seconds(r) / (fastest[r.app] + START_SLACK)
         if limit and start_seconds(r) > limit / 2:  # too close to failing: counts as beyond the tolerance
@@ -407,8 +418,9 @@ def node_pace(records: list[Instance], now: float, *, cores: int, ceiling: int, 
     cap = max(1, min(ceiling, int(min(caps)))) if caps else ceiling
     if slow <= tolerance:  # as fast as the fastest: the engine was idling, so widen faster
         grow = 4 if slow <= (1 + tolerance) / 2 else 2
-        size = min(cap, max(grow * max(loads), 2))
-        return size, f"quick starts ({slow:.1f}x the fastest, {max(loads)} at once)" + (
+        flight = max(max(loads), sum(r.state == "starting" for r in records))
+        size = min(cap, max(grow * flight, 2))
+        return size, f"quick starts ({slow:.1f}x the fastest, {flight} at once)" + (
             "; half the probe timeout" if size == cap < ceiling else "")
     load = statistics.median(loads)
     return max(1, min(cap, int(load * tolerance / slow))), f"slow starts ({slow:.1f}x the fastest, {load:.0f} at once)"

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import docker
 import docker.errors
@@ -27,6 +28,10 @@ from swarmpool.swarm.services import Services, named
 from swarmpool.swarm.status import NODE_CORES_TTL, Status
 
 log = logging.getLogger(__name__)
+
+# seconds one task listing answers `status` for every service of ours: probing many starting instances costs
+# the engine one listing per probe period, not two calls per instance (which took the CPU the starts need)
+SHARED_LISTING_AGE = 0.2
 
 
 class Swarm:
@@ -50,6 +55,9 @@ class Swarm:
         self._status = Status(self._engine, self._bridges)
         self._lease = OwnerLease(self._engine)
         self._probe = Probe()  # readiness probes, its client made on first use
+        self._listing: tuple[float, dict[str, dict[str, Any]]] | None = None  # (when it began, newest task by service)
+        self._listing_now: asyncio.Future[dict[str, dict[str, Any]]] | None = None  # the listing under way
+        self._services_seen: dict[str, dict[str, Any]] = {}  # service id -> its inspection (ours never change)
 
     async def settle(self) -> None:
         """Wait for engine calls still running in threads (their callers may have been cancelled)."""
@@ -97,6 +105,7 @@ class Swarm:
 
     async def remove(self, service_id: str) -> bool:
         """Remove a service; False if it was already gone. Never raises for NotFound."""
+        self._services_seen.pop(service_id, None)  # its tasks may still be listed for a while: `status` asks it
         return await self._engine.run(self._services.remove, service_id)
 
     async def remove_all(self) -> int:
@@ -110,8 +119,38 @@ class Swarm:
     # -- status ---------------------------------------------------------------------------------
 
     async def status(self, service_id: str) -> TaskStatus:
-        """The state of the service's (single, newest) task; "missing" once the service is gone."""
-        return await self._engine.run(self._status.status, service_id)
+        """The state of the service's (single, newest) task; "missing" once the service is gone.
+
+        Read from one task listing of the namespace shared by every caller (begun at most SHARED_LISTING_AGE s
+        ago); a service not in it (created since, or gone) or not inspected here yet is asked on its own."""
+        tasks = await self._shared_listing()
+        task, service = tasks.get(service_id), self._services_seen.get(service_id)
+        if task is not None and service is not None:
+            return self._status.task_status(service, task)
+        status, service = await self._engine.run(self._status.status_and_service, service_id)
+        if service is not None:
+            self._services_seen[service_id] = service
+        return status
+
+    async def _shared_listing(self) -> dict[str, dict[str, Any]]:
+        """The newest task of every service of ours: the last listing if it began SHARED_LISTING_AGE s ago at most,
+        else the one under way, else a new one."""
+        if self._listing is not None and time.monotonic() - self._listing[0] <= SHARED_LISTING_AGE:
+            return self._listing[1]
+        if self._listing_now is None:
+            self._listing_now = asyncio.ensure_future(self._list_tasks())
+        return await asyncio.shield(self._listing_now)
+
+    async def _list_tasks(self) -> dict[str, dict[str, Any]]:
+        """One task listing for `status`; services no longer listed are forgotten (asked on their own again)."""
+        began = time.monotonic()
+        try:
+            tasks = await self._engine.run(self._status.newest_tasks)
+        finally:
+            self._listing_now = None
+        self._listing = (began, tasks)
+        self._services_seen = {k: v for k, v in self._services_seen.items() if k in tasks}
+        return tasks
 
     async def task_states(self) -> dict[str, TaskStatus]:
         """The newest task of every service of ours, by service id, in one listing (status.Status.task_states)."""

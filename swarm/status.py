@@ -33,6 +33,11 @@ def endpoint(service: dict[str, Any], status: dict[str, Any]) -> str:
     return f"{spec.get('Name', '')}:{port}" if port else ""
 
 
+def _task_order(task: dict[str, Any]) -> tuple[int, str]:
+    """Orders a service's tasks, the newest last."""
+    return (task.get("Version", {}).get("Index", 0), task.get("CreatedAt", ""))
+
+
 class Status:
     """Reads where the services of one namespace and their tasks are (blocking calls: run them in the engine's pool)."""
 
@@ -44,15 +49,22 @@ class Status:
 
     def status(self, service_id: str) -> TaskStatus:
         """The state of the service's (single, newest) task; "missing" once the service is gone."""
+        return self.status_and_service(service_id)[0]
+
+    def status_and_service(self, service_id: str) -> tuple[TaskStatus, dict[str, Any] | None]:
+        """The service's task state (`status`) and the engine's inspection of the service (None once it is gone)."""
         api = self._engine.client().api
         try:
             service = api.inspect_service(service_id)
             tasks = api.tasks(filters={"service": service_id})
         except docker.errors.NotFound:
-            return TaskStatus(state="missing")
+            return TaskStatus(state="missing"), None
         if not tasks:
-            return TaskStatus(state="new")
-        task = max(tasks, key=lambda t: (t.get("Version", {}).get("Index", 0), t.get("CreatedAt", "")))
+            return TaskStatus(state="new"), service
+        return self.task_status(service, max(tasks, key=_task_order)), service
+
+    def task_status(self, service: dict[str, Any], task: dict[str, Any]) -> TaskStatus:
+        """Where `task` of `service` is (its state, endpoint once running, exit code, error, node)."""
         status = task.get("Status") or {}
         container = status.get("ContainerStatus") or {}
         state = status.get("State", "new")
@@ -69,23 +81,28 @@ class Status:
             node=task.get("NodeID", "") or "",
         )
 
+    def newest_tasks(self) -> dict[str, dict[str, Any]]:
+        """The newest task of every service of ours, by service id, in one task listing (nothing else asked)."""
+        namespace = self._engine.namespace
+        tasks = [t for t in self._engine.client().api.tasks(filters={"name": f"{namespace}-"})
+                 if ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels", {}).get(LABEL_OWNER)
+                 == namespace]
+        newest: dict[str, dict[str, Any]] = {}
+        for task in tasks:
+            known = newest.get(task.get("ServiceID", ""))
+            if known is None or _task_order(task) > _task_order(known):
+                newest[task.get("ServiceID", "")] = task
+        return newest
+
     def task_states(self) -> dict[str, TaskStatus]:
         """The newest task of every service of ours, by service id: one task listing, one listing of
         this node's containers (after an engine restart the swarm reports dead tasks as running
         until its agent catches up; the container on this node already tells the truth)."""
         namespace = self._engine.namespace
         api = self._engine.client().api
-        tasks = [t for t in api.tasks(filters={"name": f"{namespace}-"})
-                 if ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels", {}).get(LABEL_OWNER)
-                 == namespace]
+        newest = self.newest_tasks()
         node = self._local_node()
         containers = {c["Id"]: c for c in api.containers(all=True, filters={"label": f"{LABEL_OWNER}={namespace}"})}
-        newest: dict[str, dict[str, Any]] = {}
-        for task in tasks:
-            key = (task.get("Version", {}).get("Index", 0), task.get("CreatedAt", ""))
-            known = newest.get(task.get("ServiceID", ""))
-            if known is None or key > (known.get("Version", {}).get("Index", 0), known.get("CreatedAt", "")):
-                newest[task.get("ServiceID", "")] = task
         states = {}
         for service_id, task in newest.items():
             status = task.get("Status") or {}

@@ -322,3 +322,32 @@ async def test_echo_answers_only_under_its_prefix(swarm: Swarm, echo_image: str)
                 assert response.status == 404, path
                 assert spec.id not in await response.text()
     await swarm.remove(service_id)
+
+
+async def test_status_of_many_services_asked_at_once_costs_the_engine_one_task_listing(
+        swarm: Swarm, swarm_namespace: str, echo_image: str) -> None:
+    # the prober asks the status of every starting instance each probe period: with 60 starting, two engine
+    # calls each took the CPU the starts need; one listing of the namespace's tasks now answers all of them
+    client = docker.from_env()
+    calls: dict[str, int] = {"tasks": 0, "inspect_service": 0}
+    for name in calls:
+        def counted(*args: object, _real: object = getattr(client.api, name), _name: str = name,
+                    **kwargs: object) -> object:
+            calls[_name] += 1
+            return _real(*args, **kwargs)  # type: ignore[operator]
+        setattr(client.api, name, counted)
+    counting = Swarm(swarm_namespace, client)
+    try:
+        ids = [await counting.create(echo_spec(echo_image)) for _ in range(3)]
+        for service_id in ids:
+            await wait_running(counting, service_id)
+        calls.update(tasks=0, inspect_service=0)
+        statuses = await asyncio.gather(*(counting.status(s) for s in ids * 3))
+        assert [s.state for s in statuses] == ["running"] * 9 and all(s.endpoint for s in statuses)
+        assert calls["tasks"] <= 1 and calls["inspect_service"] == 0, calls  # 0: the last listing is still fresh
+        # a removed service is missing at once, though its task may still be listed for a while
+        await counting.remove(ids[0])
+        assert (await counting.status(ids[0])).state == MISSING
+    finally:
+        await counting.remove_all()
+        await counting.close()

@@ -161,12 +161,39 @@ def test_a_workers_pace_is_its_engines_task_timestamps_not_when_a_busy_host_prob
 
 
 def test_a_worker_whose_engine_slows_down_narrows() -> None:
-    # the app's fastest start took 1 s, 0.4 s of it the engine's; now the engine takes 6 s to run each of 8 tasks:
-    # 5.6 s more than its fastest on a 1 s start, beyond the tolerance (2x here), so the budget narrows
+    # the app's fastest start took 1 s, 0.4 s of it the engine's; now the engine takes 40 s to run each of 8 tasks
+    # started together: 5 s per start in flight, 4.6 s more than its fastest on a 1 s start, beyond the tolerance
+    # (2x here), so the budget narrows
     records = (batch(NOW - 60, 1, 1.0, node="w1", task_start=0.4)
-               + batch(NOW - 20, 8, 7.0, node="w1", task_start=6.0))
+               + batch(NOW - 50, 8, 41.0, node="w1", task_start=40.0))
     budget = start_budget(records, NOW, **KW, short=False)
-    assert budget.size == 3 and "slow" in budget.why, budget.why  # 8 x 2 / ((1 + 5.6) / 1.5)
+    assert budget.size == 4 and "slow" in budget.why, budget.why  # 8 x 2 / ((1 + 4.6) / 1.5)
+
+
+def test_an_engine_queue_that_gets_through_its_starts_as_fast_as_ever_keeps_widening() -> None:
+    # two starts took 2 s of the engine's each (2.8 s in all); then 32 at once took 30 s each: the engine's queue was
+    # longer, not slower (0.94 s per start in flight against 1 s), so more at once fill the pool sooner
+    records = (batch(NOW - 100, 2, 2.8, task_start=2.0)
+               + batch(NOW - 40, 32, 31.0, task_start=30.0))
+    budget = start_budget(records, NOW, **{**KW, "ceiling": 64, "tolerance": 4.0}, short=False)
+    assert budget.size == 64 and "quick" in budget.why, budget.why  # 4 x 32, the ceiling
+
+
+def test_the_latest_timed_starts_speak_before_the_untimed_ones() -> None:
+    # eight starts timed by reconcile, quick; eight newer ones, ready just now and not timed yet, took 30 s from
+    # their reservations because 40 were in flight: the engine's timestamps judge, not the probes' clock
+    records = (batch(NOW - 100, 8, 2.8, task_start=2.0)
+               + batch(NOW - 31, 8, 30.0)
+               + [inst("starting", NOW - 31) for _ in range(32)])
+    budget = start_budget(records, NOW, **{**KW, "ceiling": 64, "tolerance": 4.0}, short=False)
+    assert budget.size == 64 and "quick" in budget.why, budget.why
+
+
+def test_quick_starts_widen_on_what_is_starting_now_when_more_than_ran_beside_them() -> None:
+    # two quick starts ran alone; eight more started since: the next step is 4 x 8, not 4 x 2 again
+    records = batch(NOW - 10, 2, 1.0) + [inst("starting", NOW - 5) for _ in range(8)]
+    budget = start_budget(records, NOW, **KW, short=False)
+    assert budget.size == 32 and "8 at once" in budget.why, budget.why
 
 
 def test_an_engine_part_slower_than_its_fastest_is_judged_on_the_whole_start() -> None:
