@@ -16,7 +16,7 @@ from tests.stack import wait_for
 
 pytestmark = pytest.mark.e2e
 
-IDLE = 6.0  # seconds without client traffic
+IDLE = 15.0  # seconds without client traffic (a page that loads slowly on a busy machine sends its first in more than 6)
 MOVE_EVERY = 1.0
 
 
@@ -24,7 +24,7 @@ MOVE_EVERY = 1.0
 async def front(nats_server: Any, module_namespace: str, voila_image: str,
                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Front]:
     # a long disconnect grace and lifetime: only the idle rule can retire a tab in this test
-    catalogue = voila_catalogue(size=2, max_=4, idle=f"{IDLE:.0f}s", grace="30s", lifetime="60s")
+    catalogue = voila_catalogue(size=2, max_=4, idle=f"{IDLE:.0f}s", grace="30s", lifetime="120s")
     async with voila_front(nats_server.url, module_namespace, catalogue, tmp_path_factory.mktemp("nginx")) as f:
         yield f
 
