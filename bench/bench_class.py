@@ -58,7 +58,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.support import (VOILA_APP, chromium, class_catalogue, ensure_voila_image, instance_id_of, nginx_front,
+from bench.support import (goto, VOILA_APP, chromium, class_catalogue, ensure_voila_image, instance_id_of, nginx_front,
                            pct, stop_process)
 from swarmpool.bus.messages import ClaimRequest, Claimed, Instance, RetireRequest
 from swarmpool.bus.roles import Access, credentials_path
@@ -245,7 +245,7 @@ async def attend(student: Student, url: str, t0_ms: float, timeout: float) -> No
     """Open url (the navigation started at epoch t0_ms), wait for the output, move the slider."""
     page, ms = student.page, timeout * 1000
     try:
-        await page.goto(url, wait_until="commit", timeout=ms)
+        await goto(page, url, wait_until="commit", timeout=ms)
         await page.wait_for_function("window.__spMark && window.__spMark()", timeout=ms, polling=20)
         student.visible_ms = float(await page.evaluate("performance.timeOrigin + window.__spShown")) - t0_ms
         student.url = page.url

@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from bench.bench_proxy import SeparateStack, separate_stack
-from bench.support import VOILA_APP, chromium, ensure_voila_image, instance_id_of, voila_catalogue
+from bench.support import goto, VOILA_APP, chromium, ensure_voila_image, instance_id_of, voila_catalogue
 from swarmpool.bus.messages import ClaimRequest, Claimed
 from swarmpool.bus.wire import encode
 from swarmpool.bus.subjects import Subjects
@@ -74,7 +74,7 @@ async def open_and_time(browser: Any, url: str, timeout: float = 120.0) -> tuple
         await context.add_init_script(MARK_SHOWN)
         page = await context.new_page()
         started = time.perf_counter()
-        await page.goto(url, wait_until="commit", timeout=timeout * 1000)
+        await goto(page, url, wait_until="commit", timeout=timeout * 1000)
         try:
             await page.wait_for_function("window.__spMark && window.__spMark()", timeout=timeout * 1000, polling=20)
         except Exception:

@@ -7,6 +7,7 @@ every process started here has one owner that stops it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from yarl import URL
 
 from swarmpool.ids import instance_prefix, valid_id
 from swarmpool.natsd import free_port
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 VOILA_IMAGE = "swarmpool/voila-demo:latest"
@@ -220,6 +223,25 @@ def nginx_front(out: Path, gateway: str, *extra: str) -> Iterator[str]:
 # ---- browser ----
 
 
+# Chromium aborts a navigation under way when the host's network interfaces change (net::ERR_NETWORK_CHANGED): on a
+# machine that starts containers, Docker adds and removes bridges and veths all the time (tests on parallel workers,
+# a bench's own starts). A student's browser never sees that host; the navigation is simply asked again.
+NETWORK_CHANGED = "net::ERR_NETWORK_CHANGED"
+NAVIGATION_TRIES = 3
+
+
+async def goto(page: Any, url: str, **options: Any) -> Any:
+    """page.goto(url, **options), asked again (up to NAVIGATION_TRIES in all) when the host's interfaces changed."""
+    for attempt in range(1, NAVIGATION_TRIES + 1):
+        try:
+            return await page.goto(url, **options)
+        except Exception as e:  # playwright's Error: the module is imported lazily (chromium below)
+            if NETWORK_CHANGED not in str(e) or attempt == NAVIGATION_TRIES:
+                raise
+            log.warning("navigation to %s aborted by a change of the host's interfaces; asking again", url)
+    raise AssertionError("unreachable")
+
+
 @asynccontextmanager
 async def chromium(*extra_args: str) -> AsyncIterator[Any]:
     """The Debian Chromium driven by Playwright (never a downloaded browser)."""
@@ -333,7 +355,7 @@ def record_outside(context: Any) -> list[str]:
 async def open_pluto(page: Any, url: str, *, timeout: float = 60.0) -> str:
     """Open the Pluto app (redirects, waiting room) until the executed notebook has settled; its output text."""
     ms = timeout * 1000
-    await page.goto(url, wait_until="domcontentloaded", timeout=ms)
+    await goto(page, url, wait_until="domcontentloaded", timeout=ms)
     await page.wait_for_function(PLUTO_SETTLED, arg=PLUTO_OUTPUT, timeout=ms, polling=50)
     return str(await page.inner_text(PLUTO_OUTPUT)).strip()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.support import REPO, VOILA_APP, nginx_front
+from bench.support import goto, REPO, VOILA_APP, nginx_front
 
 ARTIFACTS = REPO / "artifacts" / "e2e"
 
@@ -61,7 +61,7 @@ async def open_voila(page: Any, url: str, *, timeout: float = 90.0) -> str:
     """Open the app (following redirects and the waiting room) until its widget shows; return the output text."""
     check = voila_browser_check()
     ms = timeout * 1000
-    await page.goto(url, wait_until="domcontentloaded", timeout=ms)
+    await goto(page, url, wait_until="domcontentloaded", timeout=ms)
     await page.wait_for_selector(check.HANDLE, state="visible", timeout=ms)
     await page.wait_for_selector(check.OUTPUT, state="visible", timeout=ms)
     return str(await page.inner_text(check.OUTPUT)).strip()

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from swarmpool.natsd import free_port
+from bench.support import goto
 from tests.stack import cli_process, echo_catalogue, wait_for
 
 pytestmark = pytest.mark.docker
@@ -43,7 +44,7 @@ async def test_dashboard_login_bars_and_buttons(tmp_path: Path, namespace: str, 
                 assert r.status == 401  # no session, no page
 
             page = await context.new_page()
-            await page.goto(login)
+            await goto(page, login)
             assert page.url == f"http://127.0.0.1:{ops}/"
             (cookie,) = await context.cookies()
             assert cookie["name"].startswith("sp_")  # the students' gateway never forwards it to an instance

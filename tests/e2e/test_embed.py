@@ -30,6 +30,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import make_app
 from swarmpool.gateway.app import make_runner
+from bench.support import goto
 from tests.integration.test_gateway import Claimer, claimed_instance, claimer  # noqa: F401
 
 LANDED = "<!doctype html><title>session</title><p id=\"who\">session page</p>"
@@ -132,7 +133,7 @@ async def test_an_allowed_course_page_shows_a_session_in_its_frame(
     context = await browser.new_context()
     try:
         page = await context.new_page()
-        await page.goto(f"{sites.allowed}/embed", wait_until="load", timeout=15_000)
+        await goto(page, f"{sites.allowed}/embed", wait_until="load", timeout=15_000)
         frame = await _frame_of(page, f"{sites.gateway}/i/{fresh.id}/page")
         assert frame is not None, [f.url for f in page.frames]
         await frame.wait_for_selector("#who", timeout=15_000)
@@ -152,7 +153,7 @@ async def test_the_waiting_room_inside_an_allowed_frame_retries_into_a_session(
     context = await browser.new_context()
     try:
         page = await context.new_page()
-        await page.goto(f"{sites.allowed}/embed", wait_until="load", timeout=15_000)
+        await goto(page, f"{sites.allowed}/embed", wait_until="load", timeout=15_000)
         waiting = await _frame_of(page, f"{sites.gateway}/launch/embed")
         assert waiting is not None and "Just a moment" in await waiting.inner_text("h1")
         claimer.answer = lambda app: Claimed(id=fresh.id, app=app, endpoint=sites.endpoint, deep_link="page")
@@ -177,7 +178,7 @@ async def test_any_other_framing_page_is_refused_and_claims_nothing(
     try:
         page = await context.new_page()
         page.on("console", lambda msg: refused.append(msg.text) if "frame-ancestors" in msg.text else None)
-        await page.goto(f"{getattr(sites, where)}/{app}", wait_until="load", timeout=15_000)
+        await goto(page, f"{getattr(sites, where)}/{app}", wait_until="load", timeout=15_000)
         deadline = time.monotonic() + 15
         while (await _launches(sites.gateway, app)).get("frame", 0) < 1:  # the frame's request was answered
             assert time.monotonic() < deadline, await _launches(sites.gateway, app)
@@ -217,10 +218,10 @@ async def test_the_browser_cookie_works_in_an_allowed_frame_over_https_only(
         for n in (1, 2):
             fresh = await claimed_instance(store, sites.endpoint, app="embed")
             claimer.answer = lambda app, i=fresh.id: Claimed(id=i, app=app, endpoint=sites.endpoint, deep_link="page")
-            await page.goto(f"{sites.allowed}/embed", wait_until="load", timeout=15_000)
+            await goto(page, f"{sites.allowed}/embed", wait_until="load", timeout=15_000)
             assert await _frame_of(page, f"{sites.gateway}/i/{fresh.id}/page") is not None
             assert len(requests.browsers) == n
-        await page.goto(f"{sites.gateway}/launch/embed", wait_until="load", timeout=15_000)  # a tab of its own
+        await goto(page, f"{sites.gateway}/launch/embed", wait_until="load", timeout=15_000)  # a tab of its own
         assert len(requests.browsers) == 3
         first, second, tab = requests.browsers
         assert first and second and tab

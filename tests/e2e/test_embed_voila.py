@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bench.support import VOILA_APP, voila_catalogue
+from bench.support import goto, VOILA_APP, voila_catalogue
 from tests.e2e.support import voila_browser_check
 from tests.e2e.test_embed import _frame_of, _serve, course_page
 from tests.stack import Stack, running_stack
@@ -62,7 +62,7 @@ async def test_the_voila_demo_runs_inside_an_allowed_course_page(
     context = await browser.new_context(extra_http_headers={"X-Forwarded-Proto": "https"})
     try:
         page = await context.new_page()
-        await page.goto(f"{origin}/week3", wait_until="load", timeout=30_000)
+        await goto(page, f"{origin}/week3", wait_until="load", timeout=30_000)
         frame = await _frame_of(page, f"{gateway}/i/", timeout=60)
         assert frame is not None, [f.url for f in page.frames]
         await frame.wait_for_selector(check.HANDLE, state="visible", timeout=90_000)

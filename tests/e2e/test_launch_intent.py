@@ -25,6 +25,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import make_app
 from swarmpool.gateway.app import make_runner
+from bench.support import goto
 from tests.integration.test_gateway import Claimer, claimed_instance, claimer  # noqa: F401
 
 CATALOGUE = Catalogue(settings=Settings(claim_wait=Duration(0.3)),
@@ -86,7 +87,7 @@ async def test_fetch_image_prefetch_and_prerender_claim_nothing_while_a_click_do
     context = await browser.new_context()
     try:
         page = await context.new_page()
-        await page.goto(f"{url}/i/{hostile.id}/hostile", wait_until="load", timeout=15_000)
+        await goto(page, f"{url}/i/{hostile.id}/hostile", wait_until="load", timeout=15_000)
         assert await page.evaluate("window.fetched") == 403
         # the image finished (the page's load event waits for it) and is broken: a 403, no picture
         assert await page.evaluate("[document.getElementById('img').complete, document.getElementById('img').naturalWidth]") == [True, 0]

@@ -25,6 +25,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import make_app
 from swarmpool.gateway.app import make_runner
+from bench.support import goto
 from tests.integration.test_gateway import claimed_instance
 
 CATALOGUE = Catalogue(settings=Settings(claim_wait=Duration(0.3), per_browser_limit=1),
@@ -94,9 +95,9 @@ async def test_the_limit_pages_button_ends_the_sessions_and_the_next_click_claim
     context = await browser.new_context()
     try:
         page = await context.new_page()
-        await page.goto(f"{url}/launch/echo", wait_until="load", timeout=15_000)
+        await goto(page, f"{url}/launch/echo", wait_until="load", timeout=15_000)
         assert page.url == f"{url}/i/{first}/page"  # the first click claims
-        answer = await page.goto(f"{url}/launch/echo", wait_until="load", timeout=15_000)
+        answer = await goto(page, f"{url}/launch/echo", wait_until="load", timeout=15_000)
         assert answer is not None and answer.status == 429  # at the limit: the page names the session
         assert first not in await page.content()
 

@@ -19,6 +19,7 @@ from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.gateway import make_app
 from swarmpool.gateway.app import make_runner
+from bench.support import goto
 from tests.integration.test_gateway import claimed_instance
 
 CATALOGUE = Catalogue(settings=Settings(claim_wait=Duration(0.3)),
@@ -66,7 +67,7 @@ async def origin(nc: NATS, subjects: Subjects, store: InstanceStore) -> AsyncIte
 
 
 async def _who(page: Any, url: str) -> str:
-    await page.goto(url, wait_until="load", timeout=15_000)
+    await goto(page, url, wait_until="load", timeout=15_000)
     return str(await page.inner_text("#who"))
 
 
@@ -90,9 +91,9 @@ async def test_instance_a_reaches_neither_b_nor_the_gateway_pages(origin: dict[s
         # B's pages and the gateway's own pages are beyond its reach
         assert await _who(page, f"{url}/i/{b.id}/page") == "instance page"
         assert await page.evaluate("navigator.serviceWorker.controller") is None
-        await page.goto(f"{url}/launch/nope", wait_until="load")
+        await goto(page, f"{url}/launch/nope", wait_until="load")
         assert "No such app" in await page.content()
-        await page.goto(f"{url}/", wait_until="load")
+        await goto(page, f"{url}/", wait_until="load")
         assert "HIJACKED" not in await page.content()
 
         # the cookie A set with Path=/ went back to A only (B's own copy is confined to B)
