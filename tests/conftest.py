@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling  # a test dependency (pyproject.toml)
 
 from swarmpool.bus.subjects import Subjects
 from tests.fixtures import random_namespace, register_namespace
@@ -27,7 +28,6 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-
 # Parallel runs (pytest-xdist, as bootstrap.sh runs the suite): a module's tests stay on one worker (its
 # module-scoped stacks are warmed once); the tests that share a fixed resource or a heavy one run on one worker,
 # one after another: the cluster lane (its two namespaced engines have fixed names; the 2-node lecture smoke builds
@@ -46,23 +46,17 @@ def xdist_group_of(nodeid: str) -> str:
     return path
 
 
-try:
-    from xdist.scheduler import LoadScopeScheduling
-except ImportError:  # pragma: no cover - xdist is a test dependency (pyproject.toml)
-    LoadScopeScheduling = None
+class LaneScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    """xdist's scope scheduling, by xdist_group_of."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return xdist_group_of(nodeid)
 
 
-if LoadScopeScheduling is not None:
-    class LaneScheduling(LoadScopeScheduling):  # type: ignore[misc, valid-type]
-        """xdist's scope scheduling, by xdist_group_of."""
-
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_group_of(nodeid)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-        """Every group to one worker (`--dist loadgroup`, as bootstrap.sh passes it)."""
-        return LaneScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Every group to one worker (`--dist loadgroup`, as bootstrap.sh passes it)."""
+    return LaneScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
 
 
 # the longest groups first, so that the run does not wait on one started last (a stable sort: modules keep theirs)
