@@ -105,6 +105,7 @@ class Pool:
     store: InstanceStore
     gateway_nc: NATS  # claims, the records (the gateway's bus role)
     operator_nc: NATS  # admin retire
+    keep: bool = False  # a student failed: keep up.log for the diagnosis
 
     async def wait_full(self, n: int, timeout: float = 600) -> list[Instance]:
         """At least n ready instances and none starting (the pool refilled and quiet)."""
@@ -149,6 +150,7 @@ async def swarmpool_up(catalogue_text: str, pool_size: int) -> AsyncIterator[Poo
     port = free_port()
     namespace = "bclass" + "".join(random.choices(string.ascii_lowercase, k=5))
     log = open(state / "up.log", "wb")
+    pool: Pool | None = None
     proc = subprocess.Popen(
         [sys.executable, "-m", "swarmpool.cli", "up", "--catalogue", str(state / "catalogue.toml"),
          "--port", str(port), "--state-dir", str(state / "state"), "--namespace", namespace, "--no-build",
@@ -195,7 +197,10 @@ async def swarmpool_up(catalogue_text: str, pool_size: int) -> AsyncIterator[Poo
     finally:
         stop_process(proc, signal.SIGINT, timeout=180)  # up removes its instances on the way out
         log.close()
-    shutil.rmtree(state, ignore_errors=True)  # kept (with up.log) only when the run failed
+    if pool is not None and pool.keep:
+        print(f"a student failed: up.log kept in {state}", flush=True)
+    else:
+        shutil.rmtree(state, ignore_errors=True)  # kept (with up.log) when the run or a student failed
 
 
 # ---- students ----
@@ -212,6 +217,28 @@ class Student:
     visible_ms: float = 0.0
     slider_ms: float = 0.0
     url: str = ""
+    events: list[str] = field(default_factory=list)  # what the page saw go wrong, for a failed student
+    t0: float = 0.0  # the row's start (time.monotonic), for the events' times
+
+
+def follow(student: Student, page: Any) -> None:
+    """Record the page's console errors and warnings, failed requests and WebSocket ends."""
+    def note(what: str) -> None:
+        student.events.append(f"{time.monotonic() - student.t0:7.2f} s {what[:200]}")
+
+    def console(message: Any) -> None:
+        if message.type in ("error", "warning"):
+            note(f"console {message.type}: {message.text}")
+
+    def websocket(ws: Any) -> None:
+        note(f"websocket open {ws.url}")
+        ws.on("socketerror", lambda error: note(f"websocket error {ws.url}: {error}"))
+        ws.on("close", lambda _: note(f"websocket closed {ws.url}"))
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: note(f"page error: {error}"))
+    page.on("requestfailed", lambda request: note(f"request failed {request.url}: {request.failure}"))
+    page.on("websocket", websocket)
 
 
 async def prepare(browser: Any, mbit: float | None) -> Student:
@@ -220,6 +247,7 @@ async def prepare(browser: Any, mbit: float | None) -> Student:
     page = await context.new_page()
     cdp = await context.new_cdp_session(page)
     student = Student(context, page)
+    follow(student, page)
 
     def finished(event: dict[str, Any]) -> None:
         student.bytes += int(event.get("encodedDataLength", 0))
@@ -274,6 +302,7 @@ class Row:
     instance_requests: float = 0.0  # per student
     cache: dict[str, float] = field(default_factory=dict)  # hit / pass / fill, per row
     wall_s: float = 0.0
+    round: int = 0  # of --rounds: its ratio is to the direct row of the same round
 
     def ok(self) -> list[Student]:
         return [s for s in self.students if not s.error]
@@ -295,6 +324,8 @@ async def run_row(pool: Pool, browser: Any, name: str, urls: list[str], mbit: fl
     row.students = [await prepare(browser, mbit) for _ in urls]
     before = await pool.metrics()
     started = time.perf_counter()
+    for s in row.students:
+        s.t0 = time.monotonic()
     t0_ms = time.time() * 1000
     await asyncio.gather(*(attend(s, url, t0_ms, timeout) for s, url in zip(row.students, urls)))
     row.wall_s = time.perf_counter() - started
@@ -314,7 +345,10 @@ async def run_row(pool: Pool, browser: Any, name: str, urls: list[str], mbit: fl
           f"{pct([s.visible_ms for s in ok], 50):.0f} ms; {sum(s.bytes for s in row.students) / n / 1e6:.2f} MB and "
           f"{row.instance_requests:.1f} instance requests per student; cache {row.cache}", flush=True)
     for s in failed:
-        print(f"    failed: {s.error}", flush=True)
+        pool.keep = True
+        print(f"    failed: {s.error} ({s.url})", flush=True)
+        for event in s.events[-20:]:
+            print(f"      {event}", flush=True)
     # their kernels are used: never hand them out again
     for s in row.students:
         try:
@@ -325,7 +359,7 @@ async def run_row(pool: Pool, browser: Any, name: str, urls: list[str], mbit: fl
 
 
 def table(rows: list[Row], n: int, mbit: float) -> str:
-    base = {r.mbit: pct([s.visible_ms for s in r.ok()], 50) for r in rows if r.name == "direct"}
+    base = {(r.round, r.mbit): pct([s.visible_ms for s in r.ok()], 50) for r in rows if r.name == "direct"}
     lines = [
         f"| row ({n} students at once)          | ok | visible p50 ms | visible p99 ms | slider p50 ms | "
         "MB/student | instance req/student | ratio to direct |",
@@ -336,8 +370,8 @@ def table(rows: list[Row], n: int, mbit: float) -> str:
         ok = r.ok()
         visible = [s.visible_ms for s in ok]
         p50 = pct(visible, 50)
-        label = r.name + (f", {mbit:g} Mbit/s" if r.mbit else "")
-        ratio = p50 / base[r.mbit] if base.get(r.mbit) else float("nan")
+        label = r.name + (f", {mbit:g} Mbit/s" if r.mbit else "") + (f" #{r.round + 1}" if r.round else "")
+        ratio = p50 / base[r.round, r.mbit] if base.get((r.round, r.mbit)) else float("nan")
         lines.append(
             f"| {label:<33} | {len(ok):>2} | {p50:>14.0f} | {pct(visible, 99):>14.0f} | "
             f"{pct([s.slider_ms for s in ok], 50):>13.0f} | {sum(s.bytes for s in r.students) / len(r.students) / 1e6:>10.2f} | "
@@ -350,7 +384,7 @@ async def main(args: argparse.Namespace) -> int:
     n = args.students
     size = n + EXTRA
     catalogue = class_catalogue(size=size, max_=2 * n + EXTRA + 2,
-                                settings=f"settle_cap = {args.settle_cap}\n")
+                                settings=f"settle_cap = {args.settle_cap}\nstart_budget = {args.start_budget}\n")
     # the direct row bypasses the gateway, so no request of its students is seen: without this, a
     # slow page load would outlast unused_grace and its instance be retired under the student
     catalogue = catalogue.replace("[apps.voila-demo.session]\n", '[apps.voila-demo.session]\nunused_grace = "1h"\n', 1)
@@ -364,7 +398,7 @@ async def main(args: argparse.Namespace) -> int:
                           "nginx + gateway": f"{nginx}/launch/{VOILA_APP}"}
                 print("the first student of the image (cold static cache), through the gateway:", flush=True)
                 first = await run_row(pool, browser, "first student", [launch["gateway"]], None, args.timeout)
-                for mbit in conditions:
+                for round_, mbit in [(i, c) for i in range(args.rounds) for c in conditions]:
                     for kind in ("direct", "gateway", "nginx + gateway"):
                         if kind.split()[0] not in kinds:
                             continue
@@ -378,6 +412,7 @@ async def main(args: argparse.Namespace) -> int:
                         else:
                             urls = [launch[kind]] * n
                         rows.append(await run_row(pool, browser, kind, urls, mbit, args.timeout))
+                        rows[-1].round = round_
     print()
     print(f"first student of the image (cold cache, through the gateway): {first.instance_requests:.0f} requests "
           f"reached instances ({first.cache.get('fill', 0):.0f} of them static cache fills from a ready instance), "
@@ -401,6 +436,9 @@ if __name__ == "__main__":
     parser.add_argument("--rows", default="direct,gateway,nginx", help="which rows (comma separated)")
     parser.add_argument("--settle-cap", type=float, default=10.0, help="settings.settle_cap (s)")
     parser.add_argument("--timeout", type=float, default=240.0, help="per student and step (s)")
+    parser.add_argument("--start-budget", type=int, default=0,
+                        help="settings.start_budget (default 0: the followed budget)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the rows this many times (rare failures)")
     parser.add_argument("--smoke", action="store_true",
                         help="1 student, no emulated rows: does the bench still run (CI)")
     arguments = parser.parse_args()
