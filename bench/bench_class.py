@@ -58,14 +58,15 @@ import msgspec
 from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.support import (goto, VOILA_APP, chromium, class_catalogue, ensure_voila_image, instance_id_of, nginx_front,
-                           pct, stop_process)
+from bench.support import (NETWORK_CHANGED, VOILA_APP, chromium, class_catalogue, ensure_voila_image, goto,
+                           instance_id_of, kernel_message, nginx_front, pct, stop_process)
 from swarmpool.bus.messages import ClaimRequest, Claimed, Instance, RetireRequest
 from swarmpool.bus.roles import Access, credentials_path
 from swarmpool.bus.wire import connect, encode
 from swarmpool.bus.state import InstanceStore
 from swarmpool.bus.subjects import Subjects
 from swarmpool.ids import instance_prefix
+from swarmpool.swarm.model import LABEL_ID
 from swarmpool.natsd import free_port
 
 OUTPUT = ".sp-output .sp-value"  # "After 20 years at 5.0% growth: 2,653"
@@ -205,6 +206,27 @@ async def swarmpool_up(catalogue_text: str, pool_size: int) -> AsyncIterator[Poo
 
 # ---- students ----
 
+# the widget model ids in the outputs Voila rendered into the page
+PAGE_MODELS = """
+Array.from(document.querySelectorAll('script[type="application/vnd.voila.cell-output+json"]'))
+  .map(e => { try { return JSON.parse(e.textContent); } catch (err) { return {}; } })
+  .map(o => ((o.data || {})['application/vnd.jupyter.widget-view+json'] || {}).model_id)
+  .filter(Boolean).map(id => id.slice(0, 8)).join(',')
+"""
+
+
+def instance_log(url: str) -> list[str]:
+    """The log of the container behind an instance URL (stdout and stderr), for a failed student."""
+    try:
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_ID}={instance_id_of(url)}"],
+                             capture_output=True, text=True, timeout=30).stdout.split()
+        if not ids:
+            return ["(no container)"]
+        out = subprocess.run(["docker", "logs", "-t", ids[0]], capture_output=True, text=True, timeout=30)
+        return (out.stdout + out.stderr).splitlines()
+    except (ValueError, subprocess.SubprocessError) as err:
+        return [f"(no log: {err})"]
+
 
 @dataclass
 class Student:
@@ -218,13 +240,38 @@ class Student:
     slider_ms: float = 0.0
     url: str = ""
     events: list[str] = field(default_factory=list)  # what the page saw go wrong, for a failed student
+    frames: list[str] = field(default_factory=list)  # the kernel WebSocket's messages, one line each
     t0: float = 0.0  # the row's start (time.monotonic), for the events' times
 
 
+def frame_line(direction: str, payload: str | bytes) -> str:
+    """One line per kernel message: channel, type and what matters for the widgets (comm targets,
+    methods, the model ids an update_states carries, the kernel's status)."""
+    try:
+        msg = kernel_message(payload)
+    except Exception as err:  # a frame this bench cannot read: say so, never fail the student for it
+        return f"{direction} unreadable frame ({type(err).__name__}, {len(payload)} bytes)"
+    kind, content = msg["header"].get("msg_type", "?"), msg["content"]
+    data = content.get("data", {}) if isinstance(content.get("data"), dict) else {}
+    detail = ""
+    if kind == "status":
+        detail = content.get("execution_state", "")
+    elif kind in ("comm_open", "comm_msg", "comm_close"):
+        detail = f"{content.get('target_name', '')} comm {str(content.get('comm_id', ''))[:8]} {data.get('method', '')}"
+        if data.get("method") == "update_states":
+            detail += " models " + ",".join(sorted(k[:8] for k in data.get("states", {})))
+    elif kind == "comm_info_reply":
+        detail = f"{len(content.get('comms', {}))} comms"
+    return f"{direction} {msg['channel']} {kind} {detail}".rstrip()
+
+
 def follow(student: Student, page: Any) -> None:
-    """Record the page's console errors and warnings, failed requests and WebSocket ends."""
+    """Record the page's console errors and warnings, failed requests, WebSocket ends and kernel messages."""
     def note(what: str) -> None:
         student.events.append(f"{time.monotonic() - student.t0:7.2f} s {what[:200]}")
+
+    def frame(direction: str, payload: str | bytes) -> None:
+        student.frames.append(f"{time.monotonic() - student.t0:7.2f} s {frame_line(direction, payload)[:300]}")
 
     def console(message: Any) -> None:
         if message.type in ("error", "warning"):
@@ -234,6 +281,9 @@ def follow(student: Student, page: Any) -> None:
         note(f"websocket open {ws.url}")
         ws.on("socketerror", lambda error: note(f"websocket error {ws.url}: {error}"))
         ws.on("close", lambda _: note(f"websocket closed {ws.url}"))
+        if "/channels" in ws.url:
+            ws.on("framesent", lambda payload: frame(">", payload))
+            ws.on("framereceived", lambda payload: frame("<", payload))
 
     page.on("console", console)
     page.on("pageerror", lambda error: note(f"page error: {error}"))
@@ -287,6 +337,11 @@ async def attend(student: Student, url: str, t0_ms: float, timeout: float) -> No
     except Exception as err:
         student.error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         student.url = student.url or page.url
+        try:  # the model ids the page's HTML names (the outputs Voila rendered before handing it out)
+            named = await page.evaluate(PAGE_MODELS)
+            student.events.append(f"page names models {named}")
+        except Exception:
+            pass
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         try:
             await page.screenshot(path=str(ARTIFACTS / "bench-class-timeout.png"))
@@ -306,6 +361,12 @@ class Row:
 
     def ok(self) -> list[Student]:
         return [s for s in self.students if not s.error]
+
+    def lost_to_host(self) -> list[Student]:
+        """Students whose page loads Chromium aborted with ERR_NETWORK_CHANGED: Docker adds a veth
+        (with an IPv6 link-local address) on this host for each container it starts, and Chromium on
+        the same host reads that as a network change. A student's browser on another machine never sees it."""
+        return [s for s in self.students if s.error and any(NETWORK_CHANGED in e for e in s.events)]
 
 
 def counters_delta(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[str, float]:
@@ -346,9 +407,16 @@ async def run_row(pool: Pool, browser: Any, name: str, urls: list[str], mbit: fl
           f"{row.instance_requests:.1f} instance requests per student; cache {row.cache}", flush=True)
     for s in failed:
         pool.keep = True
-        print(f"    failed: {s.error} ({s.url})", flush=True)
+        host = " [lost to a host network change: ERR_NETWORK_CHANGED]" if s in row.lost_to_host() else ""
+        print(f"    failed: {s.error} ({s.url}){host}", flush=True)
         for event in s.events[-20:]:
             print(f"      {event}", flush=True)
+        print("      kernel WebSocket (> sent, < received):", flush=True)
+        for line in s.frames[:80]:
+            print(f"        {line}", flush=True)
+        print("      instance log:", flush=True)
+        for line in instance_log(s.url)[-40:]:
+            print(f"        {line[:240]}", flush=True)
     # their kernels are used: never hand them out again
     for s in row.students:
         try:
@@ -419,6 +487,10 @@ async def main(args: argparse.Namespace) -> int:
           f"{first.students[0].bytes / 1e6:.2f} MB, click->visible {first.students[0].visible_ms:.0f} ms")
     print()
     print(table(rows, n, args.mbit))
+    lost = sum(len(r.students) - len(r.ok()) for r in rows)
+    host = sum(len(r.lost_to_host()) for r in rows)
+    print(f"students not served: {lost} of {sum(len(r.students) for r in rows)}; of them {host} lost to a network "
+          f"change of this host (Chromium's ERR_NETWORK_CHANGED while Docker started containers), {lost - host} other")
     print()
     print(f"{n} Chromium contexts start their navigation at the same moment; click->visible: until the executed"
           f" notebook's output text is in the page; slider: key press -> the kernel's new output; MB: CDP"

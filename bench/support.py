@@ -7,6 +7,7 @@ every process started here has one owner that stops it).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -129,11 +130,10 @@ def voila_catalogue(*, size: int = 2, max_: int = 4, idle: str = "10m", grace: s
 
 
 def ensure_voila_image() -> str:
-    """The Voila demo image, built offline (apps/voila-demo/build.sh, about a minute) when missing."""
-    present = subprocess.run(["docker", "image", "inspect", VOILA_IMAGE], capture_output=True).returncode == 0
-    if not present:
-        subprocess.run([str(REPO / "apps" / "voila-demo" / "build.sh")], check=True,
-                       env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    """The Voila demo image, built offline (apps/voila-demo/build.sh, about a minute) when missing or built
+    from other inputs than the repository's (the script says which, and skips in a second otherwise)."""
+    subprocess.run([str(REPO / "apps" / "voila-demo" / "build.sh")], check=True,
+                   env={**os.environ, "DOCKER_BUILDKIT": "0"})
     return VOILA_IMAGE
 
 
@@ -240,6 +240,19 @@ async def goto(page: Any, url: str, **options: Any) -> Any:
                 raise
             log.warning("navigation to %s aborted by a change of the host's interfaces; asking again", url)
     raise AssertionError("unreachable")
+
+
+def kernel_message(payload: str | bytes) -> dict[str, Any]:
+    """A kernel WebSocket frame as {channel, header, content}: JSON text, or jupyter_server's binary
+    v1.kernel.websocket.jupyter.org framing (a count of offsets, the offsets, then channel, header,
+    parent header, metadata, content and buffers)."""
+    if isinstance(payload, str):
+        msg = json.loads(payload)
+        return {"channel": msg.get("channel", ""), "header": msg.get("header", {}), "content": msg.get("content", {})}
+    count = int.from_bytes(payload[:8], "little")
+    offsets = [int.from_bytes(payload[8 + 8 * i:16 + 8 * i], "little") for i in range(count)]
+    parts = [payload[offsets[i]:offsets[i + 1]] for i in range(min(count - 1, 5))]
+    return {"channel": parts[0].decode(), "header": json.loads(parts[1]), "content": json.loads(parts[4])}
 
 
 @asynccontextmanager

@@ -13,6 +13,32 @@ skip_if_built() {
     fi
 }
 
+# inputs_digest DIR FILE...: one short digest of the named files of DIR, the inputs an image is built from.
+inputs_digest() {
+    local dir=$1
+    shift
+    (cd "$dir" && sha256sum "$@" | sha256sum | cut -c1-16)
+}
+
+# skip_if_current NAME IMAGE DIGEST [ARGS...]: end the calling script when IMAGE exists and was built from
+# inputs with this digest (its label swarmpool.inputs), unless ARGS start with --force. An image built from
+# other inputs (a changed requirement, notebook or Dockerfile) is rebuilt, so a machine that already holds
+# the image never runs the old one.
+skip_if_current() {
+    local name=$1 image=$2 digest=$3 built
+    shift 3
+    if [[ "${1:-}" == "--force" ]]; then
+        return 0
+    fi
+    if built=$(docker image inspect -f '{{ index .Config.Labels "swarmpool.inputs" }}' "$image" 2>/dev/null); then
+        if [[ "$built" == "$digest" ]]; then
+            echo "$name: $image exists and is current, skipping (use --force to rebuild)"
+            exit 0
+        fi
+        echo "$name: $image was built from other inputs (${built:-unlabelled}, now $digest): rebuilding"
+    fi
+}
+
 # debian_mirror: the first deb.debian.org-style URI of the host's apt sources, else the public default.
 debian_mirror() {
     local uri=""
@@ -31,7 +57,8 @@ image_size() {
 }
 
 # build_app NAME IMAGE CONTEXT REQUIREMENT...: the base image if missing, the wheels (reused while the
-# requirements are unchanged; see pip-offline.sh), then an offline `docker build` of CONTEXT.
+# requirements are unchanged; see pip-offline.sh), then an offline `docker build` of CONTEXT, labelled
+# swarmpool.inputs=$SWARMPOOL_INPUTS when that is set (see skip_if_current).
 build_app() {
     local name=$1 image=$2 context=$3 start
     shift 3
@@ -39,6 +66,7 @@ build_app() {
     "$SWARMPOOL_BASE_DIR/build.sh"
     "$SWARMPOOL_BASE_DIR/pip-offline.sh" "$context" "$@"
     echo "$name: docker build $image"
-    DOCKER_BUILDKIT=0 docker build --quiet -t "$image" "$context" >/dev/null
+    DOCKER_BUILDKIT=0 docker build --quiet ${SWARMPOOL_INPUTS:+--label "swarmpool.inputs=$SWARMPOOL_INPUTS"} \
+        -t "$image" "$context" >/dev/null
     echo "$name: built $image in $(( $(date +%s) - start ))s ($(image_size "$image"))"
 }
