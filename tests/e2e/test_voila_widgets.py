@@ -11,7 +11,8 @@ renders again when the states arrive.
 
 The test holds the kernel's `update_states` reply (Playwright's WebSocket routing) until a chosen delay
 after the page opened the socket, one page load per delay, across the window in which 3.0.17 fails
-(measured here: 1.95 s and 1.97 s failed, the delays either side did not).
+(measured on this machine, the old image: 1.96-2.00 s in one run, 1.96-2.02 s in another; 1.90-1.94 s did
+not fail: those states came before the wait's last look).
 """
 
 from __future__ import annotations
