@@ -11,8 +11,8 @@ renders again when the states arrive.
 
 The test holds the kernel's `update_states` reply (Playwright's WebSocket routing) until a chosen delay
 after the page opened the socket, one page load per delay, across the window in which 3.0.17 fails
-(measured on this machine, the old image: 1.96-2.00 s in one run, 1.96-2.02 s in another; 1.90-1.94 s did
-not fail: those states came before the wait's last look).
+(measured on this machine, the old image: 1.96-2.00 s failed in one run, 1.96-2.02 s in another, 1.92 and
+1.98 s in a third: the window moves with the page's start-up, hence the sweep).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import docker
 import pytest
 
-from bench.support import kernel_message
+from bench.support import NETWORK_CHANGED, goto, kernel_message
 from swarmpool.natsd import free_port
 from swarmpool.swarm.model import LABEL_OWNER
 
@@ -65,9 +65,15 @@ async def executed_kernels(container: Any, at_least: int, timeout: float = 120) 
 
 
 async def open_with_late_states(browser: Any, url: str, delay: float) -> dict[str, Any]:
-    """Open the page with the kernel's widget states held until `delay` s after the socket opened."""
+    """Open the page with the kernel's widget states held until `delay` s after the socket opened. A page
+    whose script loads Chromium aborted because this host's interfaces changed (Docker starting another
+    test's containers) never settles: it comes back marked `network_changed`, to be opened again."""
     loop = asyncio.get_running_loop()
     seen: dict[str, Any] = {"delay": delay}
+
+    def failed(request: Any) -> None:
+        if NETWORK_CHANGED in (request.failure or ""):
+            seen["network_changed"] = True
 
     def route(ws: Any) -> None:
         opened = loop.time()
@@ -90,9 +96,15 @@ async def open_with_late_states(browser: Any, url: str, delay: float) -> dict[st
     context = await browser.new_context()
     try:
         page = await context.new_page()
+        page.on("requestfailed", failed)
         await page.route_web_socket(CHANNELS, route)
-        await page.goto(url)
-        await page.wait_for_function(SETTLED, timeout=60_000)
+        await goto(page, url)
+        try:
+            await page.wait_for_function(SETTLED, timeout=60_000)
+        except Exception:
+            if seen.get("network_changed"):
+                return seen
+            raise
         seen["widget_shown"] = await page.locator(SLIDER).count() > 0
         return seen
     finally:
@@ -102,11 +114,16 @@ async def open_with_late_states(browser: Any, url: str, delay: float) -> dict[st
 async def test_the_slider_shows_when_the_widget_states_arrive_as_the_pages_wait_for_them_ends(
         docker_client: docker.DockerClient, voila_image: str, module_namespace: str, browser: Any) -> None:
     with voila_container(docker_client, voila_image, module_namespace) as (container, url):
-        results = []
-        for i, delay in enumerate(DELAYS):
-            await executed_kernels(container, i + 1)  # a fresh preheated kernel for each page
-            results.append(await open_with_late_states(browser, url, delay))
+        results, pages = [], 0
+        for delay in DELAYS:
+            for _ in range(3):  # a page this host's network change broke is opened again, on a fresh kernel
+                pages += 1
+                await executed_kernels(container, pages)  # a fresh preheated kernel for each page
+                result = await open_with_late_states(browser, url, delay)
+                if "widget_shown" in result:
+                    break
+            results.append(result)
     # the routing saw and held the kernel's states on every page
     assert all("states_after_s" in r for r in results), results
-    lost = [r["delay"] for r in results if not r["widget_shown"]]
+    lost = [r["delay"] for r in results if not r.get("widget_shown")]
     assert not lost, f"'model not found' when the states came {lost} s after the socket opened: {results}"
