@@ -206,15 +206,6 @@ async def swarmpool_up(catalogue_text: str, pool_size: int) -> AsyncIterator[Poo
 
 # ---- students ----
 
-# the widget model ids in the outputs Voila rendered into the page
-PAGE_MODELS = """
-Array.from(document.querySelectorAll('script[type="application/vnd.voila.cell-output+json"]'))
-  .map(e => { try { return JSON.parse(e.textContent); } catch (err) { return {}; } })
-  .map(o => ((o.data || {})['application/vnd.jupyter.widget-view+json'] || {}).model_id)
-  .filter(Boolean).map(id => id.slice(0, 8)).join(',')
-"""
-
-
 def instance_log(url: str) -> list[str]:
     """The log of the container behind an instance URL (stdout and stderr), for a failed student."""
     try:
@@ -242,6 +233,13 @@ class Student:
     events: list[str] = field(default_factory=list)  # what the page saw go wrong, for a failed student
     frames: list[str] = field(default_factory=list)  # the kernel WebSocket's messages, one line each
     t0: float = 0.0  # the row's start (time.monotonic), for the events' times
+
+    @property
+    def lost_to_host(self) -> bool:
+        """Not served because Chromium aborted the page's loads with ERR_NETWORK_CHANGED: Docker adds a veth
+        (with an IPv6 link-local address) on this host for each container it starts, and Chromium on the
+        same host reads that as a network change. A student's browser on another machine never sees it."""
+        return bool(self.error) and any(NETWORK_CHANGED in e for e in self.events)
 
 
 def frame_line(direction: str, payload: str | bytes) -> str:
@@ -337,11 +335,6 @@ async def attend(student: Student, url: str, t0_ms: float, timeout: float) -> No
     except Exception as err:
         student.error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         student.url = student.url or page.url
-        try:  # the model ids the page's HTML names (the outputs Voila rendered before handing it out)
-            named = await page.evaluate(PAGE_MODELS)
-            student.events.append(f"page names models {named}")
-        except Exception:
-            pass
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         try:
             await page.screenshot(path=str(ARTIFACTS / "bench-class-timeout.png"))
@@ -361,12 +354,6 @@ class Row:
 
     def ok(self) -> list[Student]:
         return [s for s in self.students if not s.error]
-
-    def lost_to_host(self) -> list[Student]:
-        """Students whose page loads Chromium aborted with ERR_NETWORK_CHANGED: Docker adds a veth
-        (with an IPv6 link-local address) on this host for each container it starts, and Chromium on
-        the same host reads that as a network change. A student's browser on another machine never sees it."""
-        return [s for s in self.students if s.error and any(NETWORK_CHANGED in e for e in s.events)]
 
 
 def counters_delta(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[str, float]:
@@ -407,7 +394,7 @@ async def run_row(pool: Pool, browser: Any, name: str, urls: list[str], mbit: fl
           f"{row.instance_requests:.1f} instance requests per student; cache {row.cache}", flush=True)
     for s in failed:
         pool.keep = True
-        host = " [lost to a host network change: ERR_NETWORK_CHANGED]" if s in row.lost_to_host() else ""
+        host = " [lost to a host network change: ERR_NETWORK_CHANGED]" if s.lost_to_host else ""
         print(f"    failed: {s.error} ({s.url}){host}", flush=True)
         for event in s.events[-20:]:
             print(f"      {event}", flush=True)
@@ -488,7 +475,7 @@ async def main(args: argparse.Namespace) -> int:
     print()
     print(table(rows, n, args.mbit))
     lost = sum(len(r.students) - len(r.ok()) for r in rows)
-    host = sum(len(r.lost_to_host()) for r in rows)
+    host = sum(s.lost_to_host for r in rows for s in r.students)
     print(f"students not served: {lost} of {sum(len(r.students) for r in rows)}; of them {host} lost to a network "
           f"change of this host (Chromium's ERR_NETWORK_CHANGED while Docker started containers), {lost - host} other")
     print()

@@ -4,13 +4,25 @@
 SWARMPOOL_BASE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # skip_if_built NAME IMAGE [ARGS...]: end the calling script when IMAGE exists, unless ARGS start with --force.
+# With $SWARMPOOL_INPUTS set (see inputs_digest), the image must also have been built from those inputs (its
+# label swarmpool.inputs): one built from others (a changed requirement, notebook or Dockerfile) is rebuilt,
+# so a machine that already holds the image never keeps running the old one.
 skip_if_built() {
-    local name=$1 image=$2
+    local name=$1 image=$2 built
     shift 2
-    if [[ "${1:-}" != "--force" ]] && docker image inspect "$image" >/dev/null 2>&1; then
+    if [[ "${1:-}" == "--force" ]]; then
+        return 0
+    fi
+    built=$(docker image inspect -f '{{ index .Config.Labels "swarmpool.inputs" }}' "$image" 2>/dev/null) || return 0
+    if [[ -z "${SWARMPOOL_INPUTS:-}" ]]; then
         echo "$name: $image exists, skipping (use --force to rebuild)"
         exit 0
     fi
+    if [[ "$built" == "$SWARMPOOL_INPUTS" ]]; then
+        echo "$name: $image exists and is current, skipping (use --force to rebuild)"
+        exit 0
+    fi
+    echo "$name: $image was built from other inputs (${built:-unlabelled}, now $SWARMPOOL_INPUTS): rebuilding"
 }
 
 # inputs_digest DIR FILE...: one short digest of the named files of DIR, the inputs an image is built from.
@@ -18,25 +30,6 @@ inputs_digest() {
     local dir=$1
     shift
     (cd "$dir" && sha256sum "$@" | sha256sum | cut -c1-16)
-}
-
-# skip_if_current NAME IMAGE DIGEST [ARGS...]: end the calling script when IMAGE exists and was built from
-# inputs with this digest (its label swarmpool.inputs), unless ARGS start with --force. An image built from
-# other inputs (a changed requirement, notebook or Dockerfile) is rebuilt, so a machine that already holds
-# the image never runs the old one.
-skip_if_current() {
-    local name=$1 image=$2 digest=$3 built
-    shift 3
-    if [[ "${1:-}" == "--force" ]]; then
-        return 0
-    fi
-    if built=$(docker image inspect -f '{{ index .Config.Labels "swarmpool.inputs" }}' "$image" 2>/dev/null); then
-        if [[ "$built" == "$digest" ]]; then
-            echo "$name: $image exists and is current, skipping (use --force to rebuild)"
-            exit 0
-        fi
-        echo "$name: $image was built from other inputs (${built:-unlabelled}, now $digest): rebuilding"
-    fi
 }
 
 # debian_mirror: the first deb.debian.org-style URI of the host's apt sources, else the public default.
@@ -58,7 +51,7 @@ image_size() {
 
 # build_app NAME IMAGE CONTEXT REQUIREMENT...: the base image if missing, the wheels (reused while the
 # requirements are unchanged; see pip-offline.sh), then an offline `docker build` of CONTEXT, labelled
-# swarmpool.inputs=$SWARMPOOL_INPUTS when that is set (see skip_if_current).
+# swarmpool.inputs=$SWARMPOOL_INPUTS when that is set (see skip_if_built).
 build_app() {
     local name=$1 image=$2 context=$3 start
     shift 3

@@ -5,8 +5,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/../base/lib.sh"
 IMAGE="${SWARMPOOL_VOILA_IMAGE:-swarmpool/voila-demo:latest}"
 
-# rebuilt when what the image is made of changes (a stale image would keep a fixed bug on machines that have it)
+# rebuilt when what the image is made of changes (a stale image would keep a fixed bug on machines that have it);
+# not exported: the base image's own build.sh, run from build_app, must not compare against it
 SWARMPOOL_INPUTS=$(inputs_digest "$HERE" Dockerfile requirements.txt app.ipynb start.sh)
-export SWARMPOOL_INPUTS
-skip_if_current voila-demo "$IMAGE" "$SWARMPOOL_INPUTS" "$@"
+skip_if_built voila-demo "$IMAGE" "$@"
 build_app voila-demo "$IMAGE" "$HERE" -r "$HERE/requirements.txt"

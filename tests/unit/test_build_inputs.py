@@ -23,9 +23,9 @@ def build_script(tmp_path: Path, label: str | None, *args: str) -> subprocess.Co
     stub.write_text("#!/bin/sh\n" + ("exit 1\n" if label is None else f"echo '{label}'\n"))
     stub.chmod(0o755)
     script = (f'source "{LIB}"\n'
-              f'digest=$(inputs_digest "{tmp_path / "app"}" Dockerfile requirements.txt)\n'
-              f'echo "digest $digest"\n'
-              f'skip_if_current demo swarmpool/demo:latest "$digest" {" ".join(args)}\n'
+              f'SWARMPOOL_INPUTS=$(inputs_digest "{tmp_path / "app"}" Dockerfile requirements.txt)\n'
+              f'echo "digest $SWARMPOOL_INPUTS"\n'
+              f'skip_if_built demo swarmpool/demo:latest {" ".join(args)}\n'
               'echo "building"\n')
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
                           env={**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"})
